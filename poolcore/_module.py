@@ -1,0 +1,56 @@
+"""The shared module base: holds the window arguments and prints them, as torch's ``_MaxPoolNd`` does."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .windows import IntTuple, OptIntTuple, make_window
+
+__all__ = ["PoolNd"]
+
+
+class PoolNd(nn.Module):
+    """Base of every poolcore module: ``kernel_size``/``stride``/``padding``/``ceil_mode`` or
+    ``output_size``. Subclasses set ``dims`` and implement ``forward``."""
+
+    dims: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        padding: IntTuple = 0,
+        ceil_mode: bool = False,
+        *,
+        output_size: OptIntTuple = None,
+    ) -> None:
+        super().__init__()
+        if self.dims is not None:
+            # Validate eagerly against a nominal input so a bad module fails at construction, not in forward.
+            spatial = [1, 10**6] if self.dims == 1 else [10**6] * self.dims
+            make_window(spatial, self.dims, kernel_size, stride, padding, ceil_mode, output_size)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.output_size = output_size
+
+    def window_kwargs(self) -> dict[str, Any]:
+        return {
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "ceil_mode": self.ceil_mode,
+            "output_size": self.output_size,
+            "dims": self.dims,
+        }
+
+    def extra_repr(self) -> str:
+        if self.output_size is not None:
+            return f"output_size={self.output_size}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}"
+        )

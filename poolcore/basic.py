@@ -1,0 +1,71 @@
+"""Average and max pooling in every window form, on the shared window geometry.
+
+These are torch's own kernels; what poolcore adds is one entry point for kernel, adaptive and global
+windows in 1d/2d/3d, so the registry can offer ``avg`` and ``max`` beside the other methods.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .params import WindowParams
+from .windows import IntTuple, OptIntTuple, check_float, window_call
+
+__all__ = ["AvgParams", "MaxParams", "avg_pool", "max_pool"]
+
+
+class AvgParams(WindowParams):
+    count_include_pad: bool = True
+
+
+class MaxParams(WindowParams):
+    pass
+
+
+def avg_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    *,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+) -> Tensor:
+    """Average pooling; ``kernel_size`` windows as ``F.avg_pool2d``, ``output_size`` as adaptive."""
+    check_float(x, "avg")
+    return window_call(
+        x,
+        lambda b, w: w.mean(b, count_include_pad=count_include_pad),
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        output_size=output_size,
+        dims=dims,
+    )
+
+
+def max_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    *,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+) -> Tensor:
+    """Max pooling; ``kernel_size`` windows as ``F.max_pool2d``, ``output_size`` as adaptive."""
+    check_float(x, "max")
+    return window_call(
+        x,
+        lambda b, w: w.max(b),
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        output_size=output_size,
+        dims=dims,
+    )

@@ -1,0 +1,5 @@
+"""Modules and functionals, the way ``torch.nn`` and ``torch.nn.functional`` offer them."""
+
+from .basic import avg_pool, max_pool
+
+__all__ = ["avg_pool", "max_pool"]

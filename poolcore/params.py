@@ -1,0 +1,83 @@
+"""Pydantic models of each method's parameters.
+
+The registry hands these to the service (validation, OpenAPI), the UI (controls) and the inference
+protocol, so the window arguments are declared once here and each family adds its own fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["AdaptiveParams", "GlobalParams", "WindowParams", "format_validation_error"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Size = Union[PositiveInt, tuple[PositiveInt, ...]]
+OptionalSize = Union[PositiveInt, tuple[Union[PositiveInt, None], ...]]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dims: Literal[1, 2, 3] | None = Field(
+        None, description="Spatial rank; inferred from a tuple window argument, else from the input rank."
+    )
+
+
+class WindowParams(_Params):
+    """A sliding window (``kernel_size``...) or adaptive bins (``output_size``): exactly one of them."""
+
+    kernel_size: Size | None = Field(None, description="Window size, an int or one int per spatial dim.")
+    stride: Size | None = Field(None, description="Window step; defaults to kernel_size.")
+    padding: NonNegativeInt | tuple[NonNegativeInt, ...] = Field(
+        0, description="Implicit zero padding on both sides, at most half the kernel."
+    )
+    ceil_mode: bool = Field(False, description="Use ceil instead of floor for the output size.")
+    output_size: OptionalSize | None = Field(
+        None, description="Adaptive output size; a null entry keeps that input size."
+    )
+
+    @model_validator(mode="after")
+    def _one_window_form(self) -> WindowParams:
+        if (self.kernel_size is None) == (self.output_size is None):
+            raise ValueError(
+                "give exactly one of kernel_size (sliding windows) or output_size (adaptive bins) "
+                f"(got kernel_size={self.kernel_size!r}, output_size={self.output_size!r})"
+            )
+        if self.output_size is not None and (self.stride is not None or self.padding != 0 or self.ceil_mode):
+            raise ValueError("stride, padding and ceil_mode apply to kernel_size windows, not to output_size")
+        return self
+
+
+class AdaptiveParams(_Params):
+    """Adaptive presets: ``output_size`` is required."""
+
+    output_size: OptionalSize = Field(description="Adaptive output size; a null entry keeps that input size.")
+
+
+class GlobalParams(_Params):
+    """Global presets: the whole spatial extent is one window."""
+
+
+def format_validation_error(method: str, error: ValidationError) -> str:
+    """One clause per offending parameter, naming it and the value given, for a ValueError or a 422.
+
+    A union field (``int | tuple``) reports one error per branch; the branch whose type matched the
+    input says what is actually wrong, so type mismatches are shown only when nothing else is.
+    """
+    by_field: dict[str, list[dict]] = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        by_field.setdefault(field, []).append(dict(item))
+    parts = []
+    for field, items in by_field.items():
+        specific = [i for i in items if not i["type"].endswith(("_type", "_parsing"))]
+        item = (specific or items)[0]
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{field}: unknown parameter")
+            continue
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {msg} (got {item['input']!r})" if field else msg)
+    return f"invalid parameters for {method!r}: " + "; ".join(parts)

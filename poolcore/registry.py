@@ -1,0 +1,129 @@
+"""The one registry of pooling methods.
+
+HTTP routes, parameter validation, OpenAPI docs, the Gradio controls and the inference-protocol models
+are all derived from :data:`REGISTRY`. Adding a method is one operator file plus one entry below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import Tensor, nn
+
+from .basic import AvgParams, MaxParams, avg_pool, max_pool
+from .params import AdaptiveParams, GlobalParams, format_validation_error
+
+__all__ = ["REGISTRY", "MethodSpec", "UnknownMethodError", "get_spec", "methods", "pool"]
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in the registry (the service answers 404)."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the library, service and UI need to know about one method.
+
+    ``fixed`` holds arguments a preset pins (``global_avg`` pins ``output_size=1``); ``random`` says that
+    the functional takes ``training`` and ``generator`` and draws random numbers when training.
+    """
+
+    name: str
+    description: str
+    functional: Callable[..., Tensor]
+    params: type[BaseModel]
+    modules: Mapping[int, type[nn.Module]] = field(default_factory=dict)
+    random: bool = False
+    takes_training: bool = False
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    base: str | None = None  # the method a preset is built on
+
+    def parse(self, params: Mapping[str, Any] | None = None) -> BaseModel:
+        """Validate parameters; ``ValueError`` names each offending one."""
+        try:
+            return self.params.model_validate(dict(params or {}))
+        except ValidationError as error:
+            raise ValueError(format_validation_error(self.name, error)) from None
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The full argument set the functional is called with: defaults filled in, presets applied."""
+        return {**self.parse(params).model_dump(), **self.fixed}
+
+    def __call__(
+        self,
+        x: Tensor,
+        params: Mapping[str, Any] | None = None,
+        *,
+        training: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        kwargs = self.resolve(params)
+        if self.takes_training:
+            kwargs["training"] = training
+        if self.random:
+            kwargs["generator"] = generator
+        return self.functional(x, **kwargs)
+
+
+def _preset(name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any) -> MethodSpec:
+    return MethodSpec(
+        name=name,
+        description=description,
+        functional=base.functional,
+        params=params,
+        random=base.random,
+        takes_training=base.takes_training,
+        fixed=MappingProxyType(fixed),
+        base=base.name,
+    )
+
+
+def _build() -> dict[str, MethodSpec]:
+    avg = MethodSpec("avg", "Average pooling (torch's avg_pool / adaptive_avg_pool).", avg_pool, AvgParams)
+    maxp = MethodSpec("max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams)
+    specs = [avg, maxp]
+    specs += [
+        _preset("global_avg", avg, "Global average pooling (Network in Network): one mean per channel.",
+                GlobalParams, output_size=1),
+        _preset("global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1),
+        _preset("adaptive_avg", avg, "Adaptive average pooling: give output_size, windows are derived.",
+                AdaptiveParams),
+        _preset("adaptive_max", maxp, "Adaptive max pooling: give output_size, windows are derived.",
+                AdaptiveParams),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(_build())
+ALIASES: Mapping[str, str] = MappingProxyType({})
+
+
+def methods() -> list[str]:
+    """Names of every registered method and preset."""
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> MethodSpec:
+    """Look up a method by name or alias; an unknown name is a ``ValueError`` listing the known ones."""
+    spec = REGISTRY.get(ALIASES.get(name, name)) if isinstance(name, str) else None
+    if spec is None:
+        known = ", ".join([*REGISTRY, *ALIASES])
+        raise UnknownMethodError(f"unknown pooling method {name!r}; known methods: {known}")
+    return spec
+
+
+def pool(
+    x: Tensor,
+    method: str,
+    *,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> Tensor:
+    """Pool ``x`` with any registered method: ``pool(x, "stochastic", kernel_size=3, stride=2)``."""
+    return get_spec(method)(x, params, training=training, generator=generator)

@@ -1,0 +1,332 @@
+"""Window geometry shared by every operator.
+
+Every pooling method in poolcore is written against :class:`Window`, so each one works in every window
+form (kernel, adaptive, global) and rank (1d, 2d, 3d). 1d inputs are lifted to 2d with a height of 1, so
+the reductions below only ever see 2d or 3d spatial shapes and can use torch's own kernels.
+
+Adaptive bins are torch's (``aten/src/ATen/native/AdaptivePooling.h``): ``start = floor(i*L/out)``,
+``end = ceil((i+1)*L/out)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "IntTuple",
+    "OptIntTuple",
+    "Window",
+    "check_float",
+    "infer_dims",
+    "make_window",
+    "window_call",
+]
+
+IntTuple = Union[int, Sequence[int]]
+OptIntTuple = Union[int, None, Sequence[Union[int, None]]]
+
+
+def check_float(x: Tensor, method: str) -> None:
+    """Pooling is defined for real floating-point tensors only."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{method} pooling expects a torch.Tensor (got {type(x).__name__})")
+    if not x.is_floating_point():
+        raise ValueError(f"{method} pooling needs a floating-point tensor (got dtype {x.dtype})")
+
+
+def infer_dims(rank: int, kernel_size: object = None, output_size: object = None, dims: int | None = None) -> int:
+    """Spatial rank: explicit ``dims`` wins, then the length of a tuple window argument, then the rank."""
+    if dims is not None:
+        if isinstance(dims, bool) or dims not in (1, 2, 3):
+            raise ValueError(f"dims must be 1, 2 or 3 (got {dims!r})")
+        return int(dims)
+    for arg in (kernel_size, output_size):
+        if isinstance(arg, (tuple, list)):
+            if len(arg) not in (1, 2, 3):
+                raise ValueError(f"a window tuple must have 1, 2 or 3 entries (got {tuple(arg)!r})")
+            return len(arg)
+    by_rank = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3}
+    if rank not in by_rank:
+        raise ValueError(f"input must have rank 1 to 5 (got rank {rank})")
+    return by_rank[rank]
+
+
+def _tuple(value: object, n: int, name: str, *, minimum: int, allow_none: bool = False) -> tuple:
+    items: tuple
+    if isinstance(value, (tuple, list)):
+        items = tuple(value)
+        if len(items) == 1 and n > 1:
+            items = items * n
+        if len(items) != n:
+            raise ValueError(f"{name} must have {n} entries for {n}d pooling (got {value!r})")
+    else:
+        items = (value,) * n
+    for item in items:
+        if item is None and allow_none:
+            continue
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise TypeError(f"{name} entries must be integers (got {value!r})")
+        if item < minimum:
+            bound = "positive" if minimum == 1 else "non-negative"
+            raise ValueError(f"{name} must be {bound} (got {value!r})")
+    return items
+
+
+def _kernel_out(length: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """torch's output length (``pooling_output_shape``), including the ceil_mode rule that the last window
+    must start inside the input or its left padding."""
+    span = length + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= length + p:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """Resolved geometry for a batched ``(B, C, *spatial)`` tensor with 2 or 3 spatial dims.
+
+    Exactly one of two forms: kernel (``kernel_size``/``stride``/``padding``/``ceil_mode``) or adaptive
+    (``kernel_size is None``; bins derived from ``in_size`` and ``out_size``). Global pooling is the
+    adaptive form with every output size 1.
+    """
+
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    kernel_size: tuple[int, ...] | None = None
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    ceil_mode: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        return self.kernel_size is None
+
+    @property
+    def is_global(self) -> bool:
+        return self.adaptive and all(o == 1 for o in self.out_size)
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:
+        n = len(self.in_size)
+        return tuple(range(-n, 0))
+
+    # ---- per-dimension bins ---------------------------------------------------------------------
+    def bounds(self, d: int) -> tuple[list[int], list[int]]:
+        """Start and end (exclusive) of each window along spatial dim ``d``, clipped to the real input,
+        so padding and ceil-mode overhang are excluded."""
+        length, out = self.in_size[d], self.out_size[d]
+        if self.kernel_size is None:
+            starts = [(i * length) // out for i in range(out)]
+            ends = [-(-((i + 1) * length) // out) for i in range(out)]
+            return starts, ends
+        k, s, p = self.kernel_size[d], self.stride[d], self.padding[d]
+        starts = [i * s - p for i in range(out)]
+        return [max(a, 0) for a in starts], [min(a + k, length) for a in starts]
+
+    def max_extent(self, d: int) -> int:
+        """The most positions any window spans along ``d`` (the kernel size, or the widest adaptive bin)."""
+        if self.kernel_size is not None:
+            return self.kernel_size[d]
+        starts, ends = self.bounds(d)
+        return max(e - s for s, e in zip(starts, ends))
+
+    def valid_count(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Number of real (non-padded) input positions in each window, shaped ``out_size``."""
+        count = torch.ones((), device=device, dtype=dtype)
+        for d in range(len(self.in_size)):
+            starts, ends = self.bounds(d)
+            lengths = torch.tensor([e - s for s, e in zip(starts, ends)], dtype=dtype, device=device)
+            shape = [1] * len(self.in_size)
+            shape[d] = -1
+            count = count * lengths.view(shape)
+        return count
+
+    # ---- reductions over each window --------------------------------------------------------------
+    def sum(self, x: Tensor) -> Tensor:
+        """Sum over each window's real positions."""
+        if self.is_global:
+            return x.sum(dim=self.spatial_dims, keepdim=True)
+        if self.kernel_size is None:
+            return self._adaptive_avg(x) * self.valid_count(x.device, x.dtype)
+        avg = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+        return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1)
+
+    def mean(self, x: Tensor, count_include_pad: bool = False) -> Tensor:
+        """Mean over each window. With ``count_include_pad`` the divisor counts zero padding as torch's
+        ``avg_pool`` does; otherwise it counts real positions only."""
+        if self.is_global:
+            return x.mean(dim=self.spatial_dims, keepdim=True)
+        if self.kernel_size is None:
+            return self._adaptive_avg(x)
+        avg = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+        return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, count_include_pad)
+
+    def max(self, x: Tensor) -> Tensor:
+        """Maximum over each window's real positions."""
+        if self.is_global:
+            return x.amax(dim=self.spatial_dims, keepdim=True)
+        if self.kernel_size is None:
+            pool = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
+            return pool(x, self.out_size)
+        pool = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
+        return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
+
+    def _adaptive_avg(self, x: Tensor) -> Tensor:
+        pool = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d
+        return pool(x, self.out_size)
+
+    # ---- window positions one offset at a time ---------------------------------------------------
+    def offsets(self, x: Tensor) -> Iterator[Tensor]:
+        """Yield, for each offset inside a window in row-major order, the ``(B, C, *out_size)`` tensor of
+        the input value at that offset of every window. Positions outside the real input (padding,
+        ceil-mode overhang, the short end of an adaptive bin) read as 0.
+
+        Values are strided views of ``x`` in the kernel form (no copy when no padding is needed), so
+        the total work is one read of the input per pass, and nothing ``k``-times the input is held.
+        """
+        n = len(self.in_size)
+        extents = [self.max_extent(d) for d in range(n)]
+        if self.kernel_size is not None:
+            xp = self._padded(x, self.kernel_size)
+            for offset in _product(extents):
+                index: list[slice] = []
+                for d, o in enumerate(offset):
+                    s = self.stride[d]
+                    index.append(slice(o, o + s * (self.out_size[d] - 1) + 1, s))
+                yield xp[(..., *index)]
+            return
+        gathers = [self._adaptive_index(d, x.device) for d in range(n)]
+        for offset in _product(extents):
+            value = x
+            mask: Tensor | None = None
+            for d, o in enumerate(offset):
+                idx, valid = gathers[d][0][o], gathers[d][1][o]
+                value = value.index_select(d - n, idx)
+                if valid is not None:
+                    shape = [1] * n
+                    shape[d] = -1
+                    m = valid.view(shape)
+                    mask = m if mask is None else mask & m
+            yield value if mask is None else value * mask.to(value.dtype)
+
+    def _padded(self, x: Tensor, kernel_size: tuple[int, ...]) -> Tensor:
+        pads: list[int] = []
+        for d in reversed(range(len(self.in_size))):
+            k, s, p = kernel_size[d], self.stride[d], self.padding[d]
+            right = max(0, (self.out_size[d] - 1) * s + k - self.in_size[d] - p)
+            pads += [p, right]
+        return F.pad(x, pads) if any(pads) else x
+
+    def _adaptive_index(self, d: int, device: torch.device) -> tuple[list[Tensor], list[Tensor | None]]:
+        starts, ends = self.bounds(d)
+        idx: list[Tensor] = []
+        valid: list[Tensor | None] = []
+        start_t = torch.tensor(starts, device=device)
+        end_t = torch.tensor(ends, device=device)
+        for o in range(self.max_extent(d)):
+            pos = start_t + o
+            ok = pos < end_t
+            idx.append(torch.minimum(pos, end_t - 1))
+            valid.append(None if all(s + o < e for s, e in zip(starts, ends)) else ok)
+        return idx, valid
+
+
+def _product(extents: Sequence[int]) -> Iterator[tuple[int, ...]]:
+    if not extents:
+        yield ()
+        return
+    for head in range(extents[0]):
+        for tail in _product(extents[1:]):
+            yield (head, *tail)
+
+
+def make_window(
+    spatial: Sequence[int],
+    dims: int,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    output_size: OptIntTuple = None,
+) -> Window:
+    """Validate window arguments for a ``dims``-d input with spatial size ``spatial`` (already lifted:
+    1d inputs have a leading spatial size of 1)."""
+    lifted = len(spatial) - dims  # 1 for a 1d input lifted to 2d, else 0
+    if (kernel_size is None) == (output_size is None):
+        raise ValueError(
+            "give exactly one of kernel_size (sliding windows) or output_size (adaptive bins) "
+            f"(got kernel_size={kernel_size!r}, output_size={output_size!r})"
+        )
+    if output_size is not None:
+        sizes = _tuple(output_size, dims, "output_size", minimum=1, allow_none=True)
+        out = tuple(s if o is None else o for o, s in zip(sizes, spatial[lifted:]))
+        return Window(in_size=tuple(spatial), out_size=(1,) * lifted + out)
+    k = _tuple(kernel_size, dims, "kernel_size", minimum=1)
+    s = k if stride is None else _tuple(stride, dims, "stride", minimum=1)
+    p = _tuple(padding, dims, "padding", minimum=0)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool (got {ceil_mode!r})")
+    for kd, pd in zip(k, p):
+        if pd > kd // 2:
+            raise ValueError(f"padding must be at most half of kernel_size (got padding={p}, kernel_size={k})")
+    out_size = []
+    for length, kd, sd, pd in zip(spatial[lifted:], k, s, p):
+        if length + 2 * pd < kd:
+            raise ValueError(
+                f"kernel_size {k} is larger than the padded input {tuple(spatial[lifted:])} "
+                f"with padding {p}"
+            )
+        out_size.append(_kernel_out(length, kd, sd, pd, ceil_mode))
+    one = (1,) * lifted
+    zero = (0,) * lifted
+    return Window(
+        in_size=tuple(spatial),
+        out_size=one + tuple(out_size),
+        kernel_size=one + k,
+        stride=one + s,
+        padding=zero + p,
+        ceil_mode=ceil_mode,
+    )
+
+
+def window_call(
+    x: Tensor,
+    fn: Callable[[Tensor, Window], Tensor],
+    *,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+) -> Tensor:
+    """Bring ``x`` to ``(B, C, *spatial)`` with 2 or 3 spatial dims, resolve the window, apply
+    ``fn(batched, window)`` and restore the caller's layout.
+
+    Accepted input ranks are ``dims`` (one unbatched channel), ``dims + 1`` (unbatched) and
+    ``dims + 2`` (batched).
+    """
+    dims = infer_dims(x.dim(), kernel_size, output_size, dims)
+    lead = x.dim() - dims
+    if lead not in (0, 1, 2):
+        raise ValueError(
+            f"a {dims}d pool takes input of rank {dims} to {dims + 2} (got shape {tuple(x.shape)})"
+        )
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"input has an empty dimension (got shape {tuple(x.shape)})")
+    batched = x.reshape((1,) * (2 - lead) + tuple(x.shape))
+    if dims == 1:
+        batched = batched.unsqueeze(-2)
+    window = make_window(batched.shape[2:], dims, kernel_size, stride, padding, ceil_mode, output_size)
+    out = fn(batched, window)
+    if dims == 1:
+        out = out.squeeze(-2)
+    return out.reshape(tuple(x.shape[:lead]) + tuple(out.shape[2:]))
+

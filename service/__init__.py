@@ -1,0 +1,1 @@
+"""poolserve: an HTTP service for poolcore's pooling methods."""
