@@ -17,6 +17,7 @@ float16/bfloat16 inputs are computed in float32 (powers overflow half precision 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -98,27 +99,37 @@ def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
     return torch.where(positive, root, torch.zeros_like(root))
 
 
-def _compute_dtype(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def _by_planes(b: Tensor, w: Window, p: Power, core: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """Run ``core(x, grad)`` in the compute dtype; without autograd, in cache-sized groups of planes."""
+    grad = _needs_grad(b, p)
+
+    def run(chunk: Tensor, planes: slice | None = None) -> Tensor:
+        # float16/bfloat16 are computed in float32: x^p overflows half precision quickly.
+        x = chunk.float() if chunk.dtype in (torch.float16, torch.bfloat16) else chunk
+        return core(x, grad).to(chunk.dtype)
+
+    return run(b) if grad or torch.compiler.is_compiling() else w.map_planes(b, run)
 
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
-    x = _compute_dtype(b)
-    if not isinstance(p, Tensor) and math.isinf(p):
-        return w.max(x.abs()).to(b.dtype)
-    grad = _needs_grad(x, p)
-    # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
-    t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
-    return _root(w.sum(t), p, grad).to(b.dtype)
+    def core(x: Tensor, grad: bool) -> Tensor:
+        if not isinstance(p, Tensor) and math.isinf(p):
+            return w.max(x.abs())
+        # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
+        t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
+        return _root(w.sum(t), p, grad)
+
+    return _by_planes(b, w, p, core)
 
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
-    x = _compute_dtype(b)
-    if not isinstance(p, Tensor) and math.isinf(p):
-        return w.max(x).clamp_min(eps).to(b.dtype)
-    grad = _needs_grad(x, p)
-    t = _power(x.clamp_min(eps), p, inplace=not grad)
-    return _root(w.mean(t, count_include_pad=False), p, grad).to(b.dtype)
+    def core(x: Tensor, grad: bool) -> Tensor:
+        if not isinstance(p, Tensor) and math.isinf(p):
+            return w.max(x).clamp_min(eps)
+        t = _power(x.clamp_min(eps), p, inplace=not grad)
+        return _root(w.mean(t, count_include_pad=False), p, grad)
+
+    return _by_planes(b, w, p, core)
 
 
 def lp_pool(

@@ -12,7 +12,6 @@ padding, and the max branch ignores padding too, so both branches see the same p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -50,11 +49,12 @@ def _check_mixed(p_max: float, scope: str) -> float:
     return float(p_max)
 
 
-def _use_onednn(x: Tensor) -> bool:
+def _use_onednn(x: Tensor, window: Window) -> bool:
     """oneDNN pools without computing argmax indices, which is what makes max the slow half of the
     pair on CPU; it has no autograd, so it is only used when no gradient is needed."""
     return (
-        x.device.type == "cpu"
+        window.kernel_size is not None
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
         and not torch.compiler.is_compiling()
@@ -62,62 +62,39 @@ def _use_onednn(x: Tensor) -> bool:
     )
 
 
-def _max_and_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
-    """Both branches: max and mean over each window's real positions."""
-    if window.kernel_size is not None and _use_onednn(x):
-        k, s, p, c = list(window.kernel_size), list(window.stride), list(window.padding), window.ceil_mode
-        xm = x.contiguous().to_mkldnn()
-        if len(window.in_size) == 2:
-            mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], c)
-            av = F.avg_pool2d(xm, k, s, p, c, False)
-        else:
-            mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], c)
-            av = F.avg_pool3d(xm, k, s, p, c, False)
-        return mx.to_dense(), av.to_dense()
-    return window.max(x), window.mean(x, count_include_pad=False)
-
-
-def _draw(out: Tensor, scope: str, p_max: float, generator: torch.Generator | None) -> Tensor:
-    """λ as a bool tensor broadcastable to ``out`` (``(B, C, *spatial)``): True selects max."""
-    n = out.dim() - 2
-    if scope == "region":
-        shape = tuple(out.shape)
-    elif scope == "channel":
-        shape = (*out.shape[:2], *(1,) * n)
+def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
+    """Max and real-position mean of a kernel-form window through oneDNN (same values as torch's)."""
+    k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
+    xm = x.contiguous().to_mkldnn()
+    if len(window.in_size) == 2:
+        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode)
+        av = F.avg_pool2d(xm, k, s, p, window.ceil_mode, False)
     else:
-        shape = (out.shape[0], *(1,) * (n + 1))
-    # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
-    return torch.rand(shape, generator=generator, device=out.device, dtype=torch.float32) < p_max
+        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
+        av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
+    return mx.to_dense(), av.to_dense()
 
 
-def _mixed_call(
-    x: Tensor,
-    combine: Callable[[Tensor, Tensor, Tensor], Tensor],
-    *,
-    kernel_size: IntTuple | None,
-    stride: IntTuple | None,
-    padding: IntTuple,
-    ceil_mode: bool,
-    output_size: OptIntTuple,
-    dims: int | None,
+def _draw(
+    shape: tuple[int, ...], scope: str, p_max: float, generator: torch.Generator | None, device: torch.device
 ) -> Tensor:
-    """``combine(max, avg, batched_input)`` on the window branches of ``x``, in the caller's layout."""
-    check_float(x, "mixed")
+    """λ as a bool tensor broadcastable to the ``(B, C, *spatial)`` output ``shape``: True selects max."""
+    n = len(shape) - 2
+    if scope == "channel":
+        shape = (*shape[:2], *(1,) * n)
+    elif scope == "layer":
+        shape = (shape[0], *(1,) * (n + 1))
+    # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
-    def fn(b: Tensor, w: Window) -> Tensor:
-        mx, av = _max_and_avg(b, w)
-        return combine(mx, av, b)
 
-    return window_call(
-        x,
-        fn,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        ceil_mode=ceil_mode,
-        output_size=output_size,
-        dims=dims,
-    )
+def _combine(mx: Tensor, av: Tensor, lam: Tensor | None, p_max: float, weight: Tensor | None) -> Tensor:
+    if lam is not None:
+        return torch.where(lam, mx, av)  # autograd sends the gradient down the drawn branch only
+    # lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit for bit.
+    if weight is None:
+        return torch.lerp(av, mx, p_max)
+    return torch.lerp(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
 
 
 def _mixed(
@@ -129,20 +106,31 @@ def _mixed(
     generator: torch.Generator | None,
     weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """The output and, when training, the λ drawn (bool, ``(B, C, *spatial)``-broadcastable)."""
+    """The output and, when training, the λ drawn (bool, broadcastable to the batched output)."""
+    check_float(x, "mixed")
     drawn: list[Tensor] = []
 
-    def combine(mx: Tensor, av: Tensor, b: Tensor) -> Tensor:
-        if training:
-            lam = _draw(mx, scope, p_max, generator)
+    def fn(b: Tensor, w: Window) -> Tensor:
+        out_shape = (*b.shape[:2], *w.out_size)
+        lam = _draw(out_shape, scope, p_max, generator, b.device) if training else None
+        if lam is not None:
             drawn.append(lam)
-            return torch.where(lam, mx, av)
-        # lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit for bit.
-        if weight is None:
-            return torch.lerp(av, mx, p_max)
-        return torch.lerp(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
+        if not _use_onednn(b, w):
+            return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
+        # Inference path: oneDNN pools, in cache-sized groups of planes (λ is drawn up front, so the
+        # draws do not depend on the path taken).
+        flat = None
+        if lam is not None:
+            planes = out_shape[0] * out_shape[1]
+            flat = lam.expand(*out_shape[:2], *lam.shape[2:]).reshape(1, planes, *lam.shape[2:])
 
-    out = _mixed_call(x, combine, **window_kwargs)
+        def part(chunk: Tensor, planes: slice) -> Tensor:
+            mx, av = _onednn_max_avg(chunk, w)
+            return _combine(mx, av, None if flat is None else flat[:, planes], p_max, weight)
+
+        return w.map_planes(b, part)
+
+    out = window_call(x, fn, **window_kwargs)
     return out, (drawn[0] if drawn else None)
 
 
