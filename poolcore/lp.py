@@ -192,7 +192,7 @@ def _inverse_softplus(y: float) -> float:
 
 
 class _PowerPoolNd(PoolNd):
-    """Holds p: a buffer when fixed, ``p = 1 + softplus(p_raw)`` (always > 1) when ``learn_p``."""
+    """Holds p: a buffer when fixed, ``p = 1 + softplus(p_raw)`` (never below 1) when ``learn_p``."""
 
     default_p: ClassVar[float] = 2.0
     method: ClassVar[str] = "lp"
@@ -305,7 +305,7 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
         ceil_mode: use ceil instead of floor for the output size.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
         p: the power, >= 1. Default: 2.
-        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays > 1.
+        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
             Otherwise p is a buffer. Default: False.
 
     Shape:
@@ -337,7 +337,7 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
         p: the power, >= 1. Default: 3.
         eps: inputs are clamped to at least eps. Default: 1e-6.
-        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays > 1.
+        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
             Otherwise p is a buffer. Default: False.
 
     Shape:
