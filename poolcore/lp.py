@@ -100,7 +100,7 @@ def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
 
 
 def _by_planes(b: Tensor, w: Window, p: Power, core: Callable[[Tensor, bool], Tensor]) -> Tensor:
-    """Run ``core(x, grad)`` in the compute dtype; without autograd, in cache-sized groups of planes."""
+    """Run ``core(x, grad)`` in the compute dtype; on CPU without autograd, in cache-sized plane groups."""
     grad = _needs_grad(b, p)
 
     def run(chunk: Tensor, planes: slice | None = None) -> Tensor:
@@ -108,7 +108,10 @@ def _by_planes(b: Tensor, w: Window, p: Power, core: Callable[[Tensor, bool], Te
         x = chunk.float() if chunk.dtype in (torch.float16, torch.bfloat16) else chunk
         return core(x, grad).to(chunk.dtype)
 
-    return run(b) if grad or torch.compiler.is_compiling() else w.map_planes(b, run)
+    # Plane groups pay off where ops are memory-bound round trips: CPU eager without autograd.
+    if grad or b.device.type != "cpu" or torch.compiler.is_compiling():
+        return run(b)
+    return w.map_planes(b, run)
 
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
