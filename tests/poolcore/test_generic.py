@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import shutil
 
 import pytest
@@ -100,3 +102,9 @@ def test_compile_matches_eager_for_deterministic_methods() -> None:
     x = torch.rand(2, 3, 9, 10)
     compiled = torch.compile(all_methods)
     torch.testing.assert_close(compiled(x), all_methods(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["poolcore.mixed", "poolcore.lp", "poolcore.generic"])
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
