@@ -12,6 +12,7 @@ padding, and the max branch ignores padding too, so both branches see the same p
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -63,7 +64,7 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
 
 
 def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
-    """Max and real-position mean of a kernel-form window through oneDNN (same values as torch's)."""
+    """Max and real-position mean of a kernel-form window through oneDNN (torch's values)."""
     k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
     xm = x.contiguous().to_mkldnn()
     if len(window.in_size) == 2:
@@ -72,7 +73,11 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     else:
         mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
         av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
-    return mx.to_dense(), av.to_dense()
+    mx, av = mx.to_dense(), av.to_dense()
+    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when it holds a NaN
+    # (or both infinities, where the max is +inf): restore torch's NaN from it. Only a window holding
+    # both NaN and +inf still differs (+inf here, NaN in torch).
+    return torch.where(av.isnan() & (mx != math.inf), av, mx), av
 
 
 def _draw(

@@ -159,6 +159,16 @@ class TestMixedFunctional:
         y1 = mixed_pool(x, 3, 2, p_max=1.0, training=True, generator=g)
         assert torch.equal(y1, F.max_pool2d(x, 3, 2))
 
+    def test_nan_propagates_like_torch_on_every_path(self) -> None:
+        x = torch.randn(1, 2, 6, 6)
+        x[0, 0, 0, 0] = float("nan")
+        x[0, 1, :2, :2] = float("nan")  # a window of NaN only
+        x[0, 1, 4, 4], x[0, 1, 4, 5] = float("inf"), float("-inf")  # max +inf, mean NaN
+        expected = F.max_pool2d(x, 2)
+        for grad in (False, True):
+            y = mixed_pool(x.clone().requires_grad_(grad), 2, p_max=1.0, training=True)
+            torch.testing.assert_close(y.detach(), expected, equal_nan=True)
+
 
 class TestMixedModule:
     @pytest.mark.parametrize("dims, module_cls", [(1, MixedPool1d), (2, MixedPool2d), (3, MixedPool3d)])
