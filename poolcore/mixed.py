@@ -12,7 +12,6 @@ padding, and the max branch ignores padding too, so both branches see the same p
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -74,10 +73,10 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
         mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
         av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
     mx, av = mx.to_dense(), av.to_dense()
-    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when it holds a NaN
-    # (or both infinities, where the max is +inf): restore torch's NaN from it. Only a window holding
-    # both NaN and +inf still differs (+inf here, NaN in torch).
-    return torch.where(av.isnan() & (mx != math.inf), av, mx), av
+    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when the window holds
+    # a NaN, so taking the mean there never hides one; a window holding both +inf and -inf (and no
+    # NaN) gives NaN here where torch's max gives +inf.
+    return torch.where(av == av, mx, av), av
 
 
 def _draw(

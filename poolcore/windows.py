@@ -183,14 +183,16 @@ class Window:
 
     # ---- cache-sized chunks of planes ---------------------------------------------------------------
     def map_planes(
-        self, x: Tensor, fn: Callable[[Tensor, slice], Tensor], chunk_elements: int = 1 << 20
+        self, x: Tensor, fn: Callable[[Tensor, slice], Tensor], chunk_elements: int = 1 << 21
     ) -> Tensor:
         """``fn`` applied to groups of ``(batch, channel)`` planes, each group passed as a
         ``(1, planes, *spatial)`` view together with the slice of the flattened ``B*C`` planes it covers.
 
         Pooling never mixes planes, so the result equals ``fn`` on the whole tensor. A chain of
-        elementwise ops and pools on a ~4 MB group stays in cache, where on the whole tensor each op
-        is a round trip to memory (and fresh large allocations page-fault). For inference paths: the
+        elementwise ops and pools on a group of ~``chunk_elements`` (8 MB of float32 by default) stays
+        in the last-level cache and reuses allocator memory, where on the whole tensor each op is a
+        round trip to memory and each fresh large allocation page-faults. Each group costs one
+        parallel region per op, so groups are not made smaller than that. For inference paths: the
         output is written into a preallocated tensor, so it does not carry a gradient history.
         """
         b, c = x.shape[:2]

@@ -163,8 +163,9 @@ class TestMixedFunctional:
         x = torch.randn(1, 2, 6, 6)
         x[0, 0, 0, 0] = float("nan")
         x[0, 1, :2, :2] = float("nan")  # a window of NaN only
-        x[0, 1, 4, 4], x[0, 1, 4, 5] = float("inf"), float("-inf")  # max +inf, mean NaN
+        x[0, 1, 4, 4], x[0, 0, 4, 5] = float("inf"), float("-inf")  # infinities: max +inf or finite
         expected = F.max_pool2d(x, 2)
+        assert expected.isnan().sum() == 2 and expected.isinf().sum() == 1
         for grad in (False, True):
             y = mixed_pool(x.clone().requires_grad_(grad), 2, p_max=1.0, training=True)
             torch.testing.assert_close(y.detach(), expected, equal_nan=True)
