@@ -17,4 +17,8 @@ __all__ = [
     "nn",
     "pool",
 ]
+
+from .stochastic import StochasticParams, stochastic_pool
+
+__all__ += ["StochasticParams", "stochastic_pool"]
 __version__ = "0.1.0"

@@ -17,6 +17,13 @@ from torch import Tensor, nn
 
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
 from .params import AdaptiveParams, GlobalParams, format_validation_error
+from .stochastic import (
+    StochasticParams,
+    StochasticPool1d,
+    StochasticPool2d,
+    StochasticPool3d,
+    stochastic_pool,
+)
 
 __all__ = ["REGISTRY", "MethodSpec", "UnknownMethodError", "get_spec", "methods", "pool"]
 
@@ -96,6 +103,18 @@ def _build() -> dict[str, MethodSpec]:
         _preset("adaptive_max", maxp, "Adaptive max pooling: give output_size, windows are derived.",
                 AdaptiveParams),
     ]
+    specs.append(
+        MethodSpec(
+            "stochastic",
+            "Stochastic pooling (Zeiler & Fergus 2013): training samples a_i / sum(a), "
+            "eval gives sum(a^2) / sum(a).",
+            stochastic_pool,
+            StochasticParams,
+            modules={1: StochasticPool1d, 2: StochasticPool2d, 3: StochasticPool3d},
+            random=True,
+            takes_training=True,
+        )
+    )
     return {spec.name: spec for spec in specs}
 
 
