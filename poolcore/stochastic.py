@@ -270,10 +270,9 @@ def _train(x: Tensor, w: Window, generator: torch.Generator | None) -> Tensor:
 
 # ---- eval: sum(a^2) / sum(a) ------------------------------------------------------------------------------
 def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
-    # A zero sum means an all-zero window (the input is non-negative) whose squares are 0 too: 0 / tiny = 0.
-    # Clamping to the smallest subnormal leaves every positive sum unchanged.
-    tiny = torch.finfo(sums.dtype).smallest_normal * torch.finfo(sums.dtype).eps
-    return squares / sums.clamp_min(tiny)
+    # A zero sum means an all-zero window (the input is non-negative) whose squares are 0 too: divide by 1
+    # there. Adding the mask (not torch.where, which is unvectorised on CPU) keeps the gradient finite.
+    return squares / (sums + (sums == 0))
 
 
 def _eval(x: Tensor, w: Window) -> Tensor:
