@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
@@ -62,21 +61,13 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
     )
 
 
-def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
-    """Max and real-position mean of a kernel-form window through oneDNN (torch's values)."""
+def _onednn_max(x: Tensor, window: Window) -> Tensor:
+    """Max over each kernel-form window through oneDNN (same values as torch's, NaN aside)."""
     k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
     xm = x.contiguous().to_mkldnn()
     if len(window.in_size) == 2:
-        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode)
-        av = F.avg_pool2d(xm, k, s, p, window.ceil_mode, False)
-    else:
-        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
-        av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
-    mx, av = mx.to_dense(), av.to_dense()
-    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when the window holds
-    # a NaN, so taking the mean there never hides one; a window holding both +inf and -inf (and no
-    # NaN) gives NaN here where torch's max gives +inf.
-    return torch.where(av == av, mx, av), av
+        return torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode).to_dense()
+    return torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode).to_dense()
 
 
 def _draw(
@@ -121,16 +112,22 @@ def _mixed(
             drawn.append(lam)
         if not _use_onednn(b, w):
             return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
-        # Inference path: oneDNN pools, in cache-sized groups of planes (λ is drawn up front, so the
-        # draws do not depend on the path taken).
+        # Inference path: oneDNN's max and torch's mean in groups of planes (λ is drawn up front, so
+        # the draws do not depend on the path taken).
         flat = None
         if lam is not None:
             planes = out_shape[0] * out_shape[1]
             flat = lam.expand(*out_shape[:2], *lam.shape[2:]).reshape(1, planes, *lam.shape[2:])
 
-        def part(chunk: Tensor, planes: slice) -> Tensor:
-            mx, av = _onednn_max_avg(chunk, w)
-            return _combine(mx, av, None if flat is None else flat[:, planes], p_max, weight)
+        def part(chunk: Tensor, planes: slice, out: Tensor) -> None:
+            mx, av = _onednn_max(chunk, w), w.mean(chunk, count_include_pad=False)
+            if flat is None:  # lerp takes NaN from the mean, which oneDNN's max would skip
+                torch.lerp(av, mx, p_max if weight is None else weight.to(mx.dtype), out=out)
+                return
+            # oneDNN's max skips NaN where torch's propagates it; a window's mean is NaN when the
+            # window holds a NaN, so the mean is taken there and a NaN is never hidden. (A window with
+            # both +inf and -inf and no NaN gives NaN here where torch's max gives +inf.)
+            torch.where(flat[:, planes] & (av == av), mx, av, out=out)
 
         return w.map_planes(b, part)
 
