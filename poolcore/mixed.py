@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
@@ -61,13 +62,18 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
     )
 
 
-def _onednn_max(x: Tensor, window: Window) -> Tensor:
-    """Max over each kernel-form window through oneDNN (same values as torch's, NaN aside)."""
+def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
+    """Max and real-position mean of each kernel-form window through oneDNN: torch's values, except
+    that oneDNN's max skips NaN (the mean does not, see below)."""
     k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
     xm = x.contiguous().to_mkldnn()
     if len(window.in_size) == 2:
-        return torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode).to_dense()
-    return torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode).to_dense()
+        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode)
+        av = F.avg_pool2d(xm, k, s, p, window.ceil_mode, False)
+    else:
+        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
+        av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
+    return mx.to_dense(), av.to_dense()
 
 
 def _draw(
@@ -112,15 +118,15 @@ def _mixed(
             drawn.append(lam)
         if not _use_onednn(b, w):
             return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
-        # Inference path: oneDNN's max and torch's mean in groups of planes (λ is drawn up front, so
-        # the draws do not depend on the path taken).
+        # Inference path: oneDNN's pools in groups of planes (λ is drawn up front, so the draws do not
+        # depend on the path taken).
         flat = None
         if lam is not None:
             planes = out_shape[0] * out_shape[1]
             flat = lam.expand(*out_shape[:2], *lam.shape[2:]).reshape(1, planes, *lam.shape[2:])
 
         def part(chunk: Tensor, planes: slice, out: Tensor) -> None:
-            mx, av = _onednn_max(chunk, w), w.mean(chunk, count_include_pad=False)
+            mx, av = _onednn_max_avg(chunk, w)
             if flat is None:  # lerp takes NaN from the mean, which oneDNN's max would skip
                 torch.lerp(av, mx, p_max if weight is None else weight.to(mx.dtype), out=out)
                 return
