@@ -52,7 +52,7 @@ def decode(body: bytes, limits: Limits) -> Tensor:
                 wide = np.asarray(img, dtype=np.float32)
                 scale = 65535.0 if img.mode.startswith("I") else 1.0
                 return torch.from_numpy(np.clip(wide / scale, 0.0, 1.0)[None].copy())
-            pixels = np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
+            pixels = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"image refused as a decompression bomb: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -71,7 +71,8 @@ def to_tensor(data: Any, dtype: np.dtype, limits: Limits) -> Tensor:
     if not 1 <= array.ndim <= 5:
         raise Unprocessable(f"data must have rank 1 to 5 (got rank {array.ndim}, shape {array.shape})")
     check_elements(array.shape, limits)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+    with np.errstate(over="ignore"):  # overflow to inf is refused by run_pool's finiteness check
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
 
 def _kind_name(dtype: np.dtype) -> str:
