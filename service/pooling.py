@@ -24,7 +24,7 @@ MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
 
 @dataclass(frozen=True)
 class PoolOutcome:
-    output: Tensor  # on the CPU
+    output: Tensor  # on the CPU; made under inference_mode, so clone() it before editing in place
     method: str
     params: dict[str, Any]  # resolved: defaults filled in, presets applied, plus mode and seed
     device: str

@@ -27,6 +27,11 @@ def split_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, s
     field_value = b""
     data: list[bytes] = []
 
+    ended: list[bool] = []
+
+    def on_end() -> None:
+        ended.append(True)
+
     def on_part_begin() -> None:
         headers.clear()
         data.clear()
@@ -72,6 +77,7 @@ def split_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, s
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -79,6 +85,8 @@ def split_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, s
         parser.finalize()
     except MultipartParseError as error:
         raise BadRequest(f"malformed multipart/form-data: {error}") from None
+    if not ended:
+        raise BadRequest("malformed multipart/form-data: the body ends before the closing boundary")
     return parts
 
 
