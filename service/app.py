@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
         await anyio.to_thread.run_sync(_warm_up, app.state.device)
         app.state.ready = True
         log.info("poolserve ready on %s", app.state.device)

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     max_concurrency: Annotated[int, Field(ge=1)] = Field(
         default=4, description="Requests decoded, pooled and encoded at once (the rest wait their turn)."
     )
+    torch_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="torch intra-op threads per request (torch.set_num_threads); unset keeps torch's "
+        "default. On CPU, 1 with max_concurrency near the core count avoids thread oversubscription.",
+    )
     bench_routes: bool = Field(
         default=False,
         description="Add /bench/constant, the baseline route of bench/service.py (not for production).",

@@ -177,6 +177,8 @@ def pool_openapi() -> dict[str, Any]:
             "X-Pool-Shape": "Output shape, comma-separated.",
             "X-Pool-Dtype": "Output dtype.",
             "X-Pool-Device": "Where it ran.",
+            "X-Pool-Elapsed-Ms": "Time in the pooling operator itself.",
+            "Server-Timing": "read (body) and run (decode, pool, encode in a worker) durations, in ms.",
         }.items()
     }
     responses: dict[int | str, dict[str, Any]] = {

@@ -6,6 +6,7 @@ The handler only reads the body; decoding, pooling and encoding run in a worker 
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -91,12 +92,19 @@ def pool_router() -> APIRouter:
         accept = request.headers.get("accept")
         if family in _EARLY_KIND:
             codecs.negotiate(accept, _EARLY_KIND[family])  # 406 before reading the body
+        start = time.perf_counter()
         body = await request.body()  # the middleware enforces the size limit while it streams in
+        read = time.perf_counter()
         state = request.app.state
         limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
         query = list(request.query_params.multi_items())
         result: Response = await anyio.to_thread.run_sync(
             _process, spec.name, body, content_type, accept, query, limits, request, limiter=state.limiter
+        )
+        done = time.perf_counter()
+        # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
+        result.headers["Server-Timing"] = (
+            f"read;dur={(read - start) * 1e3:.3f}, run;dur={(done - read) * 1e3:.3f}"
         )
         return result
 
