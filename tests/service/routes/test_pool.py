@@ -78,7 +78,8 @@ class TestEveryMethod:
         out = np.load(io.BytesIO(r.content), allow_pickle=False)
         np.testing.assert_array_equal(out, reference(torch.from_numpy(X), method, params).numpy())
         assert orjson.loads(r.headers["x-pool-params"])["mode"] == "eval"
-        assert r.headers["server-timing"].startswith("read;dur=") and ", run;dur=" in r.headers["server-timing"]
+        timing = r.headers["server-timing"]
+        assert timing.startswith("read;dur=") and ", run;dur=" in timing
 
     @pytest.mark.parametrize("method", METHODS)
     def test_image_roundtrip(self, client: TestClient, method: str) -> None:
