@@ -98,7 +98,11 @@ class RawClient:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A send buffer that holds a whole request: sendall returns at once and the server drains it at
+        # its own pace, instead of waiting for this process to be scheduled again on a busy machine.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         self.buffer = b""
+        self.timings: list[dict[str, float]] = []  # Server-Timing and X-Pool-Elapsed-Ms of each answer
 
     def post(self, path: str, body: bytes, content_type: str) -> bytes:
         head = (
@@ -109,6 +113,7 @@ class RawClient:
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self.sock.recv(1 << 20)
         header, _, rest = self.buffer.partition(b"\r\n\r\n")
+        self._record(header)
         if not header.startswith(b"HTTP/1.1 200"):
             raise SystemExit(f"{path}: {header[:60]!r}")
         length = next(
@@ -127,6 +132,31 @@ class RawClient:
         data = b"".join(chunks)
         self.buffer = data[length:]
         return data[:length]
+
+    def _record(self, header: bytes) -> None:
+        timing: dict[str, float] = {}
+        for line in header.split(b"\r\n")[1:]:
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.lower() == "server-timing":
+                for part in value.split(","):
+                    name, _, dur = part.strip().partition(";dur=")
+                    timing[name] = float(dur)
+            elif key.lower() == "x-pool-elapsed-ms":
+                timing["pool"] = float(value)
+        if timing:
+            self.timings.append(timing)
+
+    def breakdown(self) -> str:
+        """Median server-side split of the answers since the last call."""
+        if not self.timings:
+            return ""
+        parts = [
+            f"{key} {statistics.median(t[key] for t in self.timings if key in t):.2f} ms"
+            for key in ("read", "run", "pool")
+            if any(key in t for t in self.timings)
+        ]
+        self.timings = []
+        return "server side (p50): " + ", ".join(parts)
 
     def close(self) -> None:
         self.sock.close()
@@ -258,8 +288,11 @@ def main() -> None:
     with server(args.torch_threads) as (_, port):
         client = RawClient(port)
         try:
+            client.timings = []
             npy_http, npy_local = npy_case(client, args.repeats)
+            npy_split = client.breakdown()
             json_http, json_local = json_case(client, max(10, args.repeats // 2))
+            json_split = client.breakdown()
         finally:
             client.close()
         pool_rps, constant_rps = small_case(port, args.seconds)
@@ -303,6 +336,10 @@ def main() -> None:
     print(f"{'case':28} {'HTTP':>14} {'baseline':>14} {'ratio':>7}  {'target':>7}  result")
     for name, http, local, ratio, target, ok in rows:
         print(f"{name:28} {http:>14} {local:>14} {ratio:>6.2f}×  {target:>7}  {'PASS' if ok else 'MISS'}")
+    print(f"npy  {npy_split}")
+    print(f"json {json_split}")
+    print("(read = body received by the app; run = decode + pool + encode in a worker thread, queueing")
+    print("included; pool = the operator alone; the rest of HTTP is the transport and the client)")
     print("baselines: npy = np.load + pool + np.save in process (p50); json = orjson.loads + np.asarray")
     print("+ pool + orjson.dumps in process (p50); small = a bare route returning a constant, same server")
 
