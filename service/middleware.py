@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import PayloadTooLarge
@@ -101,6 +102,11 @@ class ServiceMiddleware:
                     await reply(413, f"request body of {length} bytes is over the limit of {limit} bytes")
                     return
             await self.app(scope, limited_receive, tracked_send)
+        except ClientDisconnect:
+            status = 499  # the client went away mid-request: nothing to answer, nothing to alarm about
+            log.info(
+                "request %s: client disconnected during %s %s", request_id, scope["method"], scope["path"]
+            )
         except PayloadTooLarge as error:
             if started:
                 raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -62,3 +64,47 @@ def test_invalid_content_length(client: TestClient) -> None:
 )
 def test_route_labels_are_bounded(path: str, label: str) -> None:
     assert route_label(path) == label
+
+
+def test_client_disconnect_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that goes away mid-body gets no answer and no error log; metrics count it as 499."""
+    app = create_app(test_settings())
+    sent: list[dict] = []
+    messages = iter(
+        [{"type": "http.request", "body": b"\x93NUMPY", "more_body": True}, {"type": "http.disconnect"}]
+    )
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/pool/avg",
+        "raw_path": b"/pool/avg",
+        "root_path": "",
+        "query_string": b"kernel_size=2",
+        "headers": [(b"content-type", b"application/x-npy")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+
+    async def run() -> None:
+        app.state.limiter = anyio.CapacityLimiter(1)  # what the lifespan would set
+        await app(scope, receive, send)
+
+    with caplog.at_level(logging.INFO, "poolserve"):
+        anyio.run(run)
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    metrics = app.state.metrics.registry.get_sample_value(
+        "poolserve_requests_total", {"route": "/pool/{method}", "method": "avg", "status": "499"}
+    )
+    assert metrics == 1.0
