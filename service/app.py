@@ -14,6 +14,7 @@ import anyio
 import anyio.to_thread
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
 from .config import Settings, get_settings
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.ready = False
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from files in the wheel: nothing is fetched from a CDN.
+    app = FastAPIOffline(
         title="poolserve",
         summary="Pooling operators (avg, max, stochastic, mixed, Lp/GeM, adaptive, global) over HTTP.",
         description="`POST /pool/{method}` with JSON, .npy, an image or a multipart upload; `GET /methods` "

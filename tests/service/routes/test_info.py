@@ -120,3 +120,16 @@ def test_http_errors_use_detail(client: TestClient) -> None:
     assert r.status_code == 404 and isinstance(r.json()["detail"], str)
     r = client.get("/pool/avg")
     assert r.status_code == 405 and isinstance(r.json()["detail"], str)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_only_local_assets(client: TestClient, page: str) -> None:
+    """No CDN at run time: every script, stylesheet and icon of the docs pages is served by us."""
+    import re
+
+    html = client.get(page).text
+    urls = re.findall(r'(?:src|href)=["\']([^"\']+)', html) + re.findall(r'url: ?["\']([^"\']+)', html)
+    assert urls, f"{page} references no assets"
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url
