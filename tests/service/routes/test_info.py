@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -125,8 +126,6 @@ def test_http_errors_use_detail(client: TestClient) -> None:
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_docs_pages_load_only_local_assets(client: TestClient, page: str) -> None:
     """No CDN at run time: every script, stylesheet and icon of the docs pages is served by us."""
-    import re
-
     html = client.get(page).text
     urls = re.findall(r'(?:src|href)=["\']([^"\']+)', html) + re.findall(r'url: ?["\']([^"\']+)', html)
     assert urls, f"{page} references no assets"
