@@ -8,7 +8,9 @@ import uvicorn
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="poolserve", description="Serve poolcore's pooling methods over HTTP.")
+    parser = argparse.ArgumentParser(
+        prog="poolserve", description="Serve poolcore's pooling methods over HTTP."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)

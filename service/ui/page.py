@@ -55,8 +55,7 @@ THEME = gr.themes.Default(
 CSS = """
 .pool-view img { width: 100% !important; height: 300px !important; max-height: 300px !important;
                  object-fit: contain; image-rendering: pixelated; }
-#compare-gallery img { image-rendering: pixelated; object-fit: contain !important;
-                       width: 100%; height: 100%; }
+#compare-gallery img { image-rendering: pixelated; }
 .prob-table { border-collapse: collapse; margin: 0 1em 0.6em 0; display: inline-table; }
 .prob-table td { border: 1px solid #9994; padding: 2px 6px; text-align: right; font-family: monospace; }
 .prob-table caption { font-size: 0.85em; text-align: left; }
@@ -340,8 +339,8 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
 
     inputs = [origin, source, panel.mode, panel.seed, *panel.inputs()]
     outputs = [result, info, snippet, panel.seed]
-    run.click(run_fn, inputs, outputs)
-    again.click(again_fn, inputs, outputs)
+    run.click(run_fn, inputs, outputs, api_name="pool_image")
+    again.click(again_fn, inputs, outputs, api_name="sample_image")
     panel.wire()
     gr.on(
         [origin.change, *panel.changes()],
@@ -413,7 +412,7 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             gr.Examples([[p] for p in example_paths()], inputs=[source], label="Example images")
     gallery = gr.Gallery(
         label="Pooled by every method (true size, shown upscaled with nearest neighbour)",
-        columns=4,
+        columns=5,
         object_fit="contain",
         format="png",
         height="auto",
@@ -476,7 +475,9 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         text = summary + (" — problems:\n" + "\n".join(problems) if problems else ".")
         return [items, text, snippets.compare_snippet(_base(base), used_calls)]
 
-    run.click(run_fn, [origin, source, kernel, output, mode, seed], [gallery, errors, snippet])
+    run.click(
+        run_fn, [origin, source, kernel, output, mode, seed], [gallery, errors, snippet], api_name="compare"
+    )
 
     def snippet_fn(base: str, kernel_text: str, output_text: str, mode: str, seed: Any) -> str:
         return snippets.compare_snippet(
@@ -660,8 +661,8 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
 
     inputs = [origin, matrix, panel.mode, panel.seed, draws, *panel.inputs()]
     outputs = [result, info, probabilities, plot, snippet, panel.seed]
-    run.click(run_fn, inputs, outputs)
-    again.click(again_fn, inputs, outputs)
+    run.click(run_fn, inputs, outputs, api_name="pool_tensor")
+    again.click(again_fn, inputs, outputs, api_name="sample_tensor")
     panel.wire()
     panel.method.change(on_method, [panel.method], [draws, probabilities, plot], queue=False)
     snippet_inputs = [origin, matrix, panel.mode, panel.seed, *panel.inputs()]
