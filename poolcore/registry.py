@@ -70,7 +70,9 @@ class MethodSpec:
         return self.functional(x, **kwargs)
 
 
-def _preset(name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any) -> MethodSpec:
+def _preset(
+    name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any
+) -> MethodSpec:
     return MethodSpec(
         name=name,
         description=description,
@@ -88,13 +90,28 @@ def _build() -> dict[str, MethodSpec]:
     maxp = MethodSpec("max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams)
     specs = [avg, maxp]
     specs += [
-        _preset("global_avg", avg, "Global average pooling (Network in Network): one mean per channel.",
-                GlobalParams, output_size=1),
-        _preset("global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1),
-        _preset("adaptive_avg", avg, "Adaptive average pooling: give output_size, windows are derived.",
-                AdaptiveParams),
-        _preset("adaptive_max", maxp, "Adaptive max pooling: give output_size, windows are derived.",
-                AdaptiveParams),
+        _preset(
+            "global_avg",
+            avg,
+            "Global average pooling (Network in Network): one mean per channel.",
+            GlobalParams,
+            output_size=1,
+        ),
+        _preset(
+            "global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1
+        ),
+        _preset(
+            "adaptive_avg",
+            avg,
+            "Adaptive average pooling: give output_size, windows are derived.",
+            AdaptiveParams,
+        ),
+        _preset(
+            "adaptive_max",
+            maxp,
+            "Adaptive max pooling: give output_size, windows are derived.",
+            AdaptiveParams,
+        ),
     ]
     return {spec.name: spec for spec in specs}
 
