@@ -2,6 +2,9 @@
 
 from . import nn
 from .basic import avg_pool, max_pool
+from .generic import GlobalPool, Pool
+from .lp import gem_pool, lp_pool
+from .mixed import mixed_pool
 from .registry import REGISTRY, MethodSpec, UnknownMethodError, get_spec, methods, pool
 from .windows import Window
 
@@ -17,4 +20,5 @@ __all__ = [
     "nn",
     "pool",
 ]
+__all__ += ["GlobalPool", "Pool", "gem_pool", "lp_pool", "mixed_pool"]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
+from . import lp, mixed
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
 from .params import AdaptiveParams, GlobalParams, format_validation_error
 
@@ -113,11 +114,36 @@ def _build() -> dict[str, MethodSpec]:
             AdaptiveParams,
         ),
     ]
+    specs += [
+        MethodSpec(
+            "mixed",
+            "Mixed pooling (Yu et al. 2014): max with probability p_max, else average; eval: expectation.",
+            mixed.mixed_pool,
+            mixed.MixedParams,
+            modules={1: mixed.MixedPool1d, 2: mixed.MixedPool2d, 3: mixed.MixedPool3d},
+            random=True,
+            takes_training=True,
+        ),
+        MethodSpec(
+            "lp",
+            "Power-average (Lp) pooling, sum form (sum |x|^p)^(1/p): p=1 sum, p=inf max of |x|.",
+            lp.lp_pool,
+            lp.LPParams,
+            modules={1: lp.LPPool1d, 2: lp.LPPool2d, 3: lp.LPPool3d},
+        ),
+        MethodSpec(
+            "gem",
+            "Generalised-mean (GeM) pooling (mean max(x, eps)^p)^(1/p): p=1 average, p=inf max.",
+            lp.gem_pool,
+            lp.GeMParams,
+            modules={1: lp.GeMPool1d, 2: lp.GeMPool2d, 3: lp.GeMPool3d},
+        ),
+    ]
     return {spec.name: spec for spec in specs}
 
 
 REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(_build())
-ALIASES: Mapping[str, str] = MappingProxyType({})
+ALIASES: Mapping[str, str] = MappingProxyType({"power": "lp"})
 
 
 def methods() -> list[str]:

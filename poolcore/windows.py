@@ -10,6 +10,7 @@ Adaptive bins are torch's (``aten/src/ATen/native/AdaptivePooling.h``): ``start 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,36 @@ class Window:
             return adaptive(x, self.out_size)
         pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
         return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
+
+    # ---- cache-sized chunks of planes ---------------------------------------------------------------
+    def map_planes(
+        self, x: Tensor, fn: Callable[[Tensor, slice], Tensor], chunk_elements: int = 1 << 20
+    ) -> Tensor:
+        """``fn`` applied to groups of ``(batch, channel)`` planes, each group passed as a
+        ``(1, planes, *spatial)`` view together with the slice of the flattened ``B*C`` planes it covers.
+
+        Pooling never mixes planes, so the result equals ``fn`` on the whole tensor. A chain of
+        elementwise ops and pools on a ~4 MB group stays in cache, where on the whole tensor each op
+        is a round trip to memory (and fresh large allocations page-fault). For inference paths: the
+        output is written into a preallocated tensor, so it does not carry a gradient history.
+        """
+        b, c = x.shape[:2]
+        planes = b * c
+        per = max(1, chunk_elements // max(1, math.prod(x.shape[2:])))
+        if per >= planes:
+            out = fn(x.reshape(1, planes, *x.shape[2:]), slice(0, planes))
+            return out.reshape(b, c, *out.shape[2:])
+        flat = x.reshape(1, planes, *x.shape[2:])
+        result: Tensor | None = None
+        for start in range(0, planes, per):
+            part = slice(start, min(start + per, planes))
+            y = fn(flat[:, part], part)
+            if result is None:
+                result = y.new_empty((1, planes, *y.shape[2:]))
+            result[:, part] = y
+        if result is None:  # unreachable: planes >= 1 (window_call rejects empty inputs)
+            raise ValueError(f"input has no planes (got shape {tuple(x.shape)})")
+        return result.reshape(b, c, *result.shape[2:])
 
     def _adaptive_avg(self, x: Tensor) -> Tensor:
         pool: Any = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d
