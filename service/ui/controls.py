@@ -228,6 +228,8 @@ def _convert(field: Field, raw: Any) -> Any:
     if field.kind in ("int", "float"):
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             return PydanticUndefined
+        if isinstance(raw, str):
+            return parse_text(raw)
         if isinstance(raw, float) and field.kind == "int" and raw.is_integer():
             return int(raw)
         return raw

@@ -180,12 +180,10 @@ class ControlPanel:
         if fld.name in self.window_defaults and (fld.default is None or fld.required):
             return self.window_defaults[fld.name]
         if fld.required or fld.default is None:
-            return None if fld.kind in ("int", "float") else ""
-        if fld.kind in ("size", "text"):
-            return format_value(fld.default)
-        if fld.kind == "choice":
-            return format_value(fld.default)
-        return fld.default
+            return None if fld.bounded else ""
+        if fld.kind in ("bool",) or fld.bounded:
+            return fld.default
+        return format_value(fld.default)
 
     def _widget(self, fld: Field, *, visible: bool) -> gr.components.Component:
         common: dict[str, Any] = {
@@ -207,8 +205,7 @@ class ControlPanel:
             step = 1 if fld.kind == "int" else 0.01
             low, high = cast(float, fld.minimum), cast(float, fld.maximum)  # bounded: both known
             return gr.Slider(low, high, value=value, step=step, **common)
-        if fld.kind in ("int", "float"):
-            return gr.Number(value=value, precision=0 if fld.kind == "int" else None, **common)
+        # Text, not gr.Number: blank must mean "the default", and a float may be inf (lp's p).
         return gr.Textbox(value=value, max_lines=1, **common)
 
     # ---- events ---------------------------------------------------------------------------------
