@@ -235,8 +235,11 @@ class ControlPanel:
                 updates.append(gr.update(visible=False))
                 continue
             update: dict[str, Any] = {"visible": fld.name in shown, "info": fld.info()}
-            if fld.name not in WINDOW_FIELDS or current in (None, ""):
-                update["value"] = self._start_value(fld)
+            # Window values carry over between methods; a blank one is filled only when there is something
+            # to fill it with, so a reply to a method change never wipes what the user typed meanwhile.
+            start = self._start_value(fld)
+            if fld.name not in WINDOW_FIELDS or (current in (None, "") and start not in (None, "")):
+                update["value"] = start
             if fld.kind in ("int", "float") and fld.bounded:
                 update.update(minimum=fld.minimum, maximum=fld.maximum)
             updates.append(gr.update(**update))

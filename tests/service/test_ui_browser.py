@@ -189,6 +189,7 @@ def test_image_tab_pools_an_uploaded_image(page: tuple[Any, Network]) -> None:
     pg.locator("#image-input input[type=file]").set_input_files(str(ASSETS / "cells.png"))  # 96×96
     pg.locator("#image-input img").wait_for()
     _pick(pg, "image-method", "max")
+    pg.locator("#image-description").get_by_text(poolcore.get_spec("max").description).wait_for()
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("4")
     pg.locator("#image-param-stride textarea, #image-param-stride input").first.fill("2")
     pg.locator("#image-run").click()
