@@ -40,8 +40,10 @@ needs_stochastic = pytest.mark.skipif(
 SEED_EVAL = sum(v * v for row in SEED_MATRIX for v in row) / sum(v for row in SEED_MATRIX for v in row)
 
 
-def runtime(**settings: Any) -> Runtime:
-    return Runtime.of_state(SimpleNamespace(device=torch.device("cpu"), settings=SimpleNamespace(**settings)))
+def runtime(device: torch.device | str = "cpu", **settings: Any) -> Runtime:
+    return Runtime.of_state(
+        SimpleNamespace(device=torch.device(device), settings=SimpleNamespace(**settings))
+    )
 
 
 def reference_tensor(path: str | Path) -> torch.Tensor:
@@ -212,11 +214,12 @@ def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
     assert "/pool/adaptive_max?output_size=16" in _value(code)
 
 
-def test_pool_image_matches_poolcore_directly() -> None:
+def test_pool_image_matches_poolcore_directly(device: torch.device) -> None:
     image = Image.open(ASSETS / "rings.png")  # RGBA keeps its 4 channels
-    result = pool_image(runtime(), image, "max", {"kernel_size": 4})
+    result = pool_image(runtime(device), image, "max", {"kernel_size": 4})
     direct = poolcore.pool(image_to_tensor(image), "max", kernel_size=4)
     assert result.input_shape == (4, 64, 64)
+    assert result.outcome.device == str(device) and result.outcome.output.device.type == "cpu"
     torch.testing.assert_close(result.outcome.output, direct, rtol=0, atol=0)
 
 
@@ -252,7 +255,7 @@ def test_tensor_tab_train_mode_is_reproducible_with_the_shown_seed(blocks: gr.Bl
 
 
 @needs_stochastic
-def test_sampling_frequencies_match_the_exact_probabilities() -> None:
+def test_sampling_frequencies_match_the_exact_probabilities(device: torch.device) -> None:
     """Chi-square goodness of fit of 20 000 seeded draws to p = a / Σa (significance 0.001)."""
     from scipy.stats import chisquare
 
@@ -263,7 +266,9 @@ def test_sampling_frequencies_match_the_exact_probabilities() -> None:
     assert len(windows) == 1 and windows[0].probabilities is not None
     exact = torch.tensor(SEED_MATRIX, dtype=torch.float64) / 10.0
     torch.testing.assert_close(windows[0].probabilities, exact)
-    (counts,) = sample_counts(x, "stochastic", {"kernel_size": 3}, windows, draws=20000, seed=1234)
+    (counts,) = sample_counts(
+        x, "stochastic", {"kernel_size": 3}, windows, draws=20000, seed=1234, device=device
+    )
     assert counts.sum() == 20000
     assert counts[exact == 0].sum() == 0  # zeros are never chosen
     positive = exact > 0
