@@ -22,6 +22,7 @@ from .controls import (
     collect_params,
     fields_of,
     format_value,
+    parse_text,
     union_fields,
     visible_names,
     window_forms,
@@ -67,6 +68,8 @@ TENSOR_WINDOW = {"kernel_size": "3", "output_size": "1"}
 WINDOW_FIELDS = frozenset({"kernel_size", "stride", "padding", "ceil_mode", "output_size"})
 MAX_PROBABILITY_TABLES = 16
 MAX_PLOTTED_WINDOWS = 4
+# The draws run as one batch of copies of the matrix (in float64, with autograd): keep that batch small.
+MAX_DRAW_ELEMENTS = 4_000_000
 
 
 def _base(origin: str | None) -> str:
@@ -419,14 +422,12 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         elem_id="compare-gallery",
     )
     errors = gr.Markdown(elem_id="compare-info")
-    with gr.Accordion("API snippet: the same calls over HTTP", open=False):
+    with gr.Accordion("API snippet: the same calls over HTTP", open=True):
         snippet = gr.Markdown(elem_id="compare-snippet")
 
     def calls(
         kernel_text: str, output_text: str, mode: str, seed: int | str | None
     ) -> dict[str, dict[str, Any]]:
-        from .controls import parse_text
-
         k = parse_text(kernel_text) if kernel_text.strip() else None
         o = parse_text(output_text) if output_text.strip() else None
         out = {}
@@ -620,6 +621,12 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 windows = guard(lambda: window_probabilities(x, method, params))
                 draw_seed = used if used is not None else (_seed(seed) or 0)
                 n = int(n_draws)
+                if n * x.numel() > MAX_DRAW_ELEMENTS:
+                    raise PageError(
+                        413,
+                        f"too many draws for the frequency plot: draws × matrix elements is {n * x.numel()}, "
+                        f"over the limit of {MAX_DRAW_ELEMENTS}; use fewer draws or a smaller matrix",
+                    )
                 plotted = windows[:MAX_PLOTTED_WINDOWS]
                 counts = guard(
                     lambda: sample_counts(

@@ -400,3 +400,26 @@ def test_json_snippet_request_gives_the_page_output_over_the_route(blocks: gr.Bl
         response = client.post("/pool/stochastic", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["data"] == [[[pytest.approx(SEED_EVAL, abs=1e-6)]]]
+
+
+@needs_stochastic
+def test_too_many_draws_are_refused_but_the_result_still_shows(blocks: gr.Blocks) -> None:
+    rows = [[float((i * 7 + j) % 5) for j in range(30)] for i in range(30)]
+    outputs = event(blocks, "pool_tensor", tensor_input=rows, tensor_method="stochastic", tensor_draws=20000)
+    assert _value(outputs[0]) is not None
+    assert "**Error 413**: too many draws" in _value(outputs[1])
+
+
+def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
+    if "mixed" not in poolcore.methods():
+        pytest.skip("mixed is not registered on this branch")
+    image = Image.open(ASSETS / "cells.png")
+    common = {"image_input": image, "image_method": "mixed", "image_mode": "train"}
+    first = event(blocks, "sample_image", **common)
+    second = event(blocks, "sample_image", **common)
+    seeds = [_value(first[3]), _value(second[3])]
+    assert all(s and s.isdigit() for s in seeds) and seeds[0] != seeds[1]
+    a, b = np.asarray(_value(first[0])), np.asarray(_value(second[0]))
+    assert a.shape == b.shape == (24, 24, 3) and not np.array_equal(a, b)
+    replay = event(blocks, "pool_image", image_seed=seeds[0], **common)
+    assert np.array_equal(np.asarray(_value(replay[0])), a)  # the shown seed reproduces the sample
