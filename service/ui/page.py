@@ -149,11 +149,15 @@ class ControlPanel:
         self.fields = union_fields(names)
         shown = visible_names(default_method, self.form.value)
         own = {f.key: f for f in fields_of(default_method)}
-        self.widgets = {}
-        with gr.Row():
-            for fld in self.fields:
-                current = own.get(fld.key, fld)
-                self.widgets[fld.key] = self._widget(current, visible=fld.key in own and fld.name in shown)
+        made: dict[str, gr.components.Component] = {}
+        # Text and sliders first, checkboxes in a row of their own so their labels are not squeezed.
+        for kinds in (("size", "text", "int", "float", "choice"), ("bool",)):
+            with gr.Row():
+                for fld in self.fields:
+                    if fld.kind in kinds:
+                        current = own.get(fld.key, fld)
+                        made[fld.key] = self._widget(current, visible=fld.key in own and fld.name in shown)
+        self.widgets = {fld.key: made[fld.key] for fld in self.fields}
         spec = poolcore.get_spec(default_method)
         with gr.Row():
             self.mode = gr.Radio(
