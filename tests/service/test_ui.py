@@ -46,9 +46,15 @@ def runtime(device: torch.device | str = "cpu", **settings: Any) -> Runtime:
     )
 
 
+def load(path: str | Path) -> Image.Image:
+    """An image read into memory, its file closed."""
+    with Image.open(path) as image:
+        return image.copy()
+
+
 def reference_tensor(path: str | Path) -> torch.Tensor:
     """C×H×W float32 in [0, 1] straight from PIL and numpy, not through the page's helpers."""
-    array = np.asarray(Image.open(path), dtype=np.float32) / 255.0
+    array = np.asarray(load(path), dtype=np.float32) / 255.0
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
 
 
@@ -139,7 +145,7 @@ def test_a_new_method_shows_up_without_ui_code(extra_method: str) -> None:
     fields = {f.name: f for f in controls.fields_of(extra_method)}
     assert fields["temperature"].default == 1.5 and "≤ 10" in fields["temperature"].info()
     # And it runs from the page: temperature 2 doubles adaptive average pooling.
-    image = Image.open(ASSETS / "gradient.png")
+    image = load(ASSETS / "gradient.png")
     outputs = event(
         blocks, "pool_image", image_input=image, image_method=extra_method, image_param_temperature=2.0
     )
@@ -188,7 +194,7 @@ def test_image_tab_matches_torch(blocks: gr.Blocks, path: str, method: str, refe
     outputs = event(
         blocks,
         "pool_image",
-        image_input=Image.open(path),
+        image_input=load(path),
         image_method=method,
         image_param_kernel_size="3",
         image_param_stride="2",
@@ -202,7 +208,7 @@ def test_image_tab_matches_torch(blocks: gr.Blocks, path: str, method: str, refe
 
 
 def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
-    gallery, text, code = event(blocks, "compare", compare_input=Image.open(ASSETS / "checkerboard.png"))
+    gallery, text, code = event(blocks, "compare", compare_input=load(ASSETS / "checkerboard.png"))
     labels = [item[1] if isinstance(item, tuple) else item.caption for item in _value(gallery)]
     assert [label.split(" · ")[0] for label in labels] == poolcore.methods()
     assert f"{len(poolcore.methods())} of {len(poolcore.methods())} methods ran" in _value(text)
@@ -215,7 +221,7 @@ def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
 
 
 def test_pool_image_matches_poolcore_directly(device: torch.device) -> None:
-    image = Image.open(ASSETS / "rings.png")  # RGBA keeps its 4 channels
+    image = load(ASSETS / "rings.png")  # RGBA keeps its 4 channels
     result = pool_image(runtime(device), image, "max", {"kernel_size": 4})
     direct = poolcore.pool(image_to_tensor(image), "max", kernel_size=4)
     assert result.input_shape == (4, 64, 64)
@@ -296,7 +302,7 @@ def _service_message(x: torch.Tensor, method: str, params: dict[str, Any]) -> st
 
 
 def test_window_larger_than_the_image_shows_the_service_message(blocks: gr.Blocks) -> None:
-    image = Image.open(ASSETS / "checkerboard.png")
+    image = load(ASSETS / "checkerboard.png")
     outputs = event(blocks, "pool_image", image_input=image, image_param_kernel_size="100")
     expected = _service_message(image_to_tensor(image), "avg", {"kernel_size": 100})
     assert _value(outputs[0]) is None
@@ -305,7 +311,7 @@ def test_window_larger_than_the_image_shows_the_service_message(blocks: gr.Block
 
 
 def test_invalid_parameter_shows_the_validation_message(blocks: gr.Blocks) -> None:
-    image = Image.open(ASSETS / "gradient.png")
+    image = load(ASSETS / "gradient.png")
     outputs = event(blocks, "pool_image", image_input=image, image_param_kernel_size="abc")
     assert _value(outputs[1]).startswith("**Error 422**: invalid parameters for 'avg': kernel_size")
     outputs = event(blocks, "pool_image", image_input=image, image_seed="x", image_method="max")
@@ -324,7 +330,7 @@ def test_negative_matrix_for_stochastic_shows_the_service_message(blocks: gr.Blo
 
 
 def test_limits_come_from_the_settings() -> None:
-    image = Image.open(ASSETS / "cells.png")
+    image = load(ASSETS / "cells.png")
     with pytest.raises(PageError) as error:
         pool_image(runtime(max_image_pixels=100), image, "avg", {"kernel_size": 2})
     assert error.value.status == 413 and "over the limit of 100 pixels" in error.value.message
@@ -358,7 +364,7 @@ def test_snippet_reflects_what_ran(blocks: gr.Blocks) -> None:
         blocks,
         "pool_image",
         origin="http://example.test:1234",
-        image_input=Image.open(ASSETS / "gradient.png"),
+        image_input=load(ASSETS / "gradient.png"),
         image_method="max",
         image_param_kernel_size="2,4",
     )
@@ -376,7 +382,7 @@ def test_image_snippet_request_gives_the_page_output_over_the_route(blocks: gr.B
     if not _has_pool_route(app):
         pytest.skip("the /pool route is not on this branch yet")
     path = ASSETS / "cells.png"
-    outputs = event(blocks, "pool_image", image_input=Image.open(path), image_param_kernel_size="2,3")
+    outputs = event(blocks, "pool_image", image_input=load(path), image_param_kernel_size="2,3")
     url = re.search(r"curl -X POST '([^']+)'", _value(outputs[2])).group(1)  # type: ignore[union-attr]
     route = url.split("://", 1)[1].split("/", 1)[1]
     with TestClient(app) as client:
@@ -384,7 +390,7 @@ def test_image_snippet_request_gives_the_page_output_over_the_route(blocks: gr.B
     assert response.status_code == 200, response.text
     from io import BytesIO
 
-    over_http = np.asarray(Image.open(BytesIO(response.content)))
+    over_http = np.asarray(load(BytesIO(response.content)))
     assert np.array_equal(over_http, np.asarray(_value(outputs[0])))
 
 
@@ -413,7 +419,7 @@ def test_too_many_draws_are_refused_but_the_result_still_shows(blocks: gr.Blocks
 def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
     if "mixed" not in poolcore.methods():
         pytest.skip("mixed is not registered on this branch")
-    image = Image.open(ASSETS / "cells.png")
+    image = load(ASSETS / "cells.png")
     common = {"image_input": image, "image_method": "mixed", "image_mode": "train"}
     first = event(blocks, "sample_image", **common)
     second = event(blocks, "sample_image", **common)

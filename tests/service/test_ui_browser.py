@@ -217,8 +217,8 @@ def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
     pg.locator("#image-input img").wait_for()
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("100")
     pg.locator("#image-run").click()
-    with pytest.raises(ValueError) as error:
-        run_pool(image_to_tensor(Image.open(ASSETS / "checkerboard.png")), "avg", {"kernel_size": 100})
+    with Image.open(ASSETS / "checkerboard.png") as image, pytest.raises(ValueError) as error:
+        run_pool(image_to_tensor(image), "avg", {"kernel_size": 100})
     info = pg.locator("#image-info")
     info.get_by_text("Error 422").wait_for()
     assert str(error.value) in info.inner_text()
