@@ -12,6 +12,7 @@ padding, and the max branch ignores padding too, so both branches see the same p
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -73,7 +74,11 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     else:
         mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
         av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
-    return mx.to_dense(), av.to_dense()
+    mx, av = mx.to_dense(), av.to_dense()
+    # oneDNN starts its max at the lowest finite float, so an all −inf window comes back as that; its
+    # mean is −inf exactly when the window holds −inf and no +inf or NaN.
+    mx.masked_fill_((mx == torch.finfo(mx.dtype).min) & (av == -math.inf), -math.inf)
+    return mx, av
 
 
 def _draw(
@@ -89,13 +94,22 @@ def _draw(
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
 
+def _expectation(av: Tensor, mx: Tensor, weight: float | Tensor, out: Tensor | None = None) -> Tensor:
+    """``weight·max + (1−weight)·avg``. lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit
+    for bit; but it computes ``inf − inf`` when both pools are the same infinity, so where the two pools
+    agree their common value is taken whatever the weight."""
+    if out is None:
+        return torch.where(mx == av, mx, torch.lerp(av, mx, weight))
+    torch.lerp(av, mx, weight, out=out)
+    return torch.where(mx == av, mx, out, out=out)
+
+
 def _combine(mx: Tensor, av: Tensor, lam: Tensor | None, p_max: float, weight: Tensor | None) -> Tensor:
     if lam is not None:
         return torch.where(lam, mx, av)  # autograd sends the gradient down the drawn branch only
-    # lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit for bit.
     if weight is None:
-        return torch.lerp(av, mx, p_max)
-    return torch.lerp(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
+        return _expectation(av, mx, p_max)
+    return _expectation(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
 
 
 def _mixed(
@@ -128,7 +142,7 @@ def _mixed(
         def part(chunk: Tensor, planes: slice, out: Tensor) -> None:
             mx, av = _onednn_max_avg(chunk, w)
             if flat is None:  # lerp takes NaN from the mean, which oneDNN's max would skip
-                torch.lerp(av, mx, p_max if weight is None else weight.to(mx.dtype), out=out)
+                _expectation(av, mx, p_max if weight is None else weight.to(mx.dtype), out=out)
                 return
             # oneDNN's max skips NaN where torch's propagates it; a window's mean is NaN when the
             # window holds a NaN, so the mean is taken there and a NaN is never hidden. (A window with
