@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from ..codecs import Kind, Limits
 from ..docs import pool_openapi
 from ..errors import Unprocessable
 from ..params import gather, split_run_options
-from ..pooling import run_pool
+from ..pooling import run_limited, run_pool
 
 __all__ = ["pool_router"]
 
@@ -98,8 +97,8 @@ def pool_router() -> APIRouter:
         state = request.app.state
         limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
         query = list(request.query_params.multi_items())
-        result: Response = await anyio.to_thread.run_sync(
-            _process, spec.name, body, content_type, accept, query, limits, request, limiter=state.limiter
+        result: Response = await run_limited(
+            state.limiter, _process, spec.name, body, content_type, accept, query, limits, request
         )
         done = time.perf_counter()
         # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
