@@ -290,9 +290,10 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 again = gr.Button("Sample again", visible=False, elem_id="image-again")
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
+                # The file as uploaded (image_mode=None: Gradio converts nothing), for the service's codec.
                 source = gr.Image(
                     label="Input",
-                    type="pil",
+                    type="filepath",
                     image_mode=None,
                     format="png",
                     sources=["upload", "clipboard"],
@@ -316,7 +317,7 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     with gr.Accordion("API snippet: the same call over HTTP", open=True):
         snippet = gr.Markdown(elem_id="image-snippet")
 
-    def run_fn(base: str, image: Image.Image | None, mode: str, seed: Any, *args: Any) -> list[Any]:
+    def run_fn(base: str, image: str | None, mode: str, seed: Any, *args: Any) -> list[Any]:
         method, params = panel.read(args)
         base = _base(base)
         try:
@@ -335,7 +336,7 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             gr.update(value=str(used)) if used is not None else gr.update(),
         ]
 
-    def again_fn(base: str, image: Image.Image | None, mode: str, seed: Any, *args: Any) -> list[Any]:
+    def again_fn(base: str, image: str | None, mode: str, seed: Any, *args: Any) -> list[Any]:
         return run_fn(base, image, mode, None, *args)
 
     def snippet_fn(base: str, mode: str, seed: Any, *args: Any) -> str:
@@ -408,7 +409,7 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         with gr.Column(scale=2):
             source = gr.Image(
                 label="Input",
-                type="pil",
+                type="filepath",
                 image_mode=None,
                 format="png",
                 height=360,
@@ -444,7 +445,7 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         return out
 
     def run_fn(
-        base: str, image: Image.Image | None, kernel_text: str, output_text: str, mode: str, seed: Any
+        base: str, image: str | None, kernel_text: str, output_text: str, mode: str, seed: Any
     ) -> list[Any]:
         mode = mode or "eval"
         try:
@@ -632,11 +633,12 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                         f"over the limit of {MAX_DRAW_ELEMENTS}; use fewer draws or a smaller matrix",
                     )
                 plotted = windows[:MAX_PLOTTED_WINDOWS]
-                counts = guard(
-                    lambda: sample_counts(
-                        x, method, params, plotted, draws=n, seed=draw_seed, device=runtime.device()
+                with runtime.slot():  # the draws are torch work too
+                    counts = guard(
+                        lambda: sample_counts(
+                            x, method, params, plotted, draws=n, seed=draw_seed, device=runtime.device()
+                        )
                     )
-                )
             except PageError as error:
                 text += f"\n\n{error.markdown()}"
             else:

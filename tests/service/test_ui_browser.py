@@ -19,11 +19,13 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import torch
-from PIL import Image
 
 import poolcore
+from service.codecs import Limits
+from service.codecs import image as image_codec
+from service.config import Settings
 from service.pooling import run_pool
-from service.ui.imaging import ASSETS, image_to_tensor
+from service.ui.imaging import ASSETS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -217,8 +219,12 @@ def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
     pg.locator("#image-input img").wait_for()
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("100")
     pg.locator("#image-run").click()
-    with Image.open(ASSETS / "checkerboard.png") as image, pytest.raises(ValueError) as error:
-        run_pool(image_to_tensor(image), "avg", {"kernel_size": 100})
+    settings = Settings()
+    x = image_codec.decode(
+        (ASSETS / "checkerboard.png").read_bytes(), Limits(settings.max_elements, settings.max_image_pixels)
+    )
+    with pytest.raises(ValueError) as error:
+        run_pool(x, "avg", {"kernel_size": 100})
     info = pg.locator("#image-info")
     info.get_by_text("Error 422").wait_for()
     assert str(error.value) in info.inner_text()
