@@ -108,6 +108,16 @@ def test_mounted_at_ui_with_root_redirect() -> None:
         assert [value for _, value in choices] == poolcore.methods()
 
 
+def test_favicon_at_the_root_is_gradios_icon() -> None:
+    with TestClient(create_app()) as client:
+        redirect = client.get("/favicon.ico", follow_redirects=False)
+        icon = client.get("/favicon.ico")
+        gradios = client.get("/ui/favicon.ico")
+    assert redirect.status_code in (302, 307) and redirect.headers["location"] == "/ui/favicon.ico"
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+    assert icon.content == gradios.content and icon.content
+
+
 def test_every_parameter_of_every_method_has_a_widget(blocks: gr.Blocks) -> None:
     ids = {block.elem_id for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
     for method in poolcore.methods():
