@@ -26,11 +26,34 @@ from torch import Tensor
 
 import poolcore
 
-__all__ = ["MAX_SEED", "PoolOutcome", "check_input", "hold_token", "run_limited", "run_pool"]
+from .errors import Unprocessable
+
+__all__ = [
+    "MAX_SEED",
+    "PoolOutcome",
+    "check_input",
+    "hold_token",
+    "poolcore_errors",
+    "run_limited",
+    "run_pool",
+]
 
 Mode = Literal["eval", "train"]
 MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
 T = TypeVar("T")
+
+
+@contextmanager
+def poolcore_errors() -> Iterator[None]:
+    """poolcore's ``ValueError``/``TypeError`` (bad parameters or input, with a message naming them) as a
+    422; ``UnknownMethodError`` passes through (a 404). Only around calls into poolcore: a stray
+    ``ValueError`` elsewhere is a bug, and stays a 500."""
+    try:
+        yield
+    except poolcore.UnknownMethodError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise Unprocessable(str(error)) from None
 
 
 async def run_limited(limiter: anyio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:

@@ -18,9 +18,8 @@ import poolcore
 from .. import codecs
 from ..codecs import Kind, Limits
 from ..docs import pool_openapi
-from ..errors import Unprocessable
 from ..params import gather, split_run_options
-from ..pooling import run_limited, run_pool
+from ..pooling import poolcore_errors, run_limited, run_pool
 
 __all__ = ["pool_router"]
 
@@ -50,12 +49,8 @@ def _process(
     kind = codecs.negotiate(accept, decoded.kind)
     params, mode, seed = split_run_options(gather(query, decoded.form, decoded.params))
     state = request.app.state
-    try:
+    with poolcore_errors():
         outcome = run_pool(decoded.tensor, method, params, mode=mode, seed=seed, device=state.device)
-    except poolcore.UnknownMethodError:
-        raise
-    except (ValueError, TypeError) as error:  # poolcore's message names the bad parameter or input
-        raise Unprocessable(str(error)) from None
     state.metrics.pool_seconds.labels(outcome.method).observe(outcome.elapsed_ms / 1e3)
     headers = {
         "X-Pool-Method": outcome.method,

@@ -27,7 +27,7 @@ from ..codecs import image as image_codec
 from ..codecs.base import check_elements
 from ..config import Settings
 from ..errors import ServiceError
-from ..pooling import PoolOutcome, hold_token, run_pool
+from ..pooling import PoolOutcome, hold_token, poolcore_errors, run_pool
 from .controls import fields_of, window_forms
 
 __all__ = [
@@ -94,17 +94,17 @@ class Runtime:
 
 
 def guard(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; the route's error mapping turns into a :class:`PageError`, never a traceback."""
+    """Run ``fn`` (page code that calls into poolcore or the codecs); the route's error mapping turns into a
+    :class:`PageError`, never a traceback."""
     try:
-        return fn()
+        with poolcore_errors():
+            return fn()
     except PageError:
         raise
-    except ServiceError as error:  # the codecs' and limits' own status and message
+    except ServiceError as error:  # the codecs', the limits' and poolcore's status and message
         raise PageError(error.status_code, error.detail) from None
     except poolcore.UnknownMethodError as error:
         raise PageError(404, str(error)) from None
-    except (ValueError, TypeError) as error:
-        raise PageError(422, str(error)) from None
     except Exception as error:  # the route's error boundary: log it, show nothing internal
         log.exception("unexpected error in the UI")
         raise PageError(500, f"internal error ({type(error).__name__}); see the server log") from None
