@@ -267,9 +267,18 @@ class ControlPanel:
             for key, fld in zip(self.widgets, self.fields, strict=True)
         ]
 
-    def wire(self) -> None:
+    def wire(self, again: gr.Button) -> None:
+        """Method and window-form changes update the fields; ``again`` ("Sample again") shows only in
+        train mode for a random method."""
         self.method.change(self.on_method, self.inputs(), self.method_outputs(), queue=False)
         self.form.change(self.on_form, [self.method, self.form], list(self.widgets.values()), queue=False)
+        gr.on(
+            [self.method.change, self.mode.change],
+            _again_visible,
+            [self.method, self.mode],
+            again,
+            queue=False,
+        )
 
     def changes(self) -> list[Any]:
         return [c.change for c in [*self.inputs(), self.mode, self.seed]]  # type: ignore[attr-defined]
@@ -349,19 +358,12 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     outputs = [result, info, snippet, panel.seed]
     run.click(run_fn, inputs, outputs, api_name="pool_image")
     again.click(again_fn, inputs, outputs, api_name="sample_image")
-    panel.wire()
+    panel.wire(again)
     gr.on(
         [origin.change, *panel.changes()],
         snippet_fn,
         [origin, panel.mode, panel.seed, *panel.inputs()],
         snippet,
-        queue=False,
-    )
-    gr.on(
-        [panel.method.change, panel.mode.change],
-        _again_visible,
-        [panel.method, panel.mode],
-        again,
         queue=False,
     )
 
@@ -676,17 +678,10 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     outputs = [result, info, probabilities, plot, snippet, panel.seed]
     run.click(run_fn, inputs, outputs, api_name="pool_tensor")
     again.click(again_fn, inputs, outputs, api_name="sample_tensor")
-    panel.wire()
+    panel.wire(again)
     panel.method.change(on_method, [panel.method], [draws, probabilities, plot], queue=False)
     snippet_inputs = [origin, matrix, panel.mode, panel.seed, *panel.inputs()]
     gr.on([origin.change, *panel.changes(), matrix.change], snippet_fn, snippet_inputs, snippet, queue=False)
-    gr.on(
-        [panel.method.change, panel.mode.change],
-        _again_visible,
-        [panel.method, panel.mode],
-        again,
-        queue=False,
-    )
 
 
 def build_blocks(runtime: Runtime) -> gr.Blocks:
