@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 import anyio.to_thread
 import gradio as gr
@@ -51,7 +51,7 @@ def runtime(device: torch.device | str = "cpu", **settings: Any) -> Runtime:
     )
 
 
-def load(path: str | Path) -> Image.Image:
+def load(path: str | Path | IO[bytes]) -> Image.Image:
     """An image read into memory, its file closed."""
     with Image.open(path) as image:
         return image.copy()
@@ -75,12 +75,13 @@ def event(blocks: gr.Blocks, api_name: str, **values: Any) -> list[Any]:
     args = []
     for component in fn.inputs:
         key = (component.elem_id or "").replace("-", "_")
-        value = values.pop(key) if key in values else component.value
+        value = values.pop(key) if key in values else getattr(component, "value", None)
         if isinstance(component, gr.Dataframe) and isinstance(value, dict):  # initial value, as sent
             value = component.preprocess(component.data_model(**value))
         args.append(value)
     if values:
         raise KeyError(f"no inputs {sorted(values)} in {api_name}")
+    assert fn.fn is not None
     return list(fn.fn(*args))
 
 
@@ -151,7 +152,9 @@ def extra_method(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def test_a_new_method_shows_up_without_ui_code(extra_method: str) -> None:
     blocks = build_blocks(runtime())
-    by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+    by_id: dict[str | None, Any] = {
+        b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)
+    }
     assert extra_method in [v for _, v in by_id["image-method"].choices]
     slider = by_id["image-param-temperature"]
     assert isinstance(slider, gr.Slider)
@@ -473,6 +476,8 @@ def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPa
     results: dict[str, Any] = {}
     with TestClient(app) as client:
         limiter = app.state.limiter
+        portal = client.portal
+        assert portal is not None  # set while the client is open
         runtime = Runtime.of_state(app.state)
 
         def route() -> None:
@@ -481,7 +486,7 @@ def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPa
         def page() -> None:
             # As Gradio calls a sync handler: in an anyio worker thread of the app's event loop.
             call = partial(pool_tensor, runtime, torch.tensor(data), "block_test", {})
-            results["page"] = client.portal.call(anyio.to_thread.run_sync, call)
+            results["page"] = portal.call(anyio.to_thread.run_sync, call)
 
         calls = {"route": route, "page": page}
         second = "page" if first == "route" else "route"
