@@ -55,7 +55,11 @@ def decode(body: bytes, limits: Limits) -> Tensor:
             pixels = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"image refused as a decompression bomb: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:  # its message names the BytesIO object, which says nothing to a client
+        raise BadRequest(
+            "malformed image: the body is not an image that PNG or JPEG decoding can read"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise BadRequest(f"malformed image: {error}") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
