@@ -360,6 +360,32 @@ def test_limits_come_from_the_settings() -> None:
     assert error.value.status == 404 and "known methods" in error.value.message
 
 
+def test_images_get_the_routes_answers(tmp_path: Path) -> None:
+    """The page decodes with the service's image codec: the route's status and message for a bomb, a
+    file that is not an image and an element limit, compared with the route itself."""
+    from .bad_inputs import bomb_png
+
+    not_png = tmp_path / "not.png"
+    not_png.write_bytes(b"\x89PNG but not really")
+    cases = [
+        (bomb_png(100_000, 100_000), {}),
+        (not_png.read_bytes(), {}),
+        ((ASSETS / "cells.png").read_bytes(), {"max_elements": 100}),
+    ]
+    for body, settings in cases:
+        with pytest.raises(PageError) as error:
+            pool_image(runtime(**settings), body, "avg", {"kernel_size": 2})
+        with TestClient(create_app(Settings(device="cpu", **settings))) as client:
+            answer = client.post(
+                "/pool/avg?kernel_size=2", content=body, headers={"Content-Type": "image/png"}
+            )
+        assert (error.value.status, error.value.message) == (answer.status_code, answer.json()["detail"])
+        assert error.value.status in (400, 413)
+    with pytest.raises(PageError) as error:  # and from a file path, as Gradio hands uploads over
+        pool_image(runtime(), str(not_png), "avg", {"kernel_size": 2})
+    assert error.value.status == 400 and error.value.message.startswith("malformed image")
+
+
 def test_matrix_cells_must_be_numbers() -> None:
     with pytest.raises(PageError, match=r"entry \[1, 0\] is not a number \(got 'x'\)"):
         parse_matrix([[1, 2], ["x", 3]])
