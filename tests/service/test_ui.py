@@ -367,7 +367,7 @@ def test_images_get_the_routes_answers(tmp_path: Path) -> None:
 
     not_png = tmp_path / "not.png"
     not_png.write_bytes(b"\x89PNG but not really")
-    cases = [
+    cases: list[tuple[bytes, dict[str, Any]]] = [
         (bomb_png(100_000, 100_000), {}),
         (not_png.read_bytes(), {}),
         ((ASSETS / "cells.png").read_bytes(), {"max_elements": 100}),
