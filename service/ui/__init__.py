@@ -36,7 +36,9 @@ def mount_ui(app: FastAPI) -> FastAPI:
 
     settings = getattr(app.state, "settings", None)
     blocks = build_ui(app)
-    # Gradio's own queue runs the sync handlers in its thread pool; as many at once as the route allows.
+    # Gradio's queue runs the sync handlers in anyio worker threads, as many at once as the route allows;
+    # their torch work also takes a token of the route's own limiter (handlers.Runtime.slot), so page and
+    # route together stay within max_concurrency.
     blocks.queue(default_concurrency_limit=getattr(settings, "max_concurrency", None) or 2)
 
     @app.get("/", include_in_schema=False)
