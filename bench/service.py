@@ -169,7 +169,8 @@ def paired_p50(
     for _ in range(warmup):
         a()
         b()
-    times_a, times_b = [], []
+    times_a: list[float] = []
+    times_b: list[float] = []
     for _ in range(repeats):
         for fn, times in ((a, times_a), (b, times_b)):
             start = time.perf_counter()

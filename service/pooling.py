@@ -1,6 +1,11 @@
-"""The one in-process entry point that both the HTTP route and the Gradio UI call.
+"""The one in-process entry point that both the HTTP route and the Gradio UI call, and the one limit on
+how much torch work runs at once.
 
-Synchronous on purpose: callers run it in a worker thread, never on the event loop.
+``run_pool`` is synchronous on purpose: callers run it in a worker thread, never on the event loop. Both
+callers take a token of the app's ``anyio.CapacityLimiter`` (``app.state.limiter``, ``max_concurrency``
+tokens) for their whole decode → pool → encode: the route through :func:`run_limited`, before its worker
+thread starts; the UI, whose sync handlers Gradio already runs in anyio worker threads, through
+:func:`hold_token` from inside that thread.
 """
 
 from __future__ import annotations
@@ -8,19 +13,73 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
+import anyio.from_thread
+import anyio.to_thread
 import torch
 from torch import Tensor
 
 import poolcore
 
-__all__ = ["MAX_SEED", "PoolOutcome", "check_input", "run_pool"]
+from .errors import Unprocessable
+
+__all__ = [
+    "MAX_SEED",
+    "PoolOutcome",
+    "check_input",
+    "hold_token",
+    "poolcore_errors",
+    "run_limited",
+    "run_pool",
+]
 
 Mode = Literal["eval", "train"]
 MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
+T = TypeVar("T")
+
+
+@contextmanager
+def poolcore_errors() -> Iterator[None]:
+    """poolcore's ``ValueError``/``TypeError`` (bad parameters or input, with a message naming them) as a
+    422; ``UnknownMethodError`` passes through (a 404). Only around calls into poolcore: a stray
+    ``ValueError`` elsewhere is a bug, and stays a 500."""
+    try:
+        yield
+    except poolcore.UnknownMethodError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise Unprocessable(str(error)) from None
+
+
+async def run_limited(limiter: anyio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread once ``limiter`` grants a token; waiting happens on the event
+    loop, so queued requests hold no thread."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
+@contextmanager
+def hold_token(limiter: anyio.CapacityLimiter | None) -> Iterator[None]:
+    """Hold one of ``limiter``'s tokens for the ``with`` body, from a synchronous caller running in an anyio
+    worker thread of the loop that owns it (as Gradio runs sync handlers). ``None`` means no limit (an app
+    whose lifespan has not run).
+
+    Each call borrows on behalf of a fresh object: ``from_thread.run`` runs each step as a new task, so the
+    borrower cannot be the task, and two holders in one thread count twice, as they should.
+    """
+    if limiter is None:
+        yield
+        return
+    borrower = object()
+    anyio.from_thread.run(limiter.acquire_on_behalf_of, borrower)
+    try:
+        yield
+    finally:
+        anyio.from_thread.run_sync(limiter.release_on_behalf_of, borrower)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
-def tolerance(dtype: torch.dtype) -> dict[str, float]:
+def tolerance(dtype: torch.dtype) -> dict[str, Any]:  # Any: mypy checks ** unpacking per key
     rtol, atol = TOLERANCES[dtype]
     return {"rtol": rtol, "atol": atol}
 

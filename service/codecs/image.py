@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import BadRequest, NotAcceptable, PayloadTooLarge
 from .base import Limits, check_elements
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "to_image"]
 
 _CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 _MODE_OF = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -44,7 +44,7 @@ def decode(body: bytes, limits: Limits) -> Tensor:
             if width * height > limits.max_image_pixels:
                 raise PayloadTooLarge(
                     f"image is {width}×{height} = {width * height} pixels, over the limit of "
-                    f"{limits.max_image_pixels} (possible decompression bomb)"
+                    f"{limits.max_image_pixels} pixels (possible decompression bomb)"
                 )
             mode = _target_mode(img)
             check_elements((_CHANNELS[mode], height, width), limits)
@@ -55,15 +55,19 @@ def decode(body: bytes, limits: Limits) -> Tensor:
             pixels = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"image refused as a decompression bomb: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:  # its message names the BytesIO object, which says nothing to a client
+        raise BadRequest(
+            "malformed image: the body is not an image that PNG or JPEG decoding can read"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise BadRequest(f"malformed image: {error}") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
 
 
-def encode(output: Tensor, headers: dict[str, str]) -> Response:
-    """PNG of a C×H×W (C in 1, 3, 4), 1×C×H×W or H×W result."""
+def to_image(output: Tensor) -> Image.Image:
+    """The 8-bit image of a C×H×W (C in 1, 3, 4), 1×C×H×W or H×W result, clamped to [0, 1]."""
     x = output
     while x.dim() > 3 and x.shape[0] == 1:
         x = x[0]
@@ -74,9 +78,13 @@ def encode(output: Tensor, headers: dict[str, str]) -> Response:
             f"the result of shape {tuple(output.shape)} is not an image (PNG needs H×W or C×H×W with C in "
             "1, 3 or 4); ask for application/json or application/x-npy"
         )
-    pixels = (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     channels = pixels.shape[2]
-    img = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode=_MODE_OF[channels])
+    return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode=_MODE_OF[channels])
+
+
+def encode(output: Tensor, headers: dict[str, str]) -> Response:
+    """PNG of :func:`to_image`'s image."""
     stream = io.BytesIO()
-    img.save(stream, format="PNG", compress_level=1)
+    to_image(output).save(stream, format="PNG", compress_level=1)
     return Response(stream.getvalue(), media_type="image/png", headers=headers)

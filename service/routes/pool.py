@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
@@ -19,9 +18,8 @@ import poolcore
 from .. import codecs
 from ..codecs import Kind, Limits
 from ..docs import pool_openapi
-from ..errors import Unprocessable
 from ..params import gather, split_run_options
-from ..pooling import run_pool
+from ..pooling import poolcore_errors, run_limited, run_pool
 
 __all__ = ["pool_router"]
 
@@ -51,12 +49,8 @@ def _process(
     kind = codecs.negotiate(accept, decoded.kind)
     params, mode, seed = split_run_options(gather(query, decoded.form, decoded.params))
     state = request.app.state
-    try:
+    with poolcore_errors():
         outcome = run_pool(decoded.tensor, method, params, mode=mode, seed=seed, device=state.device)
-    except poolcore.UnknownMethodError:
-        raise
-    except (ValueError, TypeError) as error:  # poolcore's message names the bad parameter or input
-        raise Unprocessable(str(error)) from None
     state.metrics.pool_seconds.labels(outcome.method).observe(outcome.elapsed_ms / 1e3)
     headers = {
         "X-Pool-Method": outcome.method,
@@ -98,8 +92,8 @@ def pool_router() -> APIRouter:
         state = request.app.state
         limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
         query = list(request.query_params.multi_items())
-        result: Response = await anyio.to_thread.run_sync(
-            _process, spec.name, body, content_type, accept, query, limits, request, limiter=state.limiter
+        result: Response = await run_limited(
+            state.limiter, _process, spec.name, body, content_type, accept, query, limits, request
         )
         done = time.perf_counter()
         # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).

@@ -1,6 +1,7 @@
 """The Gradio page at ``/ui``, built from the poolcore registry and mounted on the service's own app.
 
-``mount_ui(app)`` is called at the end of ``service.app.create_app``; ``/`` redirects to ``/ui/``.
+``mount_ui(app)`` is called at the end of ``service.app.create_app``; ``/`` redirects to ``/ui/`` and
+``/favicon.ico`` to Gradio's icon.
 """
 
 from __future__ import annotations
@@ -35,12 +36,19 @@ def mount_ui(app: FastAPI) -> FastAPI:
 
     settings = getattr(app.state, "settings", None)
     blocks = build_ui(app)
-    # Gradio's own queue runs the sync handlers in its thread pool; as many at once as the route allows.
+    # Gradio's queue runs the sync handlers in anyio worker threads, as many at once as the route allows;
+    # their torch work also takes a token of the route's own limiter (handlers.Runtime.slot), so page and
+    # route together stay within max_concurrency.
     blocks.queue(default_concurrency_limit=getattr(settings, "max_concurrency", None) or 2)
 
     @app.get("/", include_in_schema=False)
     def root(request: Request) -> RedirectResponse:
         return RedirectResponse(request.scope.get("root_path", "") + PATH + "/")
+
+    # Browsers ask the origin for /favicon.ico whatever the page says; Gradio serves its icon under /ui.
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon(request: Request) -> RedirectResponse:
+        return RedirectResponse(request.scope.get("root_path", "") + PATH + "/favicon.ico")
 
     max_body = getattr(settings, "max_body_bytes", None)
     return gr.mount_gradio_app(

@@ -17,6 +17,8 @@ from pydantic_core import PydanticUndefined
 
 import poolcore
 
+from ..params import parse_text as route_parse_text
+
 __all__ = [
     "ADAPTIVE_ONLY",
     "HIDDEN",
@@ -191,17 +193,17 @@ def visible_names(method: str, form: str | None) -> set[str]:
 
 
 def parse_text(text: str) -> Any:
-    """The query-string syntax of the service: ``2`` → 2, ``2,3`` → (2, 3), ``null,7`` → (None, 7),
-    ``true``/``false``, JSON otherwise; anything unreadable stays a string so validation names it."""
+    """The route's query-string syntax (:func:`service.params.parse_text`: ``2`` → 2, ``2,3`` → (2, 3),
+    ``null,7`` → (None, 7), ``true``/``false``; anything unreadable stays a string so validation names
+    it), with tuples for sequences; the page also takes a JSON list or object."""
     text = text.strip()
-    if "," in text and not text.startswith(("[", "{")):
-        return tuple(parse_text(part) for part in text.split(","))
-    if text.lower() in ("null", "none"):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
+    if text.startswith(("[", "{")):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+    else:
+        value = route_parse_text(text)
     return tuple(value) if isinstance(value, list) else value
 
 

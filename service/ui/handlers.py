@@ -1,25 +1,34 @@
 """What the page's buttons do, free of Gradio: call ``run_pool`` in process and turn errors into the
 service's own messages.
 
-Everything here is synchronous on purpose: Gradio runs sync handlers in its thread pool, off the event loop.
+Everything here is synchronous on purpose: Gradio runs sync handlers in anyio worker threads, off the event
+loop, and from there the torch work takes a token of the same limiter as the route
+(:func:`service.pooling.hold_token`). Images go through the service's own image codec, limits included.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio
 import torch
 from PIL import Image
 from torch import Tensor
 
 import poolcore
 
-from ..pooling import PoolOutcome, run_pool
+from ..codecs import Limits
+from ..codecs import image as image_codec
+from ..codecs.base import check_elements
+from ..config import Settings
+from ..errors import ServiceError
+from ..pooling import PoolOutcome, hold_token, poolcore_errors, run_pool
 from .controls import fields_of, window_forms
-from .imaging import image_to_tensor, tensor_to_image
 
 __all__ = [
     "ImageResult",
@@ -50,11 +59,12 @@ class PageError(Exception):
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the page's torch work runs and what it may take, read from the app at call time (the
-    lifespan sets the device; settings may be absent)."""
+    """Where the page's torch work runs, what it may take and how many run at once, read from the app at
+    call time (the lifespan sets the device and limiter; settings may be absent)."""
 
     device: Callable[[], torch.device | str]
     setting: Callable[[str], Any]
+    limiter: Callable[[], anyio.CapacityLimiter | None] = lambda: None
 
     @classmethod
     def of_state(cls, state: Any) -> Runtime:
@@ -64,30 +74,50 @@ class Runtime:
         def setting(name: str) -> Any:
             return getattr(getattr(state, "settings", None), name, None)
 
-        return cls(device=device, setting=setting)
+        def limiter() -> anyio.CapacityLimiter | None:
+            return getattr(state, "limiter", None)
+
+        return cls(device=device, setting=setting, limiter=limiter)
+
+    def limits(self) -> Limits:
+        """The codecs' limits from the settings; one that is absent takes the service's default."""
+
+        def value(name: str) -> int:
+            given = self.setting(name)
+            return int(Settings.model_fields[name].default if given is None else given)
+
+        return Limits(value("max_elements"), value("max_image_pixels"))
+
+    def slot(self) -> AbstractContextManager[None]:
+        """One token of the route's concurrency limit, held while torch works."""
+        return hold_token(self.limiter())
 
 
 def guard(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; the route's error mapping turns into a :class:`PageError`, never a traceback."""
+    """Run ``fn`` (page code that calls into poolcore or the codecs); the route's error mapping turns into a
+    :class:`PageError`, never a traceback."""
     try:
-        return fn()
+        with poolcore_errors():
+            return fn()
     except PageError:
         raise
+    except ServiceError as error:  # the codecs', the limits' and poolcore's status and message
+        raise PageError(error.status_code, error.detail) from None
     except poolcore.UnknownMethodError as error:
         raise PageError(404, str(error)) from None
-    except (ValueError, TypeError) as error:
-        raise PageError(422, str(error)) from None
     except Exception as error:  # the route's error boundary: log it, show nothing internal
         log.exception("unexpected error in the UI")
         raise PageError(500, f"internal error ({type(error).__name__}); see the server log") from None
 
 
-def _check_elements(runtime: Runtime, x: Tensor) -> None:
-    limit = runtime.setting("max_elements")
-    if limit is not None and x.numel() > limit:
-        raise PageError(
-            413, f"input has {x.numel()} elements (shape {tuple(x.shape)}), over the limit of {limit}"
-        )
+def _pool(
+    runtime: Runtime, x: Tensor, method: str, params: Mapping[str, Any], mode: str, seed: int | None
+) -> PoolOutcome:
+    def run() -> PoolOutcome:
+        check_elements(tuple(x.shape), runtime.limits())
+        return run_pool(x, method, params, mode=mode, seed=seed, device=runtime.device())  # type: ignore[arg-type]
+
+    return guard(run)
 
 
 def pool_tensor(
@@ -99,9 +129,9 @@ def pool_tensor(
     mode: str = "eval",
     seed: int | None = None,
 ) -> PoolOutcome:
-    """``run_pool`` on the app's device, with the service's limits and error messages."""
-    _check_elements(runtime, x)
-    return guard(lambda: run_pool(x, method, params, mode=mode, seed=seed, device=runtime.device()))  # type: ignore[arg-type]
+    """``run_pool`` on the app's device, with the service's limits, concurrency limit and error messages."""
+    with runtime.slot():
+        return _pool(runtime, x, method, params, mode, seed)
 
 
 @dataclass(frozen=True)
@@ -113,24 +143,24 @@ class ImageResult:
 
 def pool_image(
     runtime: Runtime,
-    image: Image.Image | None,
+    image: str | Path | bytes | None,
     method: str,
     params: Mapping[str, Any],
     *,
     mode: str = "eval",
     seed: int | None = None,
 ) -> ImageResult:
-    """Pool an image as the route does (C×H×W in [0, 1]) and return the pooled image at its true size."""
+    """Pool an image file (a path, as Gradio hands uploads over, or its bytes) as the route pools an image
+    body: the service's image codec decodes it (limits and decompression-bomb check included) and makes
+    the pooled image, returned at its true size."""
     if image is None:
         raise PageError(400, "no image: upload one or pick an example")
-    limit = runtime.setting("max_image_pixels")
-    if limit is not None and image.width * image.height > limit:
-        raise PageError(
-            413, f"image has {image.width}×{image.height} pixels, over the limit of {limit} pixels"
-        )
-    x = image_to_tensor(image)
-    outcome = pool_tensor(runtime, x, method, params, mode=mode, seed=seed)
-    return ImageResult(tensor_to_image(outcome.output), tuple(x.shape), outcome)
+    body = image if isinstance(image, bytes) else guard(lambda: Path(image).read_bytes())
+    with runtime.slot():
+        x: Tensor = guard(lambda: image_codec.decode(body, runtime.limits()))
+        outcome = _pool(runtime, x, method, params, mode, seed)
+        pooled: Image.Image = guard(lambda: image_codec.to_image(outcome.output))
+    return ImageResult(pooled, tuple(x.shape), outcome)
 
 
 def compare_params(method: str, kernel_size: Any, output_size: Any) -> dict[str, Any]:

@@ -267,9 +267,18 @@ class ControlPanel:
             for key, fld in zip(self.widgets, self.fields, strict=True)
         ]
 
-    def wire(self) -> None:
+    def wire(self, again: gr.Button) -> None:
+        """Method and window-form changes update the fields; ``again`` ("Sample again") shows only in
+        train mode for a random method."""
         self.method.change(self.on_method, self.inputs(), self.method_outputs(), queue=False)
         self.form.change(self.on_form, [self.method, self.form], list(self.widgets.values()), queue=False)
+        gr.on(
+            [self.method.change, self.mode.change],
+            _again_visible,
+            [self.method, self.mode],
+            again,
+            queue=False,
+        )
 
     def changes(self) -> list[Any]:
         return [c.change for c in [*self.inputs(), self.mode, self.seed]]  # type: ignore[attr-defined]
@@ -290,9 +299,10 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 again = gr.Button("Sample again", visible=False, elem_id="image-again")
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
+                # The file as uploaded (image_mode=None: Gradio converts nothing), for the service's codec.
                 source = gr.Image(
                     label="Input",
-                    type="pil",
+                    type="filepath",
                     image_mode=None,
                     format="png",
                     sources=["upload", "clipboard"],
@@ -316,7 +326,7 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     with gr.Accordion("API snippet: the same call over HTTP", open=True):
         snippet = gr.Markdown(elem_id="image-snippet")
 
-    def run_fn(base: str, image: Image.Image | None, mode: str, seed: Any, *args: Any) -> list[Any]:
+    def run_fn(base: str, image: str | None, mode: str, seed: Any, *args: Any) -> list[Any]:
         method, params = panel.read(args)
         base = _base(base)
         try:
@@ -335,7 +345,7 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             gr.update(value=str(used)) if used is not None else gr.update(),
         ]
 
-    def again_fn(base: str, image: Image.Image | None, mode: str, seed: Any, *args: Any) -> list[Any]:
+    def again_fn(base: str, image: str | None, mode: str, seed: Any, *args: Any) -> list[Any]:
         return run_fn(base, image, mode, None, *args)
 
     def snippet_fn(base: str, mode: str, seed: Any, *args: Any) -> str:
@@ -348,19 +358,12 @@ def _image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     outputs = [result, info, snippet, panel.seed]
     run.click(run_fn, inputs, outputs, api_name="pool_image")
     again.click(again_fn, inputs, outputs, api_name="sample_image")
-    panel.wire()
+    panel.wire(again)
     gr.on(
         [origin.change, *panel.changes()],
         snippet_fn,
         [origin, panel.mode, panel.seed, *panel.inputs()],
         snippet,
-        queue=False,
-    )
-    gr.on(
-        [panel.method.change, panel.mode.change],
-        _again_visible,
-        [panel.method, panel.mode],
-        again,
         queue=False,
     )
 
@@ -408,7 +411,7 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         with gr.Column(scale=2):
             source = gr.Image(
                 label="Input",
-                type="pil",
+                type="filepath",
                 image_mode=None,
                 format="png",
                 height=360,
@@ -444,7 +447,7 @@ def _compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         return out
 
     def run_fn(
-        base: str, image: Image.Image | None, kernel_text: str, output_text: str, mode: str, seed: Any
+        base: str, image: str | None, kernel_text: str, output_text: str, mode: str, seed: Any
     ) -> list[Any]:
         mode = mode or "eval"
         try:
@@ -632,11 +635,12 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                         f"over the limit of {MAX_DRAW_ELEMENTS}; use fewer draws or a smaller matrix",
                     )
                 plotted = windows[:MAX_PLOTTED_WINDOWS]
-                counts = guard(
-                    lambda: sample_counts(
-                        x, method, params, plotted, draws=n, seed=draw_seed, device=runtime.device()
+                with runtime.slot():  # the draws are torch work too
+                    counts = guard(
+                        lambda: sample_counts(
+                            x, method, params, plotted, draws=n, seed=draw_seed, device=runtime.device()
+                        )
                     )
-                )
             except PageError as error:
                 text += f"\n\n{error.markdown()}"
             else:
@@ -674,17 +678,10 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     outputs = [result, info, probabilities, plot, snippet, panel.seed]
     run.click(run_fn, inputs, outputs, api_name="pool_tensor")
     again.click(again_fn, inputs, outputs, api_name="sample_tensor")
-    panel.wire()
+    panel.wire(again)
     panel.method.change(on_method, [panel.method], [draws, probabilities, plot], queue=False)
     snippet_inputs = [origin, matrix, panel.mode, panel.seed, *panel.inputs()]
     gr.on([origin.change, *panel.changes(), matrix.change], snippet_fn, snippet_inputs, snippet, queue=False)
-    gr.on(
-        [panel.method.change, panel.mode.change],
-        _again_visible,
-        [panel.method, panel.mode],
-        again,
-        queue=False,
-    )
 
 
 def build_blocks(runtime: Runtime) -> gr.Blocks:

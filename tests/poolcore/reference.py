@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,9 +37,10 @@ def reduce_windows(
     x = x.double()
     out = torch.empty(*x.shape[:2], *(len(b) for b in bounds), dtype=torch.float64)
     for index in itertools.product(*(range(len(b)) for b in bounds)):
-        region = tuple(slice(*bounds[d][i]) for d, i in enumerate(index))
-        values = x[(..., *region)].reshape(*x.shape[:2], -1)
-        out[(..., *index)] = reduce(values)
+        region: tuple[Any, ...] = (..., *(slice(*bounds[d][i]) for d, i in enumerate(index)))
+        at: tuple[Any, ...] = (..., *index)
+        values = x[region].reshape(*x.shape[:2], -1)
+        out[at] = reduce(values)
     return out
 
 

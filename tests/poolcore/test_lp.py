@@ -42,6 +42,13 @@ WINDOWS = [
 ]
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad``, which ``backward()`` must have filled in."""
+    if t.grad is None:
+        raise AssertionError("backward() left no gradient")
+    return t.grad
+
+
 class TestLP:
     def test_smoke_and_alias(self) -> None:
         x = torch.randn(2, 3, 8, 8)
@@ -89,7 +96,7 @@ class TestLP:
         p = torch.tensor(2.7, requires_grad=True)
         y = lp_pool(x, 2, p=p)
         y.sum().backward()
-        assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(p.grad)
+        assert torch.isfinite(y).all() and torch.isfinite(_grad(x)).all() and torch.isfinite(_grad(p))
 
     def test_shapes_batched_unbatched(self) -> None:
         assert lp_pool(torch.randn(3, 10), 2, dims=1).shape == (3, 5)
@@ -152,10 +159,10 @@ class TestLP:
             x.grad, q.grad = None, None
             y = lp_pool(x, 2, p=power)
             y.sum().backward()
-            assert torch.isfinite(x.grad).all()
-            assert (x.grad[..., 2:, :] == 0).all()  # zero windows pass no gradient
+            assert torch.isfinite(_grad(x)).all()
+            assert (_grad(x)[..., 2:, :] == 0).all()  # zero windows pass no gradient
             if power is q:
-                assert torch.isfinite(q.grad)
+                assert torch.isfinite(_grad(q))
 
 
 class TestGeM:
@@ -209,7 +216,7 @@ class TestGeM:
         x.requires_grad_(True)
         p = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
         gem_pool(x, 2, p=p, eps=0.0).sum().backward()
-        assert torch.isfinite(x.grad).all() and torch.isfinite(p.grad)
+        assert torch.isfinite(_grad(x)).all() and torch.isfinite(_grad(p))
 
 
 class TestPowerModules:
@@ -246,7 +253,7 @@ class TestPowerModules:
         for _ in range(5):
             opt.zero_grad()
             (sign * m(torch.rand(4, 3, 8, 8) + 0.5).sum()).backward()
-            assert torch.isfinite(m.p_raw.grad)
+            assert torch.isfinite(_grad(m.p_raw))
             opt.step()
         assert 1.0 <= float(m.power().detach()) < 1.1
         buffer = io.BytesIO()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 import poolcore
 from poolcore.registry import ALIASES, REGISTRY, UnknownMethodError, get_spec
 
-EXAMPLE_PARAMS = {"kernel_size": 3, "stride": 2}
+EXAMPLE_PARAMS: dict[str, Any] = {"kernel_size": 3, "stride": 2}
 
 
 class TestRegistry:

@@ -94,7 +94,7 @@ class TestStochasticPool:
                 lambda x: F.max_pool3d(x, 3, 2, 1),
             ),
             ((2, 3, 9, 10), {"output_size": (4, 3)}, lambda x: F.adaptive_max_pool2d(x, (4, 3))),
-            ((2, 3, 9, 10), {"output_size": (None, 3)}, lambda x: F.adaptive_max_pool2d(x, (None, 3))),
+            ((2, 3, 9, 10), {"output_size": (None, 3)}, lambda x: F.adaptive_max_pool2d(x, (None, 3))),  # type: ignore[arg-type]
             ((3, 9, 10), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1)),
             ((2, 3, 40), {"output_size": (5,)}, lambda x: F.adaptive_max_pool1d(x, 5)),
             ((1, 2, 5, 6, 7), {"output_size": (2, 3, 4)}, lambda x: F.adaptive_max_pool3d(x, (2, 3, 4))),

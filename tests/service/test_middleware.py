@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import anyio
 import pytest
@@ -69,15 +70,15 @@ def test_route_labels_are_bounded(path: str, label: str) -> None:
 def test_client_disconnect_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     """A client that goes away mid-body gets no answer and no error log; metrics count it as 499."""
     app = create_app(test_settings())
-    sent: list[dict] = []
-    messages = iter(
+    sent: list[MutableMapping[str, Any]] = []
+    messages: Iterator[dict[str, Any]] = iter(
         [{"type": "http.request", "body": b"\x93NUMPY", "more_body": True}, {"type": "http.disconnect"}]
     )
 
     async def receive() -> dict:
         return next(messages)
 
-    async def send(message: dict) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
+import anyio.to_thread
 import gradio as gr
 import numpy as np
 import pytest
@@ -25,10 +29,11 @@ from pydantic import BaseModel, Field
 import poolcore
 import poolcore.registry as registry
 from service.app import create_app
+from service.config import Settings
 from service.pooling import run_pool
 from service.ui import controls, snippets
 from service.ui.handlers import PageError, Runtime, parse_matrix, pool_image, pool_tensor
-from service.ui.imaging import ASSETS, example_paths, image_to_tensor
+from service.ui.imaging import ASSETS, example_paths
 from service.ui.page import SEED_MATRIX, build_blocks
 
 HAS_STOCHASTIC = "stochastic" in poolcore.methods()
@@ -46,7 +51,7 @@ def runtime(device: torch.device | str = "cpu", **settings: Any) -> Runtime:
     )
 
 
-def load(path: str | Path) -> Image.Image:
+def load(path: str | Path | IO[bytes]) -> Image.Image:
     """An image read into memory, its file closed."""
     with Image.open(path) as image:
         return image.copy()
@@ -70,12 +75,13 @@ def event(blocks: gr.Blocks, api_name: str, **values: Any) -> list[Any]:
     args = []
     for component in fn.inputs:
         key = (component.elem_id or "").replace("-", "_")
-        value = values.pop(key) if key in values else component.value
+        value = values.pop(key) if key in values else getattr(component, "value", None)
         if isinstance(component, gr.Dataframe) and isinstance(value, dict):  # initial value, as sent
             value = component.preprocess(component.data_model(**value))
         args.append(value)
     if values:
         raise KeyError(f"no inputs {sorted(values)} in {api_name}")
+    assert fn.fn is not None
     return list(fn.fn(*args))
 
 
@@ -101,6 +107,16 @@ def test_mounted_at_ui_with_root_redirect() -> None:
     assert set(dropdowns) == {"image-method", "tensor-method"}
     for choices in dropdowns.values():
         assert [value for _, value in choices] == poolcore.methods()
+
+
+def test_favicon_at_the_root_is_gradios_icon() -> None:
+    with TestClient(create_app()) as client:
+        redirect = client.get("/favicon.ico", follow_redirects=False)
+        icon = client.get("/favicon.ico")
+        gradios = client.get("/ui/favicon.ico")
+    assert redirect.status_code in (302, 307) and redirect.headers["location"] == "/ui/favicon.ico"
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+    assert icon.content == gradios.content and icon.content
 
 
 def test_every_parameter_of_every_method_has_a_widget(blocks: gr.Blocks) -> None:
@@ -136,7 +152,9 @@ def extra_method(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def test_a_new_method_shows_up_without_ui_code(extra_method: str) -> None:
     blocks = build_blocks(runtime())
-    by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+    by_id: dict[str | None, Any] = {
+        b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)
+    }
     assert extra_method in [v for _, v in by_id["image-method"].choices]
     slider = by_id["image-param-temperature"]
     assert isinstance(slider, gr.Slider)
@@ -145,7 +163,7 @@ def test_a_new_method_shows_up_without_ui_code(extra_method: str) -> None:
     fields = {f.name: f for f in controls.fields_of(extra_method)}
     assert fields["temperature"].default == 1.5 and "≤ 10" in fields["temperature"].info()
     # And it runs from the page: temperature 2 doubles adaptive average pooling.
-    image = load(ASSETS / "gradient.png")
+    image = str(ASSETS / "gradient.png")
     outputs = event(
         blocks, "pool_image", image_input=image, image_method=extra_method, image_param_temperature=2.0
     )
@@ -194,7 +212,7 @@ def test_image_tab_matches_torch(blocks: gr.Blocks, path: str, method: str, refe
     outputs = event(
         blocks,
         "pool_image",
-        image_input=load(path),
+        image_input=str(path),
         image_method=method,
         image_param_kernel_size="3",
         image_param_stride="2",
@@ -208,7 +226,7 @@ def test_image_tab_matches_torch(blocks: gr.Blocks, path: str, method: str, refe
 
 
 def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
-    gallery, text, code = event(blocks, "compare", compare_input=load(ASSETS / "checkerboard.png"))
+    gallery, text, code = event(blocks, "compare", compare_input=str(ASSETS / "checkerboard.png"))
     labels = [item[1] if isinstance(item, tuple) else item.caption for item in _value(gallery)]
     assert [label.split(" · ")[0] for label in labels] == poolcore.methods()
     assert f"{len(poolcore.methods())} of {len(poolcore.methods())} methods ran" in _value(text)
@@ -221,9 +239,9 @@ def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
 
 
 def test_pool_image_matches_poolcore_directly(device: torch.device) -> None:
-    image = load(ASSETS / "rings.png")  # RGBA keeps its 4 channels
+    image = str(ASSETS / "rings.png")  # RGBA keeps its 4 channels
     result = pool_image(runtime(device), image, "max", {"kernel_size": 4})
-    direct = poolcore.pool(image_to_tensor(image), "max", kernel_size=4)
+    direct = poolcore.pool(reference_tensor(image), "max", kernel_size=4)
     assert result.input_shape == (4, 64, 64)
     assert result.outcome.device == str(device) and result.outcome.output.device.type == "cpu"
     torch.testing.assert_close(result.outcome.output, direct, rtol=0, atol=0)
@@ -302,16 +320,16 @@ def _service_message(x: torch.Tensor, method: str, params: dict[str, Any]) -> st
 
 
 def test_window_larger_than_the_image_shows_the_service_message(blocks: gr.Blocks) -> None:
-    image = load(ASSETS / "checkerboard.png")
+    image = str(ASSETS / "checkerboard.png")
     outputs = event(blocks, "pool_image", image_input=image, image_param_kernel_size="100")
-    expected = _service_message(image_to_tensor(image), "avg", {"kernel_size": 100})
+    expected = _service_message(reference_tensor(image), "avg", {"kernel_size": 100})
     assert _value(outputs[0]) is None
     assert _value(outputs[1]) == f"**Error 422**: {expected}"
     assert "Traceback" not in _value(outputs[1])
 
 
 def test_invalid_parameter_shows_the_validation_message(blocks: gr.Blocks) -> None:
-    image = load(ASSETS / "gradient.png")
+    image = str(ASSETS / "gradient.png")
     outputs = event(blocks, "pool_image", image_input=image, image_param_kernel_size="abc")
     assert _value(outputs[1]).startswith("**Error 422**: invalid parameters for 'avg': kernel_size")
     outputs = event(blocks, "pool_image", image_input=image, image_seed="x", image_method="max")
@@ -330,7 +348,7 @@ def test_negative_matrix_for_stochastic_shows_the_service_message(blocks: gr.Blo
 
 
 def test_limits_come_from_the_settings() -> None:
-    image = load(ASSETS / "cells.png")
+    image = str(ASSETS / "cells.png")
     with pytest.raises(PageError) as error:
         pool_image(runtime(max_image_pixels=100), image, "avg", {"kernel_size": 2})
     assert error.value.status == 413 and "over the limit of 100 pixels" in error.value.message
@@ -340,6 +358,32 @@ def test_limits_come_from_the_settings() -> None:
     with pytest.raises(PageError) as error:
         pool_tensor(runtime(), torch.ones(1, 3, 3), "no_such_method", {})
     assert error.value.status == 404 and "known methods" in error.value.message
+
+
+def test_images_get_the_routes_answers(tmp_path: Path) -> None:
+    """The page decodes with the service's image codec: the route's status and message for a bomb, a
+    file that is not an image and an element limit, compared with the route itself."""
+    from .bad_inputs import bomb_png
+
+    not_png = tmp_path / "not.png"
+    not_png.write_bytes(b"\x89PNG but not really")
+    cases: list[tuple[bytes, dict[str, Any]]] = [
+        (bomb_png(100_000, 100_000), {}),
+        (not_png.read_bytes(), {}),
+        ((ASSETS / "cells.png").read_bytes(), {"max_elements": 100}),
+    ]
+    for body, settings in cases:
+        with pytest.raises(PageError) as error:
+            pool_image(runtime(**settings), body, "avg", {"kernel_size": 2})
+        with TestClient(create_app(Settings(device="cpu", **settings))) as client:
+            answer = client.post(
+                "/pool/avg?kernel_size=2", content=body, headers={"Content-Type": "image/png"}
+            )
+        assert (error.value.status, error.value.message) == (answer.status_code, answer.json()["detail"])
+        assert error.value.status in (400, 413)
+    with pytest.raises(PageError) as error:  # and from a file path, as Gradio hands uploads over
+        pool_image(runtime(), str(not_png), "avg", {"kernel_size": 2})
+    assert error.value.status == 400 and error.value.message.startswith("malformed image")
 
 
 def test_matrix_cells_must_be_numbers() -> None:
@@ -364,7 +408,7 @@ def test_snippet_reflects_what_ran(blocks: gr.Blocks) -> None:
         blocks,
         "pool_image",
         origin="http://example.test:1234",
-        image_input=load(ASSETS / "gradient.png"),
+        image_input=str(ASSETS / "gradient.png"),
         image_method="max",
         image_param_kernel_size="2,4",
     )
@@ -382,7 +426,7 @@ def test_image_snippet_request_gives_the_page_output_over_the_route(blocks: gr.B
     if not _has_pool_route(app):
         pytest.skip("the /pool route is not on this branch yet")
     path = ASSETS / "cells.png"
-    outputs = event(blocks, "pool_image", image_input=load(path), image_param_kernel_size="2,3")
+    outputs = event(blocks, "pool_image", image_input=str(path), image_param_kernel_size="2,3")
     url = re.search(r"curl -X POST '([^']+)'", _value(outputs[2])).group(1)  # type: ignore[union-attr]
     route = url.split("://", 1)[1].split("/", 1)[1]
     with TestClient(app) as client:
@@ -419,7 +463,7 @@ def test_too_many_draws_are_refused_but_the_result_still_shows(blocks: gr.Blocks
 def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
     if "mixed" not in poolcore.methods():
         pytest.skip("mixed is not registered on this branch")
-    image = load(ASSETS / "cells.png")
+    image = str(ASSETS / "cells.png")
     common = {"image_input": image, "image_method": "mixed", "image_mode": "train"}
     first = event(blocks, "sample_image", **common)
     second = event(blocks, "sample_image", **common)
@@ -429,3 +473,76 @@ def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
     assert a.shape == b.shape == (24, 24, 3) and not np.array_equal(a, b)
     replay = event(blocks, "pool_image", image_seed=seeds[0], **common)
     assert np.array_equal(np.asarray(_value(replay[0])), a)  # the shown seed reproduces the sample
+
+
+# ---- one concurrency limit for the route and the page ------------------------------------------------------
+class _OneSize(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+    output_size: int = Field(1, ge=1)
+
+
+@pytest.mark.parametrize("first", ["route", "page"])
+def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+    """With ``max_concurrency=1``, a call held inside the operator (from the route or the page) makes the
+    other wait at the app's limiter instead of entering the operator. No timing: the waiting call is seen
+    in the limiter's statistics, and the count of operator entries is checked while it waits."""
+    entries: list[str] = []
+    release = threading.Event()
+
+    def blocking(x: torch.Tensor, output_size: int) -> torch.Tensor:
+        entries.append(threading.current_thread().name)
+        if len(entries) == 1:
+            assert release.wait(60), "the test never released the first call"
+        return F.adaptive_avg_pool2d(x, output_size)
+
+    spec = poolcore.MethodSpec("block_test", "Waits for the test on its first call.", blocking, _OneSize)
+    monkeypatch.setattr(registry, "REGISTRY", MappingProxyType({**registry.REGISTRY, spec.name: spec}))
+    data = [[[1.0, 2.0], [3.0, 4.0]]]
+    app = create_app(Settings(device="cpu", max_concurrency=1))
+    results: dict[str, Any] = {}
+    with TestClient(app) as client:
+        limiter = app.state.limiter
+        portal = client.portal
+        assert portal is not None  # set while the client is open
+        runtime = Runtime.of_state(app.state)
+
+        def route() -> None:
+            results["route"] = client.post("/pool/block_test", json={"data": data})
+
+        def page() -> None:
+            # As Gradio calls a sync handler: in an anyio worker thread of the app's event loop.
+            call = partial(pool_tensor, runtime, torch.tensor(data), "block_test", {})
+            results["page"] = portal.call(anyio.to_thread.run_sync, call)
+
+        calls = {"route": route, "page": page}
+        second = "page" if first == "route" else "route"
+        threads = {name: threading.Thread(target=calls[name]) for name in calls}
+        try:
+            threads[first].start()
+            _wait_for(lambda: len(entries) == 1, "the first call to enter the operator")
+            threads[second].start()
+            # Either it queues at the limiter, or (without a shared limit) it runs into the operator.
+            _wait_for(
+                lambda: limiter.statistics().tasks_waiting == 1 or len(entries) > 1,
+                "the second call to queue or to enter",
+            )
+            assert len(entries) == 1  # the second call waits at the limiter, not in the operator
+            assert limiter.statistics().borrowed_tokens == 1
+        finally:
+            release.set()
+            for thread in threads.values():
+                thread.join(60)
+    assert len(entries) == 2
+    expected = F.adaptive_avg_pool2d(torch.tensor(data), 1)
+    assert results["route"].status_code == 200, results["route"].text
+    assert results["route"].json()["data"] == expected.tolist()
+    torch.testing.assert_close(results["page"].output, expected)
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    """Poll ``condition`` until it holds; the deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.005)

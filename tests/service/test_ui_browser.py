@@ -7,11 +7,13 @@ Screenshots go to ``test-artifacts/``. With ``CI=true`` a missing Chromium fails
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,11 +21,13 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import torch
-from PIL import Image
 
 import poolcore
+from service.codecs import Limits
+from service.codecs import image as image_codec
+from service.config import Settings
 from service.pooling import run_pool
-from service.ui.imaging import ASSETS, image_to_tensor
+from service.ui.imaging import ASSETS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,18 +68,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    base: str
+    access_log: Path  # uvicorn's access log: one line per request with its status
+
+    def failed_since(self, offset: int) -> list[str]:
+        """The access-log lines from byte ``offset`` on whose status is 4xx or 5xx."""
+        with self.access_log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        return [line for line in lines if (m := _ACCESS.search(line)) and int(m.group(1)) >= 400]
+
+
+_ACCESS = re.compile(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})')
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """uvicorn with the real app in a subprocess on a free loopback port; stopped at the end."""
     _need_browser()
     port = _free_port()
+    access_log = tmp_path_factory.mktemp("uvicorn") / "access.log"
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": path}
+    log_file = access_log.open("wb")  # uvicorn's access log goes to stdout, flushed per line
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=log_file,
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
@@ -94,7 +116,7 @@ def server() -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start within 90 s")
             time.sleep(0.2)
-        yield base
+        yield Server(base, access_log)
     finally:
         proc.terminate()
         try:
@@ -102,6 +124,7 @@ def server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log_file.close()
 
 
 class Network:
@@ -110,6 +133,17 @@ class Network:
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.outside: list[str] = []
+        self.failed: list[str] = []  # every 4xx/5xx answer the page got
+
+    def response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.failed.append(f"{response.status} {response.url}")
+
+    def console(self, message: Any) -> None:
+        # Chromium's own favicon fetch reaches neither the router nor the response events; its failure
+        # shows only here (and in the server's access log).
+        if message.type == "error" and "Failed to load resource" in message.text:
+            self.failed.append(f"console: {message.text}")
 
     def route(self, route: Any) -> None:
         url = route.request.url
@@ -134,8 +168,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, server: str) -> Iterator[tuple[Any, Network]]:
-    """A fresh page on /ui (reached through the / redirect), with every request recorded."""
+def page(browser: Any, server: Server) -> Iterator[tuple[Any, Network]]:
+    """A fresh page on /ui (reached through the / redirect), with every request and every 4xx/5xx answer
+    recorded."""
     network = Network()
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.route("**/*", network.route)
@@ -144,10 +179,13 @@ def page(browser: Any, server: str) -> Iterator[tuple[Any, Network]]:
         "request",
         lambda request: None if request.url in network.requests else network.requests.append(request.url),
     )
+    context.on("response", network.response)
     page = context.new_page()
+    page.on("console", network.console)
     page.set_default_timeout(30_000)
-    page.goto(f"{server}/")
-    page.wait_for_url(f"{server}/ui/")
+    log_offset = server.access_log.stat().st_size
+    page.goto(f"{server.base}/")
+    page.wait_for_url(f"{server.base}/ui/")
     page.locator("#image-method").wait_for()
     try:
         yield page, network
@@ -158,6 +196,10 @@ def page(browser: Any, server: str) -> Iterator[tuple[Any, Network]]:
         ]
         assert not network.outside and not outside, f"requests left 127.0.0.1: {network.outside + outside}"
         assert network.requests, "no requests were recorded"
+        # Page assets, the favicon and Gradio's API calls all answer; errors show in the page, not as 4xx.
+        assert not network.failed, f"requests answered with an error: {network.failed}"
+        failed = server.failed_since(log_offset)
+        assert not failed, f"the server answered with an error: {failed}"
     finally:
         context.close()
 
@@ -181,6 +223,37 @@ def _img_sizes(page: Any, selector: str) -> list[dict[str, int]]:
            })""",
         selector,
     )
+
+
+def test_favicon_is_served(browser: Any, server: Server) -> None:
+    """Chromium asks the origin for /favicon.ico on its own; it must get an image, not a 404.
+
+    Its own context without request interception: Playwright cannot route favicon requests (routed, they
+    fail in the browser and never reach the server) and reports no request events for them, so the
+    redirect chain is checked instead; any other request must stay on 127.0.0.1 too, and the server's
+    access log must show no error.
+    """
+    context = browser.new_context()
+    requests: list[str] = []
+    context.on("request", lambda request: requests.append(request.url))
+    log_offset = server.access_log.stat().st_size
+    try:
+        pg = context.new_page()
+        response = pg.goto(f"{server.base}/favicon.ico")
+        assert response is not None and response.status == 200
+        assert response.headers["content-type"].startswith("image/")
+        assert len(response.body()) > 0
+        chain, request = [], response.request
+        while request is not None:
+            chain.append(request.url)
+            request = request.redirected_from
+    finally:
+        context.close()
+    assert len(chain) == 2, chain  # /favicon.ico, then Gradio's icon under /ui
+    urls = chain + requests
+    assert all(urlparse(u).hostname == "127.0.0.1" for u in urls), urls
+    failed = server.failed_since(log_offset)
+    assert not failed, f"the server answered with an error: {failed}"
 
 
 def test_image_tab_pools_an_uploaded_image(page: tuple[Any, Network]) -> None:
@@ -217,8 +290,12 @@ def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
     pg.locator("#image-input img").wait_for()
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("100")
     pg.locator("#image-run").click()
-    with Image.open(ASSETS / "checkerboard.png") as image, pytest.raises(ValueError) as error:
-        run_pool(image_to_tensor(image), "avg", {"kernel_size": 100})
+    settings = Settings()
+    x = image_codec.decode(
+        (ASSETS / "checkerboard.png").read_bytes(), Limits(settings.max_elements, settings.max_image_pixels)
+    )
+    with pytest.raises(ValueError) as error:
+        run_pool(x, "avg", {"kernel_size": 100})
     info = pg.locator("#image-info")
     info.get_by_text("Error 422").wait_for()
     assert str(error.value) in info.inner_text()
