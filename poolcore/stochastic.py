@@ -50,8 +50,9 @@ __all__ = [
 
 # Windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
 _WALK_MAX = 25
-# Elements of working memory per chunk: about 4 MB of float32 on CPU (cache-sized), 64 MB on CUDA.
-_CHUNK_ELEMS_CPU = 1 << 20
+# Elements of working memory per chunk: 8 MB of float32 on CPU (fits the L3 cache, while keeping the
+# number of small parallel ops per call in the hundreds), 64 MB on CUDA.
+_CHUNK_ELEMS_CPU = 1 << 21
 _CHUNK_ELEMS_CUDA = 1 << 24
 
 
