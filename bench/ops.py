@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,7 @@ def _registered(name: str) -> bool:
 def _methods(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
     """Every benchmarked callable for one window; None where a method is not registered yet."""
 
-    def registry(name: str, training: bool, **params: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def registry(name: str, training: bool, **params: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if not _registered(name):
             return None
         return lambda x: poolcore.pool(x, name, training=training, kernel_size=k, stride=s, **params)
@@ -264,11 +265,11 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
             ):
                 if fns[name] is None:
                     continue
-                ratio = _memory(name, k, s, size, device)
-                if ratio is None:
+                extra = _memory(name, k, s, size, device)
+                if extra is None:
                     continue
-                verdict = "" if name.startswith(("F.", "unfold")) else f"  {_verdict(ratio <= 2.0)}"
-                print(f"    {name:36s} {ratio:5.2f}x{verdict}")
+                verdict = "" if name.startswith(("F.", "unfold")) else f"  {_verdict(extra <= 2.0)}"
+                print(f"    {name:36s} {extra:5.2f}x{verdict}")
 
 
 def main(argv: list[str] | None = None) -> None:
