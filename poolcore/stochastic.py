@@ -29,9 +29,9 @@ Half precision inputs are sampled in float32.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -93,23 +93,27 @@ def _extents(w: Window) -> list[int]:
     return [w.max_extent(d) for d in range(len(w.in_size))]
 
 
+@functools.lru_cache(maxsize=64)
 def _grid(w: Window, device: torch.device) -> tuple[Tensor, Tensor | None]:
     """Flat spatial position of every window offset, ``(P, K)`` with ``P`` outputs and ``K`` offsets in
     row-major order (the order of :meth:`Window.offsets`). Offsets outside the real input are clamped
-    into the window's real range (so an index is always valid) and reported False in the mask."""
+    into the window's real range (so an index is always valid) and reported False in the mask.
+
+    Built on the host from the geometry and cached per window and device, so the hot path neither
+    syncs nor rebuilds it.
+    """
     n = len(w.in_size)
     extents = _extents(w)
     # Broadcast over (o_0, ..., o_{n-1}, e_0, ..., e_{n-1}); each dim contributes position * its stride.
-    flat = torch.zeros((), dtype=torch.long, device=device)
-    valid = torch.ones((), dtype=torch.bool, device=device)
+    flat = torch.zeros((), dtype=torch.long)
+    valid = torch.ones((), dtype=torch.bool)
     stride = math.prod(w.in_size)
     for d in range(n):
         stride //= w.in_size[d]
         lo, hi = w.bounds(d)
         raw = lo if w.kernel_size is None else [i * w.stride[d] - w.padding[d] for i in range(w.out_size[d])]
-        lo_t = torch.tensor(lo, device=device).unsqueeze(1)
-        hi_t = torch.tensor(hi, device=device).unsqueeze(1)
-        pos = torch.tensor(raw, device=device).unsqueeze(1) + torch.arange(extents[d], device=device)
+        lo_t, hi_t = torch.tensor(lo).unsqueeze(1), torch.tensor(hi).unsqueeze(1)
+        pos = torch.tensor(raw).unsqueeze(1) + torch.arange(extents[d])
         ok = (pos >= lo_t) & (pos < hi_t)
         pos = torch.minimum(torch.maximum(pos, lo_t), hi_t - 1)
         shape = [1] * (2 * n)
@@ -117,10 +121,10 @@ def _grid(w: Window, device: torch.device) -> tuple[Tensor, Tensor | None]:
         flat = flat + pos.view(shape) * stride
         valid = valid & ok.view(shape)
     p, k = math.prod(w.out_size), math.prod(extents)
-    grid = flat.expand(*w.out_size, *extents).reshape(p, k)
+    grid = flat.expand(*w.out_size, *extents).reshape(p, k).to(device)
     if bool(valid.all()):
         return grid, None
-    return grid, valid.expand(*w.out_size, *extents).reshape(p, k)
+    return grid, valid.expand(*w.out_size, *extents).reshape(p, k).to(device)
 
 
 # ---- offset views of one chunk ----------------------------------------------------------------------------
@@ -314,7 +318,7 @@ def stochastic_pool(
 ) -> Tensor:
     """Stochastic pooling (Zeiler & Fergus 2013); see :class:`StochasticPool2d` for the arguments."""
     _check_input(x, generator, check_input)
-    fn = partial(_train, generator=generator) if training else _eval
+    fn = functools.partial(_train, generator=generator) if training else _eval
     return window_call(
         x,
         fn,
