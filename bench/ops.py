@@ -231,9 +231,9 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if device == "cpu" and torch.get_num_threads() > 1 and load > cores:
         print(
-            f"note: load average {load:.1f} exceeds {cores} cores; multi-threaded ops then wait on descheduled "
-            "threads once per op, which penalises multi-op methods against single-kernel torch ops. "
-            "Compare with --threads 1 as well."
+            f"note: load average {load:.1f} exceeds {cores} cores; multi-threaded ops then wait on "
+            "descheduled threads once per op, which penalises multi-op methods against single-kernel "
+            "torch ops. Compare with --threads 1 as well."
         )
     for k, s in WINDOWS:
         fns = _methods(k, s)
