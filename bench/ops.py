@@ -98,7 +98,17 @@ def _methods(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
             if _registered("stochastic")
             else None
         ),
+        "stochastic train, compiled": (
+            (lambda x: poolcore.stochastic_pool(x, k, s, training=True, compiled=True))
+            if _registered("stochastic")
+            else None
+        ),
         "stochastic eval": registry("stochastic", False),
+        "stochastic eval, compiled": (
+            (lambda x: poolcore.stochastic_pool(x, k, s, compiled=True))
+            if _registered("stochastic")
+            else None
+        ),
         "mixed train": registry("mixed", True),
         "lp p=2": registry("lp", False, p=2),
         "gem p=3": registry("gem", False, p=3),
@@ -113,7 +123,9 @@ CASES = [
     Case("F.lp_pool2d p=3"),
     Case("stochastic train", "F.max_pool2d", 1.0),
     Case("stochastic train, check_input=False", "F.max_pool2d", 1.0),
+    Case("stochastic train, compiled", "F.max_pool2d", 1.0),
     Case("stochastic eval", "F.avg_pool2d", 3.0),
+    Case("stochastic eval, compiled", "F.avg_pool2d", 3.0),
     Case("mixed train", "F.max_pool2d", 1.3),
     Case("lp p=2", "F.lp_pool2d p=2", 1.0),
     Case("gem p=3", "F.lp_pool2d p=3", 1.0),
@@ -135,8 +147,11 @@ def _time(
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, repeats: int, device: str
 ) -> dict[str, float]:
     """Median seconds per method; one call of each per round, rounds interleaved."""
-    for fn in fns.values():  # warm-up (allocator, lazy init, CUDA kernels)
+    for name, fn in fns.items():  # warm-up (allocator, lazy init, CUDA kernels, torch.compile)
+        start = time.perf_counter()
         fn(x)
+        if "compiled" in name:
+            print(f"  ({name}: first call, compiling included, {time.perf_counter() - start:.1f} s)")
     samples: dict[str, list[float]] = {name: [] for name in fns}
     slow = {"unfold+multinomial"}
     for r in range(repeats):
@@ -238,8 +253,8 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
     for k, s in WINDOWS:
         fns = _methods(k, s)
         present = {name: fn for name, fn in fns.items() if fn is not None}
-        times = _time(present, x, repeats, device)
         print(f"\nkernel {k}, stride {s}")
+        times = _time(present, x, repeats, device)
         print(f"  {'method':38s} {'median ms':>10s} {'ratio':>8s}  {'target':>10s}  verdict")
         for case in CASES:
             if fns[case.name] is None:
@@ -264,7 +279,9 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
             for name in (
                 "F.max_pool2d",
                 "stochastic train",
+                "stochastic train, compiled",
                 "stochastic eval",
+                "stochastic eval, compiled",
                 "mixed train",
                 "lp p=2",
                 "gem p=3",

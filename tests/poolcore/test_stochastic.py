@@ -403,6 +403,18 @@ class TestStochasticPool:
 
     # ---- compilation ----------------------------------------------------------------------------------
     @pytest.mark.slow
+    def test_compiled_kernel_matches_eager(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        x[0, 0, :5, :5] = 0  # all-zero windows, next to padding
+        for kwargs in ({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, {"kernel_size": 2}):
+            eager = stochastic_pool(x, training=True, generator=_gen(6), **kwargs)
+            fused = stochastic_pool(x, training=True, generator=_gen(6), compiled=True, **kwargs)
+            assert torch.equal(eager, fused), "same draws, same samples"
+            torch.testing.assert_close(
+                stochastic_pool(x, compiled=True, **kwargs), stochastic_pool(x, **kwargs)
+            )
+
+    @pytest.mark.slow
     def test_compile_eval(self) -> None:
         x = torch.rand(2, 3, 9, 9)
         compiled = torch.compile(lambda t: stochastic_pool(t, 3, 2, 1, check_input=False))
