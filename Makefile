@@ -39,3 +39,8 @@ test: install-test browser lint typecheck pytest
 
 bench: install
 	$(PY) bench/ops.py
+
+# The service benchmark (bench/service.py): HTTP against in-process, on a real uvicorn on loopback.
+.PHONY: bench-service
+bench-service: install
+	$(PY) bench/service.py
