@@ -98,7 +98,17 @@ def _methods(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
             if _registered("stochastic")
             else None
         ),
+        "stochastic train, compiled": (
+            (lambda x: poolcore.stochastic_pool(x, k, s, training=True, compiled=True))
+            if _registered("stochastic")
+            else None
+        ),
         "stochastic eval": registry("stochastic", False),
+        "stochastic eval, compiled": (
+            (lambda x: poolcore.stochastic_pool(x, k, s, compiled=True))
+            if _registered("stochastic")
+            else None
+        ),
         "mixed train": registry("mixed", True),
         "lp p=2": registry("lp", False, p=2),
         "gem p=3": registry("gem", False, p=3),
@@ -113,7 +123,9 @@ CASES = [
     Case("F.lp_pool2d p=3"),
     Case("stochastic train", "F.max_pool2d", 1.0),
     Case("stochastic train, check_input=False", "F.max_pool2d", 1.0),
+    Case("stochastic train, compiled", "F.max_pool2d", 1.0),
     Case("stochastic eval", "F.avg_pool2d", 3.0),
+    Case("stochastic eval, compiled", "F.avg_pool2d", 3.0),
     Case("mixed train", "F.max_pool2d", 1.3),
     Case("lp p=2", "F.lp_pool2d p=2", 1.0),
     Case("gem p=3", "F.lp_pool2d p=3", 1.0),
@@ -135,8 +147,11 @@ def _time(
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, repeats: int, device: str
 ) -> dict[str, float]:
     """Median seconds per method; one call of each per round, rounds interleaved."""
-    for fn in fns.values():  # warm-up (allocator, lazy init, CUDA kernels)
+    for name, fn in fns.items():  # warm-up (allocator, lazy init, CUDA kernels, torch.compile)
+        start = time.perf_counter()
         fn(x)
+        if "compiled" in name:
+            print(f"  ({name}: first call, compiling included, {time.perf_counter() - start:.1f} s)")
     samples: dict[str, list[float]] = {name: [] for name in fns}
     slow = {"unfold+multinomial"}
     for r in range(repeats):
@@ -183,7 +198,9 @@ def _memory_child(name: str, k: int, s: int, size: tuple[int, ...]) -> None:
     if fn is None:
         print(json.dumps({"ratio": None}))
         return
-    fn(_input((1, 1, 8, 8), "cpu"))  # lazy initialisation, outside the measurement
+    # Lazy initialisation outside the measurement; compiled methods compile for the real shape first, so
+    # that compiler memory is not counted (the warm-up's freed buffers may then be reused: a lower bound).
+    fn(_input(size if "compiled" in name else (1, 1, 8, 8), "cpu"))
     x = _input(size, "cpu")
     if not _reset_peak_rss():
         print(json.dumps({"ratio": None, "why": "cannot reset the peak RSS mark"}))
@@ -228,11 +245,18 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, repeats {repeats}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if device == "cpu" and torch.get_num_threads() > 1 and load > cores:
+        print(
+            f"note: load average {load:.1f} exceeds {cores} cores; multi-threaded ops then wait on "
+            "descheduled threads once per op, which penalises multi-op methods against single-kernel "
+            "torch ops. Compare with --threads 1 as well."
+        )
     for k, s in WINDOWS:
         fns = _methods(k, s)
         present = {name: fn for name, fn in fns.items() if fn is not None}
-        times = _time(present, x, repeats, device)
         print(f"\nkernel {k}, stride {s}")
+        times = _time(present, x, repeats, device)
         print(f"  {'method':38s} {'median ms':>10s} {'ratio':>8s}  {'target':>10s}  verdict")
         for case in CASES:
             if fns[case.name] is None:
@@ -246,18 +270,21 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
             goal = f"<= {case.target:.1f}x {case.ref.split()[0]}"
             verdict = _verdict(ratio <= (case.target or 0))
             print(f"  {case.name:38s} {ms:10.1f} {ratio:7.2f}x  {goal:>10s}  {verdict}")
-        if "stochastic train" in times:
-            speedup = times["unfold+multinomial"] / times["stochastic train"]
-            print(
-                f"  speed-up of stochastic train over unfold+multinomial: {speedup:.1f}x "
-                f"(target >= 5x)  {_verdict(speedup >= 5)}"
-            )
+        for name in ("stochastic train", "stochastic train, compiled"):
+            if name in times:
+                speedup = times["unfold+multinomial"] / times[name]
+                print(
+                    f"  speed-up of {name} over unfold+multinomial: {speedup:.1f}x "
+                    f"(target >= 5x)  {_verdict(speedup >= 5)}"
+                )
         if memory:
             print("  peak extra memory, as a multiple of the input (includes the output; target <= 2x):")
             for name in (
                 "F.max_pool2d",
                 "stochastic train",
+                "stochastic train, compiled",
                 "stochastic eval",
+                "stochastic eval, compiled",
                 "mixed train",
                 "lp p=2",
                 "gem p=3",

@@ -25,15 +25,23 @@ window sum, then the first position whose inclusive prefix sum exceeds ``t`` is 
   overlapping windows pick the same one).
 
 Half precision inputs are sampled in float32.
+
+``compiled=True`` runs kernel windows (without autograd) through ``torch.compile`` instead: the K strided
+views, the prefix sums and the selection become one fused loop, a single parallel region where the eager
+path issues a few small ops per offset and chunk. It draws the same uniforms in the same order and gives
+the same samples. The first call for each shape compiles (seconds); it pays off in hot loops and on busy
+machines, where every extra multi-threaded op waits for descheduled threads.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from functools import partial
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._module import PoolNd
@@ -50,8 +58,9 @@ __all__ = [
 
 # Windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
 _WALK_MAX = 25
-# Elements of working memory per chunk: about 4 MB of float32 on CPU (cache-sized), 64 MB on CUDA.
-_CHUNK_ELEMS_CPU = 1 << 20
+# Elements of working memory per chunk: 8 MB of float32 on CPU (fits the L3 cache, while keeping the
+# number of small parallel ops per call in the hundreds), 64 MB on CUDA.
+_CHUNK_ELEMS_CPU = 1 << 21
 _CHUNK_ELEMS_CUDA = 1 << 24
 
 
@@ -92,23 +101,27 @@ def _extents(w: Window) -> list[int]:
     return [w.max_extent(d) for d in range(len(w.in_size))]
 
 
+@functools.lru_cache(maxsize=64)
 def _grid(w: Window, device: torch.device) -> tuple[Tensor, Tensor | None]:
     """Flat spatial position of every window offset, ``(P, K)`` with ``P`` outputs and ``K`` offsets in
     row-major order (the order of :meth:`Window.offsets`). Offsets outside the real input are clamped
-    into the window's real range (so an index is always valid) and reported False in the mask."""
+    into the window's real range (so an index is always valid) and reported False in the mask.
+
+    Built on the host from the geometry and cached per window and device, so the hot path neither
+    syncs nor rebuilds it.
+    """
     n = len(w.in_size)
     extents = _extents(w)
     # Broadcast over (o_0, ..., o_{n-1}, e_0, ..., e_{n-1}); each dim contributes position * its stride.
-    flat = torch.zeros((), dtype=torch.long, device=device)
-    valid = torch.ones((), dtype=torch.bool, device=device)
+    flat = torch.zeros((), dtype=torch.long)
+    valid = torch.ones((), dtype=torch.bool)
     stride = math.prod(w.in_size)
     for d in range(n):
         stride //= w.in_size[d]
         lo, hi = w.bounds(d)
         raw = lo if w.kernel_size is None else [i * w.stride[d] - w.padding[d] for i in range(w.out_size[d])]
-        lo_t = torch.tensor(lo, device=device).unsqueeze(1)
-        hi_t = torch.tensor(hi, device=device).unsqueeze(1)
-        pos = torch.tensor(raw, device=device).unsqueeze(1) + torch.arange(extents[d], device=device)
+        lo_t, hi_t = torch.tensor(lo).unsqueeze(1), torch.tensor(hi).unsqueeze(1)
+        pos = torch.tensor(raw).unsqueeze(1) + torch.arange(extents[d])
         ok = (pos >= lo_t) & (pos < hi_t)
         pos = torch.minimum(torch.maximum(pos, lo_t), hi_t - 1)
         shape = [1] * (2 * n)
@@ -116,10 +129,10 @@ def _grid(w: Window, device: torch.device) -> tuple[Tensor, Tensor | None]:
         flat = flat + pos.view(shape) * stride
         valid = valid & ok.view(shape)
     p, k = math.prod(w.out_size), math.prod(extents)
-    grid = flat.expand(*w.out_size, *extents).reshape(p, k)
+    grid = flat.expand(*w.out_size, *extents).reshape(p, k).to(device)
     if bool(valid.all()):
         return grid, None
-    return grid, valid.expand(*w.out_size, *extents).reshape(p, k)
+    return grid, valid.expand(*w.out_size, *extents).reshape(p, k).to(device)
 
 
 # ---- offset views of one chunk ----------------------------------------------------------------------------
@@ -261,7 +274,11 @@ def _train_gather(x: Tensor, w: Window, generator: torch.Generator | None) -> Te
     return _gather_choice(x, w, choice)
 
 
-def _train(x: Tensor, w: Window, generator: torch.Generator | None) -> Tensor:
+def _train(x: Tensor, w: Window, generator: torch.Generator | None, compiled: bool = False) -> Tensor:
+    if compiled and _can_fuse(x, w):
+        # Same draws, in the same order, as the eager chunks: the two paths give identical samples.
+        u = torch.empty((*x.shape[:2], *w.out_size), dtype=_compute_dtype(x.dtype), device=x.device)
+        return _compiled("select")(x, u.uniform_(generator=generator), w)
     need_index = torch.is_grad_enabled() and x.requires_grad
     if math.prod(_extents(w)) <= _WALK_MAX:
         return _train_walk(x, w, generator, need_index)
@@ -275,7 +292,9 @@ def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
     return squares / (sums + (sums == 0))
 
 
-def _eval(x: Tensor, w: Window) -> Tensor:
+def _eval(x: Tensor, w: Window, compiled: bool = False) -> Tensor:
+    if compiled and _can_fuse(x, w):
+        return _compiled("eval")(x, w)
     cdt = _compute_dtype(x.dtype)
     if w.kernel_size is None:
         xc = x.to(cdt)
@@ -297,6 +316,62 @@ def _eval(x: Tensor, w: Window) -> Tensor:
     return out.view(*x.shape[:2], *w.out_size)
 
 
+# ---- optional fused kernels (torch.compile) ------------------------------------------------------------
+def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
+    """The K strided offset views of a kernel window over the whole batch (for the compiled kernels,
+    where inductor turns them into strided loads of one fused loop)."""
+    k, s, p = w.kernel_size or (), w.stride, w.padding
+    pads: list[int] = []
+    for d in reversed(range(len(w.in_size))):
+        pads += [p[d], max(0, (w.out_size[d] - 1) * s[d] + k[d] - w.in_size[d] - p[d])]
+    xp = (F.pad(x, pads) if any(pads) else x).to(cdt)
+    views = []
+    for offset in itertools.product(*[range(kd) for kd in k]):
+        index: list[slice] = [slice(None)] * (xp.dim() - len(offset))
+        index += [
+            slice(o, o + sd * (od - 1) + 1, sd) for o, sd, od in zip(offset, s, w.out_size, strict=True)
+        ]
+        views.append(xp[tuple(index)])
+    return views
+
+
+def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
+    """Inverse-CDF selection written for one fused loop: the first offset whose prefix exceeds ``u*S``.
+    If rounding leaves none (``u*S >= S``), the last positive value is the answer, which is what the eager
+    guard ``t <= nextafter(S, 0)`` selects too, so both paths agree exactly."""
+    views = _padded_views(x, w, u.dtype)
+    prefix: list[Tensor] = []
+    last = torch.zeros_like(u)
+    for v in views:
+        prefix.append(v if not prefix else prefix[-1] + v)
+        last = torch.where(v > 0, v, last)
+    t = u * prefix[-1]
+    out = last
+    for v, c in zip(reversed(views), reversed(prefix), strict=True):
+        out = torch.where(c > t, v, out)
+    return out.to(x.dtype)
+
+
+def _fused_eval(x: Tensor, w: Window) -> Tensor:
+    views = _padded_views(x, w, _compute_dtype(x.dtype))
+    sums, squares = views[0], views[0] * views[0]
+    for v in views[1:]:
+        sums, squares = sums + v, squares + v * v
+    return _safe_ratio(squares, sums).to(x.dtype)
+
+
+@functools.cache
+def _compiled(name: str) -> Callable[..., Tensor]:
+    fns: dict[str, Callable[..., Tensor]] = {"select": _fused_select, "eval": _fused_eval}
+    return torch.compile(fns[name])
+
+
+def _can_fuse(x: Tensor, w: Window) -> bool:
+    # Kernel windows only (adaptive bins are not strided views); with autograd on, the index path is
+    # needed so that the gradient goes to the sampled position.
+    return w.kernel_size is not None and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 # ---- functional -------------------------------------------------------------------------------------------
 def stochastic_pool(
     x: Tensor,
@@ -310,10 +385,14 @@ def stochastic_pool(
     training: bool = False,
     generator: torch.Generator | None = None,
     check_input: bool = True,
+    compiled: bool = False,
 ) -> Tensor:
     """Stochastic pooling (Zeiler & Fergus 2013); see :class:`StochasticPool2d` for the arguments."""
     _check_input(x, generator, check_input)
-    fn = partial(_train, generator=generator) if training else _eval
+    if training:
+        fn = functools.partial(_train, generator=generator, compiled=compiled)
+    else:
+        fn = functools.partial(_eval, compiled=compiled)
     return window_call(
         x,
         fn,
@@ -346,6 +425,7 @@ _DOC_ARGS = r"""
     over the real (non-padded) positions of each window. An all-zero window gives 0. The input must be
     non-negative and finite (apply ReLU first); this is checked with one host sync, which
     ``stochastic_pool(..., check_input=False)`` skips for hot loops on CUDA.
+    ``stochastic_pool(..., compiled=True)`` fuses kernel windows into one ``torch.compile`` kernel.
 
     Args:
         kernel_size: the size of the window (give this or ``output_size``).

@@ -267,7 +267,7 @@ class TestStochasticPool:
         assert torch.autograd.gradcheck(fn, (x,))
 
     @pytest.mark.parametrize(
-        ("k", "s", "p", "ceil_mode"), [(3, 2, 1, True), (3, 1, 0, False), (2, 2, 0, False)]
+        ("k", "s", "p", "ceil_mode"), [(3, 2, 1, True), (3, 1, 0, False), (2, 2, 0, False), (7, 2, 3, True)]
     )
     def test_train_gradient_is_one_hot_at_sample(self, k: int, s: int, p: int, ceil_mode: bool) -> None:
         # Distinct positive values, so each output identifies the position it sampled.
@@ -283,6 +283,15 @@ class TestStochasticPool:
         y.sum().backward()
         assert x.grad is not None
         torch.testing.assert_close(x.grad.view(2, 3, -1), expected)
+
+    def test_train_3d_samples_its_own_window(self) -> None:
+        x = (torch.randperm(2 * 4 * 6 * 6, dtype=torch.float64) + 1).view(1, 2, 4, 6, 6).requires_grad_()
+        y = stochastic_pool(x, 2, training=True, generator=_gen(8))
+        y.sum().backward()
+        assert x.grad is not None
+        # Non-overlapping windows: one unit of gradient per window, at a position holding the output value.
+        torch.testing.assert_close(F.avg_pool3d(x.grad, 2, divisor_override=1), torch.ones_like(y))
+        torch.testing.assert_close(F.max_pool3d(x.grad * x.detach(), 2), y.detach())
 
     def test_index_and_value_paths_agree(self) -> None:
         x = torch.rand(2, 3, 11, 10)
@@ -393,6 +402,18 @@ class TestStochasticPool:
         assert bool(hit.any(-1).all()), "each output is a real value of its window, exactly"
 
     # ---- compilation ----------------------------------------------------------------------------------
+    @pytest.mark.slow
+    def test_compiled_kernel_matches_eager(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        x[0, 0, :5, :5] = 0  # all-zero windows, next to padding
+        for kwargs in ({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, {"kernel_size": 2}):
+            eager = stochastic_pool(x, training=True, generator=_gen(6), **kwargs)
+            fused = stochastic_pool(x, training=True, generator=_gen(6), compiled=True, **kwargs)
+            assert torch.equal(eager, fused), "same draws, same samples"
+            torch.testing.assert_close(
+                stochastic_pool(x, compiled=True, **kwargs), stochastic_pool(x, **kwargs)
+            )
+
     @pytest.mark.slow
     def test_compile_eval(self) -> None:
         x = torch.rand(2, 3, 9, 9)
