@@ -5,6 +5,8 @@ Statistical tests use a fixed seed and reject at p < 1e-3 (chi-square goodness o
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -406,7 +408,8 @@ class TestStochasticPool:
     def test_compiled_kernel_matches_eager(self) -> None:
         x = torch.rand(2, 3, 11, 10)
         x[0, 0, :5, :5] = 0  # all-zero windows, next to padding
-        for kwargs in ({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, {"kernel_size": 2}):
+        cases: list[dict[str, Any]] = [{"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}]
+        for kwargs in [*cases, {"kernel_size": 2}]:
             eager = stochastic_pool(x, training=True, generator=_gen(6), **kwargs)
             fused = stochastic_pool(x, training=True, generator=_gen(6), compiled=True, **kwargs)
             assert torch.equal(eager, fused), "same draws, same samples"
