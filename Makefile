@@ -39,3 +39,8 @@ test: install-test browser lint typecheck pytest
 
 bench: install
 	$(PY) bench/ops.py
+
+# Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image
+# on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).
+test-image:
+	bash scripts/test_image.sh
