@@ -40,6 +40,11 @@ test: install-test browser lint typecheck pytest
 bench: install
 	$(PY) bench/ops.py
 
+# The service benchmark (bench/service.py): HTTP against in-process, on a real uvicorn on loopback.
+.PHONY: bench-service
+bench-service: install
+	$(PY) bench/service.py
+
 # Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image
 # on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).
 test-image:

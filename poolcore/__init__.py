@@ -2,19 +2,29 @@
 
 from . import nn
 from .basic import avg_pool, max_pool
+from .generic import GlobalPool, Pool
+from .lp import gem_pool, lp_pool
+from .mixed import mixed_pool
 from .registry import REGISTRY, MethodSpec, UnknownMethodError, get_spec, methods, pool
+from .stochastic import stochastic_pool
 from .windows import Window
 
 __all__ = [
     "REGISTRY",
+    "GlobalPool",
     "MethodSpec",
+    "Pool",
     "UnknownMethodError",
     "Window",
     "avg_pool",
+    "gem_pool",
     "get_spec",
+    "lp_pool",
     "max_pool",
     "methods",
+    "mixed_pool",
     "nn",
     "pool",
+    "stochastic_pool",
 ]
 __version__ = "0.1.0"

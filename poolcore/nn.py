@@ -1,5 +1,30 @@
 """Modules and functionals, the way ``torch.nn`` and ``torch.nn.functional`` offer them."""
 
 from .basic import avg_pool, max_pool
+from .generic import GlobalPool, Pool
+from .lp import GeMPool1d, GeMPool2d, GeMPool3d, LPPool1d, LPPool2d, LPPool3d, gem_pool, lp_pool
+from .mixed import MixedPool1d, MixedPool2d, MixedPool3d, mixed_pool
+from .stochastic import StochasticPool1d, StochasticPool2d, StochasticPool3d, stochastic_pool
 
-__all__ = ["avg_pool", "max_pool"]
+__all__ = [
+    "GeMPool1d",
+    "GeMPool2d",
+    "GeMPool3d",
+    "GlobalPool",
+    "LPPool1d",
+    "LPPool2d",
+    "LPPool3d",
+    "MixedPool1d",
+    "MixedPool2d",
+    "MixedPool3d",
+    "Pool",
+    "StochasticPool1d",
+    "StochasticPool2d",
+    "StochasticPool3d",
+    "avg_pool",
+    "gem_pool",
+    "lp_pool",
+    "max_pool",
+    "mixed_pool",
+    "stochastic_pool",
+]

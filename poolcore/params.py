@@ -6,7 +6,7 @@ protocol, so the window arguments are declared once here and each family adds it
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -14,8 +14,8 @@ __all__ = ["AdaptiveParams", "GlobalParams", "WindowParams", "format_validation_
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-Size = Union[PositiveInt, tuple[PositiveInt, ...]]
-OptionalSize = Union[PositiveInt, tuple[Union[PositiveInt, None], ...]]
+Size = PositiveInt | tuple[PositiveInt, ...]
+OptionalSize = PositiveInt | tuple[PositiveInt | None, ...]
 
 
 class _Params(BaseModel):
@@ -67,10 +67,10 @@ def format_validation_error(method: str, error: ValidationError) -> str:
     A union field (``int | tuple``) reports one error per branch; the branch whose type matched the
     input says what is actually wrong, so type mismatches are shown only when nothing else is.
     """
-    by_field: dict[str, list[dict]] = {}
-    for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else ""
-        by_field.setdefault(field, []).append(dict(item))
+    by_field: dict[str, list[dict[str, Any]]] = {}
+    for detail in error.errors():
+        field = str(detail["loc"][0]) if detail["loc"] else ""
+        by_field.setdefault(field, []).append(dict(detail))
     parts = []
     for field, items in by_field.items():
         specific = [i for i in items if not i["type"].endswith(("_type", "_parsing"))]

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
+from . import lp, mixed, stochastic
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
 from .params import AdaptiveParams, GlobalParams, format_validation_error
 
@@ -70,7 +71,9 @@ class MethodSpec:
         return self.functional(x, **kwargs)
 
 
-def _preset(name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any) -> MethodSpec:
+def _preset(
+    name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any
+) -> MethodSpec:
     return MethodSpec(
         name=name,
         description=description,
@@ -86,21 +89,74 @@ def _preset(name: str, base: MethodSpec, description: str, params: type[BaseMode
 def _build() -> dict[str, MethodSpec]:
     avg = MethodSpec("avg", "Average pooling (torch's avg_pool / adaptive_avg_pool).", avg_pool, AvgParams)
     maxp = MethodSpec("max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams)
-    specs = [avg, maxp]
-    specs += [
-        _preset("global_avg", avg, "Global average pooling (Network in Network): one mean per channel.",
-                GlobalParams, output_size=1),
-        _preset("global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1),
-        _preset("adaptive_avg", avg, "Adaptive average pooling: give output_size, windows are derived.",
-                AdaptiveParams),
-        _preset("adaptive_max", maxp, "Adaptive max pooling: give output_size, windows are derived.",
-                AdaptiveParams),
+    specs = [
+        avg,
+        maxp,
+        MethodSpec(
+            "mixed",
+            "Mixed pooling (Yu et al. 2014): max with probability p_max, else average; eval: expectation.",
+            mixed.mixed_pool,
+            mixed.MixedParams,
+            modules={1: mixed.MixedPool1d, 2: mixed.MixedPool2d, 3: mixed.MixedPool3d},
+            random=True,
+            takes_training=True,
+        ),
+        MethodSpec(
+            "stochastic",
+            "Stochastic pooling (Zeiler & Fergus 2013): training samples a_i / sum(a), "
+            "eval gives sum(a^2) / sum(a).",
+            stochastic.stochastic_pool,
+            stochastic.StochasticParams,
+            modules={
+                1: stochastic.StochasticPool1d,
+                2: stochastic.StochasticPool2d,
+                3: stochastic.StochasticPool3d,
+            },
+            random=True,
+            takes_training=True,
+        ),
+        MethodSpec(
+            "lp",
+            "Power-average (Lp) pooling, sum form (sum |x|^p)^(1/p): p=1 sum, p=inf max of |x|.",
+            lp.lp_pool,
+            lp.LPParams,
+            modules={1: lp.LPPool1d, 2: lp.LPPool2d, 3: lp.LPPool3d},
+        ),
+        MethodSpec(
+            "gem",
+            "Generalised-mean (GeM) pooling (mean max(x, eps)^p)^(1/p): p=1 average, p=inf max.",
+            lp.gem_pool,
+            lp.GeMParams,
+            modules={1: lp.GeMPool1d, 2: lp.GeMPool2d, 3: lp.GeMPool3d},
+        ),
+        _preset(
+            "global_avg",
+            avg,
+            "Global average pooling (Network in Network): one mean per channel.",
+            GlobalParams,
+            output_size=1,
+        ),
+        _preset(
+            "global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1
+        ),
+        _preset(
+            "adaptive_avg",
+            avg,
+            "Adaptive average pooling: give output_size, windows are derived.",
+            AdaptiveParams,
+        ),
+        _preset(
+            "adaptive_max",
+            maxp,
+            "Adaptive max pooling: give output_size, windows are derived.",
+            AdaptiveParams,
+        ),
     ]
     return {spec.name: spec for spec in specs}
 
 
 REGISTRY: Mapping[str, MethodSpec] = MappingProxyType(_build())
-ALIASES: Mapping[str, str] = MappingProxyType({})
+ALIASES: Mapping[str, str] = MappingProxyType({"power": "lp"})
 
 
 def methods() -> list[str]:

@@ -10,9 +10,10 @@ Adaptive bins are torch's (``aten/src/ATen/native/AdaptivePooling.h``): ``start 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ __all__ = [
     "window_call",
 ]
 
-IntTuple = Union[int, Sequence[int]]
-OptIntTuple = Union[int, None, Sequence[Union[int, None]]]
+IntTuple = int | Sequence[int]
+OptIntTuple = int | None | Sequence[int | None]
 
 
 def check_float(x: Tensor, method: str) -> None:
@@ -40,7 +41,9 @@ def check_float(x: Tensor, method: str) -> None:
         raise ValueError(f"{method} pooling needs a floating-point tensor (got dtype {x.dtype})")
 
 
-def infer_dims(rank: int, kernel_size: object = None, output_size: object = None, dims: int | None = None) -> int:
+def infer_dims(
+    rank: int, kernel_size: object = None, output_size: object = None, dims: int | None = None
+) -> int:
     """Spatial rank: explicit ``dims`` wins, then the length of a tuple window argument, then the rank."""
     if dims is not None:
         if isinstance(dims, bool) or dims not in (1, 2, 3):
@@ -155,7 +158,7 @@ class Window:
             return x.sum(dim=self.spatial_dims, keepdim=True)
         if self.kernel_size is None:
             return self._adaptive_avg(x) * self.valid_count(x.device, x.dtype)
-        avg = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+        avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
         return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1)
 
     def mean(self, x: Tensor, count_include_pad: bool = False) -> Tensor:
@@ -165,7 +168,7 @@ class Window:
             return x.mean(dim=self.spatial_dims, keepdim=True)
         if self.kernel_size is None:
             return self._adaptive_avg(x)
-        avg = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+        avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
         return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, count_include_pad)
 
     def max(self, x: Tensor) -> Tensor:
@@ -173,13 +176,43 @@ class Window:
         if self.is_global:
             return x.amax(dim=self.spatial_dims, keepdim=True)
         if self.kernel_size is None:
-            pool = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
-            return pool(x, self.out_size)
-        pool = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
+            adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
+            return adaptive(x, self.out_size)
+        pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
         return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
 
+    # ---- cache-sized chunks of planes ---------------------------------------------------------------
+    def map_planes(
+        self, x: Tensor, fn: Callable[[Tensor, slice], Tensor], chunk_elements: int = 1 << 20
+    ) -> Tensor:
+        """``fn`` applied to groups of ``(batch, channel)`` planes, each group passed as a
+        ``(1, planes, *spatial)`` view together with the slice of the flattened ``B*C`` planes it covers.
+
+        Pooling never mixes planes, so the result equals ``fn`` on the whole tensor. A chain of
+        elementwise ops and pools on a ~4 MB group stays in cache, where on the whole tensor each op
+        is a round trip to memory (and fresh large allocations page-fault). For inference paths: the
+        output is written into a preallocated tensor, so it does not carry a gradient history.
+        """
+        b, c = x.shape[:2]
+        planes = b * c
+        per = max(1, chunk_elements // max(1, math.prod(x.shape[2:])))
+        if per >= planes:
+            out = fn(x.reshape(1, planes, *x.shape[2:]), slice(0, planes))
+            return out.reshape(b, c, *out.shape[2:])
+        flat = x.reshape(1, planes, *x.shape[2:])
+        result: Tensor | None = None
+        for start in range(0, planes, per):
+            part = slice(start, min(start + per, planes))
+            y = fn(flat[:, part], part)
+            if result is None:
+                result = y.new_empty((1, planes, *y.shape[2:]))
+            result[:, part] = y
+        if result is None:  # unreachable: planes >= 1 (window_call rejects empty inputs)
+            raise ValueError(f"input has no planes (got shape {tuple(x.shape)})")
+        return result.reshape(b, c, *result.shape[2:])
+
     def _adaptive_avg(self, x: Tensor) -> Tensor:
-        pool = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d
+        pool: Any = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d
         return pool(x, self.out_size)
 
     # ---- window positions one offset at a time ---------------------------------------------------
@@ -196,11 +229,11 @@ class Window:
         if self.kernel_size is not None:
             xp = self._padded(x, self.kernel_size)
             for offset in _product(extents):
-                index: list[slice] = []
+                index: tuple[Any, ...] = (Ellipsis,)
                 for d, o in enumerate(offset):
                     s = self.stride[d]
-                    index.append(slice(o, o + s * (self.out_size[d] - 1) + 1, s))
-                yield xp[(..., *index)]
+                    index += (slice(o, o + s * (self.out_size[d] - 1) + 1, s),)
+                yield xp[index]
             return
         gathers = [self._adaptive_index(d, x.device) for d in range(n)]
         for offset in _product(extents):
@@ -275,13 +308,14 @@ def make_window(
         raise TypeError(f"ceil_mode must be a bool (got {ceil_mode!r})")
     for kd, pd in zip(k, p):
         if pd > kd // 2:
-            raise ValueError(f"padding must be at most half of kernel_size (got padding={p}, kernel_size={k})")
+            raise ValueError(
+                f"padding must be at most half of kernel_size (got padding={p}, kernel_size={k})"
+            )
     out_size = []
     for length, kd, sd, pd in zip(spatial[lifted:], k, s, p):
         if length + 2 * pd < kd:
             raise ValueError(
-                f"kernel_size {k} is larger than the padded input {tuple(spatial[lifted:])} "
-                f"with padding {p}"
+                f"kernel_size {k} is larger than the padded input {tuple(spatial[lifted:])} with padding {p}"
             )
         out_size.append(_kernel_out(length, kd, sd, pd, ceil_mode))
     one = (1,) * lifted
@@ -329,4 +363,3 @@ def window_call(
     if dims == 1:
         out = out.squeeze(-2)
     return out.reshape(tuple(x.shape[:lead]) + tuple(out.shape[2:]))
-

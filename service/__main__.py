@@ -1,18 +1,33 @@
-"""``poolserve`` console script (placeholder: the service issue adds --device and --workers)."""
+"""``poolserve``: serve the app with uvicorn."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="poolserve", description="Serve poolcore's pooling methods over HTTP.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser = argparse.ArgumentParser(
+        prog="poolserve", description="Serve poolcore's pooling methods over HTTP."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets POOLSERVE_DEVICE; default auto)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     args = parser.parse_args(argv)
-    uvicorn.run("service.app:app", host=args.host, port=args.port)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1 (got {args.workers})")
+    if args.device:
+        # The environment reaches every worker process, which each build the app from settings.
+        os.environ["POOLSERVE_DEVICE"] = args.device
+    uvicorn.run(
+        "service.app:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
+    )
 
 
 if __name__ == "__main__":

@@ -1,29 +1,95 @@
-"""App factory (placeholder: the service issue fills in routes, codecs, settings and metrics)."""
+"""App factory: ``create_app(settings)`` builds a fresh app; ``app`` is the one ``uvicorn service.app:app``
+and ``poolserve`` serve.
+
+Nothing heavy happens at import: the device is resolved, and a warm-up op run, in the lifespan.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.responses import Response
 
+from .config import Settings, get_settings
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import ServiceMiddleware
+from .pooling import run_pool
+from .routes import info_router, pool_router
 from .ui import mount_ui
 
-__all__ = ["app", "create_app"]
+__all__ = ["app", "create_app", "resolve_device"]
+
+log = logging.getLogger("poolserve")
 
 
-def create_app() -> FastAPI:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"POOLSERVE_DEVICE={name} but CUDA is not available; use auto or cpu")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"POOLSERVE_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _warm_up(device: torch.device) -> None:
+    run_pool(torch.ones(1, 1, 4, 4), "avg", {"kernel_size": 2}, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; ``settings`` default to the environment's (``POOLSERVE_*``)."""
+    settings = settings or get_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        app.state.settings = settings
+        app.state.ready = False
+        app.state.device = resolve_device(settings.device)
+        app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
+        await anyio.to_thread.run_sync(_warm_up, app.state.device)
+        app.state.ready = True
+        log.info("poolserve ready on %s", app.state.device)
         yield
+        app.state.ready = False
 
-    app = FastAPI(title="poolserve", lifespan=lifespan)
+    # FastAPIOffline serves Swagger UI and ReDoc from files in the wheel: nothing is fetched from a CDN.
+    app = FastAPIOffline(
+        title="poolserve",
+        summary="Pooling operators (avg, max, stochastic, mixed, Lp/GeM, adaptive, global) over HTTP.",
+        description="`POST /pool/{method}` with JSON, .npy, an image or a multipart upload; `GET /methods` "
+        'lists every method with its parameters. Errors are `{"detail": "..."}`.',
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
+    app.include_router(pool_router())
+    app.include_router(info_router())
+    if settings.bench_routes:
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+        @app.post("/bench/constant", include_in_schema=False)
+        async def bench_constant() -> Response:
+            """Baseline for bench/service.py: a bare route returning a constant."""
+            return Response(b'{"ok":true}', media_type="application/json")
 
     return mount_ui(app)
 

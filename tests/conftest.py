@@ -37,7 +37,8 @@ def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param
 
 
-@pytest.fixture(params=[torch.float16, torch.bfloat16, torch.float32, torch.float64],
-                ids=["fp16", "bf16", "fp32", "fp64"])
+@pytest.fixture(
+    params=[torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=["fp16", "bf16", "fp32", "fp64"]
+)
 def any_dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param

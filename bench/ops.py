@@ -1,0 +1,299 @@
+"""Operator benchmark: poolcore's methods against torch's own pooling ops, on the same input, in one run.
+
+    python bench/ops.py                  # CPU, fp32, 16x64x112x112, kernel 3/2 and 2/2
+    python bench/ops.py --quick          # a smaller input and fewer repeats (a smoke run)
+    python bench/ops.py --device cuda    # the same on a GPU
+
+For each window it prints every method's median time and its ratio to the torch op it replaces, with
+the target and PASS/MISS; the speed-up of stochastic pooling over the usual unfold + multinomial code;
+and each method's peak extra memory as a multiple of the input size.
+
+Timing: methods run interleaved (one call of each per round) so that load from other processes hits them
+alike; the median over rounds is reported. On a shared machine the ratios are more stable than the times.
+
+Memory: on CPU each method runs once in a fresh subprocess that creates the input and then reads the peak
+resident set size (``resource.getrusage(...).ru_maxrss``) before and after the call; the difference, which
+includes the output itself, is divided by the input's size. On CUDA, ``torch.cuda.max_memory_allocated``
+does the same in process.
+
+Methods are looked up through the registry (``poolcore.get_spec``), so the families that land later are
+benchmarked once merged and reported as "not registered yet" until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import poolcore
+from poolcore.registry import UnknownMethodError
+
+__all__ = ["main"]
+
+FULL = (16, 64, 112, 112)
+QUICK = (4, 32, 56, 56)
+WINDOWS = ((3, 2), (2, 2))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed method: ``ref`` names the torch op (or method) it is compared with, and ``target`` the
+    ratio it must stay under (``speedup`` targets are a minimum speed-up instead)."""
+
+    name: str
+    ref: str | None = None
+    target: float | None = None
+
+
+def _unfold_multinomial(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """Stochastic pooling the way public code usually writes it: unfold every window (k^2 copies of the
+    input), normalise, ``torch.multinomial``, gather."""
+    b, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    cols = F.unfold(x, k, stride=s).view(b, c, k * k, oh * ow).permute(0, 1, 3, 2).reshape(-1, k * k)
+    probs = cols / cols.sum(-1, keepdim=True).clamp_min(1e-12)
+    idx = torch.multinomial(probs, 1)
+    return cols.gather(1, idx).view(b, c, oh, ow)
+
+
+def _registered(name: str) -> bool:
+    try:
+        poolcore.get_spec(name)
+    except UnknownMethodError:
+        return False
+    return True
+
+
+def _methods(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """Every benchmarked callable for one window; None where a method is not registered yet."""
+
+    def registry(name: str, training: bool, **params: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if not _registered(name):
+            return None
+        return lambda x: poolcore.pool(x, name, training=training, kernel_size=k, stride=s, **params)
+
+    return {
+        "F.max_pool2d": lambda x: F.max_pool2d(x, k, s),
+        "F.avg_pool2d": lambda x: F.avg_pool2d(x, k, s),
+        "F.lp_pool2d p=2": lambda x: F.lp_pool2d(x, 2, k, s),
+        "F.lp_pool2d p=3": lambda x: F.lp_pool2d(x, 3, k, s),
+        "stochastic train": registry("stochastic", True),
+        "stochastic train, check_input=False": (
+            (lambda x: poolcore.stochastic_pool(x, k, s, training=True, check_input=False))
+            if _registered("stochastic")
+            else None
+        ),
+        "stochastic eval": registry("stochastic", False),
+        "mixed train": registry("mixed", True),
+        "lp p=2": registry("lp", False, p=2),
+        "gem p=3": registry("gem", False, p=3),
+        "unfold+multinomial": lambda x: _unfold_multinomial(x, k, s),
+    }
+
+
+CASES = [
+    Case("F.max_pool2d"),
+    Case("F.avg_pool2d"),
+    Case("F.lp_pool2d p=2"),
+    Case("F.lp_pool2d p=3"),
+    Case("stochastic train", "F.max_pool2d", 1.0),
+    Case("stochastic train, check_input=False", "F.max_pool2d", 1.0),
+    Case("stochastic eval", "F.avg_pool2d", 3.0),
+    Case("mixed train", "F.max_pool2d", 1.3),
+    Case("lp p=2", "F.lp_pool2d p=2", 1.0),
+    Case("gem p=3", "F.lp_pool2d p=3", 1.0),
+    Case("unfold+multinomial"),
+]
+
+
+def _input(size: tuple[int, ...], device: str) -> torch.Tensor:
+    # Non-negative, as after a ReLU: stochastic pooling requires it.
+    return torch.rand(size, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, repeats: int, device: str
+) -> dict[str, float]:
+    """Median seconds per method; one call of each per round, rounds interleaved."""
+    for fn in fns.values():  # warm-up (allocator, lazy init, CUDA kernels)
+        fn(x)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    slow = {"unfold+multinomial"}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            if name in slow and r >= max(3, repeats // 3):
+                continue  # the baseline is slow; a few rounds give its median
+            _sync(device)
+            start = time.perf_counter()
+            fn(x)
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_bytes() -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _current_rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_child(name: str, k: int, s: int, size: tuple[int, ...]) -> None:
+    """Runs in a fresh process: growth of the peak RSS during one call, over the input size.
+
+    ``ru_maxrss`` alone would not do: it already holds the peak of importing torch (and, after fork and
+    exec, the parent's RSS), so the peak mark is reset just before the call.
+    """
+    fn = _methods(k, s)[name]
+    if fn is None:
+        print(json.dumps({"ratio": None}))
+        return
+    fn(_input((1, 1, 8, 8), "cpu"))  # lazy initialisation, outside the measurement
+    x = _input(size, "cpu")
+    if not _reset_peak_rss():
+        print(json.dumps({"ratio": None, "why": "cannot reset the peak RSS mark"}))
+        return
+    before = _current_rss_bytes()
+    y = fn(x)
+    peak = _peak_rss_bytes()
+    del y
+    print(json.dumps({"ratio": (peak - before) / (x.numel() * x.element_size())}))
+
+
+def _memory(name: str, k: int, s: int, size: tuple[int, ...], device: str) -> float | None:
+    if device.startswith("cuda"):
+        fn = _methods(k, s)[name]
+        if fn is None:
+            return None
+        x = _input(size, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / (x.numel() * x.element_size())
+    cmd = [sys.executable, __file__, "--memory-child", name, "--window", f"{k}/{s}"]
+    cmd += ["--size", *map(str, size)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        print(f"  (memory probe for {name} failed: {done.stderr.strip().splitlines()[-1:]})")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["ratio"]
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
+    x = _input(size, device)
+    print(
+        f"input {tuple(size)} float32 on {device} ({x.numel() * 4 / 2**20:.0f} MiB), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, repeats {repeats}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    for k, s in WINDOWS:
+        fns = _methods(k, s)
+        present = {name: fn for name, fn in fns.items() if fn is not None}
+        times = _time(present, x, repeats, device)
+        print(f"\nkernel {k}, stride {s}")
+        print(f"  {'method':38s} {'median ms':>10s} {'ratio':>8s}  {'target':>10s}  verdict")
+        for case in CASES:
+            if fns[case.name] is None:
+                print(f"  {case.name:38s} {'':>10s} {'':>8s}  {'':>10s}  not registered yet")
+                continue
+            ms = times[case.name] * 1e3
+            if case.ref is None:
+                print(f"  {case.name:38s} {ms:10.1f}")
+                continue
+            ratio = times[case.name] / times[case.ref]
+            goal = f"<= {case.target:.1f}x {case.ref.split()[0]}"
+            verdict = _verdict(ratio <= (case.target or 0))
+            print(f"  {case.name:38s} {ms:10.1f} {ratio:7.2f}x  {goal:>10s}  {verdict}")
+        if "stochastic train" in times:
+            speedup = times["unfold+multinomial"] / times["stochastic train"]
+            print(
+                f"  speed-up of stochastic train over unfold+multinomial: {speedup:.1f}x "
+                f"(target >= 5x)  {_verdict(speedup >= 5)}"
+            )
+        if memory:
+            print("  peak extra memory, as a multiple of the input (includes the output; target <= 2x):")
+            for name in (
+                "F.max_pool2d",
+                "stochastic train",
+                "stochastic eval",
+                "mixed train",
+                "lp p=2",
+                "gem p=3",
+                "unfold+multinomial",
+            ):
+                if fns[name] is None:
+                    continue
+                ratio = _memory(name, k, s, size, device)
+                if ratio is None:
+                    continue
+                verdict = "" if name.startswith(("F.", "unfold")) else f"  {_verdict(ratio <= 2.0)}"
+                print(f"    {name:36s} {ratio:5.2f}x{verdict}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"input {QUICK} and 5 repeats")
+    parser.add_argument("--size", type=int, nargs=4, metavar=("N", "C", "H", "W"), help=f"default {FULL}")
+    parser.add_argument("--repeats", type=int, help="timed rounds per method (default 15, quick 5)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--window", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = tuple(args.size) if args.size else (QUICK if args.quick else FULL)
+    if args.memory_child:
+        k, s = map(int, args.window.split("/"))
+        _memory_child(args.memory_child, k, s, size)
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda given but no CUDA device is available")
+    repeats = args.repeats or (5 if args.quick else 15)
+    run(size, repeats, args.device, memory=not args.no_memory)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Benchmark: the HTTP service against the same work done in process, one run, real uvicorn on loopback.
+
+    PYTHONPATH=. python bench/service.py [--repeats 40] [--seconds 5]
+
+- npy:   1×64×112×112 fp32, avg k2; p50 over HTTP / p50 of np.load + pool + np.save in process (≤ 1.5×).
+- json:  1×3×224×224 fp32, avg k2; p50 over HTTP / p50 of orjson.loads + np.asarray + pool + orjson.dumps
+         in process (≤ 2×).
+- small: 1×1×8×8 JSON, 16 concurrent keep-alive clients; req/s of /pool/avg / req/s of a bare route
+         returning a constant in the same server (≥ 0.6×). The bare route exists only with
+         POOLSERVE_BENCH_ROUTES=true, which this script sets for its own server.
+
+Timings on a shared machine are noisy: the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import torch
+
+import poolcore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def server(torch_threads: int) -> Iterator[tuple[str, int]]:
+    """uvicorn on a loopback socket bound here (port 0) and handed over with --fd."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Accepted sockets inherit TCP_NODELAY (uvicorn's --fd socket is not known to be TCP, so asyncio
+    # would not set it), as they have it when uvicorn binds --host/--port itself.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "POOLSERVE_BENCH_ROUTES": "true",
+        "POOLSERVE_DEVICE": os.environ.get("POOLSERVE_DEVICE", "cpu"),
+        "POOLSERVE_TORCH_THREADS": str(torch_threads),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.app:app",
+        "--fd",
+        str(sock.fileno()),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, pass_fds=(sock.fileno(),))
+    sock.close()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"uvicorn exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{base}/ready", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server not ready after 180 s")
+            time.sleep(0.2)
+        yield base, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on one socket (like curl: one write per request, TCP_NODELAY),
+    so client-side Python overhead stays out of the server's latency."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A send buffer that holds a whole request: sendall returns at once and the server drains it at
+        # its own pace, instead of waiting for this process to be scheduled again on a busy machine.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.buffer = b""
+        self.timings: list[dict[str, float]] = []  # Server-Timing and X-Pool-Elapsed-Ms of each answer
+
+    def post(self, path: str, body: bytes, content_type: str) -> bytes:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.sock.recv(1 << 20)
+        header, _, rest = self.buffer.partition(b"\r\n\r\n")
+        self._record(header)
+        if not header.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"{path}: {header[:60]!r}")
+        length = next(
+            int(v)
+            for k, _, v in (h.partition(b":") for h in header.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        )
+        chunks = [rest]
+        have = len(rest)
+        while have < length:
+            more = self.sock.recv(1 << 20)
+            if not more:
+                raise SystemExit("connection closed mid-response")
+            chunks.append(more)
+            have += len(more)
+        data = b"".join(chunks)
+        self.buffer = data[length:]
+        return data[:length]
+
+    def _record(self, header: bytes) -> None:
+        timing: dict[str, float] = {}
+        for line in header.split(b"\r\n")[1:]:
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.lower() == "server-timing":
+                for part in value.split(","):
+                    name, _, dur = part.strip().partition(";dur=")
+                    timing[name] = float(dur)
+            elif key.lower() == "x-pool-elapsed-ms":
+                timing["pool"] = float(value)
+        if timing:
+            self.timings.append(timing)
+
+    def breakdown(self) -> str:
+        """Median server-side split of the answers since the last call."""
+        if not self.timings:
+            return ""
+        parts = [
+            f"{key} {statistics.median(t[key] for t in self.timings if key in t):.2f} ms"
+            for key in ("read", "run", "pool")
+            if any(key in t for t in self.timings)
+        ]
+        self.timings = []
+        return "server side (p50): " + ", ".join(parts)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def paired_p50(
+    a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 3
+) -> tuple[float, float]:
+    """p50 of ``a`` and of ``b``, timed alternately so that both see the same machine load."""
+    for _ in range(warmup):
+        a()
+        b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, times_a), (b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def npy_case(client: RawClient, repeats: int) -> tuple[float, float]:
+    x = np.random.default_rng(0).standard_normal((1, 64, 112, 112)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    body = buf.getvalue()
+
+    def in_process() -> bytes:
+        a = np.load(io.BytesIO(body), allow_pickle=False)
+        with torch.inference_mode():
+            y = poolcore.pool(torch.from_numpy(a), "avg", kernel_size=2)
+        out = io.BytesIO()
+        np.save(out, y.numpy())
+        return out.getvalue()
+
+    def over_http() -> bytes:
+        return client.post("/pool/avg?kernel_size=2", body, "application/x-npy")
+
+    if over_http() != in_process():
+        raise SystemExit("npy: HTTP and in-process results differ")
+    return paired_p50(over_http, in_process, repeats)
+
+
+def json_case(client: RawClient, repeats: int) -> tuple[float, float]:
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    body = orjson.dumps({"data": x, "params": {"kernel_size": 2}}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def in_process() -> bytes:
+        doc = orjson.loads(body)
+        a = np.asarray(doc["data"]).astype(np.float32)  # faster than asarray(..., dtype=float32)
+        with torch.inference_mode():
+            y = poolcore.pool(torch.from_numpy(a), "avg", **doc["params"])
+        return orjson.dumps(
+            {"shape": list(y.shape), "dtype": "float32", "data": y.numpy()}, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+    def over_http() -> bytes:
+        return client.post("/pool/avg", body, "application/json")
+
+    if orjson.loads(over_http())["data"] != orjson.loads(in_process())["data"]:
+        raise SystemExit("json: HTTP and in-process results differ")
+    return paired_p50(over_http, in_process, repeats)
+
+
+async def _hammer(port: int, path: str, body: bytes, clients: int, seconds: float) -> float:
+    """``clients`` keep-alive connections, each sending one request after another; returns req/s.
+
+    A minimal HTTP/1.1 client on asyncio streams, so the load generator costs little CPU next to the
+    server it measures.
+    """
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    async def one(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < stop:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise SystemExit(f"{path}: {head[:40]!r}")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                counts[i] += 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def small_case(port: int, seconds: float) -> tuple[float, float]:
+    """Throughput of /pool/avg and /bench/constant, in alternating one-second slices (same load)."""
+    x = np.random.default_rng(2).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    body = orjson.dumps({"data": x, "params": {"kernel_size": 2}}, option=orjson.OPT_SERIALIZE_NUMPY)
+    asyncio.run(_hammer(port, "/bench/constant", body, 16, 0.5))  # warm-up
+    asyncio.run(_hammer(port, "/pool/avg", body, 16, 0.5))
+    pool, constant = [], []
+    for _ in range(max(1, round(seconds))):
+        pool.append(asyncio.run(_hammer(port, "/pool/avg", body, 16, 1.0)))
+        constant.append(asyncio.run(_hammer(port, "/bench/constant", body, 16, 1.0)))
+    return statistics.mean(pool), statistics.mean(constant)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=40, help="timed requests per latency case")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds of each throughput run")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads for the server (POOLSERVE_TORCH_THREADS) and the in-process baseline alike "
+        "(default: torch's default here)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    load_before = os.getloadavg()
+    with server(args.torch_threads) as (_, port):
+        client = RawClient(port)
+        try:
+            client.timings = []
+            npy_http, npy_local = npy_case(client, args.repeats)
+            npy_split = client.breakdown()
+            json_http, json_local = json_case(client, max(10, args.repeats // 2))
+            json_split = client.breakdown()
+        finally:
+            client.close()
+        pool_rps, constant_rps = small_case(port, args.seconds)
+    load_after = os.getloadavg()
+
+    rows = [
+        (
+            "npy 1×64×112×112 avg k2",
+            f"{npy_http * 1e3:.2f} ms",
+            f"{npy_local * 1e3:.2f} ms",
+            npy_http / npy_local,
+            "≤ 1.5×",
+            npy_http / npy_local <= 1.5,
+        ),
+        (
+            "json 1×3×224×224 avg k2",
+            f"{json_http * 1e3:.2f} ms",
+            f"{json_local * 1e3:.2f} ms",
+            json_http / json_local,
+            "≤ 2×",
+            json_http / json_local <= 2.0,
+        ),
+        (
+            "small 1×1×8×8, 16 clients",
+            f"{pool_rps:.0f} req/s",
+            f"{constant_rps:.0f} req/s",
+            pool_rps / constant_rps,
+            "≥ 0.6×",
+            pool_rps / constant_rps >= 0.6,
+        ),
+    ]
+    threads = torch.get_num_threads()
+    # uvicorn picks httptools and uvloop (uvicorn[standard]) when importable, else h11 and asyncio.
+    parser_name = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop_name = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    print(f"poolserve service benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} threads")
+    print(f"uvicorn: {parser_name} parser, {loop_name} loop, 1 worker")
+    print(
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min): shared machine, noisy"
+    )
+    print(f"{'case':28} {'HTTP':>14} {'baseline':>14} {'ratio':>7}  {'target':>7}  result")
+    for name, http, local, ratio, target, ok in rows:
+        print(f"{name:28} {http:>14} {local:>14} {ratio:>6.2f}×  {target:>7}  {'PASS' if ok else 'MISS'}")
+    print(f"npy  {npy_split}")
+    print(f"json {json_split}")
+    print("(read = body received by the app; run = decode + pool + encode in a worker thread, queueing")
+    print("included; pool = the operator alone; the rest of HTTP is the transport and the client)")
+    print("baselines: npy = np.load + pool + np.save in process (p50); json = orjson.loads + np.asarray")
+    print("+ pool + orjson.dumps in process (p50); small = a bare route returning a constant, same server")
+
+
+if __name__ == "__main__":
+    main()

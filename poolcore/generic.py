@@ -1,0 +1,95 @@
+"""Modules for any registered method: :class:`Pool` and :class:`GlobalPool`.
+
+Both validate their parameters against the method's pydantic model at construction, then call the
+registry on every forward, following ``self.training``. Random methods draw from torch's global RNG
+(seed it with ``torch.manual_seed``). ``Pool("mixed")`` in eval mode uses the expectation; use
+:class:`poolcore.nn.MixedPool2d` for the paper's count-based eval rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .registry import get_spec
+
+__all__ = ["GlobalPool", "Pool"]
+
+_WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size")
+
+
+class Pool(nn.Module):
+    r"""Pooling with any registered method, by name.
+
+    .. math::
+        y = \mathrm{pool}_{\text{method}}(x;\ \text{params})
+
+    Args:
+        method: a name from :func:`poolcore.methods` (or an alias such as ``"power"``).
+        **params: the method's parameters, validated at construction (``ValueError`` names a bad one).
+
+    Shape:
+        - Input: as the method takes it, e.g. (N, C, H_in, W_in) or (C, H_in, W_in)
+        - Output: (N, C, H_out, W_out) or (C, H_out, W_out)
+
+    Example::
+
+        >>> import torch, poolcore
+        >>> m = poolcore.nn.Pool("gem", kernel_size=2, p=3.0)
+        >>> m(torch.rand(1, 4, 8, 8)).shape
+        torch.Size([1, 4, 4, 4])
+    """
+
+    def __init__(self, method: str, **params: Any) -> None:
+        super().__init__()
+        spec = get_spec(method)
+        spec.parse(params)  # fail at construction, not in forward
+        self.method = spec.name
+        self.params = dict(params)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return get_spec(self.method)(x, self.params, training=self.training)
+
+    def extra_repr(self) -> str:
+        args = "".join(f", {key}={value!r}" for key, value in self.params.items())
+        return f"{self.method!r}{args}"
+
+
+class GlobalPool(Pool):
+    r"""Global pooling with any registered method: output size 1 in every spatial dim.
+
+    .. math::
+        y_{n,c} = \mathrm{pool}_{\text{method}}\big(x_{n,c,\cdot}\big)
+
+    ``GlobalPool()`` is Network in Network's global average pooling, ``GlobalPool("gem", p=3)`` global
+    GeM, ``GlobalPool("stochastic")`` global stochastic pooling.
+
+    Args:
+        method: a registered method name. Default: ``"avg"``.
+        **method_params: the method's own parameters (window arguments are not allowed).
+
+    Shape:
+        - Input: (N, C, *spatial) or (C, *spatial); the rank picks 1d/2d/3d, or pass ``dims``
+        - Output: (N, C, 1, ...) or (C, 1, ...)
+
+    Example::
+
+        >>> import torch, poolcore
+        >>> poolcore.nn.GlobalPool("gem", p=3.0)(torch.rand(2, 8, 7, 7)).shape
+        torch.Size([2, 8, 1, 1])
+    """
+
+    def __init__(self, method: str = "avg", **method_params: Any) -> None:
+        given = [key for key in _WINDOW_ARGS if key in method_params]
+        if given:
+            dropped = ", ".join(given)
+            raise ValueError(f"GlobalPool sets the window itself: drop {dropped} (got {method_params})")
+        spec = get_spec(method)
+        if spec.fixed.get("output_size") == 1:
+            params = dict(method_params)  # a global preset already pins it
+        elif "output_size" in spec.params.model_fields and "output_size" not in spec.fixed:
+            params = {**method_params, "output_size": 1}
+        else:
+            raise ValueError(f"method {method!r} has no output_size, so it cannot pool globally")
+        super().__init__(method, **params)

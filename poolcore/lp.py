@@ -1,0 +1,392 @@
+"""Power-average pooling: the sum form ``lp`` (alias ``power``) and the mean form ``gem``.
+
+- ``lp``: ``(Σ |x|^p)^(1/p)`` over each window; p=1 is sum pooling of ``|x|``, p=inf max pooling of
+  ``|x|``. On non-negative input this is ``F.lp_pool2d``, except that ours uses the true window sums
+  under ``ceil_mode`` (torch rescales a mean by the full kernel area, which overcounts clipped windows).
+  Zero padding adds ``|0|^p = 0``, so padding never changes a result.
+- ``gem`` (Radenović et al., generalised mean): ``(mean max(x, eps)^p)^(1/p)``; p=1 is average pooling
+  of the clamped input, p=inf max pooling. The mean is over each window's **real** positions: padding
+  and ceil-mode overhang are neither clamped to eps nor counted.
+
+``p >= 1``. Taking ``|x|`` (lp) or clamping at ``eps >= 0`` (gem) before the power means non-integer p
+never meets a negative base, so there is no NaN. The root uses ``where(S > 0, S, 1)`` inside and
+``where(S > 0, ·, 0)`` outside, so gradients with respect to x and p stay finite on all-zero windows.
+float16/bfloat16 inputs are computed in float32 (powers overflow half precision quickly) and cast back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from ._module import PoolNd
+from .params import WindowParams
+from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+
+__all__ = [
+    "GeMParams",
+    "GeMPool1d",
+    "GeMPool2d",
+    "GeMPool3d",
+    "LPParams",
+    "LPPool1d",
+    "LPPool2d",
+    "LPPool3d",
+    "gem_pool",
+    "lp_pool",
+]
+
+Power = float | Tensor
+
+
+class LPParams(WindowParams):
+    p: float = Field(2.0, ge=1.0, description="Power p >= 1; inf gives max pooling of |x|.")
+
+
+class GeMParams(WindowParams):
+    p: float = Field(3.0, ge=1.0, description="Power p >= 1; 1 gives average pooling, inf max pooling.")
+    eps: float = Field(1e-6, ge=0.0, description="Inputs are clamped to at least eps before the power.")
+
+
+def _check_p(p: Power, method: str) -> Power:
+    """A float p must be >= 1 (inf allowed). A tensor p (a learnable parameter) is taken as is: checking
+    its value would cost a host sync, and the modules keep it >= 1 by construction."""
+    if isinstance(p, Tensor):
+        if p.numel() != 1:
+            raise ValueError(f"{method} pooling takes a scalar p (got a tensor of shape {tuple(p.shape)})")
+        if not p.is_floating_point():
+            raise ValueError(f"{method} pooling needs a floating-point p (got dtype {p.dtype})")
+        return p.reshape(())
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"p must be a float or a scalar tensor (got {p!r})")
+    if not p >= 1:  # also rejects NaN
+        raise ValueError(f"{method} pooling needs p >= 1 (got {p!r})")
+    return float(p)
+
+
+def _needs_grad(x: Tensor, p: Power) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (isinstance(p, Tensor) and p.requires_grad))
+
+
+def _power(t: Tensor, p: Power, inplace: bool) -> Tensor:
+    """``t^p`` for ``t >= 0``; in place when ``t`` is a temporary and no gradient is needed."""
+    if isinstance(p, Tensor):
+        return t.pow(p.to(t.dtype))
+    if p == 1:
+        return t
+    if p == 2:
+        return t.mul_(t) if inplace else t * t
+    return t.pow_(p) if inplace else t.pow(p)
+
+
+def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
+    """``s^(1/p)`` for ``s >= 0``, with finite gradients at ``s = 0`` (double-where)."""
+    square = not isinstance(p, Tensor) and p == 2
+    if not isinstance(p, Tensor) and p == 1:
+        return s
+    inv = 1.0 / p.to(s.dtype) if isinstance(p, Tensor) else 1.0 / p
+    if not grad:  # s is a temporary here: root it in place
+        return s.sqrt_() if square else s.pow_(inv)
+    positive = s > 0
+    safe = torch.where(positive, s, torch.ones_like(s))
+    root = safe.sqrt() if square else safe.pow(inv)
+    return torch.where(positive, root, torch.zeros_like(root))
+
+
+def _by_planes(b: Tensor, w: Window, p: Power, core: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """Run ``core(x, grad)`` in the compute dtype; on CPU without autograd, in cache-sized plane groups."""
+    grad = _needs_grad(b, p)
+
+    def run(chunk: Tensor, planes: slice | None = None) -> Tensor:
+        # float16/bfloat16 are computed in float32: x^p overflows half precision quickly.
+        x = chunk.float() if chunk.dtype in (torch.float16, torch.bfloat16) else chunk
+        return core(x, grad).to(chunk.dtype)
+
+    # Plane groups pay off where ops are memory-bound round trips: CPU eager without autograd.
+    if grad or b.device.type != "cpu" or torch.compiler.is_compiling():
+        return run(b)
+    return w.map_planes(b, run)
+
+
+def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
+    def core(x: Tensor, grad: bool) -> Tensor:
+        if not isinstance(p, Tensor) and math.isinf(p):
+            return w.max(x.abs())
+        # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
+        t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
+        return _root(w.sum(t), p, grad)
+
+    return _by_planes(b, w, p, core)
+
+
+def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
+    def core(x: Tensor, grad: bool) -> Tensor:
+        if not isinstance(p, Tensor) and math.isinf(p):
+            return w.max(x).clamp_min(eps)
+        t = _power(x.clamp_min(eps), p, inplace=not grad)
+        return _root(w.mean(t, count_include_pad=False), p, grad)
+
+    return _by_planes(b, w, p, core)
+
+
+def lp_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    *,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+    p: Power = 2.0,
+) -> Tensor:
+    """Power-average (Lp) pooling, sum form; see :class:`LPPool2d`."""
+    check_float(x, "lp")
+    pv = _check_p(p, "lp")
+    return window_call(
+        x,
+        lambda b, w: _lp(b, w, pv),
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        output_size=output_size,
+        dims=dims,
+    )
+
+
+def gem_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    *,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+    p: Power = 3.0,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Generalised-mean (GeM) pooling, mean form; see :class:`GeMPool2d`."""
+    check_float(x, "gem")
+    pv = _check_p(p, "gem")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float (got {eps!r})")
+    return window_call(
+        x,
+        lambda b, w: _gem(b, w, pv, float(eps)),
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        output_size=output_size,
+        dims=dims,
+    )
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+class _PowerPoolNd(PoolNd):
+    """Holds p: a buffer when fixed, ``p = 1 + softplus(p_raw)`` (never below 1) when ``learn_p``."""
+
+    default_p: ClassVar[float] = 2.0
+    method: ClassVar[str] = "lp"
+
+    def __init__(
+        self,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        padding: IntTuple = 0,
+        ceil_mode: bool = False,
+        *,
+        output_size: OptIntTuple = None,
+        p: float | None = None,
+        learn_p: bool = False,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        value = _check_p(self.default_p if p is None else p, self.method)
+        if isinstance(value, Tensor):
+            raise TypeError(f"the module's p must be a float (got a tensor {value!r})")
+        self.learn_p = bool(learn_p)
+        if self.learn_p:
+            if not 1.0 < value < math.inf:
+                raise ValueError(f"a learnable p = 1 + softplus(raw) must start in (1, inf) (got {value!r})")
+            self.p_raw = nn.Parameter(torch.tensor(_inverse_softplus(value - 1.0)))
+        else:
+            self.register_buffer("p", torch.tensor(value))
+            # A float copy keeps the fast paths (p=2: x*x, sqrt) and avoids a host sync per call;
+            # it is refreshed whenever a state_dict is loaded.
+            self._p_value = value
+            self.register_load_state_dict_post_hook(_refresh_p)
+
+    def power(self) -> Power:
+        """The current p: a float when fixed, a tensor carrying the gradient when learnable."""
+        if self.learn_p:
+            return 1.0 + F.softplus(self.p_raw)
+        return self._p_value
+
+    def extra_repr(self) -> str:
+        p = self.power()
+        shown = f"{float(p.detach()):.4g}" if isinstance(p, Tensor) else f"{p:g}"
+        return f"{super().extra_repr()}, p={shown}, learn_p={self.learn_p}"
+
+
+def _refresh_p(module: nn.Module, incompatible_keys: Any) -> None:
+    if isinstance(module, _PowerPoolNd) and not module.learn_p:
+        module._p_value = float(module.get_buffer("p"))
+
+
+class _LPPoolNd(_PowerPoolNd):
+    default_p = 2.0
+    method = "lp"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lp_pool(x, **self.window_kwargs(), p=self.power())
+
+
+class _GeMPoolNd(_PowerPoolNd):
+    default_p = 3.0
+    method = "gem"
+
+    def __init__(
+        self,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        padding: IntTuple = 0,
+        ceil_mode: bool = False,
+        *,
+        output_size: OptIntTuple = None,
+        p: float | None = None,
+        eps: float = 1e-6,
+        learn_p: bool = False,
+    ) -> None:
+        super().__init__(
+            kernel_size, stride, padding, ceil_mode, output_size=output_size, p=p, learn_p=learn_p
+        )
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a non-negative float (got {eps!r})")
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gem_pool(x, **self.window_kwargs(), p=self.power(), eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, eps={self.eps:g}"
+
+
+_SHAPES = {
+    1: ("(N, C, L_in) or (C, L_in)", "(N, C, L_out) or (C, L_out)", "2, 8, 20"),
+    2: ("(N, C, H_in, W_in) or (C, H_in, W_in)", "(N, C, H_out, W_out) or (C, H_out, W_out)", "2, 8, 16, 16"),
+    3: (
+        "(N, C, D_in, H_in, W_in) or (C, D_in, H_in, W_in)",
+        "(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)",
+        "2, 4, 8, 8, 8",
+    ),
+}
+
+_LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input signal.
+
+    .. math::
+        y = \Big(\sum_{{i \in R}} |x_i|^p\Big)^{{1/p}}
+
+    over each window :math:`R`. p=1 is sum pooling of :math:`|x|`, p=inf max pooling of :math:`|x|`.
+    Matches ``nn.LPPool{d}d`` on non-negative input, but sums only what each window covers under
+    ``ceil_mode``. Zero padding contributes nothing.
+
+    Args:
+        kernel_size: the window size; give this or ``output_size``.
+        stride: the window step. Default: ``kernel_size``.
+        padding: implicit zero padding on both sides.
+        ceil_mode: use ceil instead of floor for the output size.
+        output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+        p: the power, >= 1. Default: 2.
+        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
+            Otherwise p is a buffer. Default: False.
+
+    Shape:
+        - Input: {shape_in}
+        - Output: {shape_out}
+
+    Example::
+
+        >>> import torch, poolcore
+        >>> m = poolcore.nn.LPPool{d}d(2, p=3.0, learn_p=True)
+        >>> m(torch.randn({x_shape})).sum().backward()
+        >>> m.p_raw.grad is not None
+        True
+    """
+
+_GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
+
+    .. math::
+        y = \Big(\frac{{1}}{{|R|}} \sum_{{i \in R}} \max(x_i, \epsilon)^p\Big)^{{1/p}}
+
+    over each window's real (non-padded) positions :math:`R`. p=1 is average pooling of the clamped
+    input, p=inf max pooling; ``GeMPool{d}d(output_size=1)`` is the global GeM of Radenović et al.
+
+    Args:
+        kernel_size: the window size; give this or ``output_size``.
+        stride: the window step. Default: ``kernel_size``.
+        padding: implicit padding on both sides, excluded from the mean.
+        ceil_mode: use ceil instead of floor for the output size.
+        output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+        p: the power, >= 1. Default: 3.
+        eps: inputs are clamped to at least eps. Default: 1e-6.
+        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
+            Otherwise p is a buffer. Default: False.
+
+    Shape:
+        - Input: {shape_in}
+        - Output: {shape_out}
+
+    Example::
+
+        >>> import torch, poolcore
+        >>> m = poolcore.nn.GeMPool{d}d(output_size=1, learn_p=True)
+        >>> m(torch.rand({x_shape})).sum().backward()
+        >>> m.p_raw.grad is not None
+        True
+    """
+
+
+def _doc(template: str, d: int) -> str:
+    shape_in, shape_out, x_shape = _SHAPES[d]
+    return template.format(d=d, shape_in=shape_in, shape_out=shape_out, x_shape=x_shape)
+
+
+class LPPool1d(_LPPoolNd):
+    __doc__ = _doc(_LP_DOC, 1)
+    dims = 1
+
+
+class LPPool2d(_LPPoolNd):
+    __doc__ = _doc(_LP_DOC, 2)
+    dims = 2
+
+
+class LPPool3d(_LPPoolNd):
+    __doc__ = _doc(_LP_DOC, 3)
+    dims = 3
+
+
+class GeMPool1d(_GeMPoolNd):
+    __doc__ = _doc(_GEM_DOC, 1)
+    dims = 1
+
+
+class GeMPool2d(_GeMPoolNd):
+    __doc__ = _doc(_GEM_DOC, 2)
+    dims = 2
+
+
+class GeMPool3d(_GeMPoolNd):
+    __doc__ = _doc(_GEM_DOC, 3)
+    dims = 3

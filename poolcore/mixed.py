@@ -1,0 +1,294 @@
+"""Mixed pooling (Yu, Wang, Chen, Wei, *Mixed Pooling for Convolutional Neural Networks*, RSKT 2014).
+
+Training draws ``λ ∈ {0, 1}`` with ``P(λ = 1) = p_max`` and outputs ``λ·max + (1 − λ)·avg``; the
+gradient follows the branch that was drawn. Outside training the functional returns the expectation
+``p_max·max + (1 − p_max)·avg``; the modules can instead apply the paper's rule (the pooling type that
+training drew more often), counted in buffers.
+
+The average is over the window's **real** positions (``count_include_pad=False``): the paper has no
+padding, and the max branch ignores padding too, so both branches see the same positions. With
+``padding=0`` and ``ceil_mode=False`` this is exactly ``F.avg_pool2d``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from ._module import PoolNd
+from .params import WindowParams
+from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+
+__all__ = ["MixedParams", "MixedPool1d", "MixedPool2d", "MixedPool3d", "mixed_pool"]
+
+Scope = Literal["region", "channel", "layer"]
+EvalRule = Literal["frequent", "expectation"]
+_SCOPES = ("region", "channel", "layer")
+_EVAL_RULES = ("frequent", "expectation")
+
+
+class MixedParams(WindowParams):
+    p_max: float = Field(0.5, ge=0.0, le=1.0, description="Probability of drawing the max branch (λ = 1).")
+    scope: Scope = Field(
+        "region",
+        description="One λ per output element (region), per channel (channel) or per sample (layer).",
+    )
+
+
+def _check_mixed(p_max: float, scope: str) -> float:
+    if isinstance(p_max, bool) or not isinstance(p_max, (int, float)):
+        raise TypeError(f"p_max must be a float (got {p_max!r})")
+    if not 0.0 <= p_max <= 1.0:  # also rejects NaN
+        raise ValueError(f"p_max must be a probability in [0, 1] (got {p_max!r})")
+    if scope not in _SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(map(repr, _SCOPES))} (got {scope!r})")
+    return float(p_max)
+
+
+def _use_onednn(x: Tensor, window: Window) -> bool:
+    """oneDNN pools without computing argmax indices, which is what makes max the slow half of the
+    pair on CPU; it has no autograd, so it is only used when no gradient is needed."""
+    return (
+        window.kernel_size is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not torch.compiler.is_compiling()
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
+    """Max and real-position mean of a kernel-form window through oneDNN (torch's values)."""
+    k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
+    xm = x.contiguous().to_mkldnn()
+    if len(window.in_size) == 2:
+        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode)
+        av = F.avg_pool2d(xm, k, s, p, window.ceil_mode, False)
+    else:
+        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
+        av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
+    mx, av = mx.to_dense(), av.to_dense()
+    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when it holds a NaN
+    # (or both infinities, where the max is +inf): restore torch's NaN from it. Only a window holding
+    # both NaN and +inf still differs (+inf here, NaN in torch).
+    return torch.where(av.isnan() & (mx != math.inf), av, mx), av
+
+
+def _draw(
+    shape: tuple[int, ...], scope: str, p_max: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """λ as a bool tensor broadcastable to the ``(B, C, *spatial)`` output ``shape``: True selects max."""
+    n = len(shape) - 2
+    if scope == "channel":
+        shape = (*shape[:2], *(1,) * n)
+    elif scope == "layer":
+        shape = (shape[0], *(1,) * (n + 1))
+    # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
+
+
+def _combine(mx: Tensor, av: Tensor, lam: Tensor | None, p_max: float, weight: Tensor | None) -> Tensor:
+    if lam is not None:
+        return torch.where(lam, mx, av)  # autograd sends the gradient down the drawn branch only
+    # lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit for bit.
+    if weight is None:
+        return torch.lerp(av, mx, p_max)
+    return torch.lerp(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
+
+
+def _mixed(
+    x: Tensor,
+    window_kwargs: dict,
+    p_max: float,
+    scope: str,
+    training: bool,
+    generator: torch.Generator | None,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The output and, when training, the λ drawn (bool, broadcastable to the batched output)."""
+    check_float(x, "mixed")
+    drawn: list[Tensor] = []
+
+    def fn(b: Tensor, w: Window) -> Tensor:
+        out_shape = (*b.shape[:2], *w.out_size)
+        lam = _draw(out_shape, scope, p_max, generator, b.device) if training else None
+        if lam is not None:
+            drawn.append(lam)
+        if not _use_onednn(b, w):
+            return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
+        # Inference path: oneDNN pools, in cache-sized groups of planes (λ is drawn up front, so the
+        # draws do not depend on the path taken).
+        flat = None
+        if lam is not None:
+            planes = out_shape[0] * out_shape[1]
+            flat = lam.expand(*out_shape[:2], *lam.shape[2:]).reshape(1, planes, *lam.shape[2:])
+
+        def part(chunk: Tensor, planes: slice) -> Tensor:
+            mx, av = _onednn_max_avg(chunk, w)
+            return _combine(mx, av, None if flat is None else flat[:, planes], p_max, weight)
+
+        return w.map_planes(b, part)
+
+    out = window_call(x, fn, **window_kwargs)
+    return out, (drawn[0] if drawn else None)
+
+
+def mixed_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = None,
+    stride: IntTuple | None = None,
+    padding: IntTuple = 0,
+    ceil_mode: bool = False,
+    *,
+    output_size: OptIntTuple = None,
+    dims: int | None = None,
+    p_max: float = 0.5,
+    scope: Scope = "region",
+    training: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mixed max/average pooling; see :class:`MixedPool2d`."""
+    p_max = _check_mixed(p_max, scope)
+    window_kwargs = {
+        "kernel_size": kernel_size,
+        "stride": stride,
+        "padding": padding,
+        "ceil_mode": ceil_mode,
+        "output_size": output_size,
+        "dims": dims,
+    }
+    return _mixed(x, window_kwargs, p_max, scope, training, generator)[0]
+
+
+class _MixedPoolNd(PoolNd):
+    """Holds the mixed-pooling arguments and the λ counts; the public classes add docs only."""
+
+    n_max: Tensor
+    n_avg: Tensor
+
+    def __init__(
+        self,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        padding: IntTuple = 0,
+        ceil_mode: bool = False,
+        *,
+        output_size: OptIntTuple = None,
+        p_max: float = 0.5,
+        scope: Scope = "region",
+        eval_rule: EvalRule = "frequent",
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        self.p_max = _check_mixed(p_max, scope)
+        self.scope = scope
+        if eval_rule not in _EVAL_RULES:
+            known = ", ".join(map(repr, _EVAL_RULES))
+            raise ValueError(f"eval_rule must be one of {known} (got {eval_rule!r})")
+        self.eval_rule = eval_rule
+        # Buffers, so the counts are saved with the model and move with .to(device).
+        self.register_buffer("n_max", torch.zeros((), dtype=torch.long))
+        self.register_buffer("n_avg", torch.zeros((), dtype=torch.long))
+
+    def eval_weight(self) -> Tensor:
+        """The weight of the max branch outside training, as a 0-dim tensor (no host sync):
+        1 if max was drawn more often, 0 if avg was, and ``p_max`` on a tie, which includes no
+        training history at all (the expectation is the unbiased choice when the counts don't decide)."""
+        one, zero = torch.ones((), device=self.n_max.device), torch.zeros((), device=self.n_max.device)
+        tie = torch.full((), self.p_max, device=self.n_max.device)
+        return torch.where(self.n_max > self.n_avg, one, torch.where(self.n_max < self.n_avg, zero, tie))
+
+    def forward(self, x: Tensor) -> Tensor:
+        kwargs = self.window_kwargs()
+        if self.training:
+            out, lam = _mixed(x, kwargs, self.p_max, self.scope, True, None)
+            if lam is not None:
+                with torch.no_grad():
+                    hits = lam.sum().to(self.n_max.device)
+                    self.n_max.add_(hits)
+                    self.n_avg.add_(lam.numel() - hits)
+            return out
+        weight = None if self.eval_rule == "expectation" else self.eval_weight()
+        return _mixed(x, kwargs, self.p_max, self.scope, False, None, weight)[0]
+
+    def extra_repr(self) -> str:
+        mixed = f"p_max={self.p_max}, scope={self.scope!r}, eval_rule={self.eval_rule!r}"
+        return f"{super().extra_repr()}, {mixed}"
+
+
+_DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
+
+    In training each output draws :math:`\lambda \in \{{0, 1\}}` with :math:`P(\lambda = 1) = p_{{max}}`:
+
+    .. math::
+        y = \lambda \max_{{i \in R}} x_i + (1 - \lambda) \frac{{1}}{{|R|}} \sum_{{i \in R}} x_i
+
+    where :math:`R` is the window's set of real (non-padded) positions. The gradient flows through the
+    branch that was drawn. ``scope`` sets how many λ are drawn: one per output element (``"region"``),
+    per sample and channel (``"channel"``) or per sample (``"layer"``). The module counts the λ it
+    draws in the buffers ``n_max`` and ``n_avg`` (part of ``state_dict``).
+
+    In eval mode, ``eval_rule="frequent"`` (the paper's rule) uses the branch drawn more often in
+    training; on a tie, including a module that never trained, it uses the expectation
+    :math:`p_{{max}} \max + (1 - p_{{max}})\,\mathrm{{avg}}`, which ``eval_rule="expectation"`` always uses.
+
+    Args:
+        kernel_size: the window size; give this or ``output_size``.
+        stride: the window step. Default: ``kernel_size``.
+        padding: implicit padding on both sides, ignored by both branches.
+        ceil_mode: use ceil instead of floor for the output size.
+        output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+        p_max: probability of the max branch. Default: 0.5.
+        scope: ``"region"``, ``"channel"`` or ``"layer"``. Default: ``"region"``.
+        eval_rule: ``"frequent"`` or ``"expectation"``. Default: ``"frequent"``.
+
+    Shape:
+        - Input: {shape_in}
+        - Output: {shape_out}
+
+    Example::
+
+        >>> import torch, poolcore
+        >>> m = poolcore.nn.MixedPool{d}d({example})
+        >>> y = m(torch.randn({x_shape}))
+        >>> m.eval()(torch.randn({x_shape})).shape == y.shape
+        True
+    """
+
+
+class MixedPool1d(_MixedPoolNd):
+    dims = 1
+    __doc__ = _DOC.format(
+        d=1,
+        shape_in="(N, C, L_in) or (C, L_in)",
+        shape_out="(N, C, L_out) or (C, L_out)",
+        example="3, stride=2",
+        x_shape="2, 8, 20",
+    )
+
+
+class MixedPool2d(_MixedPoolNd):
+    dims = 2
+    __doc__ = _DOC.format(
+        d=2,
+        shape_in="(N, C, H_in, W_in) or (C, H_in, W_in)",
+        shape_out="(N, C, H_out, W_out) or (C, H_out, W_out)",
+        example="3, stride=2, p_max=0.5",
+        x_shape="2, 8, 16, 16",
+    )
+
+
+class MixedPool3d(_MixedPoolNd):
+    dims = 3
+    __doc__ = _DOC.format(
+        d=3,
+        shape_in="(N, C, D_in, H_in, W_in) or (C, D_in, H_in, W_in)",
+        shape_out="(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)",
+        example="2, scope='channel'",
+        x_shape="2, 4, 8, 8, 8",
+    )

@@ -1,0 +1,82 @@
+"""PNG/JPEG in (float32 C×H×W in [0, 1], keeping L, RGB or RGBA), PNG out (clamped to [0, 1]).
+
+The size is checked from the header, before any pixel is decoded, so a small file that claims a huge
+image (a decompression bomb) is refused without the memory it asks for.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from starlette.responses import Response
+from torch import Tensor
+
+from ..errors import BadRequest, NotAcceptable, PayloadTooLarge
+from .base import Limits, check_elements
+
+__all__ = ["decode", "encode"]
+
+_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+_MODE_OF = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _target_mode(img: Image.Image) -> str:
+    """Keep L, RGB and RGBA; map every other mode to the nearest of them."""
+    if img.mode in _CHANNELS:
+        return img.mode
+    if img.mode in ("1", "I", "I;16", "I;16B", "I;16L", "F"):
+        return "L"
+    if img.mode in ("LA", "La", "PA", "RGBa") or "transparency" in img.info:
+        return "RGBA"
+    return "RGB"
+
+
+def decode(body: bytes, limits: Limits) -> Tensor:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(body))  # reads the header only
+            width, height = img.size
+            if width * height > limits.max_image_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}×{height} = {width * height} pixels, over the limit of "
+                    f"{limits.max_image_pixels} (possible decompression bomb)"
+                )
+            mode = _target_mode(img)
+            check_elements((_CHANNELS[mode], height, width), limits)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                wide = np.asarray(img, dtype=np.float32)
+                scale = 65535.0 if img.mode.startswith("I") else 1.0
+                return torch.from_numpy(np.clip(wide / scale, 0.0, 1.0)[None].copy())
+            pixels = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise PayloadTooLarge(f"image refused as a decompression bomb: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadRequest(f"malformed image: {error}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+
+
+def encode(output: Tensor, headers: dict[str, str]) -> Response:
+    """PNG of a C×H×W (C in 1, 3, 4), 1×C×H×W or H×W result."""
+    x = output
+    while x.dim() > 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3 or x.shape[0] not in _MODE_OF:
+        raise NotAcceptable(
+            f"the result of shape {tuple(output.shape)} is not an image (PNG needs H×W or C×H×W with C in "
+            "1, 3 or 4); ask for application/json or application/x-npy"
+        )
+    pixels = (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    channels = pixels.shape[2]
+    img = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode=_MODE_OF[channels])
+    stream = io.BytesIO()
+    img.save(stream, format="PNG", compress_level=1)
+    return Response(stream.getvalue(), media_type="image/png", headers=headers)

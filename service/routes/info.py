@@ -1,0 +1,83 @@
+"""Method discovery and operations: ``/methods``, ``/health``, ``/ready``, ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+import poolcore
+from poolcore.registry import ALIASES
+
+from ..pooling import MAX_SEED
+
+__all__ = ["describe_method", "info_router"]
+
+
+def _defaults(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    }
+
+
+def describe_method(name: str) -> dict[str, Any]:
+    """Everything a client needs to call one method, from its registry entry."""
+    spec = poolcore.get_spec(name)
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "base": spec.base,
+        "aliases": [alias for alias, target in ALIASES.items() if target == spec.name],
+        "fixed": dict(spec.fixed),
+        "schema": spec.params.model_json_schema(),
+        "defaults": _defaults(spec.params),
+        "run": {
+            "mode": {"type": "string", "enum": ["eval", "train"], "default": "eval"},
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_SEED,
+                "default": None,
+                "used": spec.random,
+                "description": (
+                    "Seeds the sampling in train mode; without one the server draws a seed and returns "
+                    "it, and the same request with that seed gives the same bytes."
+                    if spec.random
+                    else "This method does not sample; the seed is ignored and reported as null."
+                ),
+            },
+            "random": spec.random,
+            "takes_training": spec.takes_training,
+        },
+    }
+
+
+def info_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/methods", tags=["discovery"], summary="Every method: description, parameters, defaults")
+    async def list_methods() -> dict[str, Any]:
+        return {"methods": [describe_method(name) for name in poolcore.methods()], "aliases": dict(ALIASES)}
+
+    @router.get("/health", tags=["operations"], summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/ready", tags=["operations"], summary="Readiness: device initialised and warm-up done")
+    async def ready(request: Request) -> JSONResponse:
+        state = request.app.state
+        is_ready = bool(getattr(state, "ready", False))
+        device = str(getattr(state, "device", "")) or None
+        body = {"status": "ready" if is_ready else "starting", "device": device}
+        return JSONResponse(body, status_code=200 if is_ready else 503)
+
+    @router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

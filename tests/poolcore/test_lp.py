@@ -1,0 +1,274 @@
+"""Power-average pooling: lp (sum form, alias power) and gem (mean form)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poolcore
+from poolcore.nn import (
+    GeMPool1d,
+    GeMPool2d,
+    GeMPool3d,
+    LPPool1d,
+    LPPool2d,
+    LPPool3d,
+    gem_pool,
+    lp_pool,
+)
+from tests.conftest import tolerance
+from tests.poolcore import reference as ref
+
+TORCH_LP = {1: F.lp_pool1d, 2: F.lp_pool2d, 3: F.lp_pool3d}
+LP_MODULES = {1: LPPool1d, 2: LPPool2d, 3: LPPool3d}
+GEM_MODULES = {1: GeMPool1d, 2: GeMPool2d, 3: GeMPool3d}
+
+WINDOWS = [
+    # batched input shape, window kwargs (tuple form, so the reference reads them directly)
+    ((2, 3, 9, 10), {"kernel_size": (3, 3), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True}),
+    ((2, 3, 7, 8), {"kernel_size": (2, 3), "stride": (2, 2)}),
+    ((2, 3, 8, 9), {"output_size": (5, 7)}),
+    ((2, 3, 10, 9), {"output_size": (None, 7)}),
+    ((2, 3, 6, 5), {"output_size": (1, 1)}),
+    (
+        (2, 2, 5, 6, 7),
+        {"kernel_size": (3, 2, 3), "stride": (2, 2, 2), "padding": (1, 1, 0), "ceil_mode": True},
+    ),
+    ((2, 2, 5, 6, 7), {"output_size": (2, 3, 4)}),
+]
+
+
+class TestLP:
+    def test_smoke_and_alias(self) -> None:
+        x = torch.randn(2, 3, 8, 8)
+        y = lp_pool(x, 2)
+        assert y.shape == (2, 3, 4, 4)
+        torch.testing.assert_close(poolcore.pool(x, "power", kernel_size=2), y)
+        torch.testing.assert_close(poolcore.pool(x, "lp", kernel_size=2), y)
+
+    @pytest.mark.parametrize("shape, kw", WINDOWS)
+    @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 2.5, math.inf])
+    def test_matches_reference_on_signed_input(self, shape, kw, p) -> None:
+        torch.manual_seed(0)
+        x = torch.randn(*shape, dtype=torch.float64)
+        torch.testing.assert_close(lp_pool(x, **kw, p=p), ref.pooled(x, ref.lp(p), **kw))
+
+    @pytest.mark.parametrize(
+        "dims, shape, k, s",
+        [
+            (1, (2, 3, 11), 3, 2),
+            (2, (2, 3, 9, 10), 3, 2),
+            (2, (3, 8, 8), 2, None),
+            (3, (2, 2, 6, 7, 5), 2, 2),
+        ],
+    )
+    @pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+    def test_matches_torch_lp_pool_on_nonnegative_input(self, dims, shape, k, s, p, device) -> None:
+        torch.manual_seed(1)
+        x = torch.rand(*shape, dtype=torch.float64, device=device)
+        torch.testing.assert_close(lp_pool(x, k, s, dims=dims, p=p), TORCH_LP[dims](x, p, k, s))
+
+    def test_ceil_mode_uses_true_window_sums(self) -> None:
+        x = torch.ones(1, 1, 1, 3)
+        assert F.lp_pool2d(x, 1, (1, 2), ceil_mode=True).flatten().tolist() == [2.0, 2.0]  # torch overcounts
+        assert lp_pool(x, (1, 2), ceil_mode=True, p=1).flatten().tolist() == [2.0, 1.0]
+        # p=2 on ones: sqrt of the number of covered positions.
+        torch.testing.assert_close(lp_pool(x, (1, 2), ceil_mode=True), torch.tensor([[[[2**0.5, 1.0]]]]))
+
+    def test_p_inf_is_max_abs_and_p1_is_sum_abs(self) -> None:
+        x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+        torch.testing.assert_close(lp_pool(x, 3, 2, p=math.inf), F.max_pool2d(x.abs(), 3, 2))
+        torch.testing.assert_close(lp_pool(x, 3, 2, p=1), F.avg_pool2d(x.abs(), 3, 2) * 9)
+
+    def test_non_integer_p_on_signed_input_has_no_nan(self) -> None:
+        x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        p = torch.tensor(2.7, requires_grad=True)
+        y = lp_pool(x, 2, p=p)
+        y.sum().backward()
+        assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(p.grad)
+
+    def test_shapes_batched_unbatched(self) -> None:
+        assert lp_pool(torch.randn(3, 10), 2, dims=1).shape == (3, 5)
+        assert lp_pool(torch.randn(2, 3, 10), (2,)).shape == (2, 3, 5)
+        assert lp_pool(torch.randn(3, 8, 8), 2).shape == (3, 4, 4)
+        assert lp_pool(torch.randn(8, 8), output_size=(None, 2)).shape == (8, 2)
+        assert lp_pool(torch.randn(2, 3, 4, 6, 8), 2).shape == (2, 3, 2, 3, 4)
+        assert lp_pool(torch.randn(3, 4, 6, 8), output_size=(1, 2, None)).shape == (3, 1, 2, 8)
+
+    def test_non_contiguous_input(self) -> None:
+        x = torch.rand(2, 3, 10, 12).transpose(-1, -2)
+        torch.testing.assert_close(lp_pool(x, 3, 2), F.lp_pool2d(x.contiguous(), 2, 3, 2))
+
+    @pytest.mark.parametrize(
+        "p, exc, message",
+        [
+            (0.5, ValueError, r"needs p >= 1 \(got 0.5\)"),
+            (math.nan, ValueError, "needs p >= 1"),
+            (-2, ValueError, r"got -2"),
+            ("2", TypeError, "p must be a float"),
+        ],
+    )
+    def test_bad_p(self, p, exc, message) -> None:
+        with pytest.raises(exc, match=message):
+            lp_pool(torch.rand(1, 4, 4), 2, p=p)
+
+    def test_errors(self) -> None:
+        with pytest.raises(ValueError, match="lp pooling needs a floating-point tensor"):
+            lp_pool(torch.ones(1, 4, 4, dtype=torch.int64), 2)
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            lp_pool(torch.ones(1, 4, 4), 2, output_size=2)
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            lp_pool(torch.ones(1, 4, 4), 5)
+        with pytest.raises(ValueError, match="scalar p"):
+            lp_pool(torch.ones(1, 4, 4), 2, p=torch.ones(2))
+
+    def test_dtypes(self, any_dtype, device) -> None:
+        x = torch.randn(2, 3, 9, 9, device=device).to(any_dtype)
+        for p in (2.0, 3.0):
+            y = lp_pool(x, 3, 2, 1, p=p)
+            assert y.dtype == any_dtype and y.device == x.device
+            expected = ref.pooled(x.double().cpu(), ref.lp(p), (3, 3), (2, 2), (1, 1))
+            torch.testing.assert_close(y.double().cpu(), expected, **tolerance(any_dtype))
+
+    def test_gradcheck_x_and_p(self) -> None:
+        torch.manual_seed(2)
+        x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+        p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t, q: lp_pool(t, 3, 2, 1, True, p=q), (x, p))
+        assert torch.autograd.gradcheck(lambda t: lp_pool(t, output_size=(3, 2), p=2), (x,))
+        assert torch.autograd.gradcheck(lambda t: lp_pool(t, 2, p=math.inf), (x,))
+
+    @pytest.mark.parametrize("p", [1.0, 2.0, 3.5])
+    def test_finite_gradients_on_all_zero_windows(self, p) -> None:
+        x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+        x[..., :2, :2] = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+        x.requires_grad_(True)
+        q = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+        for power in (p, q):
+            x.grad, q.grad = None, None
+            y = lp_pool(x, 2, p=power)
+            y.sum().backward()
+            assert torch.isfinite(x.grad).all()
+            assert (x.grad[..., 2:, :] == 0).all()  # zero windows pass no gradient
+            if power is q:
+                assert torch.isfinite(q.grad)
+
+
+class TestGeM:
+    def test_smoke(self) -> None:
+        x = torch.rand(2, 3, 8, 8)
+        assert gem_pool(x, 2).shape == (2, 3, 4, 4)
+        torch.testing.assert_close(poolcore.pool(x, "gem", kernel_size=2, p=3.0), gem_pool(x, 2))
+
+    @pytest.mark.parametrize("shape, kw", WINDOWS)
+    @pytest.mark.parametrize("p, eps", [(1.0, 1e-6), (3.0, 1e-6), (2.5, 0.1), (math.inf, 1e-6)])
+    def test_matches_reference_over_real_positions(self, shape, kw, p, eps) -> None:
+        torch.manual_seed(3)
+        x = torch.randn(*shape, dtype=torch.float64)
+        torch.testing.assert_close(gem_pool(x, **kw, p=p, eps=eps), ref.pooled(x, ref.gem(p, eps), **kw))
+
+    @pytest.mark.parametrize("dims, shape", [(1, (2, 3, 11)), (2, (2, 3, 9, 10)), (3, (2, 2, 6, 7, 5))])
+    def test_p1_is_avg_of_clamped_input(self, dims, shape) -> None:
+        x = torch.randn(*shape, dtype=torch.float64)
+        avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+        torch.testing.assert_close(gem_pool(x, 3, 2, dims=dims, p=1, eps=0.0), avg(x.clamp_min(0), 3, 2))
+
+    def test_global_gem_closed_form(self) -> None:
+        x = torch.rand(2, 4, 5, 6, dtype=torch.float64)
+        expected = x.clamp_min(1e-6).pow(3).mean((-2, -1), keepdim=True).pow(1 / 3)
+        torch.testing.assert_close(gem_pool(x, output_size=1), expected)
+        torch.testing.assert_close(poolcore.nn.GlobalPool("gem", p=3.0)(x), expected)
+
+    def test_bad_p_and_eps(self) -> None:
+        with pytest.raises(ValueError, match="gem pooling needs p >= 1"):
+            gem_pool(torch.rand(1, 4, 4), 2, p=0)
+        with pytest.raises(ValueError, match=r"eps must be a non-negative float \(got -1\)"):
+            gem_pool(torch.rand(1, 4, 4), 2, eps=-1)
+
+    def test_dtypes(self, any_dtype, device) -> None:
+        x = torch.rand(2, 3, 9, 9, device=device).to(any_dtype)
+        y = gem_pool(x, 3, 2, 1)
+        assert y.dtype == any_dtype
+        expected = ref.pooled(x.double().cpu(), ref.gem(3.0, 1e-6), (3, 3), (2, 2), (1, 1))
+        torch.testing.assert_close(y.double().cpu(), expected, **tolerance(any_dtype))
+
+    def test_gradcheck_x_and_p(self) -> None:
+        torch.manual_seed(4)
+        x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+        p = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t, q: gem_pool(t, 3, 2, 1, True, p=q, eps=1e-3), (x, p))
+        assert torch.autograd.gradcheck(lambda t: gem_pool(t, output_size=1, p=3), (x,))
+
+    def test_finite_gradients_on_all_zero_windows(self) -> None:
+        x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+        x[..., 0, 0] = 2.0
+        x.requires_grad_(True)
+        p = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        gem_pool(x, 2, p=p, eps=0.0).sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(p.grad)
+
+
+class TestPowerModules:
+    @pytest.mark.parametrize("family", ["lp", "gem"])
+    @pytest.mark.parametrize("dims", [1, 2, 3])
+    def test_module_equals_functional(self, family, dims) -> None:
+        module_cls = (LP_MODULES if family == "lp" else GEM_MODULES)[dims]
+        functional = lp_pool if family == "lp" else gem_pool
+        x = torch.rand(2, 3, *(7,) * dims)
+        m = module_cls(3, 2, p=2.5)
+        torch.testing.assert_close(m(x), functional(x, 3, 2, dims=dims, p=2.5))
+        adaptive = module_cls(output_size=2)
+        torch.testing.assert_close(adaptive(x), functional(x, output_size=2, dims=dims))
+        assert module_cls.__name__ in repr(m) and "p=2.5" in repr(m) and "learn_p=False" in repr(m)
+
+    def test_fixed_p_is_a_buffer_and_survives_state_dict(self) -> None:
+        m = GeMPool2d(2, p=4.0)
+        assert "p" in dict(m.named_buffers()) and not list(m.parameters())
+        other = GeMPool2d(2)
+        other.load_state_dict(m.state_dict())
+        x = torch.rand(1, 2, 6, 6)
+        torch.testing.assert_close(other(x), gem_pool(x, 2, p=4.0))
+        assert "p=4" in repr(other)
+
+    @pytest.mark.parametrize("module_cls", [LPPool2d, GeMPool2d])
+    def test_learnable_p_stays_above_one_and_trains(self, module_cls) -> None:
+        torch.manual_seed(5)
+        m = module_cls(2, p=3.0, learn_p=True)
+        assert isinstance(m.p_raw, torch.nn.Parameter)
+        torch.testing.assert_close(m.power(), torch.tensor(3.0))
+        opt = torch.optim.SGD(m.parameters(), lr=50.0)
+        # Push p down hard (lp's sum form shrinks as p grows, gem's mean form grows): it stays above 1.
+        sign = -1.0 if module_cls is LPPool2d else 1.0
+        for _ in range(5):
+            opt.zero_grad()
+            (sign * m(torch.rand(4, 3, 8, 8) + 0.5).sum()).backward()
+            assert torch.isfinite(m.p_raw.grad)
+            opt.step()
+        assert 1.0 <= float(m.power().detach()) < 1.1
+        buffer = io.BytesIO()
+        torch.save(m.state_dict(), buffer)
+        buffer.seek(0)
+        fresh = module_cls(2, p=2.0, learn_p=True)
+        fresh.load_state_dict(torch.load(buffer))
+        torch.testing.assert_close(fresh.power(), m.power())
+
+    def test_gradcheck_through_learnable_p(self) -> None:
+        m = LPPool2d(2, p=2.5, learn_p=True).double()
+        x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+
+        def fn(t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+            return lp_pool(t, 2, p=1 + F.softplus(raw))
+
+        assert torch.autograd.gradcheck(fn, (x, m.p_raw.detach().clone().requires_grad_(True)))
+
+    def test_bad_module_arguments(self) -> None:
+        with pytest.raises(ValueError, match=r"learnable p = 1 \+ softplus\(raw\) must start in \(1, inf\)"):
+            LPPool2d(2, p=1.0, learn_p=True)
+        with pytest.raises(ValueError, match="lp pooling needs p >= 1"):
+            LPPool2d(2, p=0.5)
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            GeMPool2d()

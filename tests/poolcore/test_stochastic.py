@@ -1,0 +1,407 @@
+"""Stochastic pooling battery (kornia style): shapes, errors, references, sampling statistics.
+
+Statistical tests use a fixed seed and reject at p < 1e-3 (chi-square goodness of fit, scipy.stats.chi2).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import chi2
+
+import poolcore
+from poolcore.nn import StochasticPool1d, StochasticPool2d, StochasticPool3d, stochastic_pool
+from tests.conftest import tolerance
+
+ALPHA = 1e-3
+SEED_WINDOW = [[0.0, 1.1, 2.5], [0.9, 2.0, 1.0], [0.0, 1.5, 1.0]]
+
+
+def _gen(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _chi2_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of a chi-square goodness-of-fit test over the categories with non-zero probability;
+    a count in a zero-probability category fails outright."""
+    counts, probs = counts.double().flatten(), probs.double().flatten()
+    if bool((counts[probs == 0] > 0).any()):
+        return 0.0
+    keep = probs > 0
+    if int(keep.sum()) == 1:
+        return 1.0  # one possible outcome, and every count is in it
+    expected = probs[keep] * counts.sum()
+    stat = float(((counts[keep] - expected) ** 2 / expected).sum())
+    return float(chi2.sf(stat, int(keep.sum()) - 1))
+
+
+def _unfold_windows(
+    x: torch.Tensor, k: int, s: int, p: int, ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent reference: every 2d window as (B, C, P, K) values and the flat input index of each
+    position (-1 for padding or ceil-mode overhang), via F.unfold on a zero-padded copy."""
+    b, c, h, w = x.shape
+    out = F.max_pool2d(x.double(), k, s, p, ceil_mode=ceil_mode).shape[-2:]  # torch's own output size
+    extra = [max(0, (o - 1) * s + k - n - 2 * p) for o, n in zip(out, (h, w), strict=True)]
+    pads = (p, p + extra[1], p, p + extra[0])
+    xp = F.pad(x, pads)
+    idx = F.pad(torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w) + 1, pads) - 1
+    vals = F.unfold(xp.reshape(b * c, 1, *xp.shape[-2:]).double(), k, stride=s)
+    pos = F.unfold(idx, k, stride=s)
+    vals = vals.view(b, c, k * k, -1).transpose(-1, -2)[..., : out[0] * out[1], :]
+    return vals, pos.view(k * k, -1).t().long()
+
+
+def _eval_reference(x: torch.Tensor, k: int, s: int, p: int = 0, ceil_mode: bool = False) -> torch.Tensor:
+    vals, _ = _unfold_windows(x, k, s, p, ceil_mode)
+    sums, squares = vals.sum(-1), (vals * vals).sum(-1)
+    ref = torch.where(sums > 0, squares / sums.clamp_min(1e-300), torch.zeros_like(sums))
+    return ref.view(*x.shape[:2], *F.max_pool2d(x.double(), k, s, p, ceil_mode=ceil_mode).shape[-2:])
+
+
+class TestStochasticPool:
+    # ---- smoke and shapes ------------------------------------------------------------------------------
+    def test_smoke(self, device: torch.device, dtype: torch.dtype) -> None:
+        x = torch.rand(2, 3, 9, 9, device=device, dtype=dtype)
+        for training in (False, True):
+            y = stochastic_pool(x, 3, 2, training=training)
+            assert y.shape == (2, 3, 4, 4)
+            assert y.device == x.device and y.dtype == dtype
+            assert torch.isfinite(y).all()
+
+    @pytest.mark.parametrize(
+        ("shape", "kwargs", "reference"),
+        [
+            ((2, 3, 11), {"kernel_size": 3, "stride": 2, "dims": 1}, lambda x: F.max_pool1d(x, 3, 2)),
+            ((3, 11), {"kernel_size": (3,), "stride": 2, "padding": 1}, lambda x: F.max_pool1d(x, 3, 2, 1)),
+            ((2, 3, 9, 10), {"kernel_size": 3, "stride": 2}, lambda x: F.max_pool2d(x, 3, 2)),
+            ((3, 9, 10), {"kernel_size": 2}, lambda x: F.max_pool2d(x, 2)),
+            (
+                (2, 3, 9, 10),
+                {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+                lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+            ),
+            (
+                (2, 3, 9, 10),
+                {"kernel_size": (2, 3), "stride": (1, 2)},
+                lambda x: F.max_pool2d(x, (2, 3), (1, 2)),
+            ),
+            ((1, 2, 5, 6, 7), {"kernel_size": 2}, lambda x: F.max_pool3d(x, 2)),
+            (
+                (2, 5, 6, 7),
+                {"kernel_size": 3, "stride": 2, "padding": 1, "dims": 3},
+                lambda x: F.max_pool3d(x, 3, 2, 1),
+            ),
+            ((2, 3, 9, 10), {"output_size": (4, 3)}, lambda x: F.adaptive_max_pool2d(x, (4, 3))),
+            ((2, 3, 9, 10), {"output_size": (None, 3)}, lambda x: F.adaptive_max_pool2d(x, (None, 3))),
+            ((3, 9, 10), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1)),
+            ((2, 3, 40), {"output_size": (5,)}, lambda x: F.adaptive_max_pool1d(x, 5)),
+            ((1, 2, 5, 6, 7), {"output_size": (2, 3, 4)}, lambda x: F.adaptive_max_pool3d(x, (2, 3, 4))),
+            ((2, 3, 12, 12), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1)),
+        ],
+    )
+    def test_shapes(self, shape: tuple[int, ...], kwargs: dict, reference) -> None:
+        x = torch.rand(shape)
+        expected = reference(x).shape
+        assert stochastic_pool(x, **kwargs).shape == expected
+        assert stochastic_pool(x, training=True, **kwargs).shape == expected
+
+    def test_dims_explicit(self) -> None:
+        x = torch.rand(4, 9, 10)  # rank 3 reads as unbatched 2d unless dims says 1d
+        assert stochastic_pool(x, 3, 2).shape == (4, 4, 4)
+        assert stochastic_pool(x, 3, 2, dims=1).shape == (4, 9, 4)
+
+    # ---- errors ----------------------------------------------------------------------------------------
+    @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), -float("inf")])
+    def test_rejects_negative_and_non_finite(self, bad: float) -> None:
+        x = torch.rand(1, 2, 6, 6)
+        x[0, 1, 3, 2] = bad
+        for training in (False, True):
+            with pytest.raises(ValueError, match=r"non-negative finite activations \(apply ReLU first\)"):
+                stochastic_pool(x, 2, training=training)
+
+    def test_rejects_integer(self) -> None:
+        with pytest.raises(ValueError, match=r"floating-point.*torch\.int64"):
+            stochastic_pool(torch.ones(1, 4, 4, dtype=torch.long), 2)
+
+    def test_window_argument_errors(self) -> None:
+        x = torch.rand(1, 4, 4)
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            stochastic_pool(x)
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            stochastic_pool(x, 2, output_size=2)
+        with pytest.raises(ValueError, match=r"larger than the padded input"):
+            stochastic_pool(x, 7, padding=1)
+        with pytest.raises(ValueError, match="kernel_size must be positive"):
+            StochasticPool2d(0)
+
+    def test_check_input_can_be_skipped(self) -> None:
+        x = torch.rand(1, 4, 4)
+        x[0, 0, 0] = -1.0
+        y = stochastic_pool(x, 2, check_input=False, training=True)  # garbage in, but no crash
+        assert y.shape == (1, 2, 2)
+
+    # ---- layout, module, registry ------------------------------------------------------------------------
+    def test_noncontiguous(self) -> None:
+        x = torch.rand(3, 2, 10, 9).transpose(0, 1)
+        assert not x.is_contiguous()
+        torch.testing.assert_close(stochastic_pool(x, 3, 2), stochastic_pool(x.contiguous(), 3, 2))
+        a = stochastic_pool(x, 3, 2, training=True, generator=_gen(5))
+        b = stochastic_pool(x.contiguous(), 3, 2, training=True, generator=_gen(5))
+        assert torch.equal(a, b)
+
+    @pytest.mark.parametrize(
+        ("module", "shape", "kwargs"),
+        [
+            (StochasticPool1d, (2, 3, 17), {"kernel_size": 3, "stride": 2, "padding": 1}),
+            (StochasticPool2d, (2, 3, 9, 10), {"kernel_size": 3, "stride": 2}),
+            (StochasticPool2d, (2, 3, 9, 10), {"output_size": (4, 5)}),
+            (StochasticPool3d, (1, 2, 5, 6, 7), {"kernel_size": 2, "ceil_mode": True}),
+        ],
+    )
+    def test_module_equals_functional(self, module, shape: tuple[int, ...], kwargs: dict) -> None:
+        x = torch.rand(shape)
+        m = module(**kwargs)
+        dims = module.dims
+        torch.testing.assert_close(m.eval()(x), stochastic_pool(x, dims=dims, **kwargs))
+        m.train()
+        torch.manual_seed(11)
+        a = m(x)
+        torch.manual_seed(11)
+        b = stochastic_pool(x, dims=dims, training=True, **kwargs)
+        assert torch.equal(a, b)
+
+    def test_extra_repr(self) -> None:
+        assert repr(StochasticPool2d(3, 2)) == (
+            "StochasticPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=False)"
+        )
+        assert repr(StochasticPool1d(output_size=4)) == "StochasticPool1d(output_size=4)"
+
+    def test_registry(self) -> None:
+        spec = poolcore.get_spec("stochastic")
+        assert spec.random and spec.takes_training
+        assert spec.modules == {1: StochasticPool1d, 2: StochasticPool2d, 3: StochasticPool3d}
+        x = torch.rand(2, 3, 9, 9)
+        a = poolcore.pool(x, "stochastic", kernel_size=3, stride=2, training=True, generator=_gen(3))
+        b = stochastic_pool(x, 3, 2, training=True, generator=_gen(3))
+        assert torch.equal(a, b)
+        torch.testing.assert_close(
+            poolcore.pool(x, "stochastic", output_size=2), stochastic_pool(x, output_size=2)
+        )
+
+    # ---- eval references ---------------------------------------------------------------------------------
+    def test_seed_example(self) -> None:
+        x = torch.tensor(SEED_WINDOW)
+        assert sum(v * v for row in SEED_WINDOW for v in row) == pytest.approx(16.52)
+        expected = torch.tensor(16.52 / 10)
+        torch.testing.assert_close(stochastic_pool(x.unsqueeze(0), 3).squeeze(), expected)
+        torch.testing.assert_close(stochastic_pool(x.view(1, 1, 3, 3), output_size=1).squeeze(), expected)
+        torch.testing.assert_close(StochasticPool2d(3).eval()(x.unsqueeze(0)).squeeze(), expected)
+
+    @pytest.mark.parametrize(
+        ("k", "s", "p", "ceil_mode"),
+        [
+            (3, 2, 0, False),
+            (2, 2, 0, False),
+            (3, 2, 1, False),
+            (3, 2, 1, True),
+            (2, 3, 0, True),
+            (5, 1, 2, False),
+            (3, 1, 0, False),
+        ],
+    )
+    def test_eval_matches_unfold_reference(
+        self, device: torch.device, any_dtype: torch.dtype, k: int, s: int, p: int, ceil_mode: bool
+    ) -> None:
+        x = torch.rand(2, 3, 12, 11, device=device).to(any_dtype)
+        x[0, 0, :6, :6] = 0  # some all-zero windows
+        ref = _eval_reference(x.cpu().double(), k, s, p, ceil_mode)
+        y = stochastic_pool(x, k, s, p, ceil_mode)
+        assert y.dtype == any_dtype and y.device == x.device
+        torch.testing.assert_close(y.cpu().double(), ref, **tolerance(any_dtype))
+
+    def test_eval_adaptive_and_3d_reference(self) -> None:
+        x = torch.rand(2, 3, 10, 9, dtype=torch.float64)
+        ref = F.adaptive_avg_pool2d(x * x, (4, 5)) / F.adaptive_avg_pool2d(x, (4, 5))
+        torch.testing.assert_close(stochastic_pool(x, output_size=(4, 5)), ref)
+        x3 = torch.rand(2, 6, 7, 8, dtype=torch.float64)
+        ref3 = F.avg_pool3d(x3 * x3, 3, 2, 1, divisor_override=1) / F.avg_pool3d(
+            x3, 3, 2, 1, divisor_override=1
+        )
+        torch.testing.assert_close(stochastic_pool(x3, 3, 2, 1, dims=3), ref3)
+
+    def test_all_zero_windows(self, device: torch.device) -> None:
+        x = torch.zeros(1, 2, 6, 6, device=device)
+        for kwargs in (
+            {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+            {"output_size": (4, 4)},
+            {"output_size": 1},
+            {"kernel_size": 6, "stride": 1},
+        ):
+            for training in (False, True):
+                xr = x.clone().requires_grad_()
+                y = stochastic_pool(xr, training=training, generator=_gen(0, device), **kwargs)
+                assert torch.equal(y, torch.zeros_like(y))
+                y.sum().backward()
+                assert xr.grad is not None and torch.isfinite(xr.grad).all()
+
+    # ---- gradients -------------------------------------------------------------------------------------
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"kernel_size": 3, "stride": 2, "padding": 1},
+            {"kernel_size": 2, "ceil_mode": True},
+            {"output_size": (2, 3)},
+            {"output_size": 1},
+        ],
+    )
+    def test_gradcheck_eval(self, kwargs: dict) -> None:
+        x = (torch.rand(1, 2, 5, 6, dtype=torch.float64) + 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: stochastic_pool(t, **kwargs), (x,))
+
+    @pytest.mark.parametrize("kwargs", [{"kernel_size": 3, "stride": 2, "padding": 1}, {"output_size": 1}])
+    def test_gradcheck_train_fixed_generator(self, kwargs: dict) -> None:
+        x = (torch.rand(1, 2, 5, 6, dtype=torch.float64) + 0.1).requires_grad_()
+        fn = lambda t: stochastic_pool(t, training=True, generator=_gen(7), **kwargs)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x,))
+
+    @pytest.mark.parametrize(
+        ("k", "s", "p", "ceil_mode"), [(3, 2, 1, True), (3, 1, 0, False), (2, 2, 0, False)]
+    )
+    def test_train_gradient_is_one_hot_at_sample(self, k: int, s: int, p: int, ceil_mode: bool) -> None:
+        # Distinct positive values, so each output identifies the position it sampled.
+        x = (torch.randperm(2 * 3 * 9 * 8, dtype=torch.float64) + 1).view(2, 3, 9, 8).requires_grad_()
+        y = stochastic_pool(x, k, s, p, ceil_mode, training=True, generator=_gen(1))
+        vals, pos = _unfold_windows(x.detach(), k, s, p, ceil_mode)
+        hit = vals == y.detach().flatten(2).unsqueeze(-1)
+        assert bool((hit.sum(-1) == 1).all()), "each output is exactly one value of its window"
+        chosen = pos.expand_as(hit)[hit].view(2, 3, -1)
+        assert bool((chosen >= 0).all()), "padding is never chosen"
+        expected = torch.zeros(2, 3, 9 * 8, dtype=torch.float64)
+        expected.scatter_add_(2, chosen, torch.ones_like(chosen, dtype=torch.float64))
+        y.sum().backward()
+        assert x.grad is not None
+        torch.testing.assert_close(x.grad.view(2, 3, -1), expected)
+
+    def test_index_and_value_paths_agree(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        for kwargs in ({"kernel_size": 3, "stride": 2, "padding": 1}, {"output_size": (3, 4)}):
+            a = stochastic_pool(x, training=True, generator=_gen(9), **kwargs)
+            b = stochastic_pool(x.clone().requires_grad_(), training=True, generator=_gen(9), **kwargs)
+            assert torch.equal(a, b.detach())
+
+    # ---- sampling statistics -----------------------------------------------------------------------------
+    def test_seed_window_frequencies(self) -> None:
+        n = 20000
+        a = torch.tensor(SEED_WINDOW)
+        x = a.expand(n, 3, 3).contiguous().requires_grad_()
+        y = stochastic_pool(x, 3, training=True, generator=_gen(2024))
+        y.sum().backward()
+        assert x.grad is not None
+        counts = x.grad.sum(0)  # the gradient is one-hot per window: it counts the sampled positions
+        assert counts.sum() == n and counts[a == 0].sum() == 0
+        assert _chi2_p(counts, a / a.sum()) > ALPHA
+        # The no-grad (value) path, on the distinct values of the window.
+        values = stochastic_pool(x.detach(), 3, training=True, generator=_gen(7)).flatten()
+        distinct = a.flatten().unique()
+        counts_v = (values.unsqueeze(1) == distinct).sum(0)
+        assert counts_v.sum() == n
+        probs_v = torch.stack([a[a == v].sum() for v in distinct]) / a.sum()
+        assert _chi2_p(counts_v, probs_v) > ALPHA
+
+    def test_padded_and_ceil_mode_windows_frequencies(self) -> None:
+        n = 20000
+        # 2x3 input, kernel 3, stride 2, padding 1, ceil_mode: windows overhang both into the padding and
+        # past the end; zeros at the end of the real rows must never be chosen either.
+        a = torch.tensor([[0.5, 2.0, 0.0], [1.5, 1.0, 0.0]])
+        x = a.expand(n, 2, 3).contiguous()
+        y = stochastic_pool(x, 3, 2, 1, True, training=True, generator=_gen(99)).flatten(1)
+        assert y.shape == (n, 4)
+        vals, pos = _unfold_windows(a.view(1, 1, 2, 3), 3, 2, 1, True)
+        for o in range(4):
+            real = pos[o] >= 0
+            w = vals[0, 0, o][real]
+            distinct = w.unique()
+            counts = (y[:, o].double().unsqueeze(1) == distinct).sum(0)
+            assert counts.sum() == n, "every sample is a real position's value"
+            probs = torch.stack([w[w == v].sum() for v in distinct]) / w.sum()
+            assert _chi2_p(counts, probs) > ALPHA
+
+    def test_adaptive_window_frequencies(self) -> None:
+        n = 20000
+        # Length 5 into 3 bins: [0, 2), [1, 4), [3, 5); the short bins never pick their missing offset.
+        a = torch.tensor([1.0, 3.0, 2.0, 4.0, 0.5])
+        x = a.expand(n, 1, 5).contiguous().requires_grad_()
+        y = stochastic_pool(x, output_size=3, dims=1, training=True, generator=_gen(5))
+        for o, (lo, hi) in enumerate([(0, 2), (1, 4), (3, 5)]):
+            w = a[lo:hi]
+            counts = (y[:, 0, o].detach().unsqueeze(1) == w).sum(0)
+            assert counts.sum() == n
+            assert _chi2_p(counts, w / w.sum()) > ALPHA
+
+    def test_large_window_frequencies(self) -> None:
+        # Global (36 positions, with zeros) takes the cumsum + searchsorted path.
+        n = 20000
+        a = torch.rand(6, 6, generator=_gen(0)) * (torch.rand(6, 6, generator=_gen(1)) > 0.3)
+        x = a.expand(n, 6, 6).contiguous().requires_grad_()
+        y = stochastic_pool(x, output_size=1, training=True, generator=_gen(12))
+        y.sum().backward()
+        assert x.grad is not None
+        assert _chi2_p(x.grad.sum(0), a / a.sum()) > ALPHA
+
+    def test_overlapping_windows_independent(self) -> None:
+        n = 30000
+        # Kernel 3, stride 2 on length 5: windows {0,1,2} and {2,3,4} share position 2.
+        a = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+        y = stochastic_pool(a.expand(n, 1, 5).contiguous(), 3, 2, dims=1, training=True, generator=_gen(31))
+        first = (y[:, 0, 0].unsqueeze(1) == a[:3]).float().argmax(1)
+        second = (y[:, 0, 1].unsqueeze(1) == a[2:]).float().argmax(1)
+        joint = torch.bincount(first * 3 + second, minlength=9).view(3, 3)
+        p, q = a[:3] / a[:3].sum(), a[2:] / a[2:].sum()
+        assert _chi2_p(joint, torch.outer(p, q)) > ALPHA
+
+    def test_chi2_helper_rejects_wrong_distribution(self) -> None:
+        # The statistical tests above can fail: sampling uniformly instead is rejected.
+        n = 20000
+        a = torch.tensor(SEED_WINDOW).flatten()
+        positive = (a > 0).nonzero().flatten()
+        uniform = positive[torch.randint(len(positive), (n,), generator=_gen(0))]
+        assert _chi2_p(torch.bincount(uniform, minlength=9), a / a.sum()) < ALPHA
+
+    # ---- randomness control --------------------------------------------------------------------------------
+    def test_generator_reproducible(self, device: torch.device) -> None:
+        x = torch.rand(2, 4, 16, 16, device=device)
+        a = stochastic_pool(x, 3, 2, training=True, generator=_gen(1, device))
+        b = stochastic_pool(x, 3, 2, training=True, generator=_gen(1, device))
+        c = stochastic_pool(x, 3, 2, training=True, generator=_gen(2, device))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+    def test_generator_on_wrong_device(self) -> None:
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device to build a mismatched generator")
+        with pytest.raises(ValueError, match="generator must be on the input's device"):
+            stochastic_pool(torch.rand(1, 4, 4), 2, training=True, generator=_gen(0, "cuda"))
+
+    # ---- dtypes, devices -------------------------------------------------------------------------------
+    def test_train_dtypes(self, device: torch.device, any_dtype: torch.dtype) -> None:
+        x = torch.rand(2, 3, 9, 8, device=device).to(any_dtype)
+        y = stochastic_pool(x, 3, 2, 1, training=True, generator=_gen(4, device))
+        assert y.dtype == any_dtype and y.device == x.device
+        vals, pos = _unfold_windows(x.cpu().double(), 3, 2, 1, False)
+        hit = (vals == y.cpu().double().flatten(2).unsqueeze(-1)) & (pos >= 0)
+        assert bool(hit.any(-1).all()), "each output is a real value of its window, exactly"
+
+    # ---- compilation ----------------------------------------------------------------------------------
+    @pytest.mark.slow
+    def test_compile_eval(self) -> None:
+        x = torch.rand(2, 3, 9, 9)
+        compiled = torch.compile(lambda t: stochastic_pool(t, 3, 2, 1, check_input=False))
+        torch.testing.assert_close(compiled(x), stochastic_pool(x, 3, 2, 1))
+
+
+def test_eval_bound() -> None:
+    # sum(a^2) / sum(a) lies between the window mean and max (a weighted mean that favours large values).
+    x = torch.rand(4, 8, 10, 10, dtype=torch.float64)
+    y = stochastic_pool(x, 3, 2)
+    assert bool((y >= F.avg_pool2d(x, 3, 2) - 1e-12).all() and (y <= F.max_pool2d(x, 3, 2) + 1e-12).all())

@@ -1,0 +1,145 @@
+"""Window geometry: reductions against a brute-force reference and torch, ceil_mode, bins, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poolcore.windows import check_float, infer_dims, make_window, window_call
+from tests.poolcore import reference as ref
+
+KERNEL_CASES = [
+    # spatial, kernel, stride, padding, ceil_mode
+    ((7, 8), (3, 3), (2, 2), (0, 0), False),
+    ((7, 8), (3, 2), (2, 3), (1, 1), True),
+    ((5, 6), (2, 3), (2, 2), (1, 0), True),
+    ((1, 3), (1, 2), (1, 2), (0, 0), True),
+    ((5, 4, 6), (3, 2, 3), (2, 2, 1), (1, 0, 1), True),
+    ((4, 5, 3), (2, 2, 2), (2, 2, 2), (0, 0, 0), False),
+]
+ADAPTIVE_CASES = [
+    ((8, 9), (5, 7)),
+    ((10, 9), (None, 7)),
+    ((7, 5), (3, 1)),
+    ((5, 7, 6), (2, 3, 4)),
+    ((6, 6), (1, 1)),
+]
+
+
+class TestWindowReductions:
+    @pytest.mark.parametrize("spatial, k, s, p, ceil", KERNEL_CASES)
+    def test_kernel_sum_mean_max_match_reference(self, spatial, k, s, p, ceil) -> None:
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, *spatial, dtype=torch.float64)
+        w = make_window(spatial, len(spatial), k, s, p, ceil)
+        kw = {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": ceil}
+        torch.testing.assert_close(w.sum(x), ref.pooled(x, lambda v: v.sum(-1), **kw))
+        torch.testing.assert_close(w.mean(x, count_include_pad=False), ref.pooled(x, ref.mean, **kw))
+        torch.testing.assert_close(w.max(x), ref.pooled(x, ref.vmax, **kw))
+        counts = ref.pooled(torch.ones_like(x), lambda v: v.sum(-1), **kw)[0, 0]
+        torch.testing.assert_close(w.valid_count(x.device, x.dtype), counts)
+
+    @pytest.mark.parametrize("spatial, out", ADAPTIVE_CASES)
+    def test_adaptive_sum_mean_max_match_reference_and_torch(self, spatial, out) -> None:
+        torch.manual_seed(1)
+        x = torch.randn(2, 3, *spatial, dtype=torch.float64)
+        w = make_window(spatial, len(spatial), output_size=out)
+        torch.testing.assert_close(w.sum(x), ref.pooled(x, lambda v: v.sum(-1), output_size=out))
+        torch.testing.assert_close(w.mean(x), ref.pooled(x, ref.mean, output_size=out))
+        torch.testing.assert_close(w.max(x), ref.pooled(x, ref.vmax, output_size=out))
+        avg = F.adaptive_avg_pool2d if len(spatial) == 2 else F.adaptive_avg_pool3d
+        mx = F.adaptive_max_pool2d if len(spatial) == 2 else F.adaptive_max_pool3d
+        torch.testing.assert_close(w.mean(x), avg(x, out))
+        torch.testing.assert_close(w.max(x), mx(x, out))
+        for d, n in enumerate(spatial):
+            starts, ends = w.bounds(d)
+            assert list(zip(starts, ends)) == ref.adaptive_bounds(n, n if out[d] is None else out[d])
+
+    def test_ceil_mode_sums_are_true_window_sums_where_lp_pool2d_overcounts(self) -> None:
+        x = torch.ones(1, 1, 1, 3)
+        w = make_window((1, 3), 2, (1, 2), None, 0, True)
+        expected = torch.tensor([[[[2.0, 1.0]]]])  # windows {0, 1} and {2}: the second is clipped
+        torch.testing.assert_close(w.sum(x), expected)
+        assert F.lp_pool2d(x, 1, (1, 2), ceil_mode=True).flatten().tolist() == [2.0, 2.0]  # torch's bug
+        # avg and max agree with torch here, and with the closed form (mean and max of ones are 1).
+        torch.testing.assert_close(w.mean(x, count_include_pad=True), F.avg_pool2d(x, (1, 2), ceil_mode=True))
+        torch.testing.assert_close(w.mean(x, count_include_pad=True), torch.ones(1, 1, 1, 2))
+        torch.testing.assert_close(w.max(x), F.max_pool2d(x, (1, 2), ceil_mode=True))
+
+    @pytest.mark.parametrize("spatial, k, s, p, ceil", KERNEL_CASES)
+    def test_offsets_add_up_to_window_sums(self, spatial, k, s, p, ceil) -> None:
+        torch.manual_seed(2)
+        x = torch.rand(2, 2, *spatial, dtype=torch.float64)
+        w = make_window(spatial, len(spatial), k, s, p, ceil)
+        torch.testing.assert_close(sum(w.offsets(x)), w.sum(x))
+
+    @pytest.mark.parametrize("spatial, out", ADAPTIVE_CASES)
+    def test_adaptive_offsets_read_zero_past_a_bin(self, spatial, out) -> None:
+        x = torch.rand(2, 2, *spatial, dtype=torch.float64)
+        w = make_window(spatial, len(spatial), output_size=out)
+        torch.testing.assert_close(sum(w.offsets(x)), w.sum(x))
+
+    @pytest.mark.parametrize("chunk_elements", [1, 50, 10**9])
+    def test_map_planes_equals_whole_tensor(self, chunk_elements: int) -> None:
+        x = torch.randn(3, 5, 6, 7)
+        w = make_window((6, 7), 2, 3, 2)
+        seen: list[slice] = []
+
+        def fn(chunk: torch.Tensor, planes: slice) -> torch.Tensor:
+            seen.append(planes)
+            return w.max(chunk)
+
+        out = w.map_planes(x, fn, chunk_elements=chunk_elements)
+        torch.testing.assert_close(out, F.max_pool2d(x, 3, 2))
+        covered = [i for part in seen for i in range(part.start, part.stop)]
+        assert covered == list(range(15))
+
+
+class TestWindowErrors:
+    def test_exactly_one_window_form(self) -> None:
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            make_window((5, 5), 2)
+        with pytest.raises(ValueError, match="exactly one of kernel_size"):
+            make_window((5, 5), 2, kernel_size=2, output_size=2)
+
+    def test_window_larger_than_padded_input(self) -> None:
+        with pytest.raises(ValueError, match=r"kernel_size \(8, 8\) is larger than the padded input"):
+            make_window((5, 5), 2, 8, padding=1)
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"kernel_size": 0}, "kernel_size must be positive"),
+            ({"kernel_size": 2, "stride": 0}, "stride must be positive"),
+            ({"kernel_size": 2, "padding": 2}, "padding must be at most half"),
+            ({"kernel_size": (2, 2, 2)}, "kernel_size must have 2 entries"),
+            ({"output_size": 0}, "output_size must be positive"),
+        ],
+    )
+    def test_bad_arguments_name_the_value(self, kwargs, message) -> None:
+        with pytest.raises(ValueError, match=message):
+            make_window((5, 5), 2, **kwargs)
+
+    def test_kernel_entries_must_be_integers(self) -> None:
+        with pytest.raises(TypeError, match="kernel_size entries must be integers"):
+            make_window((5, 5), 2, 2.5)  # type: ignore[arg-type]
+
+    def test_dims_inference(self) -> None:
+        assert infer_dims(3) == 2 and infer_dims(2) == 1 and infer_dims(5) == 3 and infer_dims(4) == 2
+        assert infer_dims(4, kernel_size=(2, 2, 2)) == 3
+        assert infer_dims(3, output_size=(5,), dims=2) == 2
+        with pytest.raises(ValueError, match="dims must be 1, 2 or 3"):
+            infer_dims(4, dims=4)
+        with pytest.raises(ValueError, match="rank 1 to 5"):
+            infer_dims(6)
+
+    def test_rank_and_empty_input(self) -> None:
+        with pytest.raises(ValueError, match="takes input of rank 2 to 4"):
+            window_call(torch.zeros(1, 1, 1, 4, 4), lambda b, w: b, kernel_size=2, dims=2)
+        with pytest.raises(ValueError, match="empty dimension"):
+            window_call(torch.zeros(0, 3, 4, 4), lambda b, w: b, kernel_size=2)
+
+    def test_integer_input(self) -> None:
+        with pytest.raises(ValueError, match="floating-point tensor"):
+            check_float(torch.zeros(2, 2, dtype=torch.int64), "avg")

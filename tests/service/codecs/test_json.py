@@ -1,0 +1,60 @@
+"""The JSON codec: numpy-aware parsing, dtype option, refusal messages, encoder output."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from service.codecs import Limits, json
+from service.errors import Unprocessable
+
+LIMITS = Limits(max_elements=1 << 20, max_image_pixels=1 << 16)
+
+
+def test_decode_and_params() -> None:
+    d = json.decode(orjson.dumps({"data": [[1, 2], [3, 4.5]], "params": {"kernel_size": 2}}), LIMITS)
+    assert d.kind == "json" and d.params == {"kernel_size": 2}
+    torch.testing.assert_close(d.tensor, torch.tensor([[1, 2], [3, 4.5]]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_dtype_option(dtype: str) -> None:
+    d = json.decode(orjson.dumps({"data": [0.1, 0.2], "dtype": dtype}), LIMITS)
+    assert str(d.tensor.dtype) == f"torch.{dtype}"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([[1, 2], [3]], "ragged"),
+        ([1, [2]], "ragged"),
+        ([[1, None]], "numbers"),
+        ([{"a": 1}], "numbers"),
+        ([True], "booleans"),
+        (["1"], "strings"),
+        (3.0, "rank"),
+    ],
+)
+def test_refusals(data: object, message: str) -> None:
+    with pytest.raises(Unprocessable, match=message):
+        json.decode(orjson.dumps({"data": data}), LIMITS)
+
+
+def test_encode_float16_output() -> None:
+    x = torch.tensor([[0.5, 0.25]], dtype=torch.float16)
+    doc = orjson.loads(json.encode(x, "avg", {"kernel_size": 1}, {}).body)
+    assert doc == {
+        "method": "avg",
+        "params": {"kernel_size": 1},
+        "shape": [1, 2],
+        "dtype": "float16",
+        "data": [[0.5, 0.25]],
+    }
+
+
+def test_encode_is_exact_for_float32() -> None:
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 7)).astype(np.float32))
+    doc = orjson.loads(json.encode(x, "max", {}, {}).body)
+    np.testing.assert_array_equal(np.asarray(doc["data"], np.float32), x.numpy())

@@ -1,0 +1,71 @@
+"""The multipart codec: field 'file' in any supported format, other fields as text parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from service.codecs import Limits, multipart
+from service.errors import BadRequest, Unprocessable
+
+from ..support import npy_bytes, png_bytes
+
+LIMITS = Limits(max_elements=1 << 20, max_image_pixels=1 << 16)
+BOUNDARY = "xYzBoundary"
+CT = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def _form(*parts: tuple[str, str | None, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, content_type, data in parts:
+        out += f"--{BOUNDARY}\r\n".encode()
+        disp = f'Content-Disposition: form-data; name="{name}"'
+        if filename:
+            disp += f'; filename="{filename}"'
+        out += disp.encode() + b"\r\n"
+        if content_type:
+            out += f"Content-Type: {content_type}\r\n".encode()
+        out += b"\r\n" + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+X = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "kind"),
+    [
+        (npy_bytes(X), "application/octet-stream", "npy"),
+        (npy_bytes(X), None, "npy"),
+        (png_bytes(np.zeros((4, 4), np.uint8)), "image/png", "png"),
+        (orjson.dumps({"data": X.tolist(), "params": {"kernel_size": 2}}), "application/json", "json"),
+    ],
+)
+def test_file_formats(data: bytes, content_type: str | None, kind: str) -> None:
+    d = multipart.decode(_form(("file", "f", content_type, data), ("stride", None, None, b"1")), CT, LIMITS)
+    assert d.kind == kind and d.form == {"stride": "1"}
+    assert tuple(d.tensor.shape) == (1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (_form(("stride", None, None, b"1")), Unprocessable, "field 'file'"),
+        (
+            _form(("file", "a", None, npy_bytes(X)), ("file", "b", None, npy_bytes(X))),
+            Unprocessable,
+            "several",
+        ),
+        (_form(("file", "a", "text/plain", b"\x00\x01")), Unprocessable, "cannot tell"),
+        (
+            _form(("file", "a", None, npy_bytes(X)), ("k", None, None, b"1"), ("k", None, None, b"2")),
+            Unprocessable,
+            "more than once",
+        ),
+        (b"--" + BOUNDARY.encode() + b"\r\ngarbage", BadRequest, "multipart"),
+    ],
+)
+def test_refusals(body: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        multipart.decode(body, CT, LIMITS)

@@ -1,0 +1,134 @@
+"""/methods, /health, /ready, /metrics, /docs and the optional bench route."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import poolcore
+from service.app import create_app
+
+from ..support import test_settings
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(test_settings())) as c:
+        yield c
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "device": "cpu"}
+    assert str(client.app.state.device) == "cpu"  # type: ignore[attr-defined]
+
+
+def test_not_ready_without_lifespan() -> None:
+    """Without the lifespan (no device, no warm-up) /ready says 503."""
+    r = TestClient(create_app(test_settings())).get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "starting"
+
+
+def test_methods_lists_the_registry(client: TestClient) -> None:
+    doc = client.get("/methods").json()
+    assert [m["name"] for m in doc["methods"]] == poolcore.methods()
+    for entry in doc["methods"]:
+        spec = poolcore.get_spec(entry["name"])
+        assert entry["description"] == spec.description
+        assert entry["schema"] == spec.params.model_json_schema()
+        for name, field in spec.params.model_fields.items():
+            if not field.is_required():
+                assert name in entry["defaults"]
+        assert entry["run"]["mode"]["enum"] == ["eval", "train"]
+        assert entry["run"]["seed"]["used"] is spec.random
+    assert (
+        "output_size" in next(m for m in doc["methods"] if m["name"] == "adaptive_avg")["schema"]["required"]
+    )
+
+
+def test_openapi_has_an_example_per_content_type(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/pool/{method}"]["post"]
+    content = op["requestBody"]["content"]
+    for media in ("application/json", "application/x-npy", "image/png", "image/jpeg", "multipart/form-data"):
+        assert content[media]["examples"], media
+    names = {p["name"] for p in op["parameters"]}
+    assert {"method", "mode", "seed", "kernel_size", "output_size"} <= names
+    method_param = next(p for p in op["parameters"] if p["name"] == "method")
+    assert method_param["schema"]["enum"] == poolcore.methods()
+    assert set(op["responses"]) >= {"200", "400", "404", "406", "413", "415", "422"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_openapi_json_example_is_true(client: TestClient) -> None:
+    """The documented response example is what the server answers for the documented request."""
+    op = client.get("/openapi.json").json()["paths"]["/pool/{method}"]["post"]
+    request = op["requestBody"]["content"]["application/json"]["examples"]["kernel"]["value"]
+    example = op["responses"]["200"]["content"]["application/json"]["example"]
+    answer = client.post("/pool/avg", json=request).json()
+    # OpenAPI rendering drops null-valued keys (FastAPI's exclude_none), so compare without them.
+    answer["params"] = {k: v for k, v in answer["params"].items() if v is not None}
+    assert answer == example
+
+
+def test_metrics_count_requests_bytes_errors(client: TestClient) -> None:
+    client.post("/pool/max", json={"data": [[1.0, 2.0, 3.0, 4.0]], "params": {"kernel_size": 2}})
+    client.post("/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 5}})
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    route = "/pool/{method}"
+    assert value("poolserve_requests_total", route=route, method="max", status="200") >= 1
+    assert value("poolserve_errors_total", route=route, method="max", status="422") >= 1
+    assert value("poolserve_request_bytes_total", route=route, method="max") > 0
+    assert value("poolserve_response_bytes_total", route=route, method="max") > 0
+    assert value("poolserve_request_seconds_count", route=route, method="max") >= 2
+    assert value("poolserve_pool_seconds_count", method="max") >= 1
+
+
+def test_many_apps_each_with_own_metrics() -> None:
+    apps = [create_app(test_settings()) for _ in range(3)]
+    assert len({id(a.state.metrics.registry) for a in apps}) == 3
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_bench_route_only_when_enabled(enabled: bool) -> None:
+    with TestClient(create_app(test_settings(bench_routes=enabled))) as c:
+        r = c.post("/bench/constant", json={"data": [1.0]})
+        assert r.status_code == (200 if enabled else 404)
+        assert "/bench/constant" not in c.get("/openapi.json").json()["paths"]
+
+
+def test_request_id_echoed_or_made(client: TestClient) -> None:
+    assert client.get("/health", headers={"x-request-id": "abc-1"}).headers["x-request-id"] == "abc-1"
+    made = client.get("/health", headers={"x-request-id": "bad id\x7f"}).headers["x-request-id"]
+    assert made != "bad id\x7f" and len(made) == 32
+
+
+def test_http_errors_use_detail(client: TestClient) -> None:
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and isinstance(r.json()["detail"], str)
+    r = client.get("/pool/avg")
+    assert r.status_code == 405 and isinstance(r.json()["detail"], str)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_only_local_assets(client: TestClient, page: str) -> None:
+    """No CDN at run time: every script, stylesheet and icon of the docs pages is served by us."""
+    html = client.get(page).text
+    urls = re.findall(r'(?:src|href)=["\']([^"\']+)', html) + re.findall(r'url: ?["\']([^"\']+)', html)
+    assert urls, f"{page} references no assets"
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url

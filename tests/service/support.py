@@ -1,0 +1,143 @@
+"""Helpers shared by the service tests (plain functions, so they don't clash with other conftests).
+
+Everything about methods is derived from the registry, so a newly registered method is covered by the
+same tests without edits here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+import poolcore
+from service.config import Settings
+
+__all__ = [
+    "LIMITS",
+    "ROOT",
+    "default_params",
+    "live_server",
+    "npy_bytes",
+    "png_bytes",
+    "query_string",
+    "reference",
+    "test_settings",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+# Small limits so the over-limit cases stay fast; every normal case is far below them.
+LIMITS = {"max_body_bytes": 1 << 20, "max_elements": 1 << 18, "max_image_pixels": 1 << 16}
+
+
+def test_settings(**overrides: Any) -> Settings:
+    return Settings(**{"device": "cpu", **LIMITS, **overrides})
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+def default_params(method: str) -> dict[str, Any]:
+    """A valid parameter set for any method: a 2-window if it has kernel_size, else output_size=2 if
+    required, else nothing (global presets)."""
+    fields = poolcore.get_spec(method).params.model_fields
+    if "kernel_size" in fields:
+        return {"kernel_size": 2}
+    if "output_size" in fields and fields["output_size"].is_required():
+        return {"output_size": 2}
+    return {}
+
+
+def query_string(params: Mapping[str, Any]) -> dict[str, str]:
+    """Parameters written the service's text way: ``2,3``, ``null,7``, ``true``."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            return ",".join(text(v) for v in value) + ("," if len(value) == 1 else "")
+        return str(value)
+
+    return {key: text(value) for key, value in params.items()}
+
+
+def reference(
+    x: torch.Tensor, method: str, params: Mapping[str, Any], *, seed: int | None = None
+) -> torch.Tensor:
+    """poolcore called directly; a seed means train mode with a CPU generator seeded the same."""
+    spec = poolcore.get_spec(method)
+    if seed is None:
+        return spec(x, params)
+    return spec(x, params, training=True, generator=torch.Generator().manual_seed(seed))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@contextmanager
+def live_server(env: Mapping[str, str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+    """uvicorn in a subprocess on a free loopback port (a socket bound here and handed over with
+    ``--fd``, so no other process can take the port in between); yields the base URL, stops it after."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "POOLSERVE_DEVICE": "cpu",
+        **{f"POOLSERVE_{k.upper()}": str(v) for k, v in LIMITS.items()},
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--fd", str(sock.fileno())]
+    command += ["--log-level", "warning"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=(sock.fileno(),))
+    sock.close()  # the child holds its own copy
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {proc.returncode} before it was ready")
+            try:
+                if httpx.get(f"{base}/ready", timeout=2.0, trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn not ready after {timeout} s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
