@@ -2,6 +2,8 @@
 
 ``kserve FILE``  structural check of the KServe InferenceService (kubernetes-validate has no schema for
                  that CRD): kind, custom predictor container, port, v2 health probes, GPU limit.
+``first-ready URL SECONDS`` polls ``URL/ready`` on loopback every 0.2 s (bounded by SECONDS) and prints the
+                 Unix time of the first 200, so the script can time readiness finer than the healthcheck.
 ``healthy-after`` reads ``docker inspect`` JSON on stdin and prints the seconds from container start to
                  its first passing healthcheck.
 ``smoke URL``    requests against the running container from the host: a real ``POST /pool/stochastic``
@@ -16,12 +18,13 @@ import io
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime
 from typing import Any
 
-__all__ = ["check_kserve", "healthy_after", "main", "smoke"]
+__all__ = ["check_kserve", "first_ready", "healthy_after", "main", "smoke", "started_at"]
 
 
 def _fail(message: str) -> None:
@@ -123,6 +126,24 @@ def healthy_after(inspect_json: str) -> float:
     return (_docker_time(passed[0]["End"]) - _docker_time(state["StartedAt"])).total_seconds()
 
 
+def first_ready(base: str, seconds: float) -> float:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return time.time()
+        except (OSError, urllib.error.URLError):
+            pass  # not published yet, starting (503) or resetting: keep polling
+        time.sleep(0.2)
+    _fail(f"{base}/ready never answered 200 within {seconds:.0f} s")
+    raise AssertionError  # unreachable: _fail exits
+
+
+def started_at(inspect_json: str) -> float:
+    return _docker_time(json.loads(inspect_json)[0]["State"]["StartedAt"]).timestamp()
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["kserve"] and len(argv) == 2:
         check_kserve(argv[1])
@@ -130,8 +151,15 @@ def main(argv: list[str]) -> None:
         smoke(argv[1].rstrip("/"))
     elif argv == ["healthy-after"]:
         print(f"{healthy_after(sys.stdin.read()):.1f}")
+    elif argv == ["started-at"]:
+        print(f"{started_at(sys.stdin.read()):.3f}")
+    elif argv[:1] == ["first-ready"] and len(argv) == 3:
+        print(f"{first_ready(argv[1].rstrip('/'), float(argv[2])):.3f}")
     else:
-        raise SystemExit("usage: image_checks.py kserve FILE | smoke BASE_URL | healthy-after < inspect.json")
+        raise SystemExit(
+            "usage: image_checks.py kserve FILE | smoke BASE_URL | first-ready BASE_URL SECONDS"
+            " | healthy-after < inspect.json | started-at < inspect.json"
+        )
 
 
 if __name__ == "__main__":
