@@ -47,6 +47,8 @@ def check_kserve(path: str) -> None:
     c = containers[0]
     if not c.get("image"):
         _fail(f"{path}: the predictor container has no image")
+    if c.get("command") != ["poolserve"]:
+        _fail(f"{path}: command must be ['poolserve'] (args alone would replace the image's whole CMD)")
     ports = [p.get("containerPort") for p in c.get("ports", [])]
     if ports != [8080] or "8080" not in c.get("args", []):
         _fail(f"{path}: the predictor must listen on 8080 (ports={ports}, args={c.get('args')})")

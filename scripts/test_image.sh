@@ -83,7 +83,7 @@ compose() {
 TOOLS=$CACHE/tools-$(echo "$TOOLS_PINS" | sha256sum | cut -c1-12)
 if ! "$TOOLS/bin/python" -c 'import kubernetes_validate, compose' 2>/dev/null; then
     log "installing static checkers into $TOOLS: $TOOLS_PINS"
-    rm -rf "$TOOLS"
+    rm -rf "$CACHE"/tools-* # other pins' venvs
     python3 -m venv "$TOOLS"
     # shellcheck disable=SC2086
     # (grep drops pip's notes about this machine's file:// extra indexes, which a venv doesn't have)
