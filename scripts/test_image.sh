@@ -269,6 +269,11 @@ BASE_SIZE=$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")
 log "compose: healthy; build+up took $UP_S s; container start to /ready 200 from the host $READY_AFTER s, to healthy (10 s probe interval) $TTH s"
 log "image: $POOLSERVE_IMAGE $(awk -v s="$SIZE" -v b="$BASE_SIZE" 'BEGIN {printf "%.0f MB (base %.0f MB + %.0f MB of poolserve and its service deps)", s/1e6, b/1e6, (s-b)/1e6}')"
 docker inspect -f 'image: user={{.Config.User}} cmd={{json .Config.Cmd}} exposed={{json .Config.ExposedPorts}}' "$POOLSERVE_IMAGE"
+# Compose replaced the image's HEALTHCHECK with /ready: run the image's own (liveness) command too.
+mapfile -t HC < <(docker inspect -f '{{range slice .Config.Healthcheck.Test 1}}{{println .}}{{end}}' "$POOLSERVE_IMAGE" | sed '/^$/d')
+docker exec "$CID" "${HC[@]}" || { log "FAIL: the image's HEALTHCHECK (${HC[*]}) failed"; exit 1; }
+[ "$(docker exec "$CID" id -u)" = 10001 ] || { log "FAIL: the server does not run as uid 10001"; exit 1; }
+log "image: its own HEALTHCHECK (/health) passes in the running container; server runs as uid 10001"
 
 # --- 2d. real requests from the host -----------------------------------------------------------------------
 python3 scripts/image_checks.py smoke "http://127.0.0.1:$HOST_PORT"
