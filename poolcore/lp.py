@@ -99,38 +99,45 @@ def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
     return torch.where(positive, root, torch.zeros_like(root))
 
 
-def _by_planes(b: Tensor, w: Window, p: Power, core: Callable[[Tensor, bool], Tensor]) -> Tensor:
-    """Run ``core(x, grad)`` in the compute dtype; on CPU without autograd, in cache-sized plane groups."""
+Core = Callable[[Tensor, bool, "Tensor | None"], Tensor]
+
+
+def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
+    """Run ``core(x, grad, out)`` in the compute dtype; on CPU without autograd, in plane groups."""
     grad = _needs_grad(b, p)
-
-    def run(chunk: Tensor, planes: slice | None = None) -> Tensor:
-        # float16/bfloat16 are computed in float32: x^p overflows half precision quickly.
-        x = chunk.float() if chunk.dtype in (torch.float16, torch.bfloat16) else chunk
-        return core(x, grad).to(chunk.dtype)
-
+    low = b.dtype in (torch.float16, torch.bfloat16)  # computed in float32: x^p overflows half quickly
     # Plane groups pay off where ops are memory-bound round trips: CPU eager without autograd.
     if grad or b.device.type != "cpu" or torch.compiler.is_compiling():
-        return run(b)
+        return core(b.float(), grad, None).to(b.dtype) if low else core(b, grad, None)
+
+    def run(chunk: Tensor, planes: slice, out: Tensor) -> None:
+        if low:
+            out.copy_(core(chunk.float(), False, None))
+        else:
+            core(chunk, False, out)
+
     return w.map_planes(b, run)
 
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
-    def core(x: Tensor, grad: bool) -> Tensor:
+    def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
         if not isinstance(p, Tensor) and math.isinf(p):
-            return w.max(x.abs())
+            y = w.max(x.abs())
+            return y if out is None else out.copy_(y)
         # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
         t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
-        return _root(w.sum(t), p, grad)
+        return _root(w.sum(t, out=out), p, grad)
 
     return _by_planes(b, w, p, core)
 
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
-    def core(x: Tensor, grad: bool) -> Tensor:
+    def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
         if not isinstance(p, Tensor) and math.isinf(p):
-            return w.max(x).clamp_min(eps)
+            y = w.max(x).clamp_min(eps)
+            return y if out is None else out.copy_(y)
         t = _power(x.clamp_min(eps), p, inplace=not grad)
-        return _root(w.mean(t, count_include_pad=False), p, grad)
+        return _root(w.mean(t, count_include_pad=False, out=out), p, grad)
 
     return _by_planes(b, w, p, core)
 

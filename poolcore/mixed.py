@@ -64,7 +64,8 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
 
 
 def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
-    """Max and real-position mean of a kernel-form window through oneDNN (torch's values)."""
+    """Max and real-position mean of each kernel-form window through oneDNN: torch's values, except
+    that oneDNN's max skips NaN (the mean does not, see below)."""
     k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
     xm = x.contiguous().to_mkldnn()
     if len(window.in_size) == 2:
@@ -74,10 +75,10 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
         mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
         av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
     mx, av = mx.to_dense(), av.to_dense()
-    # oneDNN's max skips NaN where torch's propagates it. A window's mean is NaN when it holds a NaN
-    # (or both infinities, where the max is +inf): restore torch's NaN from it. Only a window holding
-    # both NaN and +inf still differs (+inf here, NaN in torch).
-    return torch.where(av.isnan() & (mx != math.inf), av, mx), av
+    # oneDNN starts its max at the lowest finite float, so an all −inf window comes back as that; its
+    # mean is −inf exactly when the window holds −inf and no +inf or NaN.
+    mx.masked_fill_((mx == torch.finfo(mx.dtype).min) & (av == -math.inf), -math.inf)
+    return mx, av
 
 
 def _draw(
@@ -93,13 +94,22 @@ def _draw(
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
 
+def _expectation(av: Tensor, mx: Tensor, weight: float | Tensor, out: Tensor | None = None) -> Tensor:
+    """``weight·max + (1−weight)·avg``. lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit
+    for bit; but it computes ``inf − inf`` when both pools are the same infinity, so where the two pools
+    agree their common value is taken whatever the weight."""
+    if out is None:
+        return torch.where(mx == av, mx, torch.lerp(av, mx, weight))
+    torch.lerp(av, mx, weight, out=out)
+    return torch.where(mx == av, mx, out, out=out)
+
+
 def _combine(mx: Tensor, av: Tensor, lam: Tensor | None, p_max: float, weight: Tensor | None) -> Tensor:
     if lam is not None:
         return torch.where(lam, mx, av)  # autograd sends the gradient down the drawn branch only
-    # lerp is exact at weight 0 and 1, so p_max=0/1 give avg/max bit for bit.
     if weight is None:
-        return torch.lerp(av, mx, p_max)
-    return torch.lerp(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
+        return _expectation(av, mx, p_max)
+    return _expectation(av, mx, weight.to(device=mx.device, dtype=mx.dtype))
 
 
 def _mixed(
@@ -122,16 +132,22 @@ def _mixed(
             drawn.append(lam)
         if not _use_onednn(b, w):
             return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
-        # Inference path: oneDNN pools, in cache-sized groups of planes (λ is drawn up front, so the
-        # draws do not depend on the path taken).
+        # Inference path: oneDNN's pools in groups of planes (λ is drawn up front, so the draws do not
+        # depend on the path taken).
         flat = None
         if lam is not None:
             planes = out_shape[0] * out_shape[1]
             flat = lam.expand(*out_shape[:2], *lam.shape[2:]).reshape(1, planes, *lam.shape[2:])
 
-        def part(chunk: Tensor, planes: slice) -> Tensor:
+        def part(chunk: Tensor, planes: slice, out: Tensor) -> None:
             mx, av = _onednn_max_avg(chunk, w)
-            return _combine(mx, av, None if flat is None else flat[:, planes], p_max, weight)
+            if flat is None:  # lerp takes NaN from the mean, which oneDNN's max would skip
+                _expectation(av, mx, p_max if weight is None else weight.to(mx.dtype), out=out)
+                return
+            # oneDNN's max skips NaN where torch's propagates it; a window's mean is NaN when the
+            # window holds a NaN, so the mean is taken there and a NaN is never hidden. (A window with
+            # both +inf and -inf and no NaN gives NaN here where torch's max gives +inf.)
+            torch.where(flat[:, planes] & (av == av), mx, av, out=out)
 
         return w.map_planes(b, part)
 

@@ -152,24 +152,36 @@ class Window:
         return count
 
     # ---- reductions over each window --------------------------------------------------------------
-    def sum(self, x: Tensor) -> Tensor:
-        """Sum over each window's real positions."""
+    def sum(self, x: Tensor, *, out: Tensor | None = None) -> Tensor:
+        """Sum over each window's real positions (written into ``out`` when given)."""
         if self.is_global:
-            return x.sum(dim=self.spatial_dims, keepdim=True)
+            return torch.sum(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
-            return self._adaptive_avg(x) * self.valid_count(x.device, x.dtype)
-        avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
-        return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1)
+            return torch.mul(self._adaptive_avg(x), self.valid_count(x.device, x.dtype), out=out)
+        if out is None:
+            avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+            return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1)
+        pool_out: Any = (
+            torch.ops.aten.avg_pool2d.out if len(self.in_size) == 2 else torch.ops.aten.avg_pool3d.out
+        )
+        return pool_out(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1, out=out)
 
-    def mean(self, x: Tensor, count_include_pad: bool = False) -> Tensor:
+    def mean(self, x: Tensor, count_include_pad: bool = False, *, out: Tensor | None = None) -> Tensor:
         """Mean over each window. With ``count_include_pad`` the divisor counts zero padding as torch's
-        ``avg_pool`` does; otherwise it counts real positions only."""
+        ``avg_pool`` does; otherwise it counts real positions only. Written into ``out`` when given."""
         if self.is_global:
-            return x.mean(dim=self.spatial_dims, keepdim=True)
+            return torch.mean(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
-            return self._adaptive_avg(x)
-        avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
-        return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, count_include_pad)
+            result = self._adaptive_avg(x)
+            return result if out is None else out.copy_(result)
+        k, s, p, c = self.kernel_size, self.stride, self.padding, self.ceil_mode
+        if out is None:
+            avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+            return avg(x, k, s, p, c, count_include_pad)
+        pool_out: Any = (
+            torch.ops.aten.avg_pool2d.out if len(self.in_size) == 2 else torch.ops.aten.avg_pool3d.out
+        )
+        return pool_out(x, k, s, p, c, count_include_pad, None, out=out)
 
     def max(self, x: Tensor) -> Tensor:
         """Maximum over each window's real positions."""
@@ -183,33 +195,28 @@ class Window:
 
     # ---- cache-sized chunks of planes ---------------------------------------------------------------
     def map_planes(
-        self, x: Tensor, fn: Callable[[Tensor, slice], Tensor], chunk_elements: int = 1 << 20
+        self, x: Tensor, fn: Callable[[Tensor, slice, Tensor], object], chunk_elements: int = 1 << 22
     ) -> Tensor:
-        """``fn`` applied to groups of ``(batch, channel)`` planes, each group passed as a
-        ``(1, planes, *spatial)`` view together with the slice of the flattened ``B*C`` planes it covers.
+        """Pool ``x`` group by group of its ``(batch, channel)`` planes: ``fn(chunk, planes, out)`` gets a
+        ``(1, n, *spatial)`` view of ``n`` planes, their slice of the flattened ``B*C`` planes, and the
+        ``(1, n, *out_size)`` view of the result (dtype of ``x``) that it must fill.
 
-        Pooling never mixes planes, so the result equals ``fn`` on the whole tensor. A chain of
-        elementwise ops and pools on a ~4 MB group stays in cache, where on the whole tensor each op
-        is a round trip to memory (and fresh large allocations page-fault). For inference paths: the
-        output is written into a preallocated tensor, so it does not carry a gradient history.
+        Pooling never mixes planes, so the result is that of the whole tensor. A chain of elementwise
+        ops and pools on a group of ~``chunk_elements`` (16 MB of float32 by default) mostly stays in
+        the last-level cache and reuses allocator memory, where on the whole tensor each op is a round
+        trip to memory and each fresh allocation page-faults. Each group costs one parallel region per
+        op, which stalls when the CPU is oversubscribed, so groups are not made smaller than that. For
+        inference paths: the result is preallocated, so it carries no gradient history.
         """
         b, c = x.shape[:2]
         planes = b * c
-        per = max(1, chunk_elements // max(1, math.prod(x.shape[2:])))
-        if per >= planes:
-            out = fn(x.reshape(1, planes, *x.shape[2:]), slice(0, planes))
-            return out.reshape(b, c, *out.shape[2:])
         flat = x.reshape(1, planes, *x.shape[2:])
-        result: Tensor | None = None
+        result = x.new_empty((1, planes, *self.out_size))
+        per = max(1, chunk_elements // max(1, math.prod(x.shape[2:])))
         for start in range(0, planes, per):
             part = slice(start, min(start + per, planes))
-            y = fn(flat[:, part], part)
-            if result is None:
-                result = y.new_empty((1, planes, *y.shape[2:]))
-            result[:, part] = y
-        if result is None:  # unreachable: planes >= 1 (window_call rejects empty inputs)
-            raise ValueError(f"input has no planes (got shape {tuple(x.shape)})")
-        return result.reshape(b, c, *result.shape[2:])
+            fn(flat[:, part], part, result[:, part])
+        return result.reshape(b, c, *self.out_size)
 
     def _adaptive_avg(self, x: Tensor) -> Tensor:
         pool: Any = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d

@@ -163,8 +163,9 @@ class TestMixedFunctional:
         x = torch.randn(1, 2, 6, 6)
         x[0, 0, 0, 0] = float("nan")
         x[0, 1, :2, :2] = float("nan")  # a window of NaN only
-        x[0, 1, 4, 4], x[0, 1, 4, 5] = float("inf"), float("-inf")  # max +inf, mean NaN
+        x[0, 1, 4, 4], x[0, 0, 4, 5] = float("inf"), float("-inf")  # infinities: max +inf or finite
         expected = F.max_pool2d(x, 2)
+        assert expected.isnan().sum() == 2 and expected.isinf().sum() == 1
         for grad in (False, True):
             y = mixed_pool(x.clone().requires_grad_(grad), 2, p_max=1.0, training=True)
             torch.testing.assert_close(y.detach(), expected, equal_nan=True)
@@ -240,3 +241,16 @@ class TestMixedModule:
         m = MixedPool2d(2).to(device)
         m(torch.randn(2, 3, 8, 8, device=device))
         assert m.n_max.device.type == device.type and int(m.n_max + m.n_avg) == 2 * 3 * 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32-onednn", "fp64-generic"])
+@pytest.mark.parametrize("p_max", [0.0, 0.3, 1.0])
+def test_infinite_windows_keep_their_value(dtype: torch.dtype, p_max: float) -> None:
+    """Where max and avg are the same infinity, p·max + (1−p)·avg is that infinity, not inf − inf."""
+    x = torch.zeros(1, 2, 4, 4, dtype=dtype)
+    x[0, 0, :2, :2] = float("inf")
+    x[0, 1, :2, :2] = -float("inf")
+    out = mixed_pool(x, 2, p_max=p_max)
+    expected = p_max * F.max_pool2d(x, 2) + (1 - p_max) * F.avg_pool2d(x, 2)
+    expected[0, 0, 0, 0], expected[0, 1, 0, 0] = float("inf"), -float("inf")
+    torch.testing.assert_close(out, expected)

@@ -86,14 +86,30 @@ class TestWindowReductions:
         w = make_window((6, 7), 2, 3, 2)
         seen: list[slice] = []
 
-        def fn(chunk: torch.Tensor, planes: slice) -> torch.Tensor:
+        def fn(chunk: torch.Tensor, planes: slice, out: torch.Tensor) -> None:
             seen.append(planes)
-            return w.max(chunk)
+            out.copy_(w.max(chunk))
 
         out = w.map_planes(x, fn, chunk_elements=chunk_elements)
         torch.testing.assert_close(out, F.max_pool2d(x, 3, 2))
         covered = [i for part in seen for i in range(part.start, part.stop)]
         assert covered == list(range(15))
+
+    @pytest.mark.parametrize("spatial, k, s, p, ceil", KERNEL_CASES)
+    def test_sum_and_mean_into_out(self, spatial, k, s, p, ceil) -> None:
+        x = torch.randn(2, 3, *spatial, dtype=torch.float64)
+        n = len(spatial)
+        for w in (
+            make_window(spatial, n, k, s, p, ceil),
+            make_window(spatial, n, output_size=2),
+            make_window(spatial, n, output_size=1),
+        ):
+            out = torch.empty(2, 3, *w.out_size, dtype=torch.float64)
+            assert w.sum(x, out=out) is out
+            torch.testing.assert_close(out, w.sum(x))
+            for include in (True, False):
+                w.mean(x, include, out=out)
+                torch.testing.assert_close(out, w.mean(x, include))
 
 
 class TestWindowErrors:
