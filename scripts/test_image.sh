@@ -4,8 +4,8 @@
 #     kubernetes-validate --strict (core manifests) and a structural check of the KServe CRD, which
 #     kubernetes-validate has no schema for.
 #  2. A real container run: a private Docker engine from Debian's docker.io/containerd/runc packages
-#     (unpacked with dpkg -x, vfs storage, cgroupfs, its own socket, data-root and exec-root under a temp
-#     folder, no iptables, no IP forwarding, no default bridge), a local base image (debootstrapped Debian +
+#     (unpacked with dpkg -x, overlay2 storage where possible else vfs, cgroupfs, its own socket, data-root
+#     and exec-root under a temp folder, no iptables, no IP forwarding, no default bridge), a local base image (debootstrapped Debian +
 #     python3 + the CPU torch wheel, `docker import`ed, since nothing can be pulled here), then the CPU compose
 #     variant is built and started with `up -d --build --wait`, and real requests go to it from the host.
 #  3. Everything it started is stopped by PID and everything it made is removed.
@@ -40,7 +40,7 @@ COMPOSE_UP=0
 export DOCKER_HOST=unix://$RUNDIR/docker.sock
 export DOCKER_CONFIG=$WORK/docker-config # the compose CLI plugin lives here, not in ~/.docker
 export COMPOSE_PROJECT_NAME=poolserve-image-test-$$
-LINKS_BEFORE=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort || true)
+OUR_LINKS="" # bridges of this engine's networks, in case compose down missed one
 
 cleanup() {
     local rc=$?
@@ -51,21 +51,22 @@ cleanup() {
         compose down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
     fi
     if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        OUR_LINKS=$(docker network ls -q --filter driver=bridge 2>/dev/null | sed 's/^/br-/')
         log "cleanup: stopping dockerd (pid $DOCKERD_PID)"
         kill -TERM "$DOCKERD_PID"
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$DOCKERD_PID" 2>/dev/null && kill -KILL "$DOCKERD_PID"
     fi
-    # Leftovers of ours only: processes whose command line names our temp folder, mounts under it, and
-    # network links that appeared during this run (the compose bridge and its veth, if down missed them).
+    # Leftovers of ours only: processes whose command line names our unique temp folder, mounts under it,
+    # and bridges of our engine's own networks (deleting a bridge takes its veth ends with it).
     local pid
     for pid in $(pgrep -f -- "$WORK" 2>/dev/null); do
         [ "$pid" != $$ ] && kill -KILL "$pid" 2>/dev/null
     done
     awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
     local link
-    for link in $(comm -13 <(echo "$LINKS_BEFORE") <(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | sort)); do
-        case $link in br-* | veth*) ip link delete "$link" 2>/dev/null ;; esac
+    for link in $OUR_LINKS; do
+        ip link show "$link" >/dev/null 2>&1 && ip link delete "$link"
     done
     rm -rf "$WORK"
     log "total time $(elapsed "$T_START") s (exit $rc)"
