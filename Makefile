@@ -44,3 +44,8 @@ bench: install
 .PHONY: bench-service
 bench-service: install
 	$(PY) bench/service.py
+
+# Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image
+# on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).
+test-image:
+	bash scripts/test_image.sh

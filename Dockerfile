@@ -1,0 +1,39 @@
+# poolserve image. torch (and CUDA) come from the base image and are never reinstalled here: the project
+# is installed with `python3 -m pip` into a venv that sees the base's site-packages, so any base with
+# Python >= 3.10, venv and torch >= 2.4 works (the CPU proof in scripts/test_image.sh uses a Debian one).
+# No `# syntax=` line on purpose: it would make BuildKit pull a frontend image.
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
+
+# --- build: pip, its downloads and the source tree stay in this stage -------------------------------
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# One COPY (one layer): .dockerignore admits only what the wheel needs.
+COPY . /src
+# The constraint pins torch to the base's exact build, so a dependency can never pull a second (multi-GB)
+# torch; pip fails instead. --system-site-packages is what lets the venv see that torch.
+RUN python3 -m venv --system-site-packages /opt/poolserve \
+ && python3 -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-from-base.txt \
+ && /opt/poolserve/bin/python3 -m pip install --no-cache-dir --constraint /tmp/torch-from-base.txt '/src[service]' \
+ && /opt/poolserve/bin/python3 -c "import torch, service.app; print('poolserve ok, torch', torch.__version__)"
+
+# --- runtime -------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE}
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/poolserve \
+        --shell /usr/sbin/nologin poolserve
+COPY --from=build /opt/poolserve /opt/poolserve
+ENV PATH=/opt/poolserve/bin:$PATH \
+    HOME=/home/poolserve \
+    PYTHONUNBUFFERED=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    POOLSERVE_DEVICE=auto
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/poolserve
+EXPOSE 8000
+# Liveness only (slim bases have no curl). Compose and Kubernetes probe /ready separately for readiness.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
+# 0.0.0.0 explicitly: poolserve's own default is 127.0.0.1, unreachable from outside the container.
+CMD ["poolserve", "--host", "0.0.0.0", "--port", "8000"]
