@@ -239,8 +239,18 @@ def _xorshift_(h: Tensor, shift: int, tmp: Tensor) -> None:
 def _hash_uniform_(out: Tensor, key: tuple[int, int], start: int, base: Tensor) -> Tensor:
     """Fill ``out`` (float32, contiguous) with uniforms ``k / 2^24`` in ``[0, 1)`` for the flat output
     indices ``start, start+1, ...``: lowbias32(a*idx + b) mod 2^32, top 24 bits. ``base`` is a scratch
-    ``arange`` (int32) at least as long as ``out``. int32 products wrap mod 2^32, as the hash wants."""
-    n = out.numel()
+    ``arange`` (int32); ``out`` is filled in slices of its length, so the int32 scratch stays cache-sized
+    (a whole-tensor pass would stream each of the dozen int ops through memory). int32 products wrap
+    mod 2^32, as the hash wants."""
+    flat = out.view(-1)
+    step = base.numel()
+    for i in range(0, flat.numel(), step):
+        _hash_slice_(flat[i : i + step], key, start + i, base)
+    return out
+
+
+def _hash_slice_(flat: Tensor, key: tuple[int, int], start: int, base: Tensor) -> None:
+    n = flat.numel()
     a, b = key
     h = torch.mul(base[:n], a)  # a*idx + b, with idx = start + i folded into the constant
     h.add_(_to_int32(a * start + b))
@@ -251,9 +261,8 @@ def _hash_uniform_(out: Tensor, key: tuple[int, int], start: int, base: Tensor) 
     h.mul_(_HASH_M2)
     _xorshift_(h, 16, tmp)
     # Top 24 bits as a signed value in [-2^23, 2^23), then exactly (v + 2^23) / 2^24 in float32.
-    flat = out.view(-1)
     flat.copy_(h.bitwise_right_shift_(8))
-    return flat.mul_(2.0**-24).add_(0.5).view_as(out)
+    flat.mul_(2.0**-24).add_(0.5)
 
 
 def _uniforms_(
@@ -383,7 +392,8 @@ def _train(
         cdt = _compute_dtype(x.dtype)
         u = torch.empty((*x.shape[:2], *w.out_size), dtype=cdt, device=x.device)
         key = _hash_key(generator, u.numel(), cdt, x.device)
-        base = None if key is None else torch.arange(u.numel(), dtype=torch.int32, device=x.device)
+        step = min(u.numel(), _CHUNK_ELEMS_CPU // 8)  # int32 scratch of 1 MiB: cache-sized slices
+        base = None if key is None else torch.arange(step, dtype=torch.int32, device=x.device)
         return _compiled("select")(x, _uniforms_(u, generator, key, 0, base), w)
     return _train_gather(x, w, generator)
 
