@@ -186,6 +186,17 @@ class _Views:
         planes: dict[tuple[int, ...], Tensor] = {}
         if all(sd == 1 for sd in s):
             planes[(0,) * n_sp] = xp.to(self.cdt)
+        elif tuple(k) == tuple(s):
+            # Non-overlapping windows: all phases in one permuted copy ((n, o, s) -> (n, s, o) per dim),
+            # about 20% faster than one strided copy per phase. Splitting a dim is always a view.
+            sliced = xp[(slice(None), *[slice(0, w.out_size[d] * s[d]) for d in range(n_sp)])]
+            for d in range(n_sp):
+                sliced = sliced.unflatten(1 + 2 * d, (w.out_size[d], s[d]))
+            order = [0, *[2 + 2 * d for d in range(n_sp)], *[1 + 2 * d for d in range(n_sp)]]
+            both = self._buffer("phases", (*s, *w.out_size), n).copy_(sliced.permute(order))
+            by_phase = both.flatten(1, n_sp)  # (n, prod(s), *out), phases in row-major order
+            for i, phase in enumerate(itertools.product(*[range(sd) for sd in s])):
+                planes[phase] = by_phase[:, i]
         else:
             for phase in itertools.product(*[range(min(k[d], s[d])) for d in range(n_sp)]):
                 index, lengths = [], []
