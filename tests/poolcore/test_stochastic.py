@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from scipy.stats import chi2
 
 import poolcore
+from poolcore import stochastic
 from poolcore.nn import StochasticPool1d, StochasticPool2d, StochasticPool3d, stochastic_pool
 from tests.conftest import tolerance
 
@@ -379,6 +380,62 @@ class TestStochasticPool:
         positive = (a > 0).nonzero().flatten()
         uniform = positive[torch.randint(len(positive), (n,), generator=_gen(0))]
         assert _chi2_p(torch.bincount(uniform, minlength=9), a / a.sum()) < ALPHA
+
+    # ---- hashed uniforms (the CPU float32 source of u) -----------------------------------------------------
+    @staticmethod
+    def _hashed(seed: int, n: int, start: int = 0) -> torch.Tensor:
+        key = stochastic._hash_key(_gen(seed), n, torch.float32, torch.device("cpu"))
+        assert key is not None
+        base = torch.arange(n, dtype=torch.int32)
+        return stochastic._hash_uniform_(torch.empty(n), key, start, base)
+
+    def test_hashed_uniforms_are_uniform(self) -> None:
+        n = 1 << 20
+        u = self._hashed(41, n)
+        assert bool(((u >= 0) & (u < 1)).all())
+        assert torch.equal(u * 2**24, (u * 2**24).floor()), "exact multiples of 2^-24"
+        bins = 1024
+        assert (
+            _chi2_p(torch.bincount((u * bins).long(), minlength=bins), torch.full((bins,), 1 / bins)) > ALPHA
+        )
+        # Serial independence: consecutive indices (neighbouring outputs) fill a 32x32 grid evenly.
+        pairs = (u[0::2] * 32).long() * 32 + (u[1::2] * 32).long()
+        assert _chi2_p(torch.bincount(pairs, minlength=1024), torch.full((1024,), 1 / 1024)) > ALPHA
+        # Two calls' streams (keys drawn one after the other) are independent of each other.
+        v = self._hashed(42, n)
+        joint = (u * 32).long() * 32 + (v * 32).long()
+        assert _chi2_p(torch.bincount(joint, minlength=1024), torch.full((1024,), 1 / 1024)) > ALPHA
+
+    def test_pair_test_rejects_an_unmixed_counter(self) -> None:
+        # The serial test above can fail: the same counter without the mix (a Weyl sequence) is rejected.
+        idx = torch.arange(1 << 20, dtype=torch.int64)
+        u = ((idx * 0x9E3779B9 + 12345) % (1 << 32) >> 8).float() / 2**24
+        pairs = (u[0::2] * 32).long() * 32 + (u[1::2] * 32).long()
+        assert _chi2_p(torch.bincount(pairs, minlength=1024), torch.full((1024,), 1 / 1024)) < ALPHA
+
+    def test_hashed_uniforms_do_not_depend_on_chunking(self) -> None:
+        # The eager walk hashes chunk by chunk, the compiled path all at once: same values per index.
+        whole = self._hashed(43, 1000)
+        assert torch.equal(torch.cat([self._hashed(43, 300), self._hashed(43, 700, start=300)[:700]]), whole)
+
+    def test_manual_seed_controls_default_generator(self) -> None:
+        x = torch.rand(2, 4, 16, 16)
+        torch.manual_seed(5)
+        a = stochastic_pool(x, 2, training=True)
+        torch.manual_seed(5)
+        b = stochastic_pool(x, 2, training=True)
+        c = stochastic_pool(x, 2, training=True)
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+    def test_value_check_runs_over_every_chunk(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # The training walk checks each chunk as it loads it: force many chunks, and put the bad value in
+        # the last plane at a position no 2x2 window covers (odd size): it must still be rejected.
+        monkeypatch.setattr(stochastic, "_CHUNK_ELEMS_CPU", 64)
+        x = torch.rand(3, 4, 5, 5)
+        x[2, 3, 4, 4] = -1.0
+        with pytest.raises(ValueError, match=r"non-negative finite activations.*got min -1\.0"):
+            stochastic_pool(x, 2, training=True)
+        assert stochastic_pool(x, 2, training=True, check_input=False).shape == (3, 4, 2, 2)
 
     # ---- randomness control --------------------------------------------------------------------------------
     def test_generator_reproducible(self, device: torch.device) -> None:
