@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from .config import Settings, get_settings
 from .errors import install_error_handlers
+from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
 from .pooling import run_pool
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
+        if settings.reuse_freed_memory:
+            reuse_freed_memory()  # process-wide, like torch_threads
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
         await anyio.to_thread.run_sync(_warm_up, app.state.device)
