@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.to_thread
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
-            executor.shutdown(wait=True)  # let accepted work finish
+            # Let accepted work finish, waiting off the event loop.
+            await anyio.to_thread.run_sync(executor.shutdown)
 
     # FastAPIOffline serves Swagger UI and ReDoc from files in the wheel: nothing is fetched from a CDN.
     app = FastAPIOffline(

@@ -64,16 +64,23 @@ async def run_limited(
     """``fn(*args)`` in one of ``executor``'s threads once ``limiter`` grants a token; waiting happens on
     the event loop, so queued requests hold no thread.
 
-    As ``anyio.to_thread.run_sync`` does, the token is held until the thread is done, even if the caller
-    is cancelled meanwhile. A plain ``ThreadPoolExecutor`` costs the event loop less per request than
-    anyio's worker pool (a C queue instead of a ``queue.Queue``, no per-call context copy), which is most
-    of a small request's overhead; ``fn`` therefore does not see the caller's context variables.
+    A started thread cannot be stopped, so a cancelled caller keeps its token until the thread is done,
+    then re-raises the cancellation: at most as many calls run as the limiter has tokens. A plain
+    ``ThreadPoolExecutor`` costs the event loop less per request than anyio's worker pool (a C queue
+    instead of a ``queue.Queue``, no per-call context copy); ``fn`` does not see the caller's context
+    variables.
     """
     async with limiter:
         future = asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args))
-        with anyio.CancelScope(shield=True):
-            result = await future
-    return result
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                try:
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    continue  # cancelled again (anyio repeats it): still wait for the thread
+            raise
 
 
 @contextmanager
