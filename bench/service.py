@@ -163,9 +163,15 @@ class RawClient:
 
 
 def paired_p50(
-    a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 3
+    a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 3, settle: float = 0.01
 ) -> tuple[float, float]:
-    """p50 of ``a`` and of ``b``, timed alternately so that both see the same machine load."""
+    """p50 of ``a`` and of ``b``, timed alternately so that both see the same machine load.
+
+    Each timed call starts after ``settle`` seconds of idling: torch's OpenMP threads busy-wait for a
+    while after each parallel region, so without it the server's work right after an in-process call
+    competes with this process's still-spinning threads (on 2 cores that doubled the server's decode +
+    pool + encode time), while the in-process call never meets the server's in the same way.
+    """
     for _ in range(warmup):
         a()
         b()
@@ -173,6 +179,7 @@ def paired_p50(
     times_b: list[float] = []
     for _ in range(repeats):
         for fn, times in ((a, times_a), (b, times_b)):
+            time.sleep(settle)
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)

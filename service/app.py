@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import anyio
@@ -19,9 +20,10 @@ from starlette.responses import Response
 
 from .config import Settings, get_settings
 from .errors import install_error_handlers
+from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
-from .pooling import run_pool
+from .pooling import run_limited, run_pool
 from .routes import info_router, pool_router
 from .ui import mount_ui
 
@@ -60,13 +62,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
+        # The route's torch threads: as many as the limiter has tokens, so a token always finds a thread.
+        executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="poolserve-torch")
+        app.state.executor = executor
+        if settings.reuse_freed_memory:
+            reuse_freed_memory()  # process-wide, like torch_threads
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
-        await anyio.to_thread.run_sync(_warm_up, app.state.device)
+        await run_limited(app.state.limiter, executor, _warm_up, app.state.device)
         app.state.ready = True
         log.info("poolserve ready on %s", app.state.device)
-        yield
-        app.state.ready = False
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            # Let accepted work finish, waiting off the event loop.
+            await anyio.to_thread.run_sync(executor.shutdown)
 
     # FastAPIOffline serves Swagger UI and ReDoc from files in the wheel: nothing is fetched from a CDN.
     app = FastAPIOffline(

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         description="torch intra-op threads per request (torch.set_num_threads); unset keeps torch's "
         "default. On CPU, 1 with max_concurrency near the core count avoids thread oversubscription.",
     )
+    reuse_freed_memory: bool = Field(
+        default=True,
+        description="Keep freed large buffers for later requests (glibc mallopt) instead of returning them "
+        "to the kernel, so each request's body-sized buffers don't page-fault afresh; the process keeps "
+        "its peak heap. See service.memory.",
+    )
     bench_routes: bool = Field(
         default=False,
         description="Add /bench/constant, the baseline route of bench/service.py (not for production).",

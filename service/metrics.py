@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics", "route_label"]
 
@@ -55,14 +58,27 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
         )
+        # Labelled children by (metric, labels): ``labels()`` validates and locks on every call, and the
+        # label values are a bounded set (route labels, registry names, status codes).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, route: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
         code = str(status)
-        self.requests.labels(route, method, code).inc()
+        self._child(self.requests, route, method, code).inc()
         if status >= 400:
-            self.errors.labels(route, method, code).inc()
-        self.latency.labels(route, method).observe(seconds)
+            self._child(self.errors, route, method, code).inc()
+        self._child(self.latency, route, method).observe(seconds)
         if received:
-            self.bytes_in.labels(route, method).inc(received)
+            self._child(self.bytes_in, route, method).inc(received)
         if sent:
-            self.bytes_out.labels(route, method).inc(sent)
+            self._child(self.bytes_out, route, method).inc(sent)
+
+    def observe_pool(self, method: str, seconds: float) -> None:
+        self._child(self.pool_seconds, method).observe(seconds)

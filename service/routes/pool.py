@@ -51,7 +51,7 @@ def _process(
     state = request.app.state
     with poolcore_errors():
         outcome = run_pool(decoded.tensor, method, params, mode=mode, seed=seed, device=state.device)
-    state.metrics.pool_seconds.labels(outcome.method).observe(outcome.elapsed_ms / 1e3)
+    state.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3)
     headers = {
         "X-Pool-Method": outcome.method,
         "X-Pool-Params": orjson.dumps(outcome.params).decode(),
@@ -93,7 +93,16 @@ def pool_router() -> APIRouter:
         limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
         query = list(request.query_params.multi_items())
         result: Response = await run_limited(
-            state.limiter, _process, spec.name, body, content_type, accept, query, limits, request
+            state.limiter,
+            state.executor,
+            _process,
+            spec.name,
+            body,
+            content_type,
+            accept,
+            query,
+            limits,
+            request,
         )
         done = time.perf_counter()
         # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).

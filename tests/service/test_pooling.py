@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
 import pytest
 import torch
 
 import poolcore
-from service.pooling import run_pool
+from service.pooling import run_limited, run_pool
 
 from .support import default_params
 
@@ -66,3 +71,29 @@ def test_unknown_method() -> None:
 def test_non_random_train_mode_has_no_seed() -> None:
     out = run_pool(torch.rand(1, 4, 4), "avg", {"kernel_size": 2}, mode="train", seed=3)
     assert out.params["mode"] == "train" and out.params["seed"] is None
+
+
+def test_run_limited_keeps_the_token_until_a_cancelled_call_finishes() -> None:
+    """Cancelling the caller must not free the limiter's token while the thread still runs the work
+    (else more than max_concurrency calls could run at once)."""
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    async def scenario() -> tuple[int, int]:
+        limiter = anyio.CapacityLimiter(1)
+        with ThreadPoolExecutor(1) as executor:
+            task = asyncio.ensure_future(run_limited(limiter, executor, work))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+            task.cancel()
+            await asyncio.sleep(0.05)
+            held_while_running = limiter.borrowed_tokens
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return held_while_running, limiter.borrowed_tokens
+
+    assert asyncio.run(scenario()) == (1, 0)
