@@ -63,7 +63,18 @@ class MethodSpec:
         training: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        kwargs = self.resolve(params)
+        return self.run(x, self.resolve(params), training=training, generator=generator)
+
+    def run(
+        self,
+        x: Tensor,
+        resolved: Mapping[str, Any],
+        *,
+        training: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Call the functional with arguments already checked by :meth:`resolve` (validated once)."""
+        kwargs = dict(resolved)
         if self.takes_training:
             kwargs["training"] = training
         if self.random:

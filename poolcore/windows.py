@@ -10,6 +10,7 @@ Adaptive bins are torch's (``aten/src/ATen/native/AdaptivePooling.h``): ``start 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ class Window:
         extents = [self.max_extent(d) for d in range(n)]
         if self.kernel_size is not None:
             xp = self._padded(x, self.kernel_size)
-            for offset in _product(extents):
+            for offset in itertools.product(*(range(e) for e in extents)):
                 index: tuple[Any, ...] = (Ellipsis,)
                 for d, o in enumerate(offset):
                     s = self.stride[d]
@@ -243,7 +244,7 @@ class Window:
                 yield xp[index]
             return
         gathers = [self._adaptive_index(d, x.device) for d in range(n)]
-        for offset in _product(extents):
+        for offset in itertools.product(*(range(e) for e in extents)):
             value = x
             mask: Tensor | None = None
             for d, o in enumerate(offset):
@@ -276,15 +277,6 @@ class Window:
             idx.append(torch.minimum(pos, end_t - 1))
             valid.append(None if all(s + o < e for s, e in zip(starts, ends)) else ok)
         return idx, valid
-
-
-def _product(extents: Sequence[int]) -> Iterator[tuple[int, ...]]:
-    if not extents:
-        yield ()
-        return
-    for head in range(extents[0]):
-        for tail in _product(extents[1:]):
-            yield (head, *tail)
 
 
 def make_window(

@@ -164,7 +164,7 @@ def run_pool(
         seed = None
     start = time.perf_counter()
     with torch.inference_mode():
-        output = spec(x.to(device), params, training=training, generator=generator).cpu()
+        output = spec.run(x.to(device), resolved, training=training, generator=generator).cpu()
     elapsed_ms = (time.perf_counter() - start) * 1e3
     return PoolOutcome(
         output=output,
