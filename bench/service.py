@@ -3,10 +3,13 @@
     PYTHONPATH=. python bench/service.py [--repeats 40] [--seconds 5]
 
 - npy:   1×64×112×112 fp32, avg k2; p50 over HTTP / p50 of np.load + pool + np.save in process (≤ 1.5×).
+         Also the transport floor: the same body posted to /bench/echo, a bare route that reads it as
+         /pool does and answers as many bytes as /pool (no decode, pool or encode), as a ratio to the
+         same baseline; HTTP − floor is what the service adds on top of moving the bytes.
 - json:  1×3×224×224 fp32, avg k2; p50 over HTTP / p50 of orjson.loads + np.asarray + pool + orjson.dumps
          in process (≤ 2×).
 - small: 1×1×8×8 JSON, 16 concurrent keep-alive clients; req/s of /pool/avg / req/s of a bare route
-         returning a constant in the same server (≥ 0.6×). The bare route exists only with
+         returning a constant in the same server (≥ 0.6×). The bare routes exist only with
          POOLSERVE_BENCH_ROUTES=true, which this script sets for its own server.
 
 Timings on a shared machine are noisy: the load average is printed with the results.
@@ -162,10 +165,10 @@ class RawClient:
         self.sock.close()
 
 
-def paired_p50(
-    a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 3, settle: float = 0.01
-) -> tuple[float, float]:
-    """p50 of ``a`` and of ``b``, timed alternately so that both see the same machine load.
+def paired_p50s(
+    *fns: Callable[[], object], repeats: int, warmup: int = 3, settle: float = 0.01
+) -> tuple[float, ...]:
+    """p50 of each of ``fns``, timed in turn so that all see the same machine load.
 
     Each timed call starts after ``settle`` seconds of idling: torch's OpenMP threads busy-wait for a
     while after each parallel region, so without it the server's work right after an in-process call
@@ -173,20 +176,21 @@ def paired_p50(
     pool + encode time), while the in-process call never meets the server's in the same way.
     """
     for _ in range(warmup):
-        a()
-        b()
-    times_a: list[float] = []
-    times_b: list[float] = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
+        for fn, spent in zip(fns, times, strict=True):
             time.sleep(settle)
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
+            spent.append(time.perf_counter() - start)
+    return tuple(statistics.median(spent) for spent in times)
 
 
-def npy_case(client: RawClient, repeats: int) -> tuple[float, float]:
+def npy_case(client: RawClient, repeats: int) -> tuple[float, float, float]:
+    """p50 over HTTP, in process, and of the transport floor: the same body posted to /bench/echo, which
+    reads it as /pool does and answers as many bytes as /pool's answer, with no work in between."""
     x = np.random.default_rng(0).standard_normal((1, 64, 112, 112)).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, x)
@@ -203,9 +207,18 @@ def npy_case(client: RawClient, repeats: int) -> tuple[float, float]:
     def over_http() -> bytes:
         return client.post("/pool/avg?kernel_size=2", body, "application/x-npy")
 
-    if over_http() != in_process():
+    expected = in_process()
+    if over_http() != expected:
         raise SystemExit("npy: HTTP and in-process results differ")
-    return paired_p50(over_http, in_process, repeats)
+    echo_path = f"/bench/echo?size={len(expected)}"
+
+    def floor() -> bytes:
+        return client.post(echo_path, body, "application/x-npy")
+
+    if len(floor()) != len(expected):
+        raise SystemExit("npy: /bench/echo answered the wrong number of bytes")
+    http, local, transport = paired_p50s(over_http, in_process, floor, repeats=repeats)
+    return http, local, transport
 
 
 def json_case(client: RawClient, repeats: int) -> tuple[float, float]:
@@ -226,7 +239,8 @@ def json_case(client: RawClient, repeats: int) -> tuple[float, float]:
 
     if orjson.loads(over_http())["data"] != orjson.loads(in_process())["data"]:
         raise SystemExit("json: HTTP and in-process results differ")
-    return paired_p50(over_http, in_process, repeats)
+    http, local = paired_p50s(over_http, in_process, repeats=repeats)
+    return http, local
 
 
 async def _hammer(port: int, path: str, body: bytes, clients: int, seconds: float) -> float:
@@ -297,7 +311,7 @@ def main() -> None:
         client = RawClient(port)
         try:
             client.timings = []
-            npy_http, npy_local = npy_case(client, args.repeats)
+            npy_http, npy_local, npy_floor = npy_case(client, args.repeats)
             npy_split = client.breakdown()
             json_http, json_local = json_case(client, max(10, args.repeats // 2))
             json_split = client.breakdown()
@@ -344,12 +358,16 @@ def main() -> None:
     print(f"{'case':28} {'HTTP':>14} {'baseline':>14} {'ratio':>7}  {'target':>7}  result")
     for name, http, local, ratio, target, ok in rows:
         print(f"{name:28} {http:>14} {local:>14} {ratio:>6.2f}×  {target:>7}  {'PASS' if ok else 'MISS'}")
+    floor_name = "npy transport floor (bare route, same bytes)"
+    print(f"{floor_name:45} {npy_floor * 1e3:>8.2f} ms {npy_floor / npy_local:>6.2f}× of the baseline")
+    print(f"{'npy overhead above floor (HTTP − floor)':45} {(npy_http - npy_floor) * 1e3:>8.2f} ms")
     print(f"npy  {npy_split}")
     print(f"json {json_split}")
     print("(read = body received by the app; run = decode + pool + encode in a worker thread, queueing")
     print("included; pool = the operator alone; the rest of HTTP is the transport and the client)")
     print("baselines: npy = np.load + pool + np.save in process (p50); json = orjson.loads + np.asarray")
     print("+ pool + orjson.dumps in process (p50); small = a bare route returning a constant, same server")
+    print("npy transport floor = /bench/echo: the body read like /pool's, as many zero bytes answered")
 
 
 if __name__ == "__main__":

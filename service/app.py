@@ -16,10 +16,12 @@ import anyio.to_thread
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.requests import Request
 from starlette.responses import Response
 
+from .body import read_body
 from .config import Settings, get_settings
-from .errors import install_error_handlers
+from .errors import BadRequest, install_error_handlers
 from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
@@ -101,6 +103,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def bench_constant() -> Response:
             """Baseline for bench/service.py: a bare route returning a constant."""
             return Response(b'{"ok":true}', media_type="application/json")
+
+        @app.post("/bench/echo", include_in_schema=False)
+        async def bench_echo(request: Request) -> Response:
+            """Transport floor for bench/service.py: the body read as /pool reads it, then ``size`` zero
+            bytes back (0 ≤ size ≤ the body's length), with no decoding, pooling or encoding."""
+            body = await read_body(request)
+            text = request.query_params.get("size", "")
+            size = int(text) if text.isdecimal() else -1
+            if not 0 <= size <= len(body):
+                raise BadRequest(
+                    f"size must be an integer from 0 to {len(body)}, the body's length (got {text!r})"
+                )
+            return Response(bytes(size), media_type="application/x-npy")
 
     return mount_ui(app)
 

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     )
     bench_routes: bool = Field(
         default=False,
-        description="Add /bench/constant, the baseline route of bench/service.py (not for production).",
+        description="Add /bench/constant and /bench/echo, the baseline routes of bench/service.py (not for "
+        "production).",
     )
 
     @field_validator("device")

@@ -1,5 +1,8 @@
 """Wire formats, kept apart from the routes: each codec turns bytes into a tensor and a tensor into bytes.
 
+A request body is ``bytes`` or, when read with :func:`service.body.read_body` under a Content-Length, a
+writable ``bytearray`` that the .npy codec uses in place; the other codecs read either.
+
 ``decode`` picks the codec from the request's Content-Type (415 when none fits); ``negotiate`` picks the
 response codec from Accept (406 when none fits); ``encode`` builds the response.
 """
@@ -50,7 +53,7 @@ def request_family(content_type: str | None) -> str:
     return family
 
 
-def decode(body: bytes, content_type: str | None, limits: Limits) -> Decoded:
+def decode(body: bytes | bytearray, content_type: str | None, limits: Limits) -> Decoded:
     """Read a request body of any supported Content-Type into a tensor (plus any parameters it carries)."""
     family = request_family(content_type)
     if family == "json":

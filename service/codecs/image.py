@@ -35,10 +35,11 @@ def _target_mode(img: Image.Image) -> str:
     return "RGB"
 
 
-def decode(body: bytes, limits: Limits) -> Tensor:
+def decode(body: bytes | bytearray, limits: Limits) -> Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # BytesIO copies a bytearray (and shares bytes): one copy next to the decoding itself.
             img = Image.open(io.BytesIO(body))  # reads the header only
             width, height = img.size
             if width * height > limits.max_image_pixels:

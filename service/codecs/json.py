@@ -27,7 +27,7 @@ DTYPES: dict[str, np.dtype] = {
 _KEYS = ("data", "params", "dtype")
 
 
-def decode(body: bytes, limits: Limits) -> Decoded:
+def decode(body: bytes | bytearray, limits: Limits) -> Decoded:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as error:

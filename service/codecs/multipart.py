@@ -15,8 +15,14 @@ __all__ = ["decode", "split_parts"]
 _MAX_FIELDS = 64
 
 
-def split_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, str | None, bytes]]:
-    """``(name, filename, content_type, data)`` of each part."""
+def split_parts(
+    body: bytes | bytearray, content_type: str
+) -> list[tuple[str, str | None, str | None, bytes]]:
+    """``(name, filename, content_type, data)`` of each part.
+
+    A ``bytearray`` body is copied to ``bytes`` first: the parser is typed for ``bytes`` only, and one
+    memcpy is small next to its pure-Python parsing.
+    """
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -81,7 +87,7 @@ def split_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, s
         },
     )
     try:
-        parser.write(body)
+        parser.write(bytes(body) if isinstance(body, bytearray) else body)
         parser.finalize()
     except MultipartParseError as error:
         raise BadRequest(f"malformed multipart/form-data: {error}") from None
@@ -106,7 +112,7 @@ def _sniff(data: bytes, part_type: str | None) -> str:
     )
 
 
-def decode(body: bytes, content_type: str, limits: Limits) -> Decoded:
+def decode(body: bytes | bytearray, content_type: str, limits: Limits) -> Decoded:
     fields: dict[str, str] = {}
     upload: tuple[str | None, bytes] | None = None
     for name, filename, part_type, data in split_parts(body, content_type):

@@ -16,6 +16,7 @@ from starlette.responses import Response
 import poolcore
 
 from .. import codecs
+from ..body import read_body
 from ..codecs import Kind, Limits
 from ..docs import pool_openapi
 from ..params import gather, split_run_options
@@ -87,7 +88,7 @@ def pool_router() -> APIRouter:
         if family in _EARLY_KIND:
             codecs.negotiate(accept, _EARLY_KIND[family])  # 406 before reading the body
         start = time.perf_counter()
-        body = await request.body()  # the middleware enforces the size limit while it streams in
+        body = await read_body(request)  # the middleware enforces the size limit while it streams in
         read = time.perf_counter()
         state = request.app.state
         limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
