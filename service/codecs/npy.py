@@ -99,14 +99,10 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
 
 
 def _header(array: np.ndarray) -> bytes:
-    """The .npy header ``np.save`` writes for ``array``: format 1.0, or 2.0 when 1.0's 64 KiB is too small."""
-    fields = npformat.header_data_from_array_1_0(array)
+    """The .npy header ``np.save`` writes for ``array``: format 1.0, the oldest that fits, as it always
+    does for a plain dtype (numpy's 64 dimensions are far from 1.0's 64 KiB of header)."""
     stream = io.BytesIO()
-    try:
-        npformat.write_array_header_1_0(stream, fields)
-    except ValueError:  # a header over 65535 bytes (thousands of dimensions)
-        stream = io.BytesIO()
-        npformat.write_array_header_2_0(stream, fields)
+    npformat.write_array_header_1_0(stream, npformat.header_data_from_array_1_0(array))
     return stream.getvalue()
 
 

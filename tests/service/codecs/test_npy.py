@@ -57,3 +57,97 @@ def test_encode_round_trip() -> None:
     response = npy.encode(torch.from_numpy(X), {"X-Pool-Method": "avg"})
     assert response.media_type == "application/x-npy" and response.headers["x-pool-method"] == "avg"
     np.testing.assert_array_equal(np.load(io.BytesIO(response.body), allow_pickle=False), X)
+
+
+def _buffer_holds(tensor: torch.Tensor, buffer: bytearray) -> bool:
+    """Whether the tensor's data lies inside ``buffer`` (numpy's overlap test, and the raw addresses)."""
+    start = np.frombuffer(buffer, np.uint8).ctypes.data
+    inside = start <= tensor.data_ptr() and tensor.data_ptr() + tensor.nbytes <= start + len(buffer)
+    shares = np.shares_memory(tensor.numpy(), np.frombuffer(buffer, np.uint8))
+    assert inside == shares
+    return shares
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 5), (1, 2, 3, 4, 5)])
+def test_writable_native_float_c_order_decoded_in_place(dtype: type, shape: tuple[int, ...]) -> None:
+    array: np.ndarray = np.random.default_rng(4).standard_normal(shape).astype(dtype)
+    data = npy_bytes(array)
+    buffer = bytearray(data)
+    out = npy.decode(buffer, LIMITS)
+    assert _buffer_holds(out, buffer)
+    assert out.dtype == torch.from_numpy(array).dtype and out.is_contiguous()
+    np.testing.assert_array_equal(out.numpy(), np.load(io.BytesIO(data), allow_pickle=False))
+    assert npy.decode(memoryview(buffer), LIMITS).data_ptr() == out.data_ptr()  # a writable view also
+
+
+@pytest.mark.parametrize(
+    ("array", "writable"),
+    [
+        (X, False),
+        (np.asfortranarray(X), True),
+        (X.astype(">f4"), True),
+        (X.astype(">f8"), True),
+        ((X * 100).astype(np.int32), True),
+        ((X * 100).astype(np.int16), False),
+        (X[:, ::2], False),
+    ],
+    ids=["read-only", "fortran", "big-endian", "big-endian-f64", "int32", "int16-read-only", "strided"],
+)
+def test_other_bodies_copied_once(array: np.ndarray, writable: bool) -> None:
+    """Read-only bytes, Fortran order, big-endian and integers get their own memory, with np.load's values
+    (as native floats; integers as float32)."""
+    data = npy_bytes(array)
+    buffer = bytearray(data)
+    out = npy.decode(buffer if writable else data, LIMITS)
+    assert not _buffer_holds(out, buffer) and out.is_contiguous()
+    expected = np.load(io.BytesIO(data), allow_pickle=False)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    native = np.float32 if expected.dtype.kind == "i" else expected.dtype.newbyteorder("=")
+    assert out.dtype == torch.from_numpy(np.zeros(1, native)).dtype
+
+
+def test_misaligned_data_copied() -> None:
+    """A hand-made header whose padding leaves the float64 data at an odd offset: copied, not viewed."""
+    array = np.arange(6, dtype=np.float64).reshape(2, 3)
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"
+    text += " " * (-(10 + len(text) + 1) % 64 + 3) + "\n"  # 3 bytes past a 64-byte boundary
+    data = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + array.tobytes()
+    assert (len(data) - array.nbytes) % 8 == 3
+    buffer = bytearray(data)
+    out = npy.decode(buffer, LIMITS)
+    assert not _buffer_holds(out, buffer)
+    np.testing.assert_array_equal(out.numpy(), np.load(io.BytesIO(data), allow_pickle=False))
+
+
+def test_longdouble_refused() -> None:
+    """torch has no float128: a 422 naming the dtype, not a 500 from torch.from_numpy."""
+    with pytest.raises(Unprocessable, match="float16, float32 or float64"):
+        npy.decode(npy_bytes(np.zeros(3, np.longdouble)), LIMITS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (1, 3, 4, 5), (2, 1, 3, 2, 2), (0, 3), (1, 64, 56, 56)])
+def test_encode_equals_np_save(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    buf = io.BytesIO()
+    np.save(buf, x.numpy())
+    assert npy.encode(x, {}).body == buf.getvalue()
+
+
+def test_encode_largest_rank_like_np_save() -> None:
+    x = torch.zeros((1,) * 63 + (2,))
+    buf = io.BytesIO()
+    np.save(buf, x.numpy())
+    assert npy.encode(x, {}).body == buf.getvalue()
+
+
+def test_encode_non_contiguous_and_bfloat16() -> None:
+    """What np.save writes for the C-ordered copy; bfloat16 (no numpy dtype) as float32."""
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(6))
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x.transpose(0, 2).numpy()))
+    assert npy.encode(x.transpose(0, 2), {}).body == buf.getvalue()
+    buf = io.BytesIO()
+    np.save(buf, x.to(torch.bfloat16).float().numpy())
+    assert npy.encode(x.to(torch.bfloat16), {}).body == buf.getvalue()

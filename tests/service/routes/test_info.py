@@ -110,6 +110,29 @@ def test_bench_route_only_when_enabled(enabled: bool) -> None:
         assert "/bench/constant" not in c.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_bench_echo_only_when_enabled(enabled: bool) -> None:
+    """``size`` zero bytes back for any body, read with a Content-Length or chunked."""
+    body = bytes(range(256)) * 40
+    with TestClient(create_app(test_settings(bench_routes=enabled))) as c:
+        r = c.post("/bench/echo?size=1000", content=body)
+        assert r.status_code == (200 if enabled else 404)
+        assert "/bench/echo" not in c.get("/openapi.json").json()["paths"]
+        if not enabled:
+            return
+        assert r.content == b"\0" * 1000
+        chunked = c.post("/bench/echo?size=10240", content=iter([body[:5000], body[5000:]]))
+        assert chunked.status_code == 200 and chunked.content == b"\0" * len(body)
+        assert c.post("/bench/echo?size=0", content=b"").content == b""
+
+
+@pytest.mark.parametrize("query", ["", "?size=", "?size=-1", "?size=1.5", "?size=x", "?size=11"])
+def test_bench_echo_bad_size(query: str) -> None:
+    with TestClient(create_app(test_settings(bench_routes=True))) as c:
+        r = c.post(f"/bench/echo{query}", content=b"0123456789")
+        assert r.status_code == 400 and "from 0 to 10" in r.json()["detail"]
+
+
 def test_request_id_echoed_or_made(client: TestClient) -> None:
     assert client.get("/health", headers={"x-request-id": "abc-1"}).headers["x-request-id"] == "abc-1"
     made = client.get("/health", headers={"x-request-id": "bad id\x7f"}).headers["x-request-id"]

@@ -21,6 +21,7 @@ import poolcore
 import poolcore.registry
 from poolcore.basic import MaxParams, max_pool
 from service.app import create_app
+from service.codecs import npy as npy_codec
 from service.routes import pool as pool_route
 
 from ..bad_inputs import CASES, BadCase, send
@@ -396,3 +397,24 @@ class TestErrorBoundary:
             for w in workers:
                 w.join(30)
         assert results == [200, 200, 200]
+
+
+def test_npy_body_reaches_the_codec_writable(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a Content-Length the route hands the codec a bytearray, so the .npy data is used in place;
+    chunked, it hands over bytes. Both give the reference output."""
+    seen: list[type] = []
+    real = npy_codec.decode
+
+    def spy(body: bytes | bytearray | memoryview, limits: Any) -> torch.Tensor:
+        seen.append(type(body))
+        return real(body, limits)
+
+    monkeypatch.setattr(npy_codec, "decode", spy)
+    data = npy_bytes(X)
+    headers = {"content-type": "application/x-npy"}
+    expected = reference(torch.from_numpy(X), "avg", {"kernel_size": 2}).numpy()
+    for content in (data, iter([data[:100], data[100:]])):
+        r = client.post("/pool/avg?kernel_size=2", content=content, headers=headers)
+        assert r.status_code == 200
+        np.testing.assert_allclose(_decode(r), expected, rtol=1e-6)
+    assert seen == [bytearray, bytes]
