@@ -43,6 +43,11 @@ class MethodSpec:
     takes_training: bool = False
     fixed: Mapping[str, Any] = field(default_factory=dict)
     base: str | None = None  # the method a preset is built on
+    # Pooling inputs stacked along the channel dimension gives each exactly the bytes it gets alone: the
+    # method only adds, multiplies, divides, compares and takes square roots (correctly rounded, so an
+    # element's place in a vectorised loop can't change it). A general power (lp, gem) is not: torch's
+    # vectorised pow and its scalar tail differ in the last bit. The service batches only stackable ones.
+    stackable: bool = True
 
     def parse(self, params: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate parameters; ``ValueError`` names each offending one."""
@@ -94,6 +99,7 @@ def _preset(
         takes_training=base.takes_training,
         fixed=MappingProxyType(fixed),
         base=base.name,
+        stackable=base.stackable,
     )
 
 
@@ -132,6 +138,7 @@ def _build() -> dict[str, MethodSpec]:
             lp.lp_pool,
             lp.LPParams,
             modules={1: lp.LPPool1d, 2: lp.LPPool2d, 3: lp.LPPool3d},
+            stackable=False,
         ),
         MethodSpec(
             "gem",
@@ -139,6 +146,7 @@ def _build() -> dict[str, MethodSpec]:
             lp.gem_pool,
             lp.GeMParams,
             modules={1: lp.GeMPool1d, 2: lp.GeMPool2d, 3: lp.GeMPool3d},
+            stackable=False,
         ),
         _preset(
             "global_avg",
