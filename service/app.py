@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
-import anyio
 import anyio.to_thread
 import torch
 from fastapi import FastAPI
@@ -20,14 +19,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .body import read_body
+from .codecs import Limits
 from .config import Settings, get_settings
+from .docs import pool_operation
 from .errors import BadRequest, install_error_handlers
 from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
-from .pooling import run_limited, run_pool
-from .routes import info_router, pool_router
+from .pooling import run_pool
+from .routes import info_router, pool_routes
 from .ui import mount_ui
+from .workers import TorchWorkers
 
 __all__ = ["app", "create_app", "resolve_device"]
 
@@ -54,6 +56,21 @@ def _warm_up(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _document_pool_route(app: FastAPI) -> None:
+    """Add ``POST /pool/{method}`` (a plain Starlette route, which FastAPI leaves out) to the app's
+    OpenAPI schema, first among the paths; FastAPI's documented way of extending the schema."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema["paths"] = {"/pool/{method}": {"post": pool_operation()}, **schema.get("paths", {})}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; ``settings`` default to the environment's (``POOLSERVE_*``)."""
     settings = settings or get_settings()
@@ -63,23 +80,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
-        app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
-        # The route's torch threads: as many as the limiter has tokens, so a token always finds a thread.
-        executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="poolserve-torch")
-        app.state.executor = executor
+        app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
+        # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once.
+        workers = TorchWorkers(settings.max_concurrency)
+        app.state.workers = workers
         if settings.reuse_freed_memory:
             reuse_freed_memory()  # process-wide, like torch_threads
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
-        await run_limited(app.state.limiter, executor, _warm_up, app.state.device)
+        await workers.run(_warm_up, app.state.device)
         app.state.ready = True
         log.info("poolserve ready on %s", app.state.device)
         try:
             yield
         finally:
             app.state.ready = False
-            # Let accepted work finish, waiting off the event loop.
-            await anyio.to_thread.run_sync(executor.shutdown)
+            # Let accepted work finish (results still reach this loop), waiting off the event loop.
+            workers.close()
+            await anyio.to_thread.run_sync(workers.join)
 
     # FastAPIOffline serves Swagger UI and ReDoc from files in the wheel: nothing is fetched from a CDN.
     app = FastAPIOffline(
@@ -95,8 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
-    app.include_router(pool_router())
-    app.include_router(info_router())
+    # The routes themselves, not include_router: FastAPI dispatches an included router through a wrapper
+    # on every request, which cost a small /pool request about a fifth of its event-loop time.
+    app.router.routes.extend([*pool_routes(), *info_router().routes])
+    _document_pool_route(app)
     if settings.bench_routes:
 
         @app.post("/bench/constant", include_in_schema=False)

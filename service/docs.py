@@ -11,7 +11,7 @@ import poolcore
 
 from .pooling import run_pool
 
-__all__ = ["pool_openapi", "query_parameters"]
+__all__ = ["pool_operation", "query_parameters"]
 
 _BASE = "http://127.0.0.1:8000"
 _ERROR = {
@@ -30,6 +30,18 @@ _ERRORS = {
         "invalid parameters for 'avg': kernel_size: unknown parameter",
     ),
 }
+
+
+def method_parameter() -> dict[str, Any]:
+    """The ``{method}`` path parameter: the route reads it from the path itself (an unknown name is a 404
+    listing the known ones) rather than have FastAPI resolve a parameter on every request."""
+    return {
+        "name": "method",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": poolcore.methods()},
+        "description": "A registered method or preset (see GET /methods).",
+    }
 
 
 def query_parameters() -> list[dict[str, Any]]:
@@ -84,8 +96,8 @@ def _example_run() -> tuple[list, dict[str, Any]]:
     return data, response
 
 
-def pool_openapi() -> dict[str, Any]:
-    """``openapi_extra`` and ``responses`` for the pool route."""
+def pool_operation() -> dict[str, Any]:
+    """The OpenAPI operation of ``POST /pool/{method}``, built from the registry when the schema is."""
     data, response = _example_run()
     binary = {"type": "string", "format": "binary"}
     npy_example = {
@@ -178,11 +190,12 @@ def pool_openapi() -> dict[str, Any]:
             "X-Pool-Dtype": "Output dtype.",
             "X-Pool-Device": "Where it ran.",
             "X-Pool-Elapsed-Ms": "Time in the pooling operator itself.",
+            "X-Pool-Batch": "Requests answered by the same operator call as this one (1: it ran alone).",
             "Server-Timing": "read (body) and run (decode, pool, encode in a worker) durations, in ms.",
         }.items()
     }
-    responses: dict[int | str, dict[str, Any]] = {
-        200: {
+    responses: dict[str, dict[str, Any]] = {
+        "200": {
             "description": "The pooled tensor, in the type Accept asks for (default: the request's kind).",
             "headers": headers,
             "content": {
@@ -194,8 +207,12 @@ def pool_openapi() -> dict[str, Any]:
     }
     for code, (text, example) in _ERRORS.items():
         content = {"application/json": {"schema": _ERROR, "example": {"detail": example}}}
-        responses[code] = {"description": text, "content": content}
+        responses[str(code)] = {"description": text, "content": content}
     return {
-        "openapi_extra": {"requestBody": request_body, "parameters": query_parameters()},
+        "tags": ["pooling"],
+        "summary": "Pool a tensor or an image with one method",
+        "operationId": "pool",
+        "parameters": [method_parameter(), *query_parameters()],
+        "requestBody": request_body,
         "responses": responses,
     }

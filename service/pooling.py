@@ -1,48 +1,47 @@
-"""The one in-process entry point that both the HTTP route and the Gradio UI call, and the one limit on
-how much torch work runs at once.
+"""The one in-process entry point that both the HTTP route and the Gradio UI call.
 
-``run_pool`` is synchronous on purpose: callers run it in a worker thread, never on the event loop. Both
-callers take a token of the app's ``anyio.CapacityLimiter`` (``app.state.limiter``, ``max_concurrency``
-tokens) for their whole decode → pool → encode: the route through :func:`run_limited`, before its work
-goes to one of the app's ``max_concurrency`` torch threads (``app.state.executor``); the UI, whose sync
-handlers Gradio already runs in anyio worker threads, through :func:`hold_token` from inside that thread.
+``run_pool`` and ``pool_many`` are synchronous on purpose: callers run them in one of the app's torch
+worker threads (:mod:`service.workers`), never on the event loop. ``pool_many`` is the route's batch path:
+requests that ask the same deterministic question of same-shaped inputs are answered by one operator call
+on their inputs stacked plane by plane, which gives each the bytes it would get alone (every method pools
+each plane on its own), at a fraction of the per-call overhead for small inputs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Executor
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, cast
 
-import anyio
-import anyio.from_thread
+import numpy as np
+import orjson
 import torch
 from torch import Tensor
 
 import poolcore
+from poolcore.registry import MethodSpec
+from poolcore.windows import infer_dims
 
 from .errors import Unprocessable
 
 __all__ = [
     "MAX_SEED",
     "PoolOutcome",
+    "PoolRequest",
     "check_input",
-    "hold_token",
+    "pool_many",
     "poolcore_errors",
-    "run_limited",
     "run_pool",
 ]
 
 Mode = Literal["eval", "train"]
+_SMALL = 1 << 16  # elements: inputs up to this size are checked with numpy (see check_input)
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
-T = TypeVar("T")
 
 
 @contextmanager
@@ -58,51 +57,6 @@ def poolcore_errors() -> Iterator[None]:
         raise Unprocessable(str(error)) from None
 
 
-async def run_limited(
-    limiter: anyio.CapacityLimiter, executor: Executor, fn: Callable[..., T], *args: Any
-) -> T:
-    """``fn(*args)`` in one of ``executor``'s threads once ``limiter`` grants a token; waiting happens on
-    the event loop, so queued requests hold no thread.
-
-    A started thread cannot be stopped, so a cancelled caller keeps its token until the thread is done,
-    then re-raises the cancellation: at most as many calls run as the limiter has tokens. A plain
-    ``ThreadPoolExecutor`` costs the event loop less per request than anyio's worker pool (a C queue
-    instead of a ``queue.Queue``, no per-call context copy); ``fn`` does not see the caller's context
-    variables.
-    """
-    async with limiter:
-        future = asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                try:
-                    await asyncio.wait([future])
-                except asyncio.CancelledError:
-                    continue  # cancelled again (anyio repeats it): still wait for the thread
-            raise
-
-
-@contextmanager
-def hold_token(limiter: anyio.CapacityLimiter | None) -> Iterator[None]:
-    """Hold one of ``limiter``'s tokens for the ``with`` body, from a synchronous caller running in an anyio
-    worker thread of the loop that owns it (as Gradio runs sync handlers). ``None`` means no limit (an app
-    whose lifespan has not run).
-
-    Each call borrows on behalf of a fresh object: ``from_thread.run`` runs each step as a new task, so the
-    borrower cannot be the task, and two holders in one thread count twice, as they should.
-    """
-    if limiter is None:
-        yield
-        return
-    borrower = object()
-    anyio.from_thread.run(limiter.acquire_on_behalf_of, borrower)
-    try:
-        yield
-    finally:
-        anyio.from_thread.run_sync(limiter.release_on_behalf_of, borrower)
-
-
 @dataclass(frozen=True)
 class PoolOutcome:
     output: Tensor  # on the CPU; made under inference_mode, so clone() it before editing in place
@@ -110,6 +64,7 @@ class PoolOutcome:
     params: dict[str, Any]  # resolved: defaults filled in, presets applied, plus mode and seed
     device: str
     elapsed_ms: float
+    batch: int = 1  # requests answered by the same operator call (see pool_many)
 
 
 def check_input(x: Tensor) -> None:
@@ -122,11 +77,126 @@ def check_input(x: Tensor) -> None:
         raise ValueError(f"input must be a real floating-point tensor (got dtype {x.dtype})")
     if x.numel() == 0:
         return  # the operator names the empty dimension
-    # One min/max pass (NaN propagates, ±inf shows) instead of materialising isfinite's mask.
-    low, high = (float(v) for v in torch.aminmax(x))
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if x.numel() <= _SMALL and x.device.type == "cpu" and x.dtype in _NUMPY_FLOATS:
+        # numpy keeps the GIL for a small array: each torch call here would hand the GIL to the event
+        # loop and wait to get it back, which costs a small request more than the check itself.
+        finite = bool(np.isfinite(x.numpy()).all())
+    else:
+        # One min/max pass (NaN propagates, ±inf shows) instead of materialising isfinite's mask.
+        low, high = (float(v) for v in torch.aminmax(x))
+        finite = math.isfinite(low) and math.isfinite(high)
+    if not finite:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"input must be finite ({bad} values are NaN or infinite)")
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """One call of :func:`run_pool`, as :func:`pool_many` takes them."""
+
+    x: Tensor
+    method: str
+    params: Mapping[str, Any] | None = None
+    mode: Mode = "eval"
+    seed: int | None = None
+    device: torch.device | str = "cpu"
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request whose method, parameters, mode, seed and input passed every check."""
+
+    x: Tensor
+    spec: MethodSpec
+    resolved: dict[str, Any]
+    resolved_key: bytes  # canonical JSON of ``resolved``
+    training: bool
+    seed: int | None  # drawn if train mode needs one and none was given; None where unused
+    device: torch.device
+
+    def batch_key(self) -> Hashable | None:
+        """Requests with equal keys may run as one call; None for one that must run alone: it draws random
+        numbers, or its method's output could change in the last bit when stacked with others."""
+        if self.seed is not None or not self.spec.stackable:
+            return None
+        shape = tuple(self.x.shape)
+        return (self.spec.name, self.resolved_key, self.training, shape, self.x.dtype, self.device)
+
+    def outcome(self, output: Tensor, elapsed_ms: float, mode: Mode, batch: int = 1) -> PoolOutcome:
+        return PoolOutcome(
+            output=output,
+            method=self.spec.name,
+            params={**self.resolved, "mode": mode, "seed": self.seed},
+            device=str(self.device),
+            elapsed_ms=elapsed_ms,
+            batch=batch,
+        )
+
+
+def _check(request: PoolRequest) -> _Checked:
+    mode, seed = request.mode, request.seed
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode must be 'eval' or 'train' (got {mode!r})")
+    bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    if seed is not None and bad_seed:
+        raise ValueError(f"seed must be an integer from 0 to 2**63-1 (got {seed!r})")
+    spec = poolcore.get_spec(request.method)
+    resolved, resolved_key = _resolve(spec, request.params)
+    check_input(request.x)
+    training = mode == "train"
+    if not (training and spec.random):
+        seed = None  # not used: reported as null
+    elif seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return _Checked(request.x, spec, resolved, resolved_key, training, seed, torch.device(request.device))
+
+
+_RESOLVED: dict[tuple[str, bytes], tuple[MethodSpec, dict[str, Any], bytes]] = {}
+_RESOLVED_MAX = 1024
+
+
+def _resolve(spec: MethodSpec, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+    """``spec.resolve(params)`` and its canonical JSON, remembered per method and parameters: clients
+    repeat the same few parameter sets, and validating them is a good part of a small request's cost.
+    The resolved dict is shared between requests, so nothing may change it in place."""
+    try:
+        key = (spec.name, orjson.dumps(params or {}, option=orjson.OPT_SORT_KEYS))
+    except TypeError:  # not JSON (a caller's own objects): validate without remembering
+        resolved = spec.resolve(params)
+        return resolved, orjson.dumps(resolved, option=orjson.OPT_SORT_KEYS, default=repr)
+    hit = _RESOLVED.get(key)
+    if hit is not None and hit[0] is spec:  # the same spec object: a re-registered name is resolved anew
+        return hit[1], hit[2]
+    resolved = spec.resolve(params)
+    canonical = orjson.dumps(resolved, option=orjson.OPT_SORT_KEYS)
+    if len(_RESOLVED) >= _RESOLVED_MAX:  # a client sending ever-new parameters: start over
+        _RESOLVED.clear()
+    _RESOLVED[key] = (spec, resolved, canonical)
+    return resolved, canonical
+
+
+def _execute(checked: _Checked) -> Tensor:
+    generator = None
+    if checked.seed is not None:
+        generator = torch.Generator(device=checked.device).manual_seed(checked.seed)
+    with torch.inference_mode():
+        x = checked.x.to(checked.device)
+        return checked.spec.run(x, checked.resolved, training=checked.training, generator=generator).cpu()
+
+
+def _execute_stacked(group: Sequence[_Checked]) -> list[Tensor]:
+    """One operator call for same-shaped inputs with equal parameters: every input's planes (the
+    dimensions before the pooled ones) side by side in one ``(1, planes, *spatial)`` batch."""
+    first = group[0]
+    shape = tuple(first.x.shape)
+    window = first.resolved
+    dims = infer_dims(len(shape), window.get("kernel_size"), window.get("output_size"), window.get("dims"))
+    spatial = shape[len(shape) - dims :]
+    with torch.inference_mode():
+        planes = torch.stack([c.x for c in group]).to(first.device).reshape(1, -1, *spatial)
+        pooled = first.spec.run(planes, {**window, "dims": dims}, training=first.training).cpu()
+    outputs = pooled.reshape(len(group), *shape[: len(shape) - dims], *pooled.shape[2:]).unbind(0)
+    return list(outputs)
 
 
 def run_pool(
@@ -146,30 +216,49 @@ def run_pool(
     Raises ``poolcore.UnknownMethodError`` for an unknown name and ``ValueError``/``TypeError`` for bad
     parameters or input, each with a message naming the problem.
     """
-    if mode not in ("eval", "train"):
-        raise ValueError(f"mode must be 'eval' or 'train' (got {mode!r})")
-    bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
-    if seed is not None and bad_seed:
-        raise ValueError(f"seed must be an integer from 0 to 2**63-1 (got {seed!r})")
-    spec = poolcore.get_spec(method)
-    resolved = spec.resolve(params)
-    check_input(x)
-    device = torch.device(device)
-    training = mode == "train"
-    generator = None
-    if training and spec.random:
-        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
-        generator = torch.Generator(device=device).manual_seed(seed)
-    else:
-        seed = None
+    checked = _check(PoolRequest(x, method, params, mode, seed, device))
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = spec.run(x.to(device), resolved, training=training, generator=generator).cpu()
-    elapsed_ms = (time.perf_counter() - start) * 1e3
-    return PoolOutcome(
-        output=output,
-        method=spec.name,
-        params={**resolved, "mode": mode, "seed": seed},
-        device=str(device),
-        elapsed_ms=elapsed_ms,
-    )
+    output = _execute(checked)
+    return checked.outcome(output, (time.perf_counter() - start) * 1e3, mode)
+
+
+def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
+    """:func:`run_pool` for each request, in order: its outcome, or the exception ``run_pool`` would raise.
+
+    Requests of a stackable method (``MethodSpec.stackable``) that draw no random numbers and agree on
+    method, resolved parameters, mode, input shape, dtype and device run as one operator call
+    (``elapsed_ms`` is then that call's time, ``batch`` the number of requests it answered). Should such a
+    call fail, its requests run one by one, so each gets its own error.
+    """
+    results: list[PoolOutcome | Exception | None] = [None] * len(requests)
+    groups: dict[Hashable, list[tuple[int, _Checked]]] = {}
+    for index, request in enumerate(requests):
+        try:
+            checked = _check(request)
+        except Exception as error:
+            results[index] = error
+            continue
+        key = checked.batch_key()
+        groups.setdefault(index if key is None else key, []).append((index, checked))
+    for members in groups.values():
+        if len(members) > 1:
+            start = time.perf_counter()
+            try:
+                outputs = _execute_stacked([checked for _, checked in members])
+            except Exception:
+                pass  # run them one by one below, each raising its own error
+            else:
+                elapsed_ms = (time.perf_counter() - start) * 1e3
+                for (index, checked), output in zip(members, outputs, strict=True):
+                    results[index] = checked.outcome(output, elapsed_ms, requests[index].mode, len(members))
+                continue
+        for index, checked in members:
+            start = time.perf_counter()
+            try:
+                output = _execute(checked)
+            except Exception as error:
+                results[index] = error
+            else:
+                elapsed_ms = (time.perf_counter() - start) * 1e3
+                results[index] = checked.outcome(output, elapsed_ms, requests[index].mode)
+    return cast(list[PoolOutcome | Exception], results)  # every slot was filled above

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .info import info_router
-from .pool import pool_router
+from .pool import pool_routes
 
-__all__ = ["info_router", "pool_router"]
+__all__ = ["info_router", "pool_routes"]

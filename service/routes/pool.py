@@ -1,58 +1,61 @@
 """``POST /pool/{method}``: one route for every registered method and preset.
 
-The handler only reads the body; decoding, pooling and encoding run in a worker thread, at most
-``max_concurrency`` at once, so the event loop stays free for ``/health`` and other requests.
+The handler only reads the body; decoding, pooling and encoding run in the app's torch worker threads
+(:mod:`service.workers`), so the event loop stays free for ``/health`` and other requests. Requests that
+queue up together are handled as one batch (:func:`_answer_batch`): small same-shaped ones that ask the
+same deterministic question share one operator call.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 import poolcore
 
 from .. import codecs
 from ..body import read_body
-from ..codecs import Kind, Limits
-from ..docs import pool_openapi
+from ..codecs import Decoded, Kind, Limits
+from ..metrics import Metrics
 from ..params import gather, split_run_options
-from ..pooling import poolcore_errors, run_limited, run_pool
+from ..pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
 
-__all__ = ["pool_router"]
-
-
-def _method_enum(schema: dict[str, Any]) -> None:
-    schema["enum"] = poolcore.methods()  # documented, not validated: an unknown name is a 404
+__all__ = ["pool", "pool_routes"]
 
 
-MethodName = Annotated[
-    str,
-    Path(description="A registered method or preset (see GET /methods).", json_schema_extra=_method_enum),
-]
 _EARLY_KIND: dict[str, Kind] = {"json": "json", "npy": "npy", "image": "png"}
 
 
-def _process(
-    method: str,
-    body: bytes,
-    content_type: str | None,
-    accept: str | None,
-    query: list[tuple[str, str]],
-    limits: Limits,
-    request: Request,
-) -> Response:
-    """decode → run → encode, in a worker thread."""
-    decoded = codecs.decode(body, content_type, limits)
-    kind = codecs.negotiate(accept, decoded.kind)
-    params, mode, seed = split_run_options(gather(query, decoded.form, decoded.params))
-    state = request.app.state
-    with poolcore_errors():
-        outcome = run_pool(decoded.tensor, method, params, mode=mode, seed=seed, device=state.device)
-    state.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3)
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs to answer one request."""
+
+    method: str
+    body: bytes | bytearray
+    content_type: str | None
+    accept: str | None
+    query: list[tuple[str, str]]
+    limits: Limits
+    device: Any
+    metrics: Metrics
+
+
+def _decode(job: _Job) -> tuple[Decoded, Kind, PoolRequest]:
+    decoded = codecs.decode(job.body, job.content_type, job.limits)
+    kind = codecs.negotiate(job.accept, decoded.kind)
+    params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
+    return decoded, kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
+
+
+def _encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
+    job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3)
     headers = {
         "X-Pool-Method": outcome.method,
         "X-Pool-Params": orjson.dumps(outcome.params).decode(),
@@ -60,56 +63,65 @@ def _process(
         "X-Pool-Dtype": str(outcome.output.dtype).removeprefix("torch."),
         "X-Pool-Device": outcome.device,
         "X-Pool-Elapsed-Ms": f"{outcome.elapsed_ms:.3f}",
+        "X-Pool-Batch": str(outcome.batch),
     }
     if outcome.params.get("seed") is not None:
         headers["X-Pool-Seed"] = str(outcome.params["seed"])
     return codecs.encode(kind, outcome.output, outcome.method, outcome.params, headers)
 
 
-def pool_router() -> APIRouter:
-    """Built per app, so the OpenAPI description lists the methods registered at that time."""
-    router = APIRouter(tags=["pooling"])
+def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
+    """decode → pool (same-question requests in one call) → encode, in a worker thread; each job gets its
+    response or the exception that becomes its error response."""
+    answers: list[Response | Exception | None] = [None] * len(jobs)
+    decoded: list[tuple[int, Kind]] = []
+    requests: list[PoolRequest] = []
+    for index, job in enumerate(jobs):
+        try:
+            _, kind, request = _decode(job)
+        except Exception as error:
+            answers[index] = error
+            continue
+        decoded.append((index, kind))
+        requests.append(request)
+    outcomes = pool_many(requests)
+    for (index, kind), outcome in zip(decoded, outcomes, strict=True):
+        try:
+            if isinstance(outcome, Exception):
+                with poolcore_errors():
+                    raise outcome
+            answers[index] = _encode(jobs[index], kind, outcome)
+        except Exception as error:
+            answers[index] = error
+    return [answer if answer is not None else RuntimeError("unanswered") for answer in answers]
 
-    @router.post(
-        "/pool/{method}",
-        summary="Pool a tensor or an image with one method",
-        response_class=Response,
-        **pool_openapi(),
-    )
-    async def pool(
-        method: MethodName,
-        request: Request,
-    ) -> Response:
-        spec = poolcore.get_spec(method)  # 404 listing the known names
-        request.state.pool_method = spec.name
-        content_type = request.headers.get("content-type")
-        family = codecs.request_family(content_type)  # 415 before reading the body
-        accept = request.headers.get("accept")
-        if family in _EARLY_KIND:
-            codecs.negotiate(accept, _EARLY_KIND[family])  # 406 before reading the body
-        start = time.perf_counter()
-        body = await read_body(request)  # the middleware enforces the size limit while it streams in
-        read = time.perf_counter()
-        state = request.app.state
-        limits = Limits(state.settings.max_elements, state.settings.max_image_pixels)
-        query = list(request.query_params.multi_items())
-        result: Response = await run_limited(
-            state.limiter,
-            state.executor,
-            _process,
-            spec.name,
-            body,
-            content_type,
-            accept,
-            query,
-            limits,
-            request,
-        )
-        done = time.perf_counter()
-        # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
-        result.headers["Server-Timing"] = (
-            f"read;dur={(read - start) * 1e3:.3f}, run;dur={(done - read) * 1e3:.3f}"
-        )
-        return result
 
-    return router
+async def pool(request: Request) -> Response:
+    """``POST /pool/{method}``: read the body here, answer it in a worker thread (see _answer_batch)."""
+    spec = poolcore.get_spec(request.path_params["method"])  # 404 listing the known names
+    request.state.pool_method = spec.name
+    content_type = request.headers.get("content-type")
+    family = codecs.request_family(content_type)  # 415 before reading the body
+    accept = request.headers.get("accept")
+    if family in _EARLY_KIND:
+        codecs.negotiate(accept, _EARLY_KIND[family])  # 406 before reading the body
+    start = time.perf_counter()
+    body = await read_body(request)  # the middleware enforces the size limit while it streams in
+    read = time.perf_counter()
+    state = request.app.state
+    query = list(request.query_params.multi_items()) if request.scope["query_string"] else []
+    job = _Job(spec.name, body, content_type, accept, query, state.limits, state.device, state.metrics)
+    result: Response = await state.workers.run_batched(_answer_batch, job, len(body))
+    done = time.perf_counter()
+    # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
+    timing = f"read;dur={(read - start) * 1e3:.3f}, run;dur={(done - read) * 1e3:.3f}"
+    result.raw_headers.append((b"server-timing", timing.encode("latin-1")))
+    return result
+
+
+def pool_routes() -> list[BaseRoute]:
+    """``POST /pool/{method}`` as a plain Starlette route. It takes only the Request, so FastAPI's
+    per-request machinery (dependency solving, exit stacks, telemetry) would add nothing but time: about
+    a third of a small request's cost on the event loop. Its OpenAPI entry is
+    :func:`service.docs.pool_operation`, which the app adds to the schema."""
+    return [Route("/pool/{method}", pool, methods=["POST"], name="pool")]

@@ -2,20 +2,19 @@
 service's own messages.
 
 Everything here is synchronous on purpose: Gradio runs sync handlers in anyio worker threads, off the event
-loop, and from there the torch work takes a token of the same limiter as the route
-(:func:`service.pooling.hold_token`). Images go through the service's own image codec, limits included.
+loop, and from there hand their torch work to the same worker threads as the route
+(:meth:`service.workers.TorchWorkers.call`), so page and route share one concurrency limit. Images go
+through the service's own image codec, limits included.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import anyio
 import torch
 from PIL import Image
 from torch import Tensor
@@ -27,7 +26,8 @@ from ..codecs import image as image_codec
 from ..codecs.base import check_elements
 from ..config import Settings
 from ..errors import ServiceError
-from ..pooling import PoolOutcome, hold_token, poolcore_errors, run_pool
+from ..pooling import PoolOutcome, poolcore_errors, run_pool
+from ..workers import TorchWorkers
 from .controls import fields_of, window_forms
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "pool_image",
     "pool_tensor",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger("poolserve.ui")
 
@@ -60,11 +62,11 @@ class PageError(Exception):
 @dataclass(frozen=True)
 class Runtime:
     """Where the page's torch work runs, what it may take and how many run at once, read from the app at
-    call time (the lifespan sets the device and limiter; settings may be absent)."""
+    call time (the lifespan sets the device and the worker threads; settings may be absent)."""
 
     device: Callable[[], torch.device | str]
     setting: Callable[[str], Any]
-    limiter: Callable[[], anyio.CapacityLimiter | None] = lambda: None
+    workers: Callable[[], TorchWorkers | None] = lambda: None
 
     @classmethod
     def of_state(cls, state: Any) -> Runtime:
@@ -74,10 +76,10 @@ class Runtime:
         def setting(name: str) -> Any:
             return getattr(getattr(state, "settings", None), name, None)
 
-        def limiter() -> anyio.CapacityLimiter | None:
-            return getattr(state, "limiter", None)
+        def workers() -> TorchWorkers | None:
+            return getattr(state, "workers", None)
 
-        return cls(device=device, setting=setting, limiter=limiter)
+        return cls(device=device, setting=setting, workers=workers)
 
     def limits(self) -> Limits:
         """The codecs' limits from the settings; one that is absent takes the service's default."""
@@ -88,9 +90,11 @@ class Runtime:
 
         return Limits(value("max_elements"), value("max_image_pixels"))
 
-    def slot(self) -> AbstractContextManager[None]:
-        """One token of the route's concurrency limit, held while torch works."""
-        return hold_token(self.limiter())
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (torch work) in one of the route's worker threads, under the route's concurrency limit;
+        in this thread where there are none (an app whose lifespan has not run)."""
+        workers = self.workers()
+        return fn() if workers is None else workers.call(fn)
 
 
 def guard(fn: Callable[[], Any]) -> Any:
@@ -130,8 +134,7 @@ def pool_tensor(
     seed: int | None = None,
 ) -> PoolOutcome:
     """``run_pool`` on the app's device, with the service's limits, concurrency limit and error messages."""
-    with runtime.slot():
-        return _pool(runtime, x, method, params, mode, seed)
+    return runtime.run(lambda: _pool(runtime, x, method, params, mode, seed))
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,14 @@ def pool_image(
     if image is None:
         raise PageError(400, "no image: upload one or pick an example")
     body = image if isinstance(image, bytes) else guard(lambda: Path(image).read_bytes())
-    with runtime.slot():
+
+    def work() -> ImageResult:
         x: Tensor = guard(lambda: image_codec.decode(body, runtime.limits()))
         outcome = _pool(runtime, x, method, params, mode, seed)
         pooled: Image.Image = guard(lambda: image_codec.to_image(outcome.output))
-    return ImageResult(pooled, tuple(x.shape), outcome)
+        return ImageResult(pooled, tuple(x.shape), outcome)
+
+    return runtime.run(work)
 
 
 def compare_params(method: str, kernel_size: Any, output_size: Any) -> dict[str, Any]:

@@ -635,12 +635,13 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                         f"over the limit of {MAX_DRAW_ELEMENTS}; use fewer draws or a smaller matrix",
                     )
                 plotted = windows[:MAX_PLOTTED_WINDOWS]
-                with runtime.slot():  # the draws are torch work too
-                    counts = guard(
+                counts = runtime.run(  # the draws are torch work too
+                    lambda: guard(
                         lambda: sample_counts(
                             x, method, params, plotted, draws=n, seed=draw_seed, device=runtime.device()
                         )
                     )
+                )
             except PageError as error:
                 text += f"\n\n{error.markdown()}"
             else:

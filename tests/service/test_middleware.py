@@ -98,7 +98,6 @@ def test_client_disconnect_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     }
 
     async def run() -> None:
-        app.state.limiter = anyio.CapacityLimiter(1)  # what the lifespan would set
         await app(scope, receive, send)
 
     with caplog.at_level(logging.INFO, "poolserve"):

@@ -1,17 +1,12 @@
-"""run_pool, the entry point shared by the route and the UI."""
+"""run_pool, the entry point shared by the route and the UI, and pool_many, the route's batch path."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import anyio
 import pytest
 import torch
 
 import poolcore
-from service.pooling import run_limited, run_pool
+from service.pooling import PoolOutcome, PoolRequest, pool_many, run_pool
 
 from .support import default_params
 
@@ -73,27 +68,99 @@ def test_non_random_train_mode_has_no_seed() -> None:
     assert out.params["mode"] == "train" and out.params["seed"] is None
 
 
-def test_run_limited_keeps_the_token_until_a_cancelled_call_finishes() -> None:
-    """Cancelling the caller must not free the limiter's token while the thread still runs the work
-    (else more than max_concurrency calls could run at once)."""
-    started, release = threading.Event(), threading.Event()
+# Shapes of every accepted rank and window form: 1d unbatched/batched, 2d single-channel/unbatched/batched,
+# 3d batched; each (shape, params) pair is valid for every method that takes a sliding window.
+_SHAPES = [
+    ((7,), {"kernel_size": 2}),
+    ((3, 9), {"kernel_size": 3, "stride": 2}),
+    ((5, 6), {"kernel_size": 2}),
+    ((2, 5, 7), {"kernel_size": 2, "ceil_mode": True}),
+    ((2, 3, 6, 6), {"kernel_size": 3, "padding": 1}),
+    ((1, 2, 4, 5, 6), {"kernel_size": 2}),
+]
 
-    def work() -> str:
-        started.set()
-        release.wait(10)
-        return "done"
 
-    async def scenario() -> tuple[int, int]:
-        limiter = anyio.CapacityLimiter(1)
-        with ThreadPoolExecutor(1) as executor:
-            task = asyncio.ensure_future(run_limited(limiter, executor, work))
-            await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
-            task.cancel()
-            await asyncio.sleep(0.05)
-            held_while_running = limiter.borrowed_tokens
-            release.set()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return held_while_running, limiter.borrowed_tokens
+def _sliding(method: str) -> bool:
+    return "kernel_size" in poolcore.get_spec(method).params.model_fields
 
-    assert asyncio.run(scenario()) == (1, 0)
+
+@pytest.mark.parametrize("method", [m for m in poolcore.methods() if _sliding(m)])
+@pytest.mark.parametrize(("shape", "params"), _SHAPES)
+def test_pool_many_batch_gives_each_request_its_own_bytes(
+    method: str, shape: tuple[int, ...], params: dict[str, object]
+) -> None:
+    """Requests that share one operator call get exactly what each would get from run_pool alone."""
+    generator = torch.Generator().manual_seed(1)
+    xs = [torch.rand(shape, generator=generator) + 0.1 for _ in range(4)]
+    outcomes = pool_many([PoolRequest(x, method, params) for x in xs])
+    for x, outcome in zip(xs, outcomes, strict=True):
+        assert isinstance(outcome, PoolOutcome)
+        alone = run_pool(x, method, params)
+        assert outcome.output.shape == alone.output.shape
+        assert torch.equal(outcome.output, alone.output)
+        assert outcome.params == alone.params and outcome.method == alone.method
+        # Stackable methods really shared one call (else this test would compare run_pool with itself).
+        assert outcome.batch == (len(xs) if poolcore.get_spec(method).stackable else 1)
+
+
+@pytest.mark.parametrize("method", ["global_avg", "global_max"])
+def test_pool_many_batches_global_presets(method: str) -> None:
+    xs = [torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    outcomes = pool_many([PoolRequest(x, method) for x in xs])
+    for x, outcome in zip(xs, outcomes, strict=True):
+        assert isinstance(outcome, PoolOutcome)
+        assert torch.equal(outcome.output, run_pool(x, method).output)
+        assert outcome.batch == len(xs)
+
+
+def test_pool_many_keeps_each_request_apart_where_they_differ() -> None:
+    """Different shapes, parameters, and bad requests in one batch: each answered as run_pool would."""
+    generator = torch.Generator().manual_seed(2)
+    good = torch.rand(1, 2, 6, 6, generator=generator)
+    requests = [
+        PoolRequest(good, "avg", {"kernel_size": 2}),
+        PoolRequest(good, "avg", {"kernel_size": 3}),
+        PoolRequest(good[:, :1], "avg", {"kernel_size": 2}),
+        PoolRequest(torch.full((1, 1, 4, 4), float("nan")), "avg", {"kernel_size": 2}),
+        PoolRequest(good, "avg", {"kernel_size": 9}),  # window larger than the input
+        PoolRequest(good, "nope"),
+        PoolRequest(good, "avg", {"kernel_size": 2}, mode="sideways"),  # type: ignore[arg-type]
+        PoolRequest(good, "max", {"kernel_size": 2}),
+    ]
+    outcomes = pool_many(requests)
+    assert len(outcomes) == len(requests)
+    for request, outcome in zip(requests, outcomes, strict=True):
+        try:
+            alone: PoolOutcome | Exception = run_pool(
+                request.x, request.method, request.params, mode=request.mode, seed=request.seed
+            )
+        except Exception as error:
+            alone = error
+        if isinstance(alone, Exception):
+            assert type(outcome) is type(alone) and str(outcome) == str(alone)
+        else:
+            assert isinstance(outcome, PoolOutcome) and torch.equal(outcome.output, alone.output)
+
+
+def test_pool_many_failing_batch_gives_each_request_its_error() -> None:
+    """Same shape and parameters, so one call, which fails (the window is larger than the input): each
+    request still gets the error run_pool raises."""
+    xs = [torch.rand(1, 1, 2, 2) for _ in range(3)]
+    outcomes = pool_many([PoolRequest(x, "avg", {"kernel_size": 3}) for x in xs])
+    with pytest.raises(ValueError) as alone:
+        run_pool(xs[0], "avg", {"kernel_size": 3})
+    assert [str(o) for o in outcomes] == [str(alone.value)] * 3
+
+
+@pytest.mark.parametrize("method", [m for m in poolcore.methods() if poolcore.get_spec(m).random])
+def test_pool_many_random_train_requests_keep_their_seeds(method: str) -> None:
+    """Train mode of a random method is never batched: a seeded request reproduces run_pool exactly, and
+    two requests with the same seed agree."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    params = {"kernel_size": 2}
+    requests = [PoolRequest(x, method, params, "train", seed) for seed in (5, 6, 5)]
+    outcomes = pool_many(requests)
+    assert all(isinstance(o, PoolOutcome) for o in outcomes)
+    first, second, third = (o.output for o in outcomes if isinstance(o, PoolOutcome))
+    assert torch.equal(first, run_pool(x, method, params, mode="train", seed=5).output)
+    assert torch.equal(first, third) and not torch.equal(first, second)

@@ -484,8 +484,8 @@ class _OneSize(BaseModel):
 @pytest.mark.parametrize("first", ["route", "page"])
 def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     """With ``max_concurrency=1``, a call held inside the operator (from the route or the page) makes the
-    other wait at the app's limiter instead of entering the operator. No timing: the waiting call is seen
-    in the limiter's statistics, and the count of operator entries is checked while it waits."""
+    other wait in the app's worker queue instead of entering the operator. No timing: the waiting call is
+    seen in the queue, and the count of operator entries is checked while it waits."""
     entries: list[str] = []
     release = threading.Event()
 
@@ -501,7 +501,7 @@ def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPa
     app = create_app(Settings(device="cpu", max_concurrency=1))
     results: dict[str, Any] = {}
     with TestClient(app) as client:
-        limiter = app.state.limiter
+        workers = app.state.workers
         portal = client.portal
         assert portal is not None  # set while the client is open
         runtime = Runtime.of_state(app.state)
@@ -521,13 +521,12 @@ def test_route_and_page_share_one_concurrency_limit(monkeypatch: pytest.MonkeyPa
             threads[first].start()
             _wait_for(lambda: len(entries) == 1, "the first call to enter the operator")
             threads[second].start()
-            # Either it queues at the limiter, or (without a shared limit) it runs into the operator.
+            # Either it queues for the one worker thread, or (without a shared limit) it enters the operator.
             _wait_for(
-                lambda: limiter.statistics().tasks_waiting == 1 or len(entries) > 1,
+                lambda: workers.pending() == 1 or len(entries) > 1,
                 "the second call to queue or to enter",
             )
-            assert len(entries) == 1  # the second call waits at the limiter, not in the operator
-            assert limiter.statistics().borrowed_tokens == 1
+            assert len(entries) == 1  # the second call waits in the queue, not in the operator
         finally:
             release.set()
             for thread in threads.values():

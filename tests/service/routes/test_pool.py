@@ -344,7 +344,7 @@ class TestErrorBoundary:
         def boom(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(pool_route, "run_pool", boom)
+        monkeypatch.setattr(pool_route, "pool_many", boom)
         with TestClient(create_app(test_settings())) as client, caplog.at_level(logging.ERROR, "poolserve"):
             r = client.post(
                 "/pool/avg",
@@ -357,20 +357,22 @@ class TestErrorBoundary:
         assert any("req-123" in rec.getMessage() and rec.exc_info for rec in caplog.records)
 
     def test_health_answers_while_pool_work_is_blocked(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Fill every worker slot with a blocked request; /health must still answer, and no more than
-        max_concurrency requests may be inside run_pool at once."""
+        """Fill every worker thread with a blocked request; /health must still answer, and no more than
+        max_concurrency threads may be pooling at once (each may hold a batch of requests)."""
         release = threading.Event()
-        inside: list[int] = []
+        inside: list[int] = []  # requests inside pool_many, one entry per call
+        threads: set[str] = set()
         lock = threading.Lock()
-        real = pool_route.run_pool
+        real = pool_route.pool_many
 
-        def blocking(*args: Any, **kwargs: Any) -> Any:
+        def blocking(requests: Any) -> Any:
             with lock:
-                inside.append(1)
+                inside.append(len(requests))
+                threads.add(threading.current_thread().name)
             release.wait(30)
-            return real(*args, **kwargs)
+            return real(requests)
 
-        monkeypatch.setattr(pool_route, "run_pool", blocking)
+        monkeypatch.setattr(pool_route, "pool_many", blocking)
         with TestClient(create_app(test_settings(max_concurrency=2))) as client:
             body = {"data": X.tolist(), "params": {"kernel_size": 2}}
             results: list[int] = []
@@ -383,7 +385,7 @@ class TestErrorBoundary:
             for w in workers:
                 w.start()
             for _ in range(200):
-                if len(inside) >= 2:
+                if len(inside) >= 2 or sum(inside) >= 3:
                     break
                 threading.Event().wait(0.05)
             health: list[int] = []
@@ -391,7 +393,7 @@ class TestErrorBoundary:
             probe.start()
             probe.join(20)
             assert health == [200], "/health did not answer while pool requests were running"
-            assert len(inside) == 2, "the concurrency limit let more than max_concurrency in"
+            assert len(inside) <= 2 and len(threads) <= 2, "more than max_concurrency threads pooled at once"
             assert not results
             release.set()
             for w in workers:
@@ -418,3 +420,49 @@ def test_npy_body_reaches_the_codec_writable(client: TestClient, monkeypatch: py
         assert r.status_code == 200
         np.testing.assert_allclose(_decode(r), expected, rtol=1e-6)
     assert seen == [bytearray, bytes]
+
+
+@pytest.mark.parametrize("method", ["avg", "stochastic", "lp"])
+def test_queued_requests_are_answered_together_each_with_its_own_result(method: str) -> None:
+    """With the one worker thread held, requests queue up; released, they are answered in one batch.
+    Same-shape inputs of a stackable method share one operator call (X-Pool-Batch), a different shape
+    runs on its own, lp (not stackable) runs one by one; every answer equals poolcore on its own input."""
+    generator = torch.Generator().manual_seed(7)
+    inputs = [torch.rand(1, 2, 6, 6, generator=generator) + 0.1 for _ in range(4)]
+    inputs.append(torch.rand(1, 2, 8, 8, generator=generator) + 0.1)  # another shape
+    gate, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(30)
+
+    answers: dict[int, Any] = {}
+    with TestClient(create_app(test_settings(max_concurrency=1))) as client:
+        workers = client.app.state.workers  # type: ignore[attr-defined]
+        holder = threading.Thread(target=workers.call, args=(hold,))
+        holder.start()
+        assert started.wait(30)
+
+        def post(i: int) -> None:
+            body = {"data": inputs[i].tolist(), "params": {"kernel_size": 2}}
+            answers[i] = client.post(f"/pool/{method}", json=body)
+
+        senders = [threading.Thread(target=post, args=(i,)) for i in range(len(inputs))]
+        for sender in senders:
+            sender.start()
+        for _ in range(600):
+            if workers.pending() == len(inputs):
+                break
+            threading.Event().wait(0.05)
+        assert workers.pending() == len(inputs), "the requests did not all queue behind the held worker"
+        gate.set()
+        for thread in (holder, *senders):
+            thread.join(30)
+    stackable = poolcore.get_spec(method).stackable
+    for i, x in enumerate(inputs):
+        r = answers[i]
+        assert r.status_code == 200, r.text
+        expected = poolcore.pool(x, method, kernel_size=2)  # eval: deterministic for every method
+        assert torch.equal(torch.tensor(r.json()["data"]), expected)
+        same_shape = sum(1 for y in inputs if y.shape == x.shape)
+        assert r.headers["x-pool-batch"] == str(same_shape if stackable else 1)

@@ -1,0 +1,212 @@
+"""The threads that do all of the service's torch work, for the route and the browser UI alike.
+
+``max_concurrency`` threads take jobs from one FIFO queue, so at most that many run at once and a request
+waiting its turn holds no thread. A thread that wakes up takes every small job waiting (up to
+:data:`MAX_BATCH` jobs and :data:`BATCH_BYTES` of input; a large job always goes alone), and hands jobs that
+share a batch function to it in one call: the route's batch function runs same-shaped, same-parameter
+requests as one operator call (see :func:`service.pooling.pool_many`). Under light load every batch is one
+job; under a burst of small requests the costs that are per hand-off, not per request, are shared:
+
+- the event loop wakes a thread once per pass of the loop, after every request that pass started has
+  queued its job, and results come back in one ``call_soon_threadsafe`` per batch;
+- the most recently idle thread is woken first, so one warm thread (CPU caches, its OpenMP team) keeps
+  the work rather than every thread in turn;
+- every hand-off of the GIL between the loop and a worker costs both of them; a batch has a few per
+  operator call instead of a few per request.
+
+A job whose caller was cancelled before the job started is dropped; one that has started runs to the end
+(a thread cannot be interrupted), so the bound on concurrent work holds whatever callers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = ["BATCH_BYTES", "MAX_BATCH", "BatchFn", "TorchWorkers"]
+
+T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the item type of a batch function
+
+# An item's result, or the exception to raise to its caller, in the items' order.
+BatchFn = Callable[[Sequence[I]], Sequence[Any]]
+
+MAX_BATCH = 64  # jobs one thread takes at once
+BATCH_BYTES = 256 * 1024  # a thread stops taking more once the jobs it took carry this much input
+
+
+@dataclass(eq=False)
+class _Job(Generic[I]):
+    batch_fn: BatchFn[I]
+    item: I
+    size: int  # input bytes, to keep large jobs out of batches
+    # An asyncio future for a caller on an event loop, a concurrent one for a blocking caller.
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+    def claim(self) -> bool:
+        """Whether the job should still run: its caller has not given up on it."""
+        if isinstance(self.future, concurrent.futures.Future):
+            return self.future.set_running_or_notify_cancel()
+        # Read from a worker thread: at worst a job cancelled right now runs, and its result is dropped.
+        return not self.future.cancelled()
+
+
+def _call_each(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """The batch function of plain calls: each on its own, an exception going to its own caller."""
+    results: list[Any] = []
+    for call in calls:
+        try:
+            results.append(call())
+        except Exception as error:
+            results.append(error)
+    return results
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    """On the event loop: hand each finished job's result (or exception) to its waiting caller."""
+    for future, result in results:
+        if future.done():  # cancelled while it ran
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+class TorchWorkers:
+    """``threads`` threads running jobs in arrival order, taking small jobs in batches."""
+
+    def __init__(self, threads: int, *, name: str = "poolserve-torch") -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1 (got {threads})")
+        self._jobs: deque[_Job[Any]] = deque()
+        self._lock = threading.Lock()
+        # Idle threads, the most recently idle last: waking that one keeps a warm thread (CPU caches, its
+        # OpenMP team) on the work instead of rotating it through every thread.
+        self._idle: list[threading.Event] = []
+        self._closed = False
+        self._wakes: set[asyncio.AbstractEventLoop] = set()  # loops with a _wake due (see run_batched)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}_{index}", daemon=True)
+            for index in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def pending(self) -> int:
+        """Jobs waiting for a thread (not counting those running)."""
+        with self._lock:
+            return len(self._jobs)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, awaited from the event loop."""
+        return await self.run_batched(_call_each, lambda: fn(*args))
+
+    async def run_batched(self, batch_fn: BatchFn[I], item: I, size: int = 0) -> Any:
+        """The result ``batch_fn`` gives ``item``, computed in a worker thread, possibly in one call with
+        other items of the same ``batch_fn``; ``size`` (input bytes) keeps large items out of batches."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # Wake a thread once per event-loop pass, after every request that pass started has queued its
+        # job: waking a thread per job costs a futex call each, and the woken thread would take one job.
+        self._put(_Job(batch_fn, item, size, future), wake=False)
+        if loop not in self._wakes:
+            self._wakes.add(loop)
+            loop.call_soon(self._wake, loop)
+        return await future
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, waited for by the calling thread (which must not be a worker
+        or run an event loop); how the UI's handlers, already off the loop, share the route's threads."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._put(_Job(_call_each, lambda: fn(*args), 0, future))
+        return future.result()
+
+    def close(self) -> None:
+        """Stop taking jobs; the threads finish those already queued, then exit (see :meth:`join`)."""
+        with self._lock:
+            self._closed = True
+            while self._idle:
+                self._idle.pop().set()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _put(self, job: _Job[Any], *, wake: bool = True) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the torch workers are shut down")
+            self._jobs.append(job)
+            if wake and self._idle:  # busy threads come back for it without being woken
+                self._idle.pop().set()
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wakes.discard(loop)
+        with self._lock:
+            if self._jobs and self._idle:
+                self._idle.pop().set()
+
+    def _take(self, idle: threading.Event) -> list[_Job[Any]] | None:
+        """The next job and the small ones queued behind it; None once closed and drained."""
+        while True:
+            with self._lock:
+                if self._jobs:
+                    return self._pop_batch()
+                if self._closed:
+                    return None
+                idle.clear()
+                self._idle.append(idle)
+            idle.wait()
+
+    def _pop_batch(self) -> list[_Job[Any]]:
+        """Under the lock: the first job, and the small ones behind it."""
+        jobs = [self._jobs.popleft()]
+        total = jobs[0].size
+        while self._jobs and len(jobs) < MAX_BATCH and total + self._jobs[0].size <= BATCH_BYTES:
+            total += self._jobs[0].size
+            jobs.append(self._jobs.popleft())
+        if self._jobs and self._idle:
+            self._idle.pop().set()  # more left than this thread took: wake another
+        return jobs
+
+    def _work(self) -> None:
+        idle = threading.Event()
+        while (jobs := self._take(idle)) is not None:
+            groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
+            for job in jobs:
+                if job.claim():
+                    groups.setdefault(job.batch_fn, []).append(job)
+            for batch_fn, group in groups.items():
+                try:
+                    results = list(batch_fn([job.item for job in group]))
+                    if len(results) != len(group):
+                        raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
+                except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
+                    results = [error] * len(group)
+                self._deliver(group, results)
+
+    @staticmethod
+    def _deliver(group: list[_Job[Any]], results: list[Any]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for job, result in zip(group, results, strict=True):
+            if isinstance(job.future, concurrent.futures.Future):
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+            else:
+                by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: its callers are gone
+                loop.call_soon_threadsafe(_settle, settled)

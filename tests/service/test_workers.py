@@ -1,0 +1,238 @@
+"""TorchWorkers: the threads that run all torch work, FIFO, at most ``threads`` at once, small jobs batched.
+
+No timing: each test holds the worker threads on an Event, queues jobs behind them, and checks what the
+threads did once released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from service.workers import BATCH_BYTES, MAX_BATCH, TorchWorkers
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        threading.Event().wait(0.025)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Gate:
+    """A job that holds its worker thread until released; ``started`` is set once it runs."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> None:
+        self.started.set()
+        self.release.wait(10)
+
+    async def hold(self, workers: TorchWorkers) -> asyncio.Future[None]:
+        """Occupy one thread of ``workers`` (awaited to the point where it runs)."""
+        held = asyncio.ensure_future(workers.run(self))
+        await asyncio.to_thread(self.started.wait, 10)
+        return held
+
+
+class Recorder:
+    """A batch function that records each call's items and answers each item with ``item * 10``, or
+    returns the item itself where it is an exception."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+
+    def __call__(self, items: Sequence[Any]) -> list[Any]:
+        self.calls.append(list(items))
+        return [item if isinstance(item, Exception) else item * 10 for item in items]
+
+
+def test_run_returns_the_result_and_raises_the_error() -> None:
+    workers = TorchWorkers(1)
+
+    def fail() -> None:
+        raise ValueError("bad value 7")
+
+    async def scenario() -> int:
+        with pytest.raises(ValueError, match="bad value 7"):
+            await workers.run(fail)
+        return await workers.run(lambda a, b: a + b, 2, 3)
+
+    try:
+        assert asyncio.run(scenario()) == 5
+        assert workers.call(lambda: threading.current_thread().name).startswith("poolserve-torch_")
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_queued_small_jobs_reach_the_batch_function_in_one_call_in_order() -> None:
+    workers = TorchWorkers(1)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def scenario() -> list[Any]:
+        blocker = await gate.hold(workers)
+        tasks = [asyncio.ensure_future(workers.run_batched(recorder, item, 8)) for item in range(5)]
+        await asyncio.to_thread(_wait_for, lambda: workers.pending() == 5, "five queued jobs")
+        gate.release.set()
+        await blocker
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        assert asyncio.run(scenario()) == [0, 10, 20, 30, 40]
+        assert recorder.calls == [[0, 1, 2, 3, 4]]
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_large_jobs_and_long_queues_are_split() -> None:
+    """A job over BATCH_BYTES runs alone; no batch exceeds MAX_BATCH jobs; results still match items."""
+    workers = TorchWorkers(1)
+    gate = Gate()
+    recorder = Recorder()
+    sizes = [BATCH_BYTES + 1, 1, 1] + [1] * (MAX_BATCH + 3)
+
+    async def scenario() -> list[Any]:
+        blocker = await gate.hold(workers)
+        tasks = [
+            asyncio.ensure_future(workers.run_batched(recorder, i, size)) for i, size in enumerate(sizes)
+        ]
+        await asyncio.to_thread(_wait_for, lambda: workers.pending() == len(sizes), "the queued jobs")
+        gate.release.set()
+        await blocker
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        assert asyncio.run(scenario()) == [10 * i for i in range(len(sizes))]
+        assert recorder.calls[0] == [0]  # the large one alone
+        assert all(len(call) <= MAX_BATCH for call in recorder.calls)
+        assert [item for call in recorder.calls for item in call] == list(range(len(sizes)))
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_an_item_error_goes_to_its_own_caller_only() -> None:
+    workers = TorchWorkers(1)
+    recorder = Recorder()
+
+    async def scenario() -> list[Any]:
+        items: list[Any] = [1, KeyError("item 2"), 3]
+        return list(
+            await asyncio.gather(
+                *(workers.run_batched(recorder, item) for item in items), return_exceptions=True
+            )
+        )
+
+    try:
+        first, second, third = asyncio.run(scenario())
+        assert (first, third) == (10, 30)
+        assert isinstance(second, KeyError) and second.args == ("item 2",)
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_a_broken_batch_function_fails_every_caller_of_its_batch() -> None:
+    workers = TorchWorkers(1)
+
+    def short(items: Sequence[int]) -> list[int]:
+        return list(items)[:-1]  # one result too few
+
+    async def scenario() -> list[Any]:
+        return list(
+            await asyncio.gather(*(workers.run_batched(short, i) for i in range(1)), return_exceptions=True)
+        )
+
+    try:
+        (error,) = asyncio.run(scenario())
+        assert isinstance(error, RuntimeError) and "0 results for 1 items" in str(error)
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_a_job_cancelled_while_queued_never_runs() -> None:
+    workers = TorchWorkers(1)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        blocker = await gate.hold(workers)
+        cancelled = asyncio.ensure_future(workers.run_batched(recorder, 1))
+        kept = asyncio.ensure_future(workers.run_batched(recorder, 2))
+        await asyncio.to_thread(_wait_for, lambda: workers.pending() == 2, "two queued jobs")
+        cancelled.cancel()
+        gate.release.set()
+        await blocker
+        assert await kept == 20
+        assert cancelled.cancelled()
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[2]]
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_no_more_than_threads_jobs_run_at_once() -> None:
+    """Six blocking calls from six threads on two workers: two run, four wait in the queue."""
+    workers = TorchWorkers(2)
+    release = threading.Event()
+    running: list[str] = []
+    lock = threading.Lock()
+
+    def job() -> None:
+        with lock:
+            running.append(threading.current_thread().name)
+        release.wait(10)
+
+    callers = [threading.Thread(target=workers.call, args=(job,)) for _ in range(6)]
+    try:
+        for caller in callers:
+            caller.start()
+        _wait_for(lambda: len(running) == 2 and workers.pending() == 4, "two running, four queued")
+        assert len(running) == 2 and workers.pending() == 4
+    finally:
+        release.set()
+        for caller in callers:
+            caller.join(10)
+        workers.close()
+        workers.join(10)
+    assert len(running) == 6 and len(set(running)) <= 2
+
+
+def test_close_finishes_queued_jobs_then_refuses_new_ones() -> None:
+    workers = TorchWorkers(1)
+    gate = Gate()
+    done: list[int] = []
+    callers = [threading.Thread(target=workers.call, args=(gate,))]
+    callers += [threading.Thread(target=workers.call, args=(done.append, i)) for i in range(3)]
+    callers[0].start()
+    assert gate.started.wait(10)
+    for caller in callers[1:]:
+        caller.start()
+    _wait_for(lambda: workers.pending() == 3, "three queued jobs")
+    workers.close()
+    gate.release.set()
+    workers.join(10)
+    for caller in callers:
+        caller.join(10)
+    assert sorted(done) == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="shut down"):
+        workers.call(done.append, 4)
+
+
+def test_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="got 0"):
+        TorchWorkers(0)
