@@ -166,7 +166,7 @@ class RawClient:
 
 
 def paired_p50s(
-    *fns: Callable[[], object], repeats: int, warmup: int = 3, settle: float = 0.01
+    *fns: Callable[[], object], repeats: int, warmup: int = 10, settle: float = 0.01
 ) -> tuple[float, ...]:
     """p50 of each of ``fns``, timed in turn so that all see the same machine load.
 

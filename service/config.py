@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         default=4096 * 4096, description="Largest image (width × height), checked before it is decoded."
     )
     max_concurrency: Annotated[int, Field(ge=1)] = Field(
-        default=4, description="Requests decoded, pooled and encoded at once (the rest wait their turn)."
+        default=4,
+        description="Torch worker threads: requests (or batches of small ones) decoded, pooled and "
+        "encoded at once, the UI's included; the rest wait their turn in a queue.",
     )
     torch_threads: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
