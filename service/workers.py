@@ -1,11 +1,12 @@
 """The threads that do all of the service's torch work, for the route and the browser UI alike.
 
 ``max_concurrency`` threads take jobs from one FIFO queue, so at most that many run at once and a request
-waiting its turn holds no thread. A thread that wakes up takes every small job waiting (up to
-:data:`MAX_BATCH` jobs and :data:`BATCH_BYTES` of input; a large job always goes alone), and hands jobs that
-share a batch function to it in one call: the route's batch function runs same-shaped, same-parameter
-requests as one operator call (see :func:`service.pooling.pool_many`). Under light load every batch is one
-job; under a burst of small requests the costs that are per hand-off, not per request, are shared:
+waiting its turn holds no thread. A thread that wakes up takes the next job and the small jobs of the same
+batch function queued right behind it (up to :data:`MAX_BATCH` jobs and :data:`BATCH_BYTES` of input; a
+large job, and a plain call, always goes alone), and hands them to that function in one call: the route's
+batch function runs same-shaped, same-parameter requests as one operator call (see
+:func:`service.pooling.pool_many`). Under light load every batch is one job; under a burst of small
+requests the costs that are per hand-off, not per request, are shared:
 
 - the event loop wakes a thread once per pass of the loop, after every request that pass started has
   queued its job, and results come back in one ``call_soon_threadsafe`` per batch;
@@ -170,10 +171,20 @@ class TorchWorkers:
             idle.wait()
 
     def _pop_batch(self) -> list[_Job[Any]]:
-        """Under the lock: the first job, and the small ones behind it."""
-        jobs = [self._jobs.popleft()]
-        total = jobs[0].size
-        while self._jobs and len(jobs) < MAX_BATCH and total + self._jobs[0].size <= BATCH_BYTES:
+        """Under the lock: the first job, and the small ones of the same batch function right behind it.
+        Plain calls go one at a time: running several in one thread gains nothing and would keep each
+        waiting for the others while other threads may be idle."""
+        first = self._jobs.popleft()
+        jobs = [first]
+        total = first.size
+        batching = first.batch_fn is not _call_each
+        while (
+            batching
+            and self._jobs
+            and len(jobs) < MAX_BATCH
+            and self._jobs[0].batch_fn is first.batch_fn
+            and total + self._jobs[0].size <= BATCH_BYTES
+        ):
             total += self._jobs[0].size
             jobs.append(self._jobs.popleft())
         if self._jobs and self._idle:

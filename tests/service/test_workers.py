@@ -236,3 +236,34 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones() -> None:
 def test_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="got 0"):
         TorchWorkers(0)
+
+
+def test_a_batch_holds_one_batch_function_and_plain_calls_go_alone() -> None:
+    """Queued behind a held thread: two recorder jobs, a plain call, two more recorder jobs, another
+    batch function's job. A batch stops where the batch function changes, and a plain call runs alone."""
+    workers = TorchWorkers(1)
+    gate = Gate()
+    first, second = Recorder(), Recorder()
+    order: list[str] = []
+
+    async def scenario() -> list[Any]:
+        blocker = await gate.hold(workers)
+        tasks = [
+            asyncio.ensure_future(workers.run_batched(first, 1)),
+            asyncio.ensure_future(workers.run_batched(first, 2)),
+            asyncio.ensure_future(workers.run(order.append, "plain")),
+            asyncio.ensure_future(workers.run_batched(first, 3)),
+            asyncio.ensure_future(workers.run_batched(first, 4)),
+            asyncio.ensure_future(workers.run_batched(second, 5)),
+        ]
+        await asyncio.to_thread(_wait_for, lambda: workers.pending() == len(tasks), "the queued jobs")
+        gate.release.set()
+        await blocker
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        assert asyncio.run(scenario()) == [10, 20, None, 30, 40, 50]
+        assert first.calls == [[1, 2], [3, 4]] and second.calls == [[5]] and order == ["plain"]
+    finally:
+        workers.close()
+        workers.join(10)
