@@ -53,7 +53,8 @@ class Metrics:
         )
         self.pool_seconds = Histogram(
             "poolserve_pool_seconds",
-            "Time spent in the pooling operator itself (device included).",
+            "Time in the pooling operator itself per request (device included); requests that shared one "
+            "call each count an equal share of it.",
             ["method"],
             registry=self.registry,
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),

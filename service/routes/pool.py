@@ -55,7 +55,8 @@ def _decode(job: _Job) -> tuple[Decoded, Kind, PoolRequest]:
 
 
 def _encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
-    job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3)
+    # A shared call counts once in the sum: each of its requests observes its share.
+    job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
     headers = {
         "X-Pool-Method": outcome.method,
         "X-Pool-Params": orjson.dumps(outcome.params).decode(),

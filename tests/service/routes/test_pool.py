@@ -458,7 +458,14 @@ def test_queued_requests_are_answered_together_each_with_its_own_result(method: 
         gate.set()
         for thread in (holder, *senders):
             thread.join(30)
+        registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+        observed = registry.get_sample_value("poolserve_pool_seconds_sum", {"method": method})
     stackable = poolcore.get_spec(method).stackable
+    # The operator-time metric counts a shared call once: each request observes its share of it.
+    shares = [
+        float(r.headers["x-pool-elapsed-ms"]) / 1e3 / int(r.headers["x-pool-batch"]) for r in answers.values()
+    ]
+    assert observed == pytest.approx(sum(shares), abs=1e-6 * len(shares))
     for i, x in enumerate(inputs):
         r = answers[i]
         assert r.status_code == 200, r.text
