@@ -122,15 +122,13 @@ class _Checked:
         shape = tuple(self.x.shape)
         return (self.spec.name, self.resolved_key, self.training, shape, self.x.dtype, self.device)
 
-    def outcome(self, output: Tensor, elapsed_ms: float, mode: Mode, batch: int = 1) -> PoolOutcome:
-        return PoolOutcome(
-            output=output,
-            method=self.spec.name,
-            params={**self.resolved, "mode": mode, "seed": self.seed},
-            device=str(self.device),
-            elapsed_ms=elapsed_ms,
-            batch=batch,
-        )
+    def params(self, mode: Mode) -> dict[str, Any]:
+        return {**self.resolved, "mode": mode, "seed": self.seed}
+
+    def outcome(
+        self, output: Tensor, elapsed_ms: float, params: dict[str, Any], batch: int = 1
+    ) -> PoolOutcome:
+        return PoolOutcome(output, self.spec.name, params, str(self.device), elapsed_ms, batch)
 
 
 def _check(request: PoolRequest) -> _Checked:
@@ -219,7 +217,7 @@ def run_pool(
     checked = _check(PoolRequest(x, method, params, mode, seed, device))
     start = time.perf_counter()
     output = _execute(checked)
-    return checked.outcome(output, (time.perf_counter() - start) * 1e3, mode)
+    return checked.outcome(output, (time.perf_counter() - start) * 1e3, checked.params(mode))
 
 
 def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
@@ -249,8 +247,11 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
                 pass  # run them one by one below, each raising its own error
             else:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
+                # One params dict for the group: equal for all of them, and callers may rely on the identity
+                # to treat the group's outcomes alike (the route builds their headers once).
+                params = members[0][1].params(requests[members[0][0]].mode)
                 for (index, checked), output in zip(members, outputs, strict=True):
-                    results[index] = checked.outcome(output, elapsed_ms, requests[index].mode, len(members))
+                    results[index] = checked.outcome(output, elapsed_ms, params, len(members))
                 continue
         for index, checked in members:
             start = time.perf_counter()
@@ -260,5 +261,5 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
                 results[index] = error
             else:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
-                results[index] = checked.outcome(output, elapsed_ms, requests[index].mode)
+                results[index] = checked.outcome(output, elapsed_ms, checked.params(requests[index].mode))
     return cast(list[PoolOutcome | Exception], results)  # every slot was filled above

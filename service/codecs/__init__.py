@@ -65,12 +65,10 @@ def decode(body: bytes | bytearray, content_type: str | None, limits: Limits) ->
     return multipart.decode(body, content_type or "", limits)
 
 
-def encode(
-    kind: Kind, output: Tensor, method: str, params: dict[str, Any], headers: dict[str, str]
-) -> Response:
-    """Build the response in the negotiated kind; ``headers`` carry the resolved parameters."""
+def encode(kind: Kind, output: Tensor, method: str, params: dict[str, Any]) -> Response:
+    """Build the response in the negotiated kind (the route adds the headers that describe the run)."""
     if kind == "json":
-        return json.encode(output, method, params, headers)
+        return json.encode(output, method, params)
     if kind == "npy":
-        return npy.encode(output, headers)
-    return image.encode(output, headers)
+        return npy.encode(output)
+    return image.encode(output)

@@ -84,8 +84,8 @@ def to_image(output: Tensor) -> Image.Image:
     return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode=_MODE_OF[channels])
 
 
-def encode(output: Tensor, headers: dict[str, str]) -> Response:
+def encode(output: Tensor) -> Response:
     """PNG of :func:`to_image`'s image."""
     stream = io.BytesIO()
     to_image(output).save(stream, format="PNG", compress_level=1)
-    return Response(stream.getvalue(), media_type="image/png", headers=headers)
+    return Response(stream.getvalue(), media_type="image/png")

@@ -80,7 +80,7 @@ def _kind_name(dtype: np.dtype) -> str:
     return names.get(dtype.kind, str(dtype))
 
 
-def encode(output: Tensor, method: str, params: dict[str, Any], headers: dict[str, str]) -> Response:
+def encode(output: Tensor, method: str, params: dict[str, Any]) -> Response:
     array = output.numpy()
     if array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float32)  # orjson writes float32/float64 arrays natively
@@ -92,4 +92,4 @@ def encode(output: Tensor, method: str, params: dict[str, Any], headers: dict[st
         "data": np.ascontiguousarray(array),
     }
     body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(body, media_type="application/json")

@@ -106,9 +106,9 @@ def _header(array: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
-def encode(output: Tensor, headers: dict[str, str]) -> Response:
+def encode(output: Tensor) -> Response:
     array = output.numpy() if output.dtype != torch.bfloat16 else output.float().numpy()
     array = np.ascontiguousarray(array)
     # One copy of the data, straight into the response bytes (a C-contiguous array is a flat buffer).
     body = b"".join((_header(array), array.data))
-    return Response(body, media_type="application/x-npy", headers=headers)
+    return Response(body, media_type="application/x-npy")

@@ -54,21 +54,20 @@ def _decode(job: _Job) -> tuple[Decoded, Kind, PoolRequest]:
     return decoded, kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
 
 
-def _encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
-    # A shared call counts once in the sum: each of its requests observes its share.
-    job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
-    headers = {
-        "X-Pool-Method": outcome.method,
-        "X-Pool-Params": orjson.dumps(outcome.params).decode(),
-        "X-Pool-Shape": ",".join(str(s) for s in outcome.output.shape),
-        "X-Pool-Dtype": str(outcome.output.dtype).removeprefix("torch."),
-        "X-Pool-Device": outcome.device,
-        "X-Pool-Elapsed-Ms": f"{outcome.elapsed_ms:.3f}",
-        "X-Pool-Batch": str(outcome.batch),
-    }
+def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
+    """The headers that describe a run, encoded: the same for every request of one shared call."""
+    headers = [
+        (b"x-pool-method", outcome.method.encode()),
+        (b"x-pool-params", orjson.dumps(outcome.params)),
+        (b"x-pool-shape", ",".join(str(s) for s in outcome.output.shape).encode()),
+        (b"x-pool-dtype", str(outcome.output.dtype).removeprefix("torch.").encode()),
+        (b"x-pool-device", outcome.device.encode()),
+        (b"x-pool-elapsed-ms", f"{outcome.elapsed_ms:.3f}".encode()),
+        (b"x-pool-batch", str(outcome.batch).encode()),
+    ]
     if outcome.params.get("seed") is not None:
-        headers["X-Pool-Seed"] = str(outcome.params["seed"])
-    return codecs.encode(kind, outcome.output, outcome.method, outcome.params, headers)
+        headers.append((b"x-pool-seed", str(outcome.params["seed"]).encode()))
+    return headers
 
 
 def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
@@ -86,12 +85,22 @@ def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
         decoded.append((index, kind))
         requests.append(request)
     outcomes = pool_many(requests)
+    # Outcomes of one shared call share their params dict (pool_many), and with it every header.
+    shared: dict[int, list[tuple[bytes, bytes]]] = {}
     for (index, kind), outcome in zip(decoded, outcomes, strict=True):
+        job = jobs[index]
         try:
             if isinstance(outcome, Exception):
                 with poolcore_errors():
                     raise outcome
-            answers[index] = _encode(jobs[index], kind, outcome)
+            response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
+            headers = shared.get(id(outcome.params))
+            if headers is None:
+                headers = shared[id(outcome.params)] = _run_headers(outcome)
+            response.raw_headers.extend(headers)
+            # A shared call counts once in the sum: each of its requests observes its share.
+            job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
+            answers[index] = response
         except Exception as error:
             answers[index] = error
     return [answer if answer is not None else RuntimeError("unanswered") for answer in answers]

@@ -69,7 +69,7 @@ def test_truncated_image() -> None:
 )
 def test_encode_shapes(shape: tuple[int, ...], size: tuple[int, int], mode: str) -> None:
     x = torch.linspace(-0.5, 1.5, int(np.prod(shape))).reshape(shape)
-    img = Image.open(io.BytesIO(image.encode(x, {}).body))
+    img = Image.open(io.BytesIO(image.encode(x).body))
     assert img.size == size and img.mode == mode
     expected = (x.clamp(0, 1) * 255).round().reshape(-1, *shape[-2:])
     got = np.asarray(img, dtype=np.float32)
@@ -80,4 +80,4 @@ def test_encode_shapes(shape: tuple[int, ...], size: tuple[int, int], mode: str)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 4, 4), (7,)])
 def test_encode_refuses_non_images(shape: tuple[int, ...]) -> None:
     with pytest.raises(NotAcceptable, match="not an image"):
-        image.encode(torch.zeros(shape), {})
+        image.encode(torch.zeros(shape))

@@ -44,7 +44,7 @@ def test_refusals(data: object, message: str) -> None:
 
 def test_encode_float16_output() -> None:
     x = torch.tensor([[0.5, 0.25]], dtype=torch.float16)
-    doc = orjson.loads(json.encode(x, "avg", {"kernel_size": 1}, {}).body)
+    doc = orjson.loads(json.encode(x, "avg", {"kernel_size": 1}).body)
     assert doc == {
         "method": "avg",
         "params": {"kernel_size": 1},
@@ -56,5 +56,5 @@ def test_encode_float16_output() -> None:
 
 def test_encode_is_exact_for_float32() -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 7)).astype(np.float32))
-    doc = orjson.loads(json.encode(x, "max", {}, {}).body)
+    doc = orjson.loads(json.encode(x, "max", {}).body)
     np.testing.assert_array_equal(np.asarray(doc["data"], np.float32), x.numpy())

@@ -54,8 +54,8 @@ def test_structured_dtype_refused() -> None:
 
 
 def test_encode_round_trip() -> None:
-    response = npy.encode(torch.from_numpy(X), {"X-Pool-Method": "avg"})
-    assert response.media_type == "application/x-npy" and response.headers["x-pool-method"] == "avg"
+    response = npy.encode(torch.from_numpy(X))
+    assert response.media_type == "application/x-npy"
     np.testing.assert_array_equal(np.load(io.BytesIO(response.body), allow_pickle=False), X)
 
 
@@ -132,14 +132,14 @@ def test_encode_equals_np_save(dtype: torch.dtype, shape: tuple[int, ...]) -> No
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
     buf = io.BytesIO()
     np.save(buf, x.numpy())
-    assert npy.encode(x, {}).body == buf.getvalue()
+    assert npy.encode(x).body == buf.getvalue()
 
 
 def test_encode_largest_rank_like_np_save() -> None:
     x = torch.zeros((1,) * 63 + (2,))
     buf = io.BytesIO()
     np.save(buf, x.numpy())
-    assert npy.encode(x, {}).body == buf.getvalue()
+    assert npy.encode(x).body == buf.getvalue()
 
 
 def test_encode_non_contiguous_and_bfloat16() -> None:
@@ -147,7 +147,7 @@ def test_encode_non_contiguous_and_bfloat16() -> None:
     x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(6))
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(x.transpose(0, 2).numpy()))
-    assert npy.encode(x.transpose(0, 2), {}).body == buf.getvalue()
+    assert npy.encode(x.transpose(0, 2)).body == buf.getvalue()
     buf = io.BytesIO()
     np.save(buf, x.to(torch.bfloat16).float().numpy())
-    assert npy.encode(x.to(torch.bfloat16), {}).body == buf.getvalue()
+    assert npy.encode(x.to(torch.bfloat16)).body == buf.getvalue()
