@@ -8,7 +8,28 @@ from torch import nn
 
 from .windows import IntTuple, OptIntTuple, make_window
 
-__all__ = ["PoolNd"]
+__all__ = ["DOC_SHAPES", "PoolNd"]
+
+
+# Docstring fields of the 1d/2d/3d modules, shared by every family: input and output shapes, and the shape
+# of the example input.
+DOC_SHAPES: dict[int, dict[str, str]] = {
+    1: {
+        "shape_in": "(N, C, L_in) or (C, L_in)",
+        "shape_out": "(N, C, L_out) or (C, L_out)",
+        "x_shape": "2, 8, 20",
+    },
+    2: {
+        "shape_in": "(N, C, H_in, W_in) or (C, H_in, W_in)",
+        "shape_out": "(N, C, H_out, W_out) or (C, H_out, W_out)",
+        "x_shape": "2, 8, 16, 16",
+    },
+    3: {
+        "shape_in": "(N, C, D_in, H_in, W_in) or (C, D_in, H_in, W_in)",
+        "shape_out": "(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)",
+        "x_shape": "2, 4, 8, 8, 8",
+    },
+}
 
 
 class PoolNd(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ._module import PoolNd
+from ._module import DOC_SHAPES, PoolNd
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
 
@@ -289,16 +289,6 @@ class _GeMPoolNd(_PowerPoolNd):
         return f"{super().extra_repr()}, eps={self.eps:g}"
 
 
-_SHAPES = {
-    1: ("(N, C, L_in) or (C, L_in)", "(N, C, L_out) or (C, L_out)", "2, 8, 20"),
-    2: ("(N, C, H_in, W_in) or (C, H_in, W_in)", "(N, C, H_out, W_out) or (C, H_out, W_out)", "2, 8, 16, 16"),
-    3: (
-        "(N, C, D_in, H_in, W_in) or (C, D_in, H_in, W_in)",
-        "(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)",
-        "2, 4, 8, 8, 8",
-    ),
-}
-
 _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input signal.
 
     .. math::
@@ -365,8 +355,7 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
 
 
 def _doc(template: str, d: int) -> str:
-    shape_in, shape_out, x_shape = _SHAPES[d]
-    return template.format(d=d, shape_in=shape_in, shape_out=shape_out, x_shape=x_shape)
+    return template.format(d=d, **DOC_SHAPES[d])
 
 
 class LPPool1d(_LPPoolNd):

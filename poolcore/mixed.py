@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ._module import PoolNd
+from ._module import DOC_SHAPES, PoolNd
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
 
@@ -279,32 +279,14 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
 
 class MixedPool1d(_MixedPoolNd):
     dims = 1
-    __doc__ = _DOC.format(
-        d=1,
-        shape_in="(N, C, L_in) or (C, L_in)",
-        shape_out="(N, C, L_out) or (C, L_out)",
-        example="3, stride=2",
-        x_shape="2, 8, 20",
-    )
+    __doc__ = _DOC.format(d=1, example="3, stride=2", **DOC_SHAPES[1])
 
 
 class MixedPool2d(_MixedPoolNd):
     dims = 2
-    __doc__ = _DOC.format(
-        d=2,
-        shape_in="(N, C, H_in, W_in) or (C, H_in, W_in)",
-        shape_out="(N, C, H_out, W_out) or (C, H_out, W_out)",
-        example="3, stride=2, p_max=0.5",
-        x_shape="2, 8, 16, 16",
-    )
+    __doc__ = _DOC.format(d=2, example="3, stride=2, p_max=0.5", **DOC_SHAPES[2])
 
 
 class MixedPool3d(_MixedPoolNd):
     dims = 3
-    __doc__ = _DOC.format(
-        d=3,
-        shape_in="(N, C, D_in, H_in, W_in) or (C, D_in, H_in, W_in)",
-        shape_out="(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)",
-        example="2, scope='channel'",
-        x_shape="2, 4, 8, 8, 8",
-    )
+    __doc__ = _DOC.format(d=3, example="2, scope='channel'", **DOC_SHAPES[3])

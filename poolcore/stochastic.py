@@ -533,9 +533,9 @@ def stochastic_pool(
 
 # ---- modules ----------------------------------------------------------------------------------------------
 class _StochasticPoolNd(PoolNd):
-    """Holds the window arguments; subclasses set ``dims`` and add the docstring and ``forward``."""
+    """Holds the window arguments; subclasses set ``dims`` and the docstring."""
 
-    def _pool(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return stochastic_pool(x, training=self.training, **self.window_kwargs())
 
 
@@ -585,9 +585,6 @@ class StochasticPool1d(_StochasticPoolNd):
 
     dims = 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._pool(x)
-
 
 class StochasticPool2d(_StochasticPoolNd):
     __doc__ = (
@@ -613,9 +610,6 @@ class StochasticPool2d(_StochasticPoolNd):
 
     dims = 2
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._pool(x)
-
 
 class StochasticPool3d(_StochasticPoolNd):
     __doc__ = (
@@ -637,6 +631,3 @@ class StochasticPool3d(_StochasticPoolNd):
     )
 
     dims = 3
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._pool(x)
