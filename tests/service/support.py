@@ -98,9 +98,18 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
 
 
 @contextmanager
-def live_server(env: Mapping[str, str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+def live_server(
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+    *,
+    limits: Mapping[str, int] | None = LIMITS,
+    access_log: Path | None = None,
+) -> Iterator[str]:
     """uvicorn in a subprocess on a free loopback port (a socket bound here and handed over with
-    ``--fd``, so no other process can take the port in between); yields the base URL, stops it after."""
+    ``--fd``, so no other process can take the port in between); yields the base URL, stops it after.
+
+    ``limits`` are the service's size limits (None: its defaults); with ``access_log``, uvicorn's
+    access log (one line per request, with its status) goes to that file."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
@@ -112,12 +121,13 @@ def live_server(env: Mapping[str, str] | None = None, timeout: float = 120.0) ->
         "PYTHONPATH": str(ROOT),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "POOLSERVE_DEVICE": "cpu",
-        **{f"POOLSERVE_{k.upper()}": str(v) for k, v in LIMITS.items()},
+        **{f"POOLSERVE_{k.upper()}": str(v) for k, v in (limits or {}).items()},
         **(env or {}),
     }
     command = [sys.executable, "-m", "uvicorn", "service.app:app", "--fd", str(sock.fileno())]
-    command += ["--log-level", "warning"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=(sock.fileno(),))
+    command += ["--log-level", "info" if access_log else "warning"]
+    log_file = access_log.open("wb") if access_log else None  # uvicorn's access log goes to stdout
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=(sock.fileno(),), stdout=log_file)
     sock.close()  # the child holds its own copy
     base = f"http://127.0.0.1:{port}"
     try:
@@ -141,3 +151,5 @@ def live_server(env: Mapping[str, str] | None = None, timeout: float = 120.0) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        if log_file is not None:
+            log_file.close()

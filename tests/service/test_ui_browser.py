@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 import torch
 
@@ -28,6 +23,8 @@ from service.codecs import image as image_codec
 from service.config import Settings
 from service.pooling import run_pool
 from service.ui.imaging import ASSETS
+
+from .support import live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -62,12 +59,6 @@ def _need_browser() -> Any:
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Server:
     base: str
@@ -88,43 +79,10 @@ _ACCESS = re.compile(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})')
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """uvicorn with the real app in a subprocess on a free loopback port; stopped at the end."""
     _need_browser()
-    port = _free_port()
     access_log = tmp_path_factory.mktemp("uvicorn") / "access.log"
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": path}
-    log_file = access_log.open("wb")  # uvicorn's access log goes to stdout, flushed per line
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"uvicorn exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start within 90 s")
-            time.sleep(0.2)
+    # The service's own defaults (device and limits), as a user's server would have.
+    with live_server({"POOLSERVE_DEVICE": "auto"}, limits=None, access_log=access_log) as base:
         yield Server(base, access_log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
 
 
 class Network:
