@@ -122,8 +122,9 @@ class _Checked:
         shape = tuple(self.x.shape)
         return (self.spec.name, self.resolved_key, self.training, shape, self.x.dtype, self.device)
 
-    def params(self, mode: Mode) -> dict[str, Any]:
-        return {**self.resolved, "mode": mode, "seed": self.seed}
+    def params(self) -> dict[str, Any]:
+        """The resolved parameters as reported: defaults filled in, plus mode and the seed used."""
+        return {**self.resolved, "mode": "train" if self.training else "eval", "seed": self.seed}
 
     def outcome(
         self, output: Tensor, elapsed_ms: float, params: dict[str, Any], batch: int = 1
@@ -217,7 +218,7 @@ def run_pool(
     checked = _check(PoolRequest(x, method, params, mode, seed, device))
     start = time.perf_counter()
     output = _execute(checked)
-    return checked.outcome(output, (time.perf_counter() - start) * 1e3, checked.params(mode))
+    return checked.outcome(output, (time.perf_counter() - start) * 1e3, checked.params())
 
 
 def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
@@ -249,7 +250,7 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
                 # One params dict for the group: equal for all of them, and callers may rely on the identity
                 # to treat the group's outcomes alike (the route builds their headers once).
-                params = members[0][1].params(requests[members[0][0]].mode)
+                params = members[0][1].params()
                 for (index, checked), output in zip(members, outputs, strict=True):
                     results[index] = checked.outcome(output, elapsed_ms, params, len(members))
                 continue
@@ -261,5 +262,5 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
                 results[index] = error
             else:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
-                results[index] = checked.outcome(output, elapsed_ms, checked.params(requests[index].mode))
+                results[index] = checked.outcome(output, elapsed_ms, checked.params())
     return cast(list[PoolOutcome | Exception], results)  # every slot was filled above

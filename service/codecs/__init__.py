@@ -19,6 +19,7 @@ from . import image, json, multipart, npy
 from .base import MEDIA_TYPES, Decoded, Kind, Limits, negotiate
 
 __all__ = [
+    "FAMILY_KINDS",
     "MEDIA_TYPES",
     "REQUEST_TYPES",
     "Decoded",
@@ -41,6 +42,11 @@ REQUEST_TYPES: dict[str, str] = {
 }
 
 
+# The response kind of each family's requests when Accept does not choose; a multipart request takes its
+# file part's kind, known once the part is read.
+FAMILY_KINDS: dict[str, Kind] = {"json": "json", "npy": "npy", "image": "png"}
+
+
 def request_family(content_type: str | None) -> str:
     """The codec family for a Content-Type header (media type only; parameters such as charset ignored)."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
@@ -59,9 +65,9 @@ def decode(body: bytes | bytearray, content_type: str | None, limits: Limits) ->
     if family == "json":
         return json.decode(body, limits)
     if family == "npy":
-        return Decoded(npy.decode(body, limits), "npy")
+        return Decoded(npy.decode(body, limits), FAMILY_KINDS["npy"])
     if family == "image":
-        return Decoded(image.decode(body, limits), "png")
+        return Decoded(image.decode(body, limits), FAMILY_KINDS["image"])
     return multipart.decode(body, content_type or "", limits)
 
 

@@ -22,15 +22,12 @@ import poolcore
 
 from .. import codecs
 from ..body import read_body
-from ..codecs import Decoded, Kind, Limits
+from ..codecs import Kind, Limits
 from ..metrics import Metrics
 from ..params import gather, split_run_options
 from ..pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
 
 __all__ = ["pool", "pool_routes"]
-
-
-_EARLY_KIND: dict[str, Kind] = {"json": "json", "npy": "npy", "image": "png"}
 
 
 @dataclass(frozen=True)
@@ -47,11 +44,11 @@ class _Job:
     metrics: Metrics
 
 
-def _decode(job: _Job) -> tuple[Decoded, Kind, PoolRequest]:
+def _decode(job: _Job) -> tuple[Kind, PoolRequest]:
     decoded = codecs.decode(job.body, job.content_type, job.limits)
     kind = codecs.negotiate(job.accept, decoded.kind)
     params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
-    return decoded, kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
+    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
 
 
 def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
@@ -78,7 +75,7 @@ def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
     requests: list[PoolRequest] = []
     for index, job in enumerate(jobs):
         try:
-            _, kind, request = _decode(job)
+            kind, request = _decode(job)
         except Exception as error:
             answers[index] = error
             continue
@@ -113,8 +110,8 @@ async def pool(request: Request) -> Response:
     content_type = request.headers.get("content-type")
     family = codecs.request_family(content_type)  # 415 before reading the body
     accept = request.headers.get("accept")
-    if family in _EARLY_KIND:
-        codecs.negotiate(accept, _EARLY_KIND[family])  # 406 before reading the body
+    if family in codecs.FAMILY_KINDS:
+        codecs.negotiate(accept, codecs.FAMILY_KINDS[family])  # 406 before reading the body
     start = time.perf_counter()
     body = await read_body(request)  # the middleware enforces the size limit while it streams in
     read = time.perf_counter()
