@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +26,15 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 def tolerance(dtype: torch.dtype) -> dict[str, Any]:  # Any: mypy checks ** unpacking per key
     rtol, atol = TOLERANCES[dtype]
     return {"rtol": rtol, "atol": atol}
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state (torch, CUDA included; numpy; random), so a test that
+    draws without its own generator is reproducible too."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
