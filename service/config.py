@@ -46,11 +46,75 @@ class Settings(BaseSettings):
         "to the kernel, so each request's body-sized buffers don't page-fault afresh; the process keeps "
         "its peak heap. See service.memory.",
     )
+    max_json_bytes: Annotated[int, Field(ge=1)] = Field(
+        default=8 * 1024 * 1024,
+        description="Largest JSON request body (application/json): parsing expands it several times in "
+        "memory, so it has a limit of its own, well below max_body_bytes.",
+    )
+    max_scratch_elements: Annotated[int, Field(ge=1)] = Field(
+        default=2**26,
+        description="Most elements of working memory one request's operator may need beyond its input and "
+        "output (e.g. stochastic pooling's per-window tensors); a request that would need more gets 413.",
+    )
+    body_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="Seconds a request's body may take to arrive in full; past that the answer is 408 and "
+        "the connection is closed.",
+    )
+    header_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="Seconds a connection may take to send a complete request head (line and headers); "
+        "past that it is closed. Idle keep-alive connections are closed after 5 s.",
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=64 * 1024, description="Largest request head (request line and headers); over it: 431."
+    )
+    drain_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="On SIGTERM: seconds during which /ready answers 503 while requests are still served, "
+        "so load balancers stop sending new ones; then the listener closes, in-flight requests finish, and "
+        "the process exits 0. Set it to a little over the readiness probe's period in a cluster.",
+    )
+    api_keys: str = Field(
+        default="",
+        repr=False,
+        description="Comma-separated API keys. When set, every route but the health probes needs "
+        "`Authorization: Bearer <key>`; the UI asks for a key as its password. Unset: no authentication.",
+    )
+    max_queue: Annotated[int, Field(ge=0)] = Field(
+        default=256,
+        description="Requests that may wait for a torch worker; one more gets 503 with Retry-After.",
+    )
+    request_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="Seconds a request may wait for a torch worker; past that it gets 503 instead of a late "
+        "answer.",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins allowed by CORS (`*` for any). Unset: no CORS headers.",
+    )
+    ui_cache_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=1024**3,
+        description="Most bytes the UI's upload cache (GRADIO_TEMP_DIR) holds; the oldest files go first.",
+    )
+    ui_cache_max_age: Annotated[float, Field(gt=0)] = Field(
+        default=3600.0, description="Seconds a file stays in the UI's upload cache."
+    )
     bench_routes: bool = Field(
         default=False,
         description="Add /bench/constant and /bench/echo, the baseline routes of bench/service.py (not for "
         "production).",
     )
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The API keys, blanks dropped; empty when authentication is off."""
+        return _split(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return _split(self.cors_origins)
 
     @field_validator("device")
     @classmethod
@@ -59,6 +123,10 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @lru_cache
