@@ -1,17 +1,25 @@
-"""Reading a request body into one buffer, copied once.
+"""Reading a request body into one writable buffer that grows with the bytes that actually arrive.
 
 Starlette's ``request.body()`` collects the chunks and joins them into ``bytes``: read-only, so a codec
-that wants to use the data in place (.npy) must copy it again. With a Content-Length the body goes
-straight into a preallocated ``bytearray`` instead: one copy, and the result is writable.
+that wants to use the data in place (.npy) must copy it again. Here the body goes into a ``bytearray``
+instead, writable, so the .npy codec can use it in place.
+
+The buffer is never sized from the Content-Length alone: a client may announce 64 MiB and send one byte,
+and forty such connections would otherwise hold gigabytes that never arrive. It starts small and doubles,
+up to the announced length, as data comes in, so it holds at most twice the bytes received (or
+:data:`FIRST_BYTES`), and each byte is copied at most once more on the way (the doublings add up to less
+than the final size).
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
-from .errors import BadRequest
+from .errors import BadRequest, PayloadTooLarge
 
-__all__ = ["read_body"]
+__all__ = ["FIRST_BYTES", "read_body"]
+
+FIRST_BYTES = 256 * 1024  # the first buffer, before any doubling
 
 
 def _content_length(request: Request) -> int | None:
@@ -25,29 +33,38 @@ def _content_length(request: Request) -> int | None:
     return length if length >= 0 else None
 
 
-async def read_body(request: Request) -> bytes | bytearray:
-    """The whole body: a ``bytearray`` filled in place when a Content-Length announces its size, else
-    (chunked) the chunks joined into ``bytes``.
+async def read_body(request: Request, limit: int | None = None) -> bytearray:
+    """The whole body as a ``bytearray``, checked against its Content-Length and against ``limit``.
 
-    The length can be trusted for the allocation: :class:`service.middleware.ServiceMiddleware` answers
-    413 to a Content-Length over ``max_body_bytes`` (400 to an invalid one) before any of the body is read,
-    and stops a body that streams past the limit. A body that does not match its Content-Length is a 400,
-    and never writes past the buffer.
+    ``limit`` is a route's own cap below the service-wide one (the JSON body limit): a Content-Length over
+    it is a 413 before anything is read, and so is a body that streams past it.
+    :class:`service.middleware.ServiceMiddleware` enforces the service-wide limit the same way, and the
+    HTTP protocol (:mod:`service.server`) the time a body may take. A body that does not match its
+    Content-Length is a 400.
     """
     length = _content_length(request)
-    if length is None:
-        return b"".join([chunk async for chunk in request.stream()])
-    body = bytearray(length)
+    if limit is not None and length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes is over this route's limit of {limit} bytes")
+    cap = length if length is not None else limit  # the most bytes this body may have, if known
+    body = bytearray(FIRST_BYTES if cap is None else min(cap, FIRST_BYTES))
     filled = 0
-    with memoryview(body) as view:
-        async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > length:
-                raise BadRequest(f"the request body is longer than its Content-Length of {length} bytes")
-            view[filled:end] = chunk
-            filled = end
-    if filled != length:
+    async for chunk in request.stream():
+        end = filled + len(chunk)
+        if length is not None and end > length:
+            raise BadRequest(f"the request body is longer than its Content-Length of {length} bytes")
+        if limit is not None and end > limit:
+            raise PayloadTooLarge(f"request body is over this route's limit of {limit} bytes")
+        if end > len(body):
+            size = max(end, 2 * len(body))
+            grown = bytearray(size if cap is None else min(size, cap))
+            grown[:filled] = memoryview(body)[:filled]
+            body = grown
+        body[filled:end] = chunk
+        filled = end
+    if length is not None and filled != length:
         raise BadRequest(
             f"the request body has {filled} bytes but its Content-Length announces {length} bytes"
         )
+    if filled != len(body):
+        del body[filled:]  # shrinks in place (realloc): no copy of the data
     return body

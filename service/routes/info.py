@@ -61,8 +61,20 @@ def info_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/methods", tags=["discovery"], summary="Every method: description, parameters, defaults")
-    async def list_methods() -> dict[str, Any]:
-        return {"methods": [describe_method(name) for name in poolcore.methods()], "aliases": dict(ALIASES)}
+    async def list_methods(request: Request) -> dict[str, Any]:
+        settings = request.app.state.settings
+        return {
+            "methods": [describe_method(name) for name in poolcore.methods()],
+            "aliases": dict(ALIASES),
+            # What a request may be: over these it gets a 413 before the work (or the allocation) starts.
+            "limits": {
+                "max_body_bytes": settings.max_body_bytes,
+                "max_json_bytes": min(settings.max_json_bytes, settings.max_body_bytes),
+                "max_elements": settings.max_elements,
+                "max_image_pixels": settings.max_image_pixels,
+                "body_timeout_seconds": settings.body_timeout,
+            },
+        }
 
     @router.get("/health", tags=["operations"], summary="Liveness: the process answers")
     async def health() -> dict[str, str]:

@@ -112,10 +112,13 @@ async def pool(request: Request) -> Response:
     accept = request.headers.get("accept")
     if family in codecs.FAMILY_KINDS:
         codecs.negotiate(accept, codecs.FAMILY_KINDS[family])  # 406 before reading the body
-    start = time.perf_counter()
-    body = await read_body(request)  # the middleware enforces the size limit while it streams in
-    read = time.perf_counter()
     state = request.app.state
+    # JSON grows several times over in the parser, so it has a lower limit than binary bodies; the
+    # middleware enforces the service-wide one, both while the body streams in.
+    limit = state.settings.max_json_bytes if family == "json" else None
+    start = time.perf_counter()
+    body = await read_body(request, limit)
+    read = time.perf_counter()
     query = list(request.query_params.multi_items()) if request.scope["query_string"] else []
     job = _Job(spec.name, body, content_type, accept, query, state.limits, state.device, state.metrics)
     result: Response = await state.workers.run_batched(_answer_batch, job, len(body))

@@ -1,5 +1,5 @@
-"""read_body: one preallocated buffer under a Content-Length, chunks joined without one, a body that
-does not match its Content-Length refused."""
+"""read_body: one writable buffer that grows with the bytes received (never sized from the Content-Length
+alone), a body that does not match its Content-Length refused, a route's own limit enforced."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from service.body import read_body
-from service.errors import BadRequest
+import service.body as body_module
+from service.body import FIRST_BYTES, read_body
+from service.errors import BadRequest, PayloadTooLarge
 
 
 def _request(chunks: Sequence[bytes], content_length: int | str | None) -> Request:
@@ -29,9 +30,11 @@ def _request(chunks: Sequence[bytes], content_length: int | str | None) -> Reque
     return Request(scope, receive)
 
 
-def _read(chunks: Sequence[bytes], content_length: int | str | None) -> bytes | bytearray:
+def _read(
+    chunks: Sequence[bytes], content_length: int | str | None, limit: int | None = None
+) -> bytes | bytearray:
     async def main() -> bytes | bytearray:
-        return await read_body(_request(chunks, content_length))
+        return await read_body(_request(chunks, content_length), limit)
 
     return anyio.run(main)
 
@@ -69,7 +72,43 @@ def test_longer_than_announced(announced: int) -> None:
 
 def test_chunked_body_is_joined() -> None:
     body = _read(CHUNKS, None)
-    assert isinstance(body, bytes) and body == WHOLE
+    assert isinstance(body, bytearray) and body == WHOLE
+
+
+def test_buffer_grows_with_the_bytes_received_not_the_announced_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that announces 64 MiB and sends one byte gets a buffer of FIRST_BYTES, not 64 MiB: the
+    buffer is allocated as the data arrives (the allocations are recorded, so this is not a timing test)."""
+    sizes: list[int] = []
+
+    def recording_bytearray(size: int = 0) -> bytearray:
+        sizes.append(size)
+        return bytearray(size)
+
+    monkeypatch.setattr(body_module, "bytearray", recording_bytearray, raising=False)
+    with pytest.raises(BadRequest, match="has 1 bytes but its Content-Length announces"):
+        _read([b"x"], 64 << 20)
+    assert sizes == [FIRST_BYTES]
+
+
+def test_large_body_in_many_chunks_doubles_up_to_its_length() -> None:
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    chunks = [chunk] * 40  # 2.5 MiB, several doublings past FIRST_BYTES
+    whole = b"".join(chunks)
+    assert _read(chunks, len(whole)) == whole
+    assert _read(chunks, None) == whole
+
+
+def test_route_limit_refuses_a_large_announced_length_before_reading() -> None:
+    with pytest.raises(PayloadTooLarge, match="body of 71 bytes is over this route's limit of 70 bytes"):
+        _read(CHUNKS + [b"!"], len(WHOLE) + 1, limit=len(WHOLE))
+
+
+def test_route_limit_stops_a_chunked_body_that_grows_past_it() -> None:
+    with pytest.raises(PayloadTooLarge, match="over this route's limit of 20 bytes"):
+        _read(CHUNKS, None, limit=20)
+    assert _read(CHUNKS, None, limit=len(WHOLE)) == WHOLE
 
 
 def test_invalid_content_length_reads_like_chunked() -> None:

@@ -473,3 +473,59 @@ def test_queued_requests_are_answered_together_each_with_its_own_result(method: 
         assert torch.equal(torch.tensor(r.json()["data"]), expected)
         same_shape = sum(1 for y in inputs if y.shape == x.shape)
         assert r.headers["x-pool-batch"] == str(same_shape if stackable else 1)
+
+
+class TestJsonBodyLimit:
+    """JSON has its own body limit (POOLSERVE_MAX_JSON_BYTES), below the binary one: orjson expands a
+    body several times over while parsing it. Checked at ±1 byte, announced and streamed."""
+
+    LIMIT = 4096
+
+    @pytest.fixture(scope="class")
+    def small_json(self) -> Iterator[TestClient]:
+        with TestClient(create_app(test_settings(max_json_bytes=self.LIMIT))) as c:
+            yield c
+
+    @staticmethod
+    def _body(size: int) -> bytes:
+        """A valid JSON request of exactly ``size`` bytes (padded with spaces, which JSON ignores)."""
+        core = orjson.dumps({"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2, "dims": 2}})
+        return core + b" " * (size - len(core))
+
+    def test_at_the_limit_is_served(self, small_json: TestClient) -> None:
+        r = small_json.post(
+            "/pool/avg", content=self._body(self.LIMIT), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["data"] == [[2.5]]
+
+    def test_one_byte_over_is_413(self, small_json: TestClient) -> None:
+        r = small_json.post(
+            "/pool/avg", content=self._body(self.LIMIT + 1), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413
+        assert (
+            r.json()["detail"]
+            == f"request body of {self.LIMIT + 1} bytes is over this route's limit of {self.LIMIT} bytes"
+        )
+
+    def test_chunked_body_past_the_limit_is_413(self, small_json: TestClient) -> None:
+        body = self._body(self.LIMIT + 1)
+        chunks = iter([body[:1000], body[1000:]])  # no Content-Length: sent chunked
+        r = small_json.post("/pool/avg", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert "over this route's limit of 4096 bytes" in r.json()["detail"]
+
+    def test_npy_is_not_held_to_the_json_limit(self, small_json: TestClient) -> None:
+        x = np.ones((1, 1, 32, 32), dtype=np.float32)  # 4 KiB of data plus the header
+        r = small_json.post(
+            "/pool/avg?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+        )
+        assert r.status_code == 200, r.text
+
+    def test_methods_states_the_limits(self, small_json: TestClient) -> None:
+        limits = small_json.get("/methods").json()["limits"]
+        settings = test_settings(max_json_bytes=self.LIMIT)
+        assert limits["max_json_bytes"] == self.LIMIT
+        assert limits["max_body_bytes"] == settings.max_body_bytes
+        assert limits["max_elements"] == settings.max_elements
