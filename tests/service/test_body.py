@@ -102,7 +102,7 @@ def test_large_body_in_many_chunks_doubles_up_to_its_length() -> None:
 
 def test_route_limit_refuses_a_large_announced_length_before_reading() -> None:
     with pytest.raises(PayloadTooLarge, match="body of 71 bytes is over this route's limit of 70 bytes"):
-        _read(CHUNKS + [b"!"], len(WHOLE) + 1, limit=len(WHOLE))
+        _read([*CHUNKS, b"!"], len(WHOLE) + 1, limit=len(WHOLE))
 
 
 def test_route_limit_stops_a_chunked_body_that_grows_past_it() -> None:
