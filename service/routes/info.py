@@ -80,12 +80,16 @@ def info_router() -> APIRouter:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/ready", tags=["operations"], summary="Readiness: device initialised and warm-up done")
+    @router.get(
+        "/ready", tags=["operations"], summary="Readiness: device initialised and warm-up done, not draining"
+    )
     async def ready(request: Request) -> JSONResponse:
         state = request.app.state
-        is_ready = bool(getattr(state, "ready", False))
+        draining = bool(getattr(state, "draining", False))
+        is_ready = bool(getattr(state, "ready", False)) and not draining
         device = str(getattr(state, "device", "")) or None
-        body = {"status": "ready" if is_ready else "starting", "device": device}
+        status = "draining" if draining else "ready" if is_ready else "starting"
+        body = {"status": status, "device": device}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     @router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
