@@ -151,8 +151,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if not self._in_body and (self.cycle is None or self.cycle.response_complete):
-            self.transport.close()  # an idle connection, or a head dripping in: nothing to answer yet
+        if self._in_body:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined head behind a response still being made: look again later
+            return
+        self.transport.close()  # an idle connection, or a head dripping in: nothing to answer yet
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
