@@ -100,7 +100,9 @@ def _dir_bytes(directory: Path) -> int:
 
 def _blocks(app: FastAPI) -> gr.Blocks:
     mount = next(r for r in app.router.routes if isinstance(r, Mount) and r.path == PATH)
-    return mount.app.gradio_app.get_blocks()  # type: ignore[attr-defined]
+    gradio_app: Any = getattr(mount.app, "gradio_app", mount.app)  # behind the guard, or (before it) bare
+    blocks: gr.Blocks = gradio_app.get_blocks()
+    return blocks
 
 
 def _takes_files(component: Any) -> bool:
@@ -155,6 +157,8 @@ def test_every_file_endpoint_refuses_server_files(cache_dir: Path, secrets_dir: 
     answers name) on every function that takes a file, over every route that runs one."""
     app = create_app(test_settings())
     answers: list[str] = []
+    statuses: list[tuple[str, int, str]] = []
+    leaks: list[str] = []
     with TestClient(app, raise_server_exceptions=False) as client:
         endpoints = _file_endpoints(app)
         assert any(name == "pool_image" for _, name, _ in endpoints)  # the reported one is among them
@@ -183,8 +187,7 @@ def test_every_file_endpoint_refuses_server_files(cache_dir: Path, secrets_dir: 
                 for url, body in attempts:
                     response = client.post(url, json=body)
                     answers.append(response.text)
-                    assert response.status_code == 403, (url, response.status_code, response.text[:300])
-                    assert "not a file uploaded to this server" in response.json()["detail"]
+                    statuses.append((url, response.status_code, response.text[:200]))
                     event_id = response.json().get("event_id") if response.status_code == 200 else None
                     if event_id and "/call/" in url:
                         answers.append(_read_stream(client, f"{url}/{event_id}"))
@@ -198,22 +201,28 @@ def test_every_file_endpoint_refuses_server_files(cache_dir: Path, secrets_dir: 
             for path in named_paths:
                 for url in (f"/ui/gradio_api/file={path}", f"/ui/gradio_api/file{path}"):
                     served = client.get(url)
-                    assert served.status_code in (403, 404), (url, served.status_code)
-                    assert SECRET not in served.content and secret.read_bytes() not in served.content
-    text = "\n".join(answers).encode()
-    assert SECRET not in text
-    for copied in _files_under(cache_dir):
-        content = copied.read_bytes()
-        assert content not in (SECRET, (secrets_dir / "secret.png").read_bytes()), (
-            f"copied into the cache: {copied}"
-        )
+                    if served.status_code not in (403, 404) or secret.read_bytes() in served.content:
+                        leaks.append(f"{url} answered {served.status_code} with {served.content[:60]!r}")
+    assert not leaks, leaks
+    assert SECRET not in "\n".join(answers).encode()
+    copies = [
+        p
+        for p in _files_under(cache_dir)
+        if p.read_bytes() in (SECRET, (secrets_dir / "secret.png").read_bytes())
+    ]
+    assert not copies, f"copied into Gradio's cache: {copies}"
+    # And each attempt is refused up front, with a message that says why.
+    for url, status, text in statuses:
+        assert status == 403 and "not a file uploaded to this server" in text, (url, status, text)
 
 
 def test_file_route_serves_only_uploads_and_the_pages_files(cache_dir: Path, secrets_dir: Path) -> None:
     with TestClient(create_app(test_settings())) as client:
         for path in (secrets_dir / "passwd", Path("/etc/hostname"), Path("README.md"), Path(__file__)):
             response = client.get(f"/ui/gradio_api/file={path}")
-            assert response.status_code == 403 and "file not allowed" in response.json()["detail"], path
+            assert response.status_code == 403 and "file not allowed" in response.json()["detail"].lower(), (
+                path
+            )
         link = cache_dir / ("a" * 64)
         link.mkdir(parents=True, exist_ok=True)
         (link / "link.txt").symlink_to(secrets_dir / "passwd")  # a link in the cache still points outside
@@ -274,6 +283,32 @@ def test_the_mounted_blocks_check_paths_themselves(cache_dir: Path, secrets_dir:
             processing_utils._check_allowed(str(secrets_dir / "passwd"), True)
     finally:
         LocalContext.blocks.reset(token)
+
+
+@pytest.mark.parametrize("layer", ["guard", "gradio's own check"])
+def test_each_layer_alone_stops_the_attack(
+    layer: str, cache_dir: Path, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: with the other layer switched off, either one still keeps the file out."""
+    import service.ui
+    from service.ui.guard import UIGuard
+
+    if layer == "guard":
+        monkeypatch.setattr(service.ui, "close_upstream_hole", lambda blocks: None)
+    else:
+        monkeypatch.setattr(UIGuard, "_check_files", lambda self, data: None)
+    app = create_app(test_settings())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert _blocks(app).has_launched is (layer != "guard")
+        data = _initial_data(client, app, next(i for i, n, _ in _file_endpoints(app) if n == "pool_image"))
+        data[1] = _file(secrets_dir / "passwd")
+        response = client.post("/ui/gradio_api/call/pool_image", json={"data": data})
+        if response.status_code == 200:  # Gradio's check answers in the event stream
+            text = _read_stream(client, f"/ui/gradio_api/call/pool_image/{response.json()['event_id']}")
+            assert "event: error" in text and SECRET not in text.encode()
+        else:
+            assert response.status_code == 403
+    assert not [p for p in _files_under(cache_dir) if p.read_bytes() == SECRET]
 
 
 def test_upstream_gradio_still_leaves_mounted_apps_unchecked(secrets_dir: Path) -> None:
@@ -419,7 +454,8 @@ def _ui_routes(app: FastAPI) -> list[tuple[str, str]]:
                 for method in sorted(getattr(route, "methods", None) or {"GET"}):
                     out.append((method, PATH + _concrete(route.path)))
 
-    walk(mount.app.gradio_app.routes)  # type: ignore[attr-defined]
+    gradio_app: Any = getattr(mount.app, "gradio_app", mount.app)
+    walk(gradio_app.routes)
     return out
 
 
