@@ -58,6 +58,8 @@ _CALL = re.compile(r"^/gradio_api/(?:call/v2|call|run|api)/(?P<name>[^/]+)/?$")
 _RESULT = re.compile(r"^/gradio_api/call/(?:v2/)?(?P<name>[^/]+)/[^/]+/?$")
 _FILE_PREFIXES = ("/gradio_api/file=", "/gradio_api/file/")
 _UPLOAD = ("/gradio_api/upload", "/gradio_api/upload/")
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
 _NAME_SHOWN = 60  # characters of a client-supplied name or path echoed in a message
 
 
@@ -151,6 +153,9 @@ class UIGuard:
         try:
             if self.auth and not _public(method, path):
                 scope = self._authenticated(scope)
+            elif self.auth and path == "/" and self._login(scope) is None:
+                await self._login_page(scope, receive, send)
+                return
             if scope["type"] == "websocket":
                 await self.app(scope, receive, send)
                 return
@@ -178,8 +183,20 @@ class UIGuard:
 
     # ---- API keys -----------------------------------------------------------------------------------------
     def _authenticated(self, scope: Scope) -> Scope:
+        """:meth:`_login`'s scope, or 401."""
+        logged_in = self._login(scope)
+        if logged_in is None:
+            raise _Refused(
+                401,
+                "the UI needs an API key: log in at /ui/ with the key as the password, "
+                "or send Authorization: Bearer <key>",
+                [("WWW-Authenticate", "Bearer")],
+            )
+        return logged_in
+
+    def _login(self, scope: Scope) -> Scope | None:
         """``scope`` when it carries Gradio's login cookie; for a valid Bearer key, ``scope`` with a cookie
-        Gradio's own checks accept; otherwise 401."""
+        Gradio's own checks accept; otherwise None."""
         cookie_id = self.gradio_app.cookie_id
         tokens = self.gradio_app.tokens
         headers = list(scope.get("headers", []))
@@ -200,12 +217,32 @@ class UIGuard:
             cookie = f"access-token-unsecure-{cookie_id}={self._bearer_token}".encode()
             headers = [(n, v) for n, v in headers if n != b"cookie"] + [(b"cookie", cookie)]
             return {**scope, "headers": headers}
-        raise _Refused(
-            401,
-            "the UI needs an API key: log in at /ui/ with the key as the password, "
-            "or send Authorization: Bearer <key>",
-            [("WWW-Authenticate", "Bearer")],
-        )
+        return None
+
+    async def _login_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login page without the API description it embeds (endpoint and parameter names are
+        for logged-in users). Asked for uncompressed, so that it can be edited."""
+        headers = [(n, v) for n, v in scope.get("headers", []) if n != b"accept-encoding"]
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def edit(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = _API_INFO.sub(_NO_API_INFO, b"".join(chunks), count=1)
+            kept = [(n, v) for n, v in start.get("headers", []) if n.lower() != b"content-length"]
+            await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app({**scope, "headers": headers}, receive, edit)
 
     # ---- files --------------------------------------------------------------------------------------------
     def _is_upload(self, value: Any) -> bool:

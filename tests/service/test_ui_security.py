@@ -482,6 +482,7 @@ def test_with_keys_every_ui_route_needs_a_login(cache_dir: Path) -> None:
         assert upload.status_code == 401 and not any(p.name == "a.png" for p in _files_under(cache_dir))
         page = client.get("/ui/")  # the login form: no components, no functions
         assert page.status_code == 200 and '"auth_required":true' in page.text.replace(" ", "")
+        assert "pool_image" not in page.text  # nor the API description Gradio embeds in it
         assert client.post("/ui/login", data={"username": "me", "password": "nope"}).status_code == 400
 
 
@@ -529,3 +530,44 @@ def test_gradio_client_logs_in_with_a_key() -> None:
         assert pooled and "Error" not in info
         with pytest.raises(ValueError, match=r"(?i)credentials|login|auth"):
             Client(f"{base}/ui/", auth=("poolserve", "wrong"), verbose=False)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_browser_gets_the_login_form_and_the_key_opens_the_page() -> None:
+    """Chromium against a real server with keys: Gradio's login form first, the key as the password."""
+    from .support import live_server
+    from .test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
+
+    sync_playwright = _need_browser()
+    errors: list[str] = []
+    refused: list[str] = []
+
+    def seen(response: Any) -> None:
+        if response.status >= 500:
+            errors.append(f"{response.status} {response.url}")
+        elif response.status == 401:
+            refused.append(response.url)
+
+    with live_server({"POOLSERVE_API_KEYS": ",".join(KEYS)}) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.on("response", seen)
+            page.goto(f"{base}/ui/")
+            password = page.locator("input[type=password]")
+            password.wait_for()
+            assert page.locator("#image-method").count() == 0  # nothing of the page before the login
+            page.locator("input[type=text]").first.fill("anyone")
+            password.fill("not-the-key")
+            page.get_by_role("button", name=re.compile("login", re.I)).click()
+            page.get_by_text(re.compile("incorrect credentials", re.I)).wait_for()
+            page.locator("input[type=text]").first.fill("anyone")  # the form clears both fields
+            password.fill(KEYS[0])
+            page.get_by_role("button", name=re.compile("login", re.I)).click()
+            page.locator("#image-method").wait_for()
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert all("/ui/" in url for url in refused), refused
