@@ -64,6 +64,7 @@ class UICache:
         self.pinned = frozenset(os.path.realpath(p) for p in pinned)
         self.on_evict = on_evict
         self._reserved = 0
+        self._last_sweep = -1e9
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,7 +99,14 @@ class UICache:
         with self._lock:
             return self._sweep(now, need=0)
 
+    def sweep_soon(self) -> None:
+        """:meth:`sweep`, unless one ran less than a second ago (after requests that may have written a
+        result; the background cleaner and every upload sweep anyway)."""
+        if time.monotonic() - self._last_sweep >= 1.0:
+            self.sweep()
+
     def _sweep(self, now: float | None, need: int) -> int:
+        self._last_sweep = time.monotonic()
         now = time.time() if now is None else now
         entries = self.entries()
         used = sum(e.size for e in entries)

@@ -169,12 +169,12 @@ class UIGuard:
             elif method in ("POST", "PUT", "PATCH") and path.startswith("/gradio_api/"):
                 receive = await self._checked_body(scope, receive, path)
                 await self.app(scope, receive, send)
-                await anyio.to_thread.run_sync(self.cache.sweep)  # results may have landed in the cache
+                await anyio.to_thread.run_sync(self.cache.sweep_soon)  # results may have landed in the cache
                 return
             elif method == "GET" and (_RESULT.match(path) or path == "/gradio_api/queue/data"):
                 self._check_result_name(path)
                 await self.app(scope, receive, send)
-                await anyio.to_thread.run_sync(self.cache.sweep)
+                await anyio.to_thread.run_sync(self.cache.sweep_soon)
                 return
         except _Refused as refused:
             await _respond(scope, send, refused)

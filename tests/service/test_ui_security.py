@@ -410,6 +410,19 @@ def test_cache_counts_only_gradios_layout(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").exists() and (tmp_path / "notes" / "a.txt").exists()
 
 
+def test_room_held_for_arriving_uploads_is_not_given_twice(tmp_path: Path) -> None:
+    from service.ui.cache import CacheFull, UICache, UploadTooLarge
+
+    cache = UICache(tmp_path, max_bytes=100, max_age=60)
+    cache.reserve(60)  # an upload still arriving
+    with pytest.raises(CacheFull, match="60 bytes of uploads arriving"):
+        cache.reserve(60)
+    cache.release(60)
+    cache.reserve(60)
+    with pytest.raises(UploadTooLarge, match="upload of 101 bytes is over the UI cache limit of 100"):
+        cache.reserve(101)
+
+
 # ---- finding 12: unknown functions -------------------------------------------------------------------------
 def test_unknown_functions_get_4xx(cache_dir: Path) -> None:
     long_name = "x" * 5000
