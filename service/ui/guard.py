@@ -3,7 +3,7 @@
 - **Files** (issue 9, finding 1). Gradio 6.31 copies any server file named in an event's data into its cache
   and then serves it, because ``processing_utils._check_allowed`` returns early while
   ``blocks.has_launched`` is False, and ``gr.mount_gradio_app`` never sets it. :func:`close_upstream_hole`
-  sets the flag; independently of it, every JSON body sent to ``/gradio_api/*`` is searched for file
+  sets the flag; independently of it, every request body but the login form's is searched for file
   objects, and one whose path is not a file in the upload directory is refused with 403 before Gradio sees
   it. ``/gradio_api/file=`` serves only the upload directory and the page's own assets; ``/proxy=`` and
   remote URLs are refused. Only ``/gradio_api/upload`` takes multipart bodies.
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .cache import CacheFull, UICache, UploadTooLarge
 
 __all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker"]
+
+log = logging.getLogger("poolserve")
 
 BEARER_USER = "api-key"  # the Gradio user name of requests that came with a Bearer key
 
@@ -166,9 +169,9 @@ class UIGuard:
             elif method == "POST" and path in _UPLOAD:
                 await self._upload(scope, receive, send)
                 return
-            elif method in ("POST", "PUT", "PATCH") and path.startswith("/gradio_api/"):
+            elif method in ("POST", "PUT", "PATCH") and path.rstrip("/") != "/login":
                 receive = await self._checked_body(scope, receive, path)
-                await self.app(scope, receive, send)
+                await self._without_500(scope, receive, send, path)
                 await anyio.to_thread.run_sync(self.cache.sweep_soon)  # results may have landed in the cache
                 return
             elif method == "GET" and (_RESULT.match(path) or path == "/gradio_api/queue/data"):
@@ -275,8 +278,15 @@ class UIGuard:
                 )
 
     # ---- functions ----------------------------------------------------------------------------------------
-    def _fn_ids(self) -> list[int]:
-        return sorted(self.blocks.fns)
+    def _fns(self, body: Any) -> dict[int, Any]:
+        """The page's functions, and those a session rendered for itself (``gr.render``), as Gradio's own
+        lookup sees them."""
+        fns: dict[int, Any] = dict(self.blocks.fns)
+        session = body.get("session_hash") if isinstance(body, dict) else None
+        holder = getattr(self.gradio_app, "state_holder", None)
+        if isinstance(session, str) and holder is not None and session in holder:
+            fns.update(holder[session].blocks_config.fns)
+        return fns
 
     def _check_fn(self, path: str, body: Any) -> None:
         fn_index = body.get("fn_index") if isinstance(body, dict) else None
@@ -284,27 +294,71 @@ class UIGuard:
             index = _as_index(fn_index)
             if index is None:
                 raise _Refused(422, f"fn_index must be an integer (got {_shown(str(fn_index))})")
-            if index not in self.blocks.fns:
-                ids = self._fn_ids()
+            fns = self._fns(body)
+            if index not in fns:
+                ids = sorted(fns)
                 raise _Refused(
                     404, f"no UI function with fn_index {index}; they run from {ids[0]} to {ids[-1]}"
                 )
             return
         match = _CALL.match(path)
         if match:
-            self._check_name(match["name"])
+            self._check_name(match["name"], self._fns(body))
         elif path.rstrip("/") == "/gradio_api/queue/join":
             raise _Refused(422, "fn_index is required to join the queue")
 
     def _check_result_name(self, path: str) -> None:
         match = _RESULT.match(path)
         if match:
-            self._check_name(match["name"])
+            self._check_name(match["name"], self.blocks.fns)
 
-    def _check_name(self, name: str) -> None:
-        names = sorted({fn.api_name for fn in self.blocks.fns.values() if isinstance(fn.api_name, str)})
+    def _check_name(self, name: str, fns: dict[int, Any]) -> None:
+        names = sorted({fn.api_name for fn in fns.values() if isinstance(fn.api_name, str)})
         if name not in names:
             raise _Refused(404, f"no UI endpoint named {_shown(name)}; known: {', '.join(names)}")
+
+    async def _without_500(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Run a call; a 500 from Gradio becomes 422 with its reason.
+
+        Gradio answers 500 to a call whose inputs it cannot take (too few values, a value a component
+        rejects, an unknown argument or component); the page's own handlers never raise (their errors are
+        shown on the page), so here a 500 means the request was wrong. It is still logged, with its
+        traceback, in case it was not."""
+        swapped = False
+        started = False
+        body: list[bytes] = []
+
+        async def watch(message: Message) -> None:
+            nonlocal swapped, started
+            if message["type"] == "http.response.start" and not started and message["status"] == 500:
+                swapped = True
+                return
+            if swapped:
+                if message["type"] == "http.response.body":
+                    body.append(message.get("body", b""))
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        reason = ""
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as error:
+            if started:
+                raise
+            log.warning("UI request %s failed; answered 422", path, exc_info=True)
+            swapped, reason = True, f"{type(error).__name__}: {error}"
+        if not swapped:
+            return
+        if not reason:
+            try:
+                reason = str(orjson.loads(b"".join(body)).get("error") or "")
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = ""
+            log.warning("UI request %s: Gradio answered 500 (%s); answered 422", path, reason[:300])
+        reason = re.sub(r" object at 0x[0-9a-f]+", "", " ".join(reason.split()))[:300] or "unknown error"
+        detail = f"the UI could not process this request: {reason}"
+        await _respond(scope, send, _Refused(422, detail))
 
     # ---- bodies -------------------------------------------------------------------------------------------
     async def _checked_body(self, scope: Scope, receive: Receive, path: str) -> Receive:

@@ -447,6 +447,28 @@ def test_unknown_functions_get_4xx(cache_dir: Path) -> None:
         assert result.status_code == 404 and "no UI endpoint named 'nope'" in result.json()["detail"]
 
 
+def test_malformed_ui_calls_get_4xx(cache_dir: Path) -> None:
+    """Inputs Gradio cannot take (it answers each with a 500) get 422 and the reason, without internals."""
+    with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
+        cases = [
+            ("/ui/gradio_api/call/v2/pool_image", {"bogus": 1}, "`bogus` is not a valid"),
+            ("/ui/gradio_api/run/snippet_fn", {"data": []}, "didn't receive enough input values"),
+            ("/ui/gradio_api/api/snippet_fn", {"data": [1] * 15}, "not in the list of choices"),
+            ("/ui/gradio_api/run/pool_image", {"data": [1] * 16}, "validation error for ImageData"),
+            (
+                "/ui/gradio_api/component_server",
+                {"session_hash": "s", "component_id": 99999, "fn_name": "x", "data": None},
+                "KeyError: 99999",
+            ),
+        ]
+        for url, body, reason in cases:
+            response = client.post(url, json=body)
+            assert response.status_code == 422, (url, response.status_code, response.text[:300])
+            detail = response.json()["detail"]
+            assert detail.startswith("the UI could not process this request: ") and reason in detail, detail
+            assert "Traceback" not in detail and " at 0x" not in detail and len(detail) < 400
+
+
 # ---- API keys ----------------------------------------------------------------------------------------------
 def _concrete(path: str) -> str:
     """A route's path with each parameter filled in."""
