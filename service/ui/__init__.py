@@ -15,6 +15,7 @@ from typing import Any
 # Gradio reads this at import time; the page must never phone home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import anyio.to_thread
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
@@ -106,7 +107,7 @@ def mount_ui(app: FastAPI) -> FastAPI:
             try:
                 yield state
             finally:
-                cache.stop()
+                await anyio.to_thread.run_sync(cache.stop)
 
     app.router.lifespan_context = lifespan
     return app
