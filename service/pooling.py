@@ -181,7 +181,7 @@ def _check_output(output: Tensor, method: str) -> Tensor:
         bad = int((~torch.isfinite(output)).sum())
         raise ValueError(
             f"the result of {method} is not finite: {bad} values overflow {str(output.dtype)[6:]} (largest "
-            f"{torch.finfo(output.dtype).max:g}); send float32 or float64 input, smaller values or a smaller p"
+            f"{torch.finfo(output.dtype).max:g}); send float32 or float64 input, smaller values or smaller p"
         )
     return output
 
