@@ -39,7 +39,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
     (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "CUR"),
     (b"%!PS", "EPS"),
     (b"\xc5\xd0\xd3\xc6", "EPS"),
     (b"%PDF", "PDF"),
