@@ -60,16 +60,12 @@ def test_encode_is_exact_for_float32() -> None:
     np.testing.assert_array_equal(np.asarray(doc["data"], np.float32), x.numpy())
 
 
-@pytest.mark.parametrize("dtype", [["x"], {"x": 1}, 16, True, "", "int8"])
+@pytest.mark.parametrize("dtype", [["x"], {"x": 1}, "", 0, False])
 def test_dtype_must_be_a_known_name(dtype: object) -> None:
     """A list or object is no dict key: it used to raise TypeError (a 500); a falsy one meant float32."""
     with pytest.raises(Unprocessable, match=r'"dtype" must be one of float16, float32, float64 \(got '):
         json.decode(orjson.dumps({"data": [0.1], "dtype": dtype}), LIMITS)
-
-
-def test_dtype_null_means_float32() -> None:
-    d = json.decode(orjson.dumps({"data": [0.1], "dtype": None}), LIMITS)
-    assert d.tensor.dtype == torch.float32
+    assert json.decode(orjson.dumps({"data": [0.1], "dtype": None}), LIMITS).tensor.dtype == torch.float32
 
 
 def test_long_dtype_and_keys_are_cut_in_messages() -> None:

@@ -174,8 +174,4 @@ def test_empty_array_with_a_huge_dimension_is_413() -> None:
     """(1, 2**62, 0) has no elements, so no bytes follow, but numpy cannot make an array of it."""
     with pytest.raises(PayloadTooLarge, match="length 4611686018427387904"):
         npy.decode(_header(f"(1, {2**62}, 0)"), LIMITS)
-
-
-def test_empty_array_of_allowed_dimensions_decodes() -> None:
-    out = npy.decode(_header("(1, 3, 0)"), LIMITS)
-    assert out.shape == (1, 3, 0)
+    assert npy.decode(_header("(1, 3, 0)"), LIMITS).shape == (1, 3, 0)  # the operator names it
