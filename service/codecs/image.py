@@ -101,7 +101,9 @@ def decode(body: bytes | bytearray, limits: Limits, media_type: str | None = Non
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"image refused as a decompression bomb: {error}") from None
     except UnidentifiedImageError:  # its message names the BytesIO object, which says nothing to a client
-        raise BadRequest(f"malformed image: the body is not {expected} data that can be read") from None
+        raise BadRequest(
+            "malformed image: the body is not an image that PNG or JPEG decoding can read"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadRequest(f"malformed image: {error}") from None
     if pixels.ndim == 2:
