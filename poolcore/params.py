@@ -19,8 +19,9 @@ __all__ = ["MAX_INT", "AdaptiveParams", "GlobalParams", "WindowParams", "format_
 MAX_INT = 2**31 - 1
 PositiveInt = Annotated[int, Field(ge=1, le=MAX_INT)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_INT)]
-Size = PositiveInt | tuple[PositiveInt, ...]
-OptionalSize = PositiveInt | tuple[PositiveInt | None, ...]
+# One entry per spatial dimension: at most 3 (a longer tuple would only be echoed back in an error).
+Size = PositiveInt | Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
+OptionalSize = PositiveInt | Annotated[tuple[PositiveInt | None, ...], Field(min_length=1, max_length=3)]
 
 
 class _Params(BaseModel):
@@ -39,7 +40,7 @@ class _Params(BaseModel):
                 value = data.get(name)
                 items = value if isinstance(value, (list, tuple)) else (value,)
                 if any(isinstance(item, bool) for item in items):
-                    raise ValueError(f"{name} must be a number, not a boolean (got {value!r})")
+                    raise ValueError(f"{name} must be a number, not a boolean (got {_shorten(value)})")
         return data
 
 
@@ -48,8 +49,8 @@ class WindowParams(_Params):
 
     kernel_size: Size | None = Field(None, description="Window size, an int or one int per spatial dim.")
     stride: Size | None = Field(None, description="Window step; defaults to kernel_size.")
-    padding: NonNegativeInt | tuple[NonNegativeInt, ...] = Field(
-        0, description="Implicit zero padding on both sides, at most half the kernel."
+    padding: NonNegativeInt | Annotated[tuple[NonNegativeInt, ...], Field(min_length=1, max_length=3)] = (
+        Field(0, description="Implicit zero padding on both sides, at most half the kernel.")
     )
     ceil_mode: bool = Field(False, description="Use ceil instead of floor for the output size.")
     output_size: OptionalSize | None = Field(

@@ -75,3 +75,18 @@ def test_functional_refuses_a_stride_that_would_kill_the_process() -> None:
     x = torch.rand(1, 1, 4, 4)
     for method in ("avg", "max", "mixed", "stochastic", "lp", "gem"):  # the largest stride still runs
         assert poolcore.pool(x, method, kernel_size=2, stride=MAX_INT).shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["kernel_size", "stride", "padding", "output_size"])
+def test_window_tuples_have_one_to_three_entries(name: str) -> None:
+    """A 100000-entry kernel_size used to reach poolcore's windows and come back whole in the message."""
+    for value, message in (
+        ([1] * 100_000, "at most 3 items after validation, not 100000"),
+        ([], "at least 1 item after validation"),
+    ):
+        params: dict[str, object] = {"kernel_size": 2, name: value}
+        if name in ("kernel_size", "output_size"):
+            params = {name: value}
+        with pytest.raises(ValueError, match=message) as error:
+            poolcore.get_spec("avg").resolve(params)
+        assert len(str(error.value)) < 300

@@ -59,6 +59,13 @@ TABLE = [
     Hostile("good.npy", NPY, {"output_size": f"2,{10**18}"}, 422, "output_size: input should be less"),
     Hostile("good.npy", NPY, {"kernel_size": "true"}, 422, "kernel_size must be a number, not a boolean"),
     Hostile(
+        "good.npy",
+        NPY,
+        {"kernel_size": ",".join(["1"] * 5000)},
+        422,
+        "at most 3 items after validation, not 5000",
+    ),
+    Hostile(
         "json_stride_1e18.json", JSON, {}, 422, "stride: input should be less than or equal to 2147483647"
     ),
     Hostile("json_output_size_1e18.json", JSON, {}, 422, "output_size: input should be less than or equal"),
