@@ -12,10 +12,18 @@
 never meets a negative base, so there is no NaN. The root uses ``where(S > 0, S, 1)`` inside and
 ``where(S > 0, ·, 0)`` outside, so gradients with respect to x and p stay finite on all-zero windows.
 float16/bfloat16 inputs are computed in float32 (powers overflow half precision quickly) and cast back.
+
+Where ``x^p`` or a window's sum leaves the dtype's range (``gem`` with p=1e308, ``lp`` with p=40 on
+float32 values of 1e3, or p=2 on values of 1e-25), a stable form gives the same value, which overflows
+only if the true result does (see ``_scaled``): the window max when p is so large that nothing else
+shows; else float64 on the input scaled by a power of two; else ``m · (Σ (x/m)^p)^(1/p)`` with ``m``
+each window's maximum, which costs one pass per window offset. A tensor p (a learnable one) keeps the
+plain form.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -119,6 +127,92 @@ def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
     return w.map_planes(b, run)
 
 
+def _out_of_range(s: Tensor, p: Power, window_max: Callable[[], Tensor]) -> bool:
+    """Whether a window's power sum ``s`` (``Σ t^p`` or its mean) overflowed to inf, or underflowed below
+    the dtype's smallest normal number in a window that is not all zero: then :func:`_scaled` gives the
+    answer. One pass over the (small) output; skipped for a tensor p (training) and under compile, where
+    a host sync would break the graph, and for p = 1, where there is no power to leave the range."""
+    if isinstance(p, Tensor) or p == 1 or s.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    low, high = (float(v) for v in torch.aminmax(s.detach()))
+    if math.isinf(high):
+        return True
+    tiny = torch.finfo(s.dtype).tiny
+    return low < tiny and bool(((s.detach() < tiny) & (window_max() > 0)).any())
+
+
+def _scaled_sums(t: Tensor, w: Window, scale: Tensor, p: float, grad: bool) -> Tensor:
+    """``Σ (t / scale)^p`` over each window, ``scale`` being output-shaped (one value per window), so
+    each window's values are divided by that window's own scale. Loops over window offsets (each step an
+    output-sized op) or, when there are fewer windows than offsets (large adaptive bins), over windows."""
+    if w.is_global:
+        return (t / scale).pow(p).sum(dim=w.spatial_dims, keepdim=True)
+    n = len(w.in_size)
+    if math.prod(w.max_extent(d) for d in range(n)) <= math.prod(w.out_size):
+        total = torch.zeros_like(scale)
+        term = torch.empty_like(scale)
+        for value in w.offsets(t):  # positions outside the input read 0, which adds 0
+            if grad:
+                total = total + (value / scale).pow(p)
+            else:
+                total.add_(torch.div(value, scale, out=term).pow_(p))
+        return total
+    bounds = [w.bounds(d) for d in range(n)]
+    sums = []
+    for index in itertools.product(*(range(o) for o in w.out_size)):
+        region: tuple[Any, ...] = (
+            ...,
+            *(slice(bounds[d][0][i], bounds[d][1][i]) for d, i in enumerate(index)),
+        )
+        at: tuple[Any, ...] = (..., *(slice(i, i + 1) for i in index))
+        sums.append((t[region] / scale[at]).pow(p).sum(dim=w.spatial_dims, keepdim=True).flatten(2))
+    return torch.cat(sums, dim=2).reshape(scale.shape)
+
+
+def _window_scaled(t: Tensor, w: Window, p: float, mean: bool, grad: bool) -> Tensor:
+    """``m · (Σ (t/m)^p)^(1/p)`` (``mean`` in place of Σ for GeM) with ``m`` each window's maximum.
+    Every term is at most 1 and the largest is 1, so nothing overflows unless the result itself does,
+    and a window's largest values never underflow. All-zero windows give 0."""
+    m = w.max(t)
+    scale = torch.where(m > 0, m, torch.ones_like(m))
+    s = _scaled_sums(t, w, scale, p, grad)
+    if mean:
+        s = s / w.valid_count(t.device, t.dtype)
+    y = scale * _root(s, p, grad)
+    return torch.where(torch.isinf(m), m, y)  # an infinite input stays infinite, not inf/inf = NaN
+
+
+_WIDE_BITS = 1800  # of float64's 2046 binary orders of magnitude, what powers and sums may span
+
+
+def _scaled(t: Tensor, w: Window, p: float, mean: bool, grad: bool) -> Tensor:
+    """The result for ``t >= 0`` where the plain form left the range, by the cheapest exact route:
+
+    1. p so large that ``K^(1/p)`` (K values per window) rounds to 1: the window max, p = inf's answer;
+    2. values whose p-th powers span less than float64's range: the plain form in float64, on ``t``
+       scaled by a power of two (exact), so the powers sit in the middle of the range: one pass;
+    3. otherwise each window scaled by its own maximum (:func:`_window_scaled`).
+
+    Each equals the plain form mathematically (1. to within half an ulp), so autograd gives its
+    gradients."""
+    count = math.prod(w.max_extent(d) for d in range(len(w.in_size)))
+    if math.log(count) / p <= torch.finfo(t.dtype).eps / 2:
+        return w.max(t)
+    plain = t.detach()
+    high = float(plain.amax())
+    low = float(torch.where(plain > 0, plain, math.inf).amin())
+    if math.isfinite(high) and math.isfinite(low):
+        top, bottom = math.log2(high), math.log2(low)
+        if p * (top - bottom) + math.log2(count) < _WIDE_BITS:
+            k = round((top + bottom) / 2)
+            half = k // 2  # 2^k in two factors: one could overflow float64 at the extreme exponents
+            x = t.double() * 2.0 ** (-half) * 2.0 ** (half - k)
+            powered = x.pow(p)
+            s = w.mean(powered, count_include_pad=False) if mean else w.sum(powered)
+            return (_root(s, p, grad) * 2.0**half * 2.0 ** (k - half)).to(t.dtype)
+    return _window_scaled(t, w, p, mean, grad)
+
+
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
     def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
         if not isinstance(p, Tensor) and math.isinf(p):
@@ -126,7 +220,11 @@ def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
             return y if out is None else out.copy_(y)
         # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
         t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
-        return _root(w.sum(t, out=out), p, grad)
+        s = w.sum(t, out=out)
+        if _out_of_range(s, p, lambda: w.max(x.abs())):
+            y = _scaled(x.abs(), w, float(p), mean=False, grad=grad)
+            return y if out is None else out.copy_(y)
+        return _root(s, p, grad)
 
     return _by_planes(b, w, p, core)
 
@@ -137,7 +235,11 @@ def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
             y = w.max(x).clamp_min(eps)
             return y if out is None else out.copy_(y)
         t = _power(x.clamp_min(eps), p, inplace=not grad)
-        return _root(w.mean(t, count_include_pad=False, out=out), p, grad)
+        s = w.mean(t, count_include_pad=False, out=out)
+        if _out_of_range(s, p, lambda: w.max(x).clamp_min(eps)):
+            y = _scaled(x.clamp_min(eps), w, float(p), mean=True, grad=grad)
+            return y if out is None else out.copy_(y)
+        return _root(s, p, grad)
 
     return _by_planes(b, w, p, core)
 

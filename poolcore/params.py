@@ -6,16 +6,22 @@ protocol, so the window arguments are declared once here and each family adds it
 
 from __future__ import annotations
 
+import functools
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["AdaptiveParams", "GlobalParams", "WindowParams", "format_validation_error"]
+__all__ = ["MAX_INT", "AdaptiveParams", "GlobalParams", "WindowParams", "format_validation_error"]
 
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Size = PositiveInt | tuple[PositiveInt, ...]
-OptionalSize = PositiveInt | tuple[PositiveInt | None, ...]
+# The largest window argument (kernel_size, stride, padding, output_size entry): torch's pooling kernels
+# take these as C ints, and a stride of 2**32 ends the process with SIGFPE in max_pool.
+MAX_INT = 2**31 - 1
+PositiveInt = Annotated[int, Field(ge=1, le=MAX_INT)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_INT)]
+# One entry per spatial dimension: at most 3 (a longer tuple would only be echoed back in an error).
+Size = PositiveInt | Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
+OptionalSize = PositiveInt | Annotated[tuple[PositiveInt | None, ...], Field(min_length=1, max_length=3)]
 
 
 class _Params(BaseModel):
@@ -25,14 +31,26 @@ class _Params(BaseModel):
         None, description="Spatial rank; inferred from a tuple window argument, else from the input rank."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """A JSON ``true`` where a number is expected is an error: pydantic would read it as 1."""
+        if isinstance(data, dict):
+            for name in _numeric_fields(cls):
+                value = data.get(name)
+                items = value if isinstance(value, (list, tuple)) else (value,)
+                if any(isinstance(item, bool) for item in items):
+                    raise ValueError(f"{name} must be a number, not a boolean (got {_shorten(value)})")
+        return data
+
 
 class WindowParams(_Params):
     """A sliding window (``kernel_size``...) or adaptive bins (``output_size``): exactly one of them."""
 
     kernel_size: Size | None = Field(None, description="Window size, an int or one int per spatial dim.")
     stride: Size | None = Field(None, description="Window step; defaults to kernel_size.")
-    padding: NonNegativeInt | tuple[NonNegativeInt, ...] = Field(
-        0, description="Implicit zero padding on both sides, at most half the kernel."
+    padding: NonNegativeInt | Annotated[tuple[NonNegativeInt, ...], Field(min_length=1, max_length=3)] = (
+        Field(0, description="Implicit zero padding on both sides, at most half the kernel.")
     )
     ceil_mode: bool = Field(False, description="Use ceil instead of floor for the output size.")
     output_size: OptionalSize | None = Field(
@@ -61,6 +79,33 @@ class GlobalParams(_Params):
     """Global presets: the whole spatial extent is one window."""
 
 
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation accepts: ``int | tuple[int | None, ...]`` gives int and NoneType."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return {type(arg) for arg in args}
+    if not args:
+        return {annotation} if isinstance(annotation, type) else set()
+    return set().union(*(_leaf_types(arg) for arg in args if arg is not Ellipsis))
+
+
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that take numbers but no boolean."""
+    numeric = []
+    for name, info in model.model_fields.items():
+        leaves = _leaf_types(info.annotation)
+        if bool not in leaves and leaves & {int, float}:
+            numeric.append(name)
+    return tuple(numeric)
+
+
+def _shorten(value: Any) -> str:
+    """A client's value for a message: its first 64 characters, so a message never echoes a large one."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 64 else text[:64] + "…"
+
+
 def format_validation_error(method: str, error: ValidationError) -> str:
     """One clause per offending parameter, naming it and the value given, for a ValueError or a 422.
 
@@ -76,8 +121,8 @@ def format_validation_error(method: str, error: ValidationError) -> str:
         specific = [i for i in items if not i["type"].endswith(("_type", "_parsing"))]
         item = (specific or items)[0]
         if item["type"] == "extra_forbidden":
-            parts.append(f"{field}: unknown parameter")
+            parts.append(f"{_shorten(field)}: unknown parameter")
             continue
         msg = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{field}: {msg} (got {item['input']!r})" if field else msg)
+        parts.append(f"{_shorten(field)}: {msg} (got {_shorten(item['input'])})" if field else msg)
     return f"invalid parameters for {method!r}: " + "; ".join(parts)

@@ -188,7 +188,10 @@ def get_spec(name: str) -> MethodSpec:
     spec = REGISTRY.get(ALIASES.get(name, name)) if isinstance(name, str) else None
     if spec is None:
         known = ", ".join([*REGISTRY, *ALIASES])
-        raise UnknownMethodError(f"unknown pooling method {name!r}; known methods: {known}")
+        shown = repr(name)
+        if len(shown) > 64:  # a client's name is echoed in the service's 404: never a long one
+            shown = shown[:64] + "…"
+        raise UnknownMethodError(f"unknown pooling method {shown}; known methods: {known}")
     return spec
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .params import MAX_INT
+
 __all__ = [
     "IntTuple",
     "OptIntTuple",
@@ -79,6 +81,8 @@ def _tuple(value: object, n: int, name: str, *, minimum: int, allow_none: bool =
         if item < minimum:
             bound = "positive" if minimum == 1 else "non-negative"
             raise ValueError(f"{name} must be {bound} (got {value!r})")
+        if item > MAX_INT:  # torch's kernels take C ints (a stride of 2**32 is a SIGFPE)
+            raise ValueError(f"{name} entries must be at most 2**31-1 (got {value!r})")
     return items
 
 

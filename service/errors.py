@@ -25,7 +25,10 @@ __all__ = [
     "UnsupportedMediaType",
     "error_response",
     "install_error_handlers",
+    "shorten",
 ]
+
+_SHOWN = 64  # characters of a client's value that a message repeats
 
 
 class ServiceError(Exception):
@@ -56,6 +59,13 @@ class UnsupportedMediaType(ServiceError):
 
 class Unprocessable(ServiceError):
     status_code = 422
+
+
+def shorten(value: object) -> str:
+    """``repr(value)`` cut to its first 64 characters plus "…": a message names what the client sent
+    without echoing a large body back."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
 
 
 def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .errors import Unprocessable
+from .errors import Unprocessable, shorten
 
 __all__ = ["gather", "parse_text", "split_run_options"]
 
@@ -52,12 +52,14 @@ def gather(
         for key, text in items:
             if key in params:
                 raise Unprocessable(
-                    f"parameter {key!r} is given more than once ({sources[key]} and {source})"
+                    f"parameter {shorten(key)} is given more than once ({sources[key]} and {source})"
                 )
             params[key], sources[key] = parse_text(text), source
     for key, value in body.items():
         if key in params:
-            raise Unprocessable(f"parameter {key!r} is given more than once ({sources[key]} and JSON params)")
+            raise Unprocessable(
+                f"parameter {shorten(key)} is given more than once ({sources[key]} and JSON params)"
+            )
         params[key] = value
     return params
 

@@ -174,13 +174,26 @@ def _resolve(spec: MethodSpec, params: Mapping[str, Any] | None) -> tuple[dict[s
     return resolved, canonical
 
 
+def _check_output(output: Tensor, method: str) -> Tensor:
+    """A finite input can still give a result its dtype cannot hold (lp's sum over float16 near 65504):
+    a ``ValueError`` (422) naming the cause, never an answer with NaN, inf or JSON ``null`` in it."""
+    if output.numel() and output.is_floating_point() and not bool(torch.isfinite(output).all()):
+        bad = int((~torch.isfinite(output)).sum())
+        raise ValueError(
+            f"the result of {method} is not finite: {bad} values overflow {str(output.dtype)[6:]} (largest "
+            f"{torch.finfo(output.dtype).max:g}); send float32 or float64 input, smaller values or smaller p"
+        )
+    return output
+
+
 def _execute(checked: _Checked) -> Tensor:
     generator = None
     if checked.seed is not None:
         generator = torch.Generator(device=checked.device).manual_seed(checked.seed)
     with torch.inference_mode():
         x = checked.x.to(checked.device)
-        return checked.spec.run(x, checked.resolved, training=checked.training, generator=generator).cpu()
+        output = checked.spec.run(x, checked.resolved, training=checked.training, generator=generator).cpu()
+    return _check_output(output, checked.spec.name)
 
 
 def _execute_stacked(group: Sequence[_Checked]) -> list[Tensor]:
@@ -194,6 +207,7 @@ def _execute_stacked(group: Sequence[_Checked]) -> list[Tensor]:
     with torch.inference_mode():
         planes = torch.stack([c.x for c in group]).to(first.device).reshape(1, -1, *spatial)
         pooled = first.spec.run(planes, {**window, "dims": dims}, training=first.training).cpu()
+    _check_output(pooled, first.spec.name)  # else each runs alone, for its own error
     outputs = pooled.reshape(len(group), *shape[: len(shape) - dims], *pooled.shape[2:]).unbind(0)
     return list(outputs)
 

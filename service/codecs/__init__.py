@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import Response
 from torch import Tensor
 
-from ..errors import UnsupportedMediaType
+from ..errors import UnsupportedMediaType, shorten
 from . import image, json, multipart, npy
 from .base import MEDIA_TYPES, Decoded, Kind, Limits, negotiate
 
@@ -52,7 +52,7 @@ def request_family(content_type: str | None) -> str:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     family = REQUEST_TYPES.get(media)
     if family is None:
-        given = repr(media) if media else "none"
+        given = shorten(media) if media else "none"
         raise UnsupportedMediaType(
             f"unsupported Content-Type {given}; send one of: {', '.join(REQUEST_TYPES)}"
         )
@@ -67,7 +67,8 @@ def decode(body: bytes | bytearray, content_type: str | None, limits: Limits) ->
     if family == "npy":
         return Decoded(npy.decode(body, limits), FAMILY_KINDS["npy"])
     if family == "image":
-        return Decoded(image.decode(body, limits), FAMILY_KINDS["image"])
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        return Decoded(image.decode(body, limits, media), FAMILY_KINDS["image"])
     return multipart.decode(body, content_type or "", limits)
 
 

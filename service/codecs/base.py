@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from ..errors import NotAcceptable, PayloadTooLarge
+from ..errors import NotAcceptable, PayloadTooLarge, shorten
 
 __all__ = ["MEDIA_TYPES", "Decoded", "Kind", "Limits", "check_elements", "negotiate"]
 
@@ -38,9 +38,15 @@ class Decoded:
 
 
 def check_elements(shape: tuple[int, ...], limits: Limits) -> None:
-    """413 before allocating an input larger than the element limit."""
+    """413 before allocating an input larger than the element limit, or one with a dimension longer
+    than it (an empty array may claim any length, which numpy and torch then fail to represent)."""
     count = 1
     for size in shape:
+        if int(size) > limits.max_elements:
+            raise PayloadTooLarge(
+                f"input dimension of length {size} (shape {tuple(shape)}) is over the limit of "
+                f"{limits.max_elements} elements"
+            )
         count *= int(size)
     if count > limits.max_elements:
         raise PayloadTooLarge(
@@ -62,6 +68,8 @@ def _parse_accept(header: str) -> list[tuple[str, float, int]]:
                 try:
                     quality = float(value)
                 except ValueError:
+                    quality = 0.0
+                if not 0.0 <= quality <= 1.0:  # RFC 9110's q is 0 to 1: nan, inf, -1 or 2 are ignored
                     quality = 0.0
         entries.append((media, quality, position))
     return entries
@@ -91,6 +99,6 @@ def negotiate(accept: str | None, default: Kind) -> Kind:
                 best, chosen = rank, kind
     if chosen is None:
         raise NotAcceptable(
-            f"cannot produce any type in Accept {accept!r}; available: {', '.join(_ACCEPTED)}"
+            f"cannot produce any type in Accept {shorten(accept)}; available: {', '.join(_ACCEPTED)}"
         )
     return chosen

@@ -1,5 +1,10 @@
 """PNG/JPEG in (float32 C×H×W in [0, 1], keeping L, RGB or RGBA), PNG out (clamped to [0, 1]).
 
+Only the formats the request names are ever opened: Pillow is handed ``formats=["PNG"]`` for
+``image/png`` and ``["JPEG"]`` for ``image/jpeg``, never its full plugin list, so bytes of any other
+format (GIF, TIFF, BMP, ICO, and EPS, whose plugin runs Ghostscript) reach no other decoder and are
+refused with the format they look like.
+
 The size is checked from the header, before any pixel is decoded, so a small file that claims a huge
 image (a decompression bomb) is refused without the memory it asks for.
 """
@@ -15,10 +20,30 @@ from PIL import Image, UnidentifiedImageError
 from starlette.responses import Response
 from torch import Tensor
 
-from ..errors import BadRequest, NotAcceptable, PayloadTooLarge
+from ..errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from .base import Limits, check_elements
 
-__all__ = ["decode", "encode", "to_image"]
+__all__ = ["FORMATS", "decode", "encode", "sniff", "to_image"]
+
+# Content-Type -> the one Pillow format it names.
+FORMATS: dict[str, str] = {"image/png": "PNG", "image/jpeg": "JPEG"}
+
+# Leading bytes of the formats a client may send by mistake or on purpose, to name them in the error
+# (checked by hand: asking Pillow would mean opening the bytes with every plugin).
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"\x93NUMPY", "npy"),
+)
 
 _CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 _MODE_OF = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -35,12 +60,31 @@ def _target_mode(img: Image.Image) -> str:
     return "RGB"
 
 
-def decode(body: bytes | bytearray, limits: Limits) -> Tensor:
+def sniff(body: bytes | bytearray) -> str | None:
+    """The format ``body`` looks like from its first bytes (PNG, JPEG, GIF, TIFF, BMP, ICO, EPS, ...)."""
+    head = bytes(body[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def decode(body: bytes | bytearray, limits: Limits, media_type: str | None = None) -> Tensor:
+    """Decode a PNG (``image/png``) or JPEG (``image/jpeg``); with no media type (the UI's uploads),
+    either of the two, but nothing else."""
+    formats = [FORMATS[media_type]] if media_type in FORMATS else list(FORMATS.values())
+    expected = f"{formats[0]} (Content-Type {media_type})" if media_type in FORMATS else "PNG or JPEG"
+    found = sniff(body)
+    if found is not None and found not in formats:
+        raise UnsupportedMediaType(
+            f"the body is {found} data, not {expected}; images are accepted as PNG (image/png) or "
+            "JPEG (image/jpeg) only"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # BytesIO copies a bytearray (and shares bytes): one copy next to the decoding itself.
-            img = Image.open(io.BytesIO(body))  # reads the header only
+            # Only the declared format's plugin: never one that runs a program (EPS: Ghostscript).
+            img = Image.open(io.BytesIO(body), formats=formats)  # reads the header only
             width, height = img.size
             if width * height > limits.max_image_pixels:
                 raise PayloadTooLarge(

@@ -14,7 +14,7 @@ import torch
 from starlette.responses import Response
 from torch import Tensor
 
-from ..errors import BadRequest, Unprocessable
+from ..errors import BadRequest, Unprocessable, shorten
 from .base import Decoded, Limits, check_elements
 
 __all__ = ["DTYPES", "decode", "encode"]
@@ -39,7 +39,7 @@ def decode(body: bytes | bytearray, limits: Limits) -> Decoded:
     unknown = sorted(set(doc) - set(_KEYS))
     if unknown:
         raise Unprocessable(
-            f"unknown key(s) in the JSON body: {', '.join(unknown)}; allowed: {', '.join(_KEYS)}"
+            f"unknown key(s) in the JSON body: {shorten(', '.join(unknown))}; allowed: {', '.join(_KEYS)}"
         )
     if "data" not in doc:
         raise Unprocessable('the JSON body has no "data" (a nested list of numbers, rank 1 to 5)')
@@ -48,9 +48,11 @@ def decode(body: bytes | bytearray, limits: Limits) -> Decoded:
         params = {}
     if not isinstance(params, dict):
         raise Unprocessable(f'"params" must be an object (got {type(params).__name__})')
-    dtype_name = doc.get("dtype") or "float32"
-    if dtype_name not in DTYPES:
-        raise Unprocessable(f'"dtype" must be one of {", ".join(DTYPES)} (got {dtype_name!r})')
+    dtype_name = doc.get("dtype")
+    if dtype_name is None:
+        dtype_name = "float32"
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:  # a list or object is no dict key
+        raise Unprocessable(f'"dtype" must be one of {", ".join(DTYPES)} (got {shorten(dtype_name)})')
     return Decoded(to_tensor(doc["data"], DTYPES[dtype_name], limits), "json", params)
 
 

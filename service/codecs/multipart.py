@@ -6,7 +6,7 @@ from __future__ import annotations
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..errors import BadRequest, Unprocessable
+from ..errors import BadRequest, Unprocessable, UnsupportedMediaType, shorten
 from . import image, json, npy
 from .base import Decoded, Limits
 
@@ -107,9 +107,23 @@ def _sniff(data: bytes, part_type: str | None) -> str:
     if media in ("application/x-npy", "application/octet-stream"):
         return "npy"
     raise Unprocessable(
-        f"cannot tell the format of the uploaded file (Content-Type {part_type!r}); "
+        f"cannot tell the format of the uploaded file (Content-Type {shorten(part_type)}); "
         "upload .npy, PNG, JPEG or JSON"
     )
+
+
+def _image_type(part_type: str | None) -> str | None:
+    """The image media type a part declares (its format is then the only one opened), None for an
+    undeclared one (PNG or JPEG by their bytes); any other ``image/*`` is a 415."""
+    media = (part_type or "").split(";", 1)[0].strip().lower()
+    if media in image.FORMATS:
+        return media
+    if media.startswith("image/"):
+        raise UnsupportedMediaType(
+            f"the uploaded file's Content-Type {shorten(media)} is not accepted; upload PNG (image/png) "
+            "or JPEG (image/jpeg)"
+        )
+    return None
 
 
 def decode(body: bytes | bytearray, content_type: str, limits: Limits) -> Decoded:
@@ -121,14 +135,16 @@ def decode(body: bytes | bytearray, content_type: str, limits: Limits) -> Decode
                 raise Unprocessable("give one field 'file' (got several)")
             upload = (part_type, data)
         elif name in fields:
-            raise Unprocessable(f"form field {name!r} is given more than once")
+            raise Unprocessable(f"form field {shorten(name)} is given more than once")
         elif filename is not None:
-            raise Unprocessable(f"unexpected file in form field {name!r}; the tensor goes in field 'file'")
+            raise Unprocessable(
+                f"unexpected file in form field {shorten(name)}; the tensor goes in field 'file'"
+            )
         else:
             try:
                 fields[name] = data.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadRequest(f"form field {name!r} is not UTF-8 text") from None
+                raise BadRequest(f"form field {shorten(name)} is not UTF-8 text") from None
     if upload is None:
         raise Unprocessable(
             "multipart/form-data needs a field 'file' holding the tensor (.npy, PNG, JPEG or JSON)"
@@ -138,6 +154,6 @@ def decode(body: bytes | bytearray, content_type: str, limits: Limits) -> Decode
     if family == "npy":
         return Decoded(npy.decode(data, limits), "npy", form=fields)
     if family == "image":
-        return Decoded(image.decode(data, limits), "png", form=fields)
+        return Decoded(image.decode(data, limits, _image_type(part_type)), "png", form=fields)
     inner = json.decode(data, limits)
     return Decoded(inner.tensor, "json", inner.params, form=fields)

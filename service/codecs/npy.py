@@ -74,6 +74,8 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
         raise Unprocessable(f"the .npy float type must be float16, float32 or float64 (got {dtype})")
     if not 1 <= len(shape) <= 5:
         raise Unprocessable(f"input must have rank 1 to 5 (got rank {len(shape)}, shape {shape})")
+    if any(size < 0 for size in shape):
+        raise BadRequest(f"malformed .npy: the header's shape {shape} has a negative dimension")
     count = math.prod(shape)
     expected = count * dtype.itemsize
     offset = stream.tell()
@@ -83,7 +85,7 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
             f"malformed .npy: header says shape {shape} of {dtype} ({expected} bytes) "
             f"but {available} bytes follow it"
         )
-    check_elements(shape, limits)
+    check_elements(shape, limits)  # each dimension too: an empty array may claim a 2**62-long one
     # A view of the body: writable if the body is, aligned if the header's padding keeps it so.
     view = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     in_place = view.flags.writeable and view.flags.aligned and not fortran

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -279,3 +280,106 @@ class TestPowerModules:
             LPPool2d(2, p=0.5)
         with pytest.raises(ValueError, match="exactly one of kernel_size"):
             GeMPool2d()
+
+
+RTOL32 = tolerance(torch.float32)["rtol"]  # relative only: the values are far from 1
+STABLE_CASES = [
+    ("normal", 1e3, 40.0),  # 1e120: overflows float32
+    ("normal", 1e-3, 40.0),  # 1e-120: underflows float32 to 0
+    ("normal", 1e25, 2.0),
+    ("normal", 1e-25, 2.0),
+    ("log-uniform", 1.0, 100.0),  # powers 1e-300..1e300: too wide for one scale: each window's own
+]
+
+
+def _stable_input(shape: tuple[int, ...], kind: str, scale: float) -> torch.Tensor:
+    """float32 values: a normal sample times ``scale``, or ``10**u`` for u uniform in (-3, 3)
+    (positive, spanning 1e-3 to 1e3) with signs drawn at random."""
+    if kind == "normal":
+        return (torch.randn(*shape, dtype=torch.float64) * scale).float()
+    magnitude = 10 ** (torch.rand(*shape, dtype=torch.float64) * 6 - 3)
+    sign = torch.where(torch.rand(*shape) < 0.5, -1.0, 1.0).double()
+    return (magnitude * sign).float()
+
+
+class TestStableForm:
+    """Where x^p or a window's sum leaves the dtype's range, the max-scaled form answers (issue 9,
+    finding 7): the float32 result equals a float64 reference that holds the powers, within float32's
+    tolerance, and it never holds NaN or inf unless the true result overflows."""
+
+    @pytest.mark.parametrize("shape, kw", [*WINDOWS, ((2, 3, 9, 10), {"output_size": (2, 1)})])
+    @pytest.mark.parametrize("kind, scale, p", STABLE_CASES)
+    def test_lp_matches_float64(self, shape, kw, kind, scale, p) -> None:
+        torch.manual_seed(7)
+        x = _stable_input(shape, kind, scale)
+        y = lp_pool(x, **kw, p=p)
+        assert torch.isfinite(y).all()
+        expected = ref.pooled(x.double(), ref.lp(p), **kw)
+        torch.testing.assert_close(y.double(), expected, rtol=RTOL32, atol=0.0)
+
+    @pytest.mark.parametrize("shape, kw", [*WINDOWS, ((2, 3, 9, 10), {"output_size": (2, 1)})])
+    @pytest.mark.parametrize("kind, scale, p", STABLE_CASES)
+    def test_gem_matches_float64(self, shape, kw, kind, scale, p) -> None:
+        torch.manual_seed(8)
+        x = _stable_input(shape, kind, scale)
+        eps = scale * 1e-3 if kind == "normal" else 1e-3
+        y = gem_pool(x, **kw, p=p, eps=eps)
+        assert torch.isfinite(y).all()
+        expected = ref.pooled(x.double(), ref.gem(p, eps), **kw)
+        torch.testing.assert_close(y.double(), expected, rtol=RTOL32, atol=0.0)
+
+    @pytest.mark.parametrize("shape, kw", WINDOWS)
+    def test_huge_p_is_the_window_max(self, shape, kw) -> None:
+        """(mean x^p)^(1/p) and (Σ |x|^p)^(1/p) tend to the max as p grows; p=1e308 gave null (inf) or 0."""
+        torch.manual_seed(9)
+        x = torch.randn(*shape) * 100
+        torch.testing.assert_close(gem_pool(x, **kw, p=1e308), gem_pool(x, **kw, p=math.inf), rtol=0, atol=0)
+        torch.testing.assert_close(lp_pool(x, **kw, p=1e308), lp_pool(x, **kw, p=math.inf), rtol=0, atol=0)
+
+    def test_zero_windows_and_true_overflow(self) -> None:
+        x = torch.zeros(1, 1, 4, 4)
+        x[..., 0, 0] = 1e30  # 1e90 overflows float32: the stable form runs, zero windows included
+        y = lp_pool(x, 2, p=3.0)
+        torch.testing.assert_close(y[0, 0, 0, 0], torch.tensor(1e30))
+        assert y.flatten()[1:].eq(0).all()
+        assert gem_pool(x, 2, p=3.0, eps=0.0).flatten()[1:].eq(0).all()
+        # lp sums: four values of 60000 have an L2 norm of 120000, past float16's 65504. Nothing can
+        # hold it, so it stays inf (the service refuses such a result with a 422).
+        h = torch.full((1, 1, 2, 2), 60000.0, dtype=torch.float16)
+        assert lp_pool(h, 2, p=2.0).isinf().all()
+        torch.testing.assert_close(lp_pool(h.float(), 2, p=2.0), torch.full((1, 1, 1, 1), 120000.0))
+
+    def test_gradcheck_through_the_stable_form(self) -> None:
+        """The scaled form is the same function: autograd through it matches finite differences, where
+        x^2000 overflows float64 (values in [1, 2]) or x^200 underflows it (values near 1e-3)."""
+        torch.manual_seed(10)
+        big = (torch.rand(1, 2, 5, 6, dtype=torch.float64) + 1).requires_grad_(True)
+        small = (torch.rand(1, 2, 5, 6, dtype=torch.float64) * 1e-3 + 1e-4).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: lp_pool(t, 3, 2, 1, True, p=2000.0), (big,))
+        assert torch.autograd.gradcheck(lambda t: gem_pool(t, 3, 2, 1, True, p=2000.0), (big,))
+        assert torch.autograd.gradcheck(lambda t: gem_pool(t, output_size=(2, 1), p=2000.0), (big,))
+        assert torch.autograd.gradcheck(lambda t: lp_pool(t, output_size=1, p=2000.0), (big,))
+        assert torch.autograd.gradcheck(lambda t: lp_pool(t, 3, 2, p=200.0), (small,), eps=1e-9)
+
+    def test_each_route_is_taken(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """p=1e308: the window max; a narrow spread of values: float64 scaled by a power of two; a spread
+        past float64's range: each window scaled by its own maximum."""
+        import poolcore.lp as lp_module
+
+        routes: list[str] = []
+        window_scaled = lp_module._window_scaled
+
+        def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+            routes.append("window")
+            return window_scaled(*args, **kwargs)
+
+        monkeypatch.setattr(lp_module, "_window_scaled", spy)
+        x = _stable_input((1, 2, 8, 8), "log-uniform", 1.0)
+        lp_pool(x, 2, p=2.0)
+        assert routes == []  # in range: the plain form
+        lp_pool(x * 1e20, 2, p=2.0)
+        assert routes == []  # float64, scaled
+        lp_pool(x, 2, p=100.0)
+        assert routes == ["window"]
+        torch.testing.assert_close(lp_pool(x, 2, p=1e308), lp_pool(x, 2, p=math.inf), rtol=0, atol=0)
+        assert routes == ["window"]

@@ -107,3 +107,11 @@ class TestRegistry:
     def test_integer_input_through_pool(self) -> None:
         with pytest.raises(ValueError, match="floating-point tensor"):
             poolcore.pool(torch.zeros(1, 4, 4, dtype=torch.int64), "gem", kernel_size=2)
+
+
+def test_unknown_method_name_is_cut_in_the_message() -> None:
+    """The service puts this message in its 404: a 60 KB name must not come back."""
+    with pytest.raises(UnknownMethodError) as error:
+        get_spec("a" * 60_000)
+    message = str(error.value)
+    assert message.startswith("unknown pooling method 'aaaa") and "…" in message and len(message) < 300

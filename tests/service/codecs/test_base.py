@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.codecs import negotiate, request_family
-from service.errors import NotAcceptable, UnsupportedMediaType
+from service.codecs import Limits, negotiate, request_family
+from service.codecs.base import check_elements
+from service.errors import NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(
@@ -53,3 +54,32 @@ def test_request_family(content_type: str, family: str) -> None:
 def test_unsupported(content_type: str | None) -> None:
     with pytest.raises(UnsupportedMediaType, match="send one of"):
         request_family(content_type)
+
+
+@pytest.mark.parametrize("q", ["nan", "NaN", "inf", "1.5", "1e999"])
+def test_quality_outside_0_to_1_is_not_acceptable(q: str) -> None:
+    """RFC 9110 allows q from 0 to 1; anything else (``q=nan`` counted as acceptable) is ignored."""
+    with pytest.raises(NotAcceptable, match="available"):
+        negotiate(f"image/png;q={q}", "json")
+    assert negotiate(f"image/png;q={q}, application/x-npy;q=0.1", "json") == "npy"
+
+
+def test_element_check_covers_each_dimension() -> None:
+    """An empty shape may claim any length: (1, 2**62, 0) has 0 elements but cannot be represented."""
+    limits = Limits(max_elements=100, max_image_pixels=100)
+    check_elements((1, 100, 1), limits)
+    with pytest.raises(
+        PayloadTooLarge, match=r"length 4611686018427387904 \(shape \(1, 4611686018427387904, 0\)\)"
+    ):
+        check_elements((1, 2**62, 0), limits)
+    with pytest.raises(PayloadTooLarge, match="length 101"):
+        check_elements((0, 101), limits)
+
+
+def test_long_values_are_cut_in_messages() -> None:
+    with pytest.raises(UnsupportedMediaType) as error:
+        request_family("x/" + "y" * 10_000)
+    assert len(str(error.value)) < 300 and "…" in str(error.value)
+    with pytest.raises(NotAcceptable) as not_acceptable:
+        negotiate("text/" + "h" * 10_000, "json")
+    assert len(str(not_acceptable.value)) < 300

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from service.codecs import Limits, image
-from service.errors import BadRequest, NotAcceptable, PayloadTooLarge
+from service.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 
 from ..bad_inputs import bomb_png
 
@@ -81,3 +81,63 @@ def test_encode_shapes(shape: tuple[int, ...], size: tuple[int, int], mode: str)
 def test_encode_refuses_non_images(shape: tuple[int, ...]) -> None:
     with pytest.raises(NotAcceptable, match="not an image"):
         image.encode(torch.zeros(shape))
+
+
+# ---- only the format the Content-Type names is opened (issue 9, finding 8) ----------------------------
+
+OTHER_FORMATS = ["GIF", "TIFF", "BMP", "ICO", "EPS", "WEBP"]
+
+
+def _other(fmt: str) -> bytes:
+    size = 16 if fmt == "ICO" else 4  # Pillow writes no ICO entry below 16×16
+    return _encoded(Image.fromarray(RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)), fmt)
+
+
+@pytest.fixture()
+def plugins_opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Formats whose Pillow plugin was asked to open the bytes; every plugin but PNG's and JPEG's."""
+    Image.init()
+    calls: list[str] = []
+    for fmt, (factory, accept) in list(Image.OPEN.items()):
+        if fmt in ("PNG", "JPEG"):
+            continue
+
+        def recorded(*args: object, _factory: object = factory, _fmt: str = fmt) -> object:
+            calls.append(_fmt)
+            return _factory(*args)  # type: ignore[operator]
+
+        monkeypatch.setitem(Image.OPEN, fmt, (recorded, accept))
+    return calls
+
+
+@pytest.mark.parametrize("fmt", OTHER_FORMATS)
+@pytest.mark.parametrize("media_type", ["image/png", "image/jpeg", None])
+def test_other_formats_refused_unopened(fmt: str, media_type: str | None, plugins_opened: list[str]) -> None:
+    with pytest.raises(UnsupportedMediaType, match=f"the body is {fmt} data, not "):
+        image.decode(_other(fmt), LIMITS, media_type)
+    assert plugins_opened == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"), [("PNG", "image/jpeg"), ("JPEG", "image/png")], ids=["png-as-jpeg", "jpeg-as-png"]
+)
+def test_format_must_match_the_content_type(fmt: str, media_type: str) -> None:
+    data = _encoded(Image.fromarray(RNG.integers(0, 256, (4, 4, 3), dtype=np.uint8)), fmt)
+    with pytest.raises(UnsupportedMediaType, match=f"{fmt} data, not {image.FORMATS[media_type]}"):
+        image.decode(data, LIMITS, media_type)
+    assert image.decode(data, LIMITS, f"image/{fmt.lower()}").shape == (3, 4, 4)
+    assert image.decode(data, LIMITS).shape == (3, 4, 4)  # no media type (the UI): PNG or JPEG
+
+
+def test_unknown_bytes_are_malformed_and_reach_no_plugin(plugins_opened: list[str]) -> None:
+    with pytest.raises(BadRequest, match="not an image that PNG or JPEG decoding can read"):
+        image.decode(b"\x00\x01 nothing known", LIMITS, "image/png")
+    # A TGA has no magic number: only Pillow's TGA plugin, never consulted, would read it.
+    with pytest.raises(BadRequest, match="not an image that PNG or JPEG decoding can read"):
+        image.decode(_encoded(Image.new("RGB", (4, 4)), "TGA"), LIMITS)
+    assert plugins_opened == []
+
+
+def test_sniff() -> None:
+    assert [image.sniff(_other(fmt)) for fmt in OTHER_FORMATS] == OTHER_FORMATS
+    assert image.sniff(b"") is None and image.sniff(b"\x93NUMPY") == "npy"

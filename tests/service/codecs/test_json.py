@@ -58,3 +58,18 @@ def test_encode_is_exact_for_float32() -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 7)).astype(np.float32))
     doc = orjson.loads(json.encode(x, "max", {}).body)
     np.testing.assert_array_equal(np.asarray(doc["data"], np.float32), x.numpy())
+
+
+@pytest.mark.parametrize("dtype", [["x"], {"x": 1}, "", 0, False])
+def test_dtype_must_be_a_known_name(dtype: object) -> None:
+    """A list or object is no dict key: it used to raise TypeError (a 500); a falsy one meant float32."""
+    with pytest.raises(Unprocessable, match=r'"dtype" must be one of float16, float32, float64 \(got '):
+        json.decode(orjson.dumps({"data": [0.1], "dtype": dtype}), LIMITS)
+    assert json.decode(orjson.dumps({"data": [0.1], "dtype": None}), LIMITS).tensor.dtype == torch.float32
+
+
+def test_long_dtype_and_keys_are_cut_in_messages() -> None:
+    for doc in ({"data": [0.1], "dtype": ["x" * 10_000]}, {"data": [0.1], "k" * 10_000: 1}):
+        with pytest.raises(Unprocessable) as error:
+            json.decode(orjson.dumps(doc), LIMITS)
+        assert len(str(error.value)) < 300 and "…" in str(error.value)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import orjson
 import pytest
+from PIL import Image
 
 from service.codecs import Limits, multipart
-from service.errors import BadRequest, Unprocessable
+from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
 
 from ..support import npy_bytes, png_bytes
 
@@ -69,3 +72,38 @@ def test_file_formats(data: bytes, content_type: str | None, kind: str) -> None:
 def test_refusals(body: bytes, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         multipart.decode(body, CT, LIMITS)
+
+
+def _gif() -> bytes:
+    stream = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(stream, format="GIF")
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "message"),
+    [
+        ("image/png", "GIF data, not PNG"),
+        ("image/jpeg", "GIF data, not JPEG"),
+        ("image/gif", "Content-Type 'image/gif' is not accepted"),
+    ],
+)
+def test_image_part_opened_only_as_its_declared_format(content_type: str, message: str) -> None:
+    with pytest.raises(UnsupportedMediaType, match=message):
+        multipart.decode(_form(("file", "x.gif", content_type, _gif())), CT, LIMITS)
+
+
+def test_undeclared_image_part_is_png_or_jpeg_by_its_bytes() -> None:
+    png = png_bytes(np.zeros((4, 4), np.uint8))
+    assert multipart.decode(_form(("file", "x", None, png)), CT, LIMITS).kind == "png"
+    with pytest.raises(UnsupportedMediaType, match="PNG data, not JPEG"):
+        multipart.decode(_form(("file", "x", "image/jpeg", png)), CT, LIMITS)
+
+
+def test_long_field_names_are_cut() -> None:
+    body = _form(
+        ("file", "a", None, npy_bytes(X)), ("k" * 600, None, None, b"1"), ("k" * 600, None, None, b"2")
+    )
+    with pytest.raises(Unprocessable, match="more than once") as error:
+        multipart.decode(body, CT, LIMITS)
+    assert len(str(error.value)) < 200

@@ -151,3 +151,27 @@ def test_encode_non_contiguous_and_bfloat16() -> None:
     buf = io.BytesIO()
     np.save(buf, x.to(torch.bfloat16).float().numpy())
     assert npy.encode(x.to(torch.bfloat16)).body == buf.getvalue()
+
+
+def _header(shape: str) -> bytes:
+    """A .npy 1.0 header with ``shape`` written verbatim (numpy refuses to write a negative one)."""
+    head = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode("latin-1")
+    head += b" " * (64 - (10 + len(head) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head
+
+
+@pytest.mark.parametrize(
+    ("shape", "payload"), [("(-2, -2)", 16), ("(1, 1, -4, -4)", 64), ("(-1, 4)", 0), ("(2, -2)", 16)]
+)
+def test_negative_dimension_is_malformed(shape: str, payload: int) -> None:
+    """(-2, -2) claims 4 elements, as many as follow: it used to pass the size check and fail in
+    reshape (a 500)."""
+    with pytest.raises(BadRequest, match=r"malformed \.npy: the header's shape .* has a negative dimension"):
+        npy.decode(_header(shape) + b"\0" * payload, LIMITS)
+
+
+def test_empty_array_with_a_huge_dimension_is_413() -> None:
+    """(1, 2**62, 0) has no elements, so no bytes follow, but numpy cannot make an array of it."""
+    with pytest.raises(PayloadTooLarge, match="length 4611686018427387904"):
+        npy.decode(_header(f"(1, {2**62}, 0)"), LIMITS)
+    assert npy.decode(_header("(1, 3, 0)"), LIMITS).shape == (1, 3, 0)  # the operator names it
