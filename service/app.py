@@ -23,6 +23,7 @@ from .codecs import Limits
 from .config import Settings, get_settings
 from .docs import pool_operation
 from .errors import BadRequest, install_error_handlers
+from .limits import WorkLimits
 from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
+        app.state.work_limits = WorkLimits.of(settings)
         # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once.
         workers = TorchWorkers(settings.max_concurrency)
         app.state.workers = workers

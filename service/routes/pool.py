@@ -23,6 +23,7 @@ import poolcore
 from .. import codecs
 from ..body import read_body
 from ..codecs import Kind, Limits
+from ..limits import WorkLimits
 from ..metrics import Metrics
 from ..params import gather, split_run_options
 from ..pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
@@ -42,13 +43,14 @@ class _Job:
     limits: Limits
     device: Any
     metrics: Metrics
+    work: WorkLimits  # output size and working memory
 
 
 def _decode(job: _Job) -> tuple[Kind, PoolRequest]:
     decoded = codecs.decode(job.body, job.content_type, job.limits)
     kind = codecs.negotiate(job.accept, decoded.kind)
     params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
-    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
+    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device, job.work)
 
 
 def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
@@ -117,7 +119,17 @@ async def pool(request: Request) -> Response:
     read = time.perf_counter()
     state = request.app.state
     query = list(request.query_params.multi_items()) if request.scope["query_string"] else []
-    job = _Job(spec.name, body, content_type, accept, query, state.limits, state.device, state.metrics)
+    job = _Job(
+        spec.name,
+        body,
+        content_type,
+        accept,
+        query,
+        state.limits,
+        state.device,
+        state.metrics,
+        state.work_limits,
+    )
     result: Response = await state.workers.run_batched(_answer_batch, job, len(body))
     done = time.perf_counter()
     # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
