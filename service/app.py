@@ -84,8 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
         app.state.work_limits = WorkLimits.of(settings)
         # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once.
-        workers = TorchWorkers(settings.max_concurrency)
+        workers = TorchWorkers(
+            settings.max_concurrency, max_queue=settings.max_queue, queue_timeout=settings.request_timeout
+        )
         app.state.workers = workers
+        app.state.metrics.watch_queue(workers.pending)
         if settings.reuse_freed_memory:
             reuse_freed_memory()  # process-wide, like torch_threads
         if settings.torch_threads is not None:
