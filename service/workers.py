@@ -41,6 +41,7 @@ from .errors import ServiceUnavailable
 __all__ = [
     "BATCH_BYTES",
     "MAX_BATCH",
+    "WATCH_AFTER",
     "BatchFn",
     "CallerGone",
     "QueueFull",
@@ -89,6 +90,7 @@ class _Job(Generic[I]):
     size: int  # input bytes, to keep large jobs out of batches
     # An asyncio future for a caller on an event loop, a concurrent one for a blocking caller.
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    taken: bool = False  # set (under the lock) when a thread takes the job
 
     def claim(self) -> bool:
         """Whether the job should still run: its caller has not given up on it."""
@@ -96,6 +98,53 @@ class _Job(Generic[I]):
             return self.future.set_running_or_notify_cancel()
         # Read from a worker thread: at worst a job cancelled right now runs, and its result is dropped.
         return not self.future.cancelled()
+
+
+# A queued job's caller is watched (``gone``) once the job has waited this long: most jobs are taken
+# sooner, and a job that has started runs to the end anyway, so they need no watcher (a task each). A
+# client that left earlier is still seen: the server's disconnect message waits for whoever asks.
+WATCH_AFTER = 0.05
+
+
+class _Guard:
+    """On the event loop, the waits around one queued job: its queue timeout and, once it has waited
+    :data:`WATCH_AFTER` seconds, its caller's ``gone()``. One timer handle at a time; a task for ``gone``
+    only for a job still queued by then."""
+
+    def __init__(
+        self,
+        workers: TorchWorkers,
+        job: _Job[Any],
+        gone: Callable[[], Awaitable[object]] | None,
+        timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.workers, self.job, self.gone, self.loop = workers, job, gone, loop
+        self.deadline = None if timeout is None else loop.time() + timeout
+        self.watcher: asyncio.Future[Any] | None = None
+        first = min(t for t in (timeout, None if gone is None else WATCH_AFTER) if t is not None)
+        self.timer: asyncio.TimerHandle | None = loop.call_later(first, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        job = self.job
+        if job.future.done() or job.taken:  # a thread took it in time: it runs to the end
+            return
+        if self.gone is not None and self.watcher is None:
+            self.watcher = asyncio.ensure_future(self.gone())
+            self.watcher.add_done_callback(lambda watcher: self.workers._abandon(job, watcher))
+        if self.deadline is not None:
+            left = self.deadline - self.loop.time()
+            if left <= 0:
+                self.workers._expire(job)
+            else:
+                self.timer = self.loop.call_later(left, self._check)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 def _call_each(calls: Sequence[Callable[[], Any]]) -> list[Any]:
@@ -179,8 +228,9 @@ class TorchWorkers:
         other items of the same ``batch_fn``; ``size`` (input bytes) keeps large items out of batches.
 
         ``gone()``, when given, is awaited alongside: once it completes (the client disconnected), a job
-        still queued is dropped and :class:`CallerGone` raised; one already running finishes, unanswered.
-        If ``gone()`` raises, the caller can't be watched and the wait simply goes on."""
+        still queued is dropped and :class:`CallerGone` raised; one a thread has taken runs to the end and
+        is answered. ``gone()`` starts only once the job has waited :data:`WATCH_AFTER` seconds; if it
+        raises, the caller can't be watched and the wait simply goes on."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         job = _Job(batch_fn, item, size, future)
@@ -192,25 +242,14 @@ class TorchWorkers:
             loop.call_soon(self._wake, loop)
         if gone is None and self._queue_timeout is None:
             return await future
-        # Callbacks rather than asyncio.wait: the common case (the answer comes in time) costs a timer
-        # handle and one task for ``gone``, nothing per wake-up.
-        timer = None
-        if self._queue_timeout is not None:
-            timer = loop.call_later(self._queue_timeout, self._expire, job)
-        watcher = None
-        if gone is not None:
-            watcher = asyncio.ensure_future(gone())
-            watcher.add_done_callback(lambda done: self._abandon(job, done))
+        guard = _Guard(self, job, gone, self._queue_timeout, loop)
         try:
             return await future
         except asyncio.CancelledError:  # the caller itself was cancelled: its job must not run either
             self._withdraw(job)
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            guard.cancel()
 
     def _expire(self, job: _Job[Any]) -> None:
         """On the event loop, ``queue_timeout`` after ``job`` was queued: if no thread has taken it, drop
@@ -220,12 +259,11 @@ class TorchWorkers:
 
     def _abandon(self, job: _Job[Any], watcher: asyncio.Future[Any]) -> None:
         """On the event loop, when ``gone()`` has finished: the caller has left, so its job is dropped if
-        still queued, and its result (if running) goes nowhere. A ``gone()`` that failed or was cancelled
-        says nothing about the caller."""
+        still queued. A ``gone()`` that failed or was cancelled says nothing about the caller."""
         if watcher.cancelled() or watcher.exception() is not None or job.future.done():
             return
-        self._withdraw(job)
-        job.future.set_exception(CallerGone("the caller went away before its job was done"))
+        if self._withdraw(job):
+            job.future.set_exception(CallerGone("the caller went away before a worker took its job"))
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread, waited for by the calling thread (which must not be a worker
@@ -312,6 +350,7 @@ class TorchWorkers:
         Plain calls go one at a time: running several in one thread gains nothing and would keep each
         waiting for the others while other threads may be idle."""
         first = self._jobs.popleft()
+        first.taken = True
         self._busy += 1
         jobs = [first]
         total = first.size
@@ -325,6 +364,7 @@ class TorchWorkers:
         ):
             total += self._jobs[0].size
             jobs.append(self._jobs.popleft())
+            jobs[-1].taken = True
         if self._jobs and self._idle:
             self._wake_one()  # more left than this thread took: wake another
         return jobs

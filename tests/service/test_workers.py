@@ -16,6 +16,7 @@ import pytest
 from service.workers import (
     BATCH_BYTES,
     MAX_BATCH,
+    WATCH_AFTER,
     CallerGone,
     QueueFull,
     QueueTimeout,
@@ -409,25 +410,33 @@ def test_a_job_whose_caller_is_gone_is_dropped_unrun() -> None:
         workers.join(10)
 
 
-def test_a_running_job_whose_caller_leaves_finishes_and_a_failing_watch_is_ignored() -> None:
+def test_a_taken_job_runs_to_the_end_and_a_failing_watch_is_ignored() -> None:
     workers = TorchWorkers(1)
     gate = Gate()
+    recorder = Recorder()
 
     async def broken_watch() -> None:
         raise RuntimeError("can't watch this caller")
 
     async def scenario() -> None:
         left = asyncio.Event()
+        left.set()  # the caller is gone from the start, but a thread takes its job at once
         running = asyncio.ensure_future(workers.run_batched(_call_each_gate(gate), None, gone=left.wait))
         await asyncio.to_thread(gate.started.wait, 10)
-        left.set()
-        with pytest.raises(CallerGone):
-            await running  # answered at once; the thread finishes the job on its own
+        await asyncio.sleep(2 * WATCH_AFTER)
         gate.release.set()
-        assert await workers.run_batched(Recorder(), 3, gone=broken_watch) == 30
+        assert await running is None  # answered: a job once taken is never cut short
+        held = Gate()
+        blocker = await held.hold(workers)
+        queued = asyncio.ensure_future(workers.run_batched(recorder, 3, gone=broken_watch))
+        await asyncio.sleep(2 * WATCH_AFTER)  # long enough for the watch to start, and fail
+        held.release.set()
+        await blocker
+        assert await queued == 30
 
     try:
         asyncio.run(scenario())
+        assert recorder.calls == [[3]]
     finally:
         gate.release.set()
         workers.close()
