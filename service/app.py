@@ -24,6 +24,7 @@ from .codecs import Limits
 from .config import Settings, get_settings
 from .docs import pool_operation
 from .errors import BadRequest, install_error_handlers
+from .limits import WorkLimits
 from .memory import reuse_freed_memory
 from .metrics import Metrics
 from .middleware import ServiceMiddleware, needs_key
@@ -90,9 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
+        app.state.work_limits = WorkLimits.of(settings)
         # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once.
-        workers = TorchWorkers(settings.max_concurrency)
+        workers = TorchWorkers(
+            settings.max_concurrency, max_queue=settings.max_queue, queue_timeout=settings.request_timeout
+        )
         app.state.workers = workers
+        app.state.metrics.watch_queue(workers.pending)
         if settings.reuse_freed_memory:
             reuse_freed_memory()  # process-wide, like torch_threads
         if settings.torch_threads is not None:

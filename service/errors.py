@@ -21,6 +21,7 @@ __all__ = [
     "NotAcceptable",
     "PayloadTooLarge",
     "ServiceError",
+    "ServiceUnavailable",
     "Unprocessable",
     "UnsupportedMediaType",
     "error_response",
@@ -91,7 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Starlette types handlers as taking any Exception; each is registered for one class only.
     async def service_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, ServiceError) else 400
-        return error_response(status, str(exc))
+        return error_response(status, str(exc), headers=getattr(exc, "headers", None))
 
     async def unknown_method(request: Request, exc: Exception) -> Response:
         return error_response(404, str(exc))
@@ -109,3 +110,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(poolcore.UnknownMethodError, unknown_method)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+class ServiceUnavailable(ServiceError):
+    """503: the server can't take the request now (queue full, shutting down, device fault); the client
+    may retry after ``retry_after`` seconds, which the answer's ``Retry-After`` header says."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics", "route_label"]
@@ -59,6 +60,18 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
         )
+        self.queue_depth = Gauge(
+            "poolserve_queue_depth",
+            "Requests (and UI calls) waiting for a torch worker, not counting those running.",
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "poolserve_shed_requests",
+            "Pool requests answered without running: queue_full, queue_timeout and shutting_down got 503; "
+            "client_gone had disconnected before a worker took it (or before its answer).",
+            ["reason"],
+            registry=self.registry,
+        )
         # Labelled children by (metric, labels): ``labels()`` validates and locks on every call, and the
         # label values are a bounded set (route labels, registry names, status codes).
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -83,3 +96,10 @@ class Metrics:
 
     def observe_pool(self, method: str, seconds: float) -> None:
         self._child(self.pool_seconds, method).observe(seconds)
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the queue depth, read at each scrape."""
+        self.queue_depth.set_function(depth)
+
+    def observe_shed(self, reason: str) -> None:
+        self._child(self.shed, reason).inc()

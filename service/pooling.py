@@ -26,13 +26,15 @@ import poolcore
 from poolcore.registry import MethodSpec
 from poolcore.windows import infer_dims
 
-from .errors import Unprocessable
+from .errors import ServiceUnavailable, Unprocessable
+from .limits import DEFAULT_LIMITS, WorkLimits, check_work
 
 __all__ = [
     "MAX_SEED",
     "PoolOutcome",
     "PoolRequest",
     "check_input",
+    "device_faults",
     "pool_many",
     "poolcore_errors",
     "run_pool",
@@ -100,6 +102,7 @@ class PoolRequest:
     mode: Mode = "eval"
     seed: int | None = None
     device: torch.device | str = "cpu"
+    limits: WorkLimits = DEFAULT_LIMITS  # output size and working memory
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,12 @@ def _check(request: PoolRequest) -> _Checked:
         seed = None  # not used: reported as null
     elif seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
-    return _Checked(request.x, spec, resolved, resolved_key, training, seed, torch.device(request.device))
+    device = torch.device(request.device)
+    shape = tuple(request.x.shape)
+    check_work(
+        spec, resolved, shape, request.x.dtype, training, device, request.limits
+    )  # 413 before allocating
+    return _Checked(request.x, spec, resolved, resolved_key, training, seed, device)
 
 
 _RESOLVED: dict[tuple[str, bytes], tuple[MethodSpec, dict[str, Any], bytes]] = {}
@@ -186,11 +194,46 @@ def _check_output(output: Tensor, method: str) -> Tensor:
     return output
 
 
+# Messages of torch's RuntimeErrors that are the device's fault, not the request's: torch raises
+# OutOfMemoryError for CUDA and AcceleratorError for other CUDA errors, but a CPU allocation failure and
+# older CUDA paths (cuBLAS, cuDNN) are plain RuntimeErrors.
+_DEVICE_FAULTS = (
+    "CUDA error",
+    "CUDA out of memory",
+    "CUBLAS_STATUS_",
+    "CUDNN_STATUS_",
+    "can't allocate memory",
+)
+
+
+def _is_device_fault(error: BaseException) -> bool:
+    if isinstance(
+        error, (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError))
+    ):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _DEVICE_FAULTS)
+
+
+@contextmanager
+def device_faults(device: torch.device) -> Iterator[None]:
+    """An out-of-memory or other device error inside the operator as a 503 (the client may retry), after
+    freeing the CUDA cache so the next request starts from a clean allocator; anything else passes."""
+    try:
+        yield
+    except Exception as error:
+        if not _is_device_fault(error):
+            raise
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        what = "ran out of memory" if "memory" in str(error).lower() else "failed"
+        raise ServiceUnavailable(f"the {device.type} device {what} while pooling; retry later") from None
+
+
 def _execute(checked: _Checked) -> Tensor:
     generator = None
     if checked.seed is not None:
         generator = torch.Generator(device=checked.device).manual_seed(checked.seed)
-    with torch.inference_mode():
+    with device_faults(checked.device), torch.inference_mode():
         x = checked.x.to(checked.device)
         output = checked.spec.run(x, checked.resolved, training=checked.training, generator=generator).cpu()
     return _check_output(output, checked.spec.name)
@@ -204,7 +247,7 @@ def _execute_stacked(group: Sequence[_Checked]) -> list[Tensor]:
     window = first.resolved
     dims = infer_dims(len(shape), window.get("kernel_size"), window.get("output_size"), window.get("dims"))
     spatial = shape[len(shape) - dims :]
-    with torch.inference_mode():
+    with device_faults(first.device), torch.inference_mode():
         planes = torch.stack([c.x for c in group]).to(first.device).reshape(1, -1, *spatial)
         pooled = first.spec.run(planes, {**window, "dims": dims}, training=first.training).cpu()
     _check_output(pooled, first.spec.name)  # else each runs alone, for its own error
@@ -220,6 +263,7 @@ def run_pool(
     mode: Mode = "eval",
     seed: int | None = None,
     device: torch.device | str = "cpu",
+    limits: WorkLimits | None = None,
 ) -> PoolOutcome:
     """Validate, move to ``device``, pool under ``inference_mode`` and bring the result back to the CPU.
 
@@ -227,9 +271,11 @@ def run_pool(
     ``params["seed"]``: the same call with that seed gives the same output on the same device.
 
     Raises ``poolcore.UnknownMethodError`` for an unknown name and ``ValueError``/``TypeError`` for bad
-    parameters or input, each with a message naming the problem.
+    parameters or input, each with a message naming the problem; ``PayloadTooLarge`` (413) for an output
+    or working memory over ``limits`` (default: the service's), checked before anything is allocated; and
+    ``ServiceUnavailable`` (503) for a device fault (out of memory) while pooling.
     """
-    checked = _check(PoolRequest(x, method, params, mode, seed, device))
+    checked = _check(PoolRequest(x, method, params, mode, seed, device, limits or DEFAULT_LIMITS))
     start = time.perf_counter()
     output = _execute(checked)
     return checked.outcome(output, (time.perf_counter() - start) * 1e3, checked.params())

@@ -17,6 +17,12 @@ requests the costs that are per hand-off, not per request, are shared:
 
 A job whose caller was cancelled before the job started is dropped; one that has started runs to the end
 (a thread cannot be interrupted), so the bound on concurrent work holds whatever callers do.
+
+The queue is bounded too: with ``max_queue`` set, a job that would wait behind that many others is refused
+(:class:`QueueFull`), and one still waiting after ``queue_timeout`` seconds is taken out of the queue and
+its caller told so (:class:`QueueTimeout`); both are 503s with ``Retry-After``, as is a job offered after
+:meth:`TorchWorkers.close` (:class:`WorkersClosed`). A caller on the event loop may also pass ``gone``, an
+awaitable that completes when its client has disconnected: a job still queued then is dropped unrun.
 """
 
 from __future__ import annotations
@@ -26,11 +32,23 @@ import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BATCH_BYTES", "MAX_BATCH", "BatchFn", "TorchWorkers"]
+from .errors import ServiceUnavailable
+
+__all__ = [
+    "BATCH_BYTES",
+    "MAX_BATCH",
+    "WATCH_AFTER",
+    "BatchFn",
+    "CallerGone",
+    "QueueFull",
+    "QueueTimeout",
+    "TorchWorkers",
+    "WorkersClosed",
+]
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - the item type of a batch function
@@ -42,6 +60,29 @@ MAX_BATCH = 64  # jobs one thread takes at once
 BATCH_BYTES = 256 * 1024  # a thread stops taking more once the jobs it took carry this much input
 
 
+class QueueFull(ServiceUnavailable):
+    """Every thread is busy and ``max_queue`` jobs already wait."""
+
+    reason = "queue_full"
+
+
+class QueueTimeout(ServiceUnavailable):
+    """The job waited ``queue_timeout`` seconds without a thread taking it; it was dropped, unrun."""
+
+    reason = "queue_timeout"
+
+
+class WorkersClosed(ServiceUnavailable):
+    """The workers are shut down (the server is stopping)."""
+
+    reason = "shutting_down"
+
+
+class CallerGone(Exception):
+    """The caller's ``gone`` completed (its client disconnected) before the job's result came back; a job
+    still queued then was dropped, unrun."""
+
+
 @dataclass(eq=False)
 class _Job(Generic[I]):
     batch_fn: BatchFn[I]
@@ -49,6 +90,7 @@ class _Job(Generic[I]):
     size: int  # input bytes, to keep large jobs out of batches
     # An asyncio future for a caller on an event loop, a concurrent one for a blocking caller.
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    taken: bool = False  # set (under the lock) when a thread takes the job
 
     def claim(self) -> bool:
         """Whether the job should still run: its caller has not given up on it."""
@@ -56,6 +98,53 @@ class _Job(Generic[I]):
             return self.future.set_running_or_notify_cancel()
         # Read from a worker thread: at worst a job cancelled right now runs, and its result is dropped.
         return not self.future.cancelled()
+
+
+# A queued job's caller is watched (``gone``) once the job has waited this long: most jobs are taken
+# sooner, and a job that has started runs to the end anyway, so they need no watcher (a task each). A
+# client that left earlier is still seen: the server's disconnect message waits for whoever asks.
+WATCH_AFTER = 0.05
+
+
+class _Guard:
+    """On the event loop, the waits around one queued job: its queue timeout and, once it has waited
+    :data:`WATCH_AFTER` seconds, its caller's ``gone()``. One timer handle at a time; a task for ``gone``
+    only for a job still queued by then."""
+
+    def __init__(
+        self,
+        workers: TorchWorkers,
+        job: _Job[Any],
+        gone: Callable[[], Awaitable[object]] | None,
+        timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.workers, self.job, self.gone, self.loop = workers, job, gone, loop
+        self.deadline = None if timeout is None else loop.time() + timeout
+        self.watcher: asyncio.Future[Any] | None = None
+        first = min(t for t in (timeout, None if gone is None else WATCH_AFTER) if t is not None)
+        self.timer: asyncio.TimerHandle | None = loop.call_later(first, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        job = self.job
+        if job.future.done() or job.taken:  # a thread took it in time: it runs to the end
+            return
+        if self.gone is not None and self.watcher is None:
+            self.watcher = asyncio.ensure_future(self.gone())
+            self.watcher.add_done_callback(lambda watcher: self.workers._abandon(job, watcher))
+        if self.deadline is not None:
+            left = self.deadline - self.loop.time()
+            if left <= 0:
+                self.workers._expire(job)
+            else:
+                self.timer = self.loop.call_later(left, self._check)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 def _call_each(calls: Sequence[Callable[[], Any]]) -> list[Any]:
@@ -83,14 +172,28 @@ def _settle(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
 class TorchWorkers:
     """``threads`` threads running jobs in arrival order, taking small jobs in batches."""
 
-    def __init__(self, threads: int, *, name: str = "poolserve-torch") -> None:
+    def __init__(
+        self,
+        threads: int,
+        *,
+        max_queue: int | None = None,
+        queue_timeout: float | None = None,
+        name: str = "poolserve-torch",
+    ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1 (got {threads})")
+        if max_queue is not None and max_queue < 0:
+            raise ValueError(f"max_queue must be at least 0 (got {max_queue})")
+        if queue_timeout is not None and not queue_timeout > 0:
+            raise ValueError(f"queue_timeout must be positive (got {queue_timeout})")
+        self._max_queue = max_queue
+        self._queue_timeout = queue_timeout
         self._jobs: deque[_Job[Any]] = deque()
         self._lock = threading.Lock()
         # Idle threads, the most recently idle last: waking that one keeps a warm thread (CPU caches, its
         # OpenMP team) on the work instead of rotating it through every thread.
         self._idle: list[threading.Event] = []
+        self._busy = 0  # threads running jobs, from taking them to handing their results back
         self._closed = False
         self._wakes: set[asyncio.AbstractEventLoop] = set()  # loops with a _wake due (see run_batched)
         self._threads = [
@@ -113,32 +216,77 @@ class TorchWorkers:
         """``fn(*args)`` in a worker thread, awaited from the event loop."""
         return await self.run_batched(_call_each, lambda: fn(*args))
 
-    async def run_batched(self, batch_fn: BatchFn[I], item: I, size: int = 0) -> Any:
+    async def run_batched(
+        self,
+        batch_fn: BatchFn[I],
+        item: I,
+        size: int = 0,
+        *,
+        gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> Any:
         """The result ``batch_fn`` gives ``item``, computed in a worker thread, possibly in one call with
-        other items of the same ``batch_fn``; ``size`` (input bytes) keeps large items out of batches."""
+        other items of the same ``batch_fn``; ``size`` (input bytes) keeps large items out of batches.
+
+        ``gone()``, when given, is awaited alongside: once it completes (the client disconnected), a job
+        still queued is dropped and :class:`CallerGone` raised; one a thread has taken runs to the end and
+        is answered. ``gone()`` starts only once the job has waited :data:`WATCH_AFTER` seconds; if it
+        raises, the caller can't be watched and the wait simply goes on."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        job = _Job(batch_fn, item, size, future)
         # Wake a thread once per event-loop pass, after every request that pass started has queued its
         # job: waking a thread per job costs a futex call each, and the woken thread would take one job.
-        self._put(_Job(batch_fn, item, size, future), wake=False)
+        self._put(job, wake=False)
         if loop not in self._wakes:
             self._wakes.add(loop)
             loop.call_soon(self._wake, loop)
-        return await future
+        if gone is None and self._queue_timeout is None:
+            return await future
+        guard = _Guard(self, job, gone, self._queue_timeout, loop)
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller itself was cancelled: its job must not run either
+            self._withdraw(job)
+            raise
+        finally:
+            guard.cancel()
+
+    def _expire(self, job: _Job[Any]) -> None:
+        """On the event loop, ``queue_timeout`` after ``job`` was queued: if no thread has taken it, drop
+        it and fail its caller; one already taken runs to the end and is answered."""
+        if self._withdraw(job) and not job.future.done():
+            job.future.set_exception(self._timed_out())
+
+    def _abandon(self, job: _Job[Any], watcher: asyncio.Future[Any]) -> None:
+        """On the event loop, when ``gone()`` has finished: the caller has left, so its job is dropped if
+        still queued. A ``gone()`` that failed or was cancelled says nothing about the caller."""
+        if watcher.cancelled() or watcher.exception() is not None or job.future.done():
+            return
+        if self._withdraw(job):
+            job.future.set_exception(CallerGone("the caller went away before a worker took its job"))
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread, waited for by the calling thread (which must not be a worker
-        or run an event loop); how the UI's handlers, already off the loop, share the route's threads."""
+        or run an event loop); how the UI's handlers, already off the loop, share the route's threads.
+        The queue's bound and timeout apply as to :meth:`run_batched`."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._put(_Job(_call_each, lambda: fn(*args), 0, future))
-        return future.result()
+        job = _Job(_call_each, lambda: fn(*args), 0, future)
+        self._put(job)
+        try:
+            return future.result(self._queue_timeout)
+        except TimeoutError:
+            if future.done():  # fn's own TimeoutError
+                raise
+            if self._withdraw(job):
+                raise self._timed_out() from None
+        return future.result()  # a thread took it in time: it runs to the end
 
     def close(self) -> None:
         """Stop taking jobs; the threads finish those already queued, then exit (see :meth:`join`)."""
         with self._lock:
             self._closed = True
             while self._idle:
-                self._idle.pop().set()
+                self._wake_one()
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
@@ -147,16 +295,43 @@ class TorchWorkers:
     def _put(self, job: _Job[Any], *, wake: bool = True) -> None:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the torch workers are shut down")
+                raise WorkersClosed("the server is shutting down; retry on another instance")
+            # Threads not running a job take queued ones at once (run_batched wakes them once per loop
+            # pass): that many queued jobs are not waiting.
+            free = len(self._threads) - self._busy
+            if self._max_queue is not None and len(self._jobs) >= self._max_queue + free:
+                raise QueueFull(
+                    f"the server is busy: {len(self._jobs)} requests are already waiting for a worker "
+                    f"(POOLSERVE_MAX_QUEUE={self._max_queue}); retry later"
+                )
             self._jobs.append(job)
             if wake and self._idle:  # busy threads come back for it without being woken
-                self._idle.pop().set()
+                self._wake_one()
+
+    def _timed_out(self) -> QueueTimeout:
+        return QueueTimeout(
+            f"the request waited {self._queue_timeout:g} s for a free worker (POOLSERVE_REQUEST_TIMEOUT): "
+            "the server is overloaded, retry later"
+        )
+
+    def _withdraw(self, job: _Job[Any]) -> bool:
+        """Take ``job`` out of the queue if no thread has taken it yet; whether it was still there."""
+        with self._lock:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                return False
+            return True
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         self._wakes.discard(loop)
         with self._lock:
             if self._jobs and self._idle:
-                self._idle.pop().set()
+                self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Under the lock: wake the most recently idle thread."""
+        self._idle.pop().set()
 
     def _take(self, idle: threading.Event) -> list[_Job[Any]] | None:
         """The next job and the small ones queued behind it; None once closed and drained."""
@@ -175,6 +350,8 @@ class TorchWorkers:
         Plain calls go one at a time: running several in one thread gains nothing and would keep each
         waiting for the others while other threads may be idle."""
         first = self._jobs.popleft()
+        first.taken = True
+        self._busy += 1
         jobs = [first]
         total = first.size
         batching = first.batch_fn is not _call_each
@@ -187,14 +364,16 @@ class TorchWorkers:
         ):
             total += self._jobs[0].size
             jobs.append(self._jobs.popleft())
+            jobs[-1].taken = True
         if self._jobs and self._idle:
-            self._idle.pop().set()  # more left than this thread took: wake another
+            self._wake_one()  # more left than this thread took: wake another
         return jobs
 
     def _work(self) -> None:
         idle = threading.Event()
         while (jobs := self._take(idle)) is not None:
             groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
+            done: list[tuple[list[_Job[Any]], list[Any]]] = []
             for job in jobs:
                 if job.claim():
                     groups.setdefault(job.batch_fn, []).append(job)
@@ -205,6 +384,10 @@ class TorchWorkers:
                         raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
                 except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
                     results = [error] * len(group)
+                done.append((group, results))
+            with self._lock:  # free before the callers hear back, so a caller's next job finds it free
+                self._busy -= 1
+            for group, results in done:
                 self._deliver(group, results)
 
     @staticmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -23,9 +23,12 @@ import poolcore
 from .. import codecs
 from ..body import read_body
 from ..codecs import Kind, Limits
+from ..errors import ServiceUnavailable
+from ..limits import WorkLimits
 from ..metrics import Metrics
 from ..params import gather, split_run_options
 from ..pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
+from ..workers import CallerGone
 
 __all__ = ["pool", "pool_routes"]
 
@@ -42,13 +45,14 @@ class _Job:
     limits: Limits
     device: Any
     metrics: Metrics
+    work: WorkLimits  # output size and working memory
 
 
 def _decode(job: _Job) -> tuple[Kind, PoolRequest]:
     decoded = codecs.decode(job.body, job.content_type, job.limits)
     kind = codecs.negotiate(job.accept, decoded.kind)
     params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
-    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device)
+    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device, job.work)
 
 
 def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
@@ -120,13 +124,41 @@ async def pool(request: Request) -> Response:
     body = await read_body(request, limit)
     read = time.perf_counter()
     query = list(request.query_params.multi_items()) if request.scope["query_string"] else []
-    job = _Job(spec.name, body, content_type, accept, query, state.limits, state.device, state.metrics)
-    result: Response = await state.workers.run_batched(_answer_batch, job, len(body))
+    job = _Job(
+        spec.name,
+        body,
+        content_type,
+        accept,
+        query,
+        state.limits,
+        state.device,
+        state.metrics,
+        state.work_limits,
+    )
+    try:
+        result: Response = await state.workers.run_batched(
+            _answer_batch, job, len(body), gone=lambda: _client_gone(request)
+        )
+    except CallerGone:
+        state.metrics.observe_shed("client_gone")
+        raise ClientDisconnect() from None  # nobody to answer (the middleware logs a 499)
+    except ServiceUnavailable as error:  # the workers': queue full, queued too long, shutting down
+        state.metrics.observe_shed(getattr(error, "reason", "unavailable"))
+        raise
     done = time.perf_counter()
     # Where the time went: reading the body, then decode + pool + encode in a worker (queueing included).
     timing = f"read;dur={(read - start) * 1e3:.3f}, run;dur={(done - read) * 1e3:.3f}"
     result.raw_headers.append((b"server-timing", timing.encode("latin-1")))
     return result
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected. The body has been read, so the server's next message for
+    this request is ``http.disconnect`` (uvicorn sends it when the connection drops); Starlette would not
+    cancel the handler, and without this a request whose client gave up would still be run."""
+    message = await request.receive()
+    if message["type"] != "http.disconnect":  # not a server we know: can't watch (the wait goes on)
+        raise RuntimeError(f"unexpected {message['type']!r} after the request body")
 
 
 def pool_routes() -> list[BaseRoute]:

@@ -26,6 +26,7 @@ from ..codecs import image as image_codec
 from ..codecs.base import check_elements
 from ..config import Settings
 from ..errors import ServiceError
+from ..limits import WorkLimits
 from ..pooling import PoolOutcome, poolcore_errors, run_pool
 from ..workers import TorchWorkers
 from .controls import fields_of, window_forms
@@ -94,7 +95,10 @@ class Runtime:
         """``fn()`` (torch work) in one of the route's worker threads, under the route's concurrency limit;
         in this thread where there are none (an app whose lifespan has not run)."""
         workers = self.workers()
-        return fn() if workers is None else workers.call(fn)
+        try:
+            return fn() if workers is None else workers.call(fn)
+        except ServiceError as error:  # the workers' own: queue full, queued too long, shutting down
+            raise PageError(error.status_code, error.detail) from None
 
 
 def guard(fn: Callable[[], Any]) -> Any:
@@ -119,7 +123,8 @@ def _pool(
 ) -> PoolOutcome:
     def run() -> PoolOutcome:
         check_elements(tuple(x.shape), runtime.limits())
-        return run_pool(x, method, params, mode=mode, seed=seed, device=runtime.device())  # type: ignore[arg-type]
+        limits = WorkLimits.lookup(runtime.setting)  # output size and working memory
+        return run_pool(x, method, params, mode=mode, seed=seed, device=runtime.device(), limits=limits)  # type: ignore[arg-type]
 
     return guard(run)
 

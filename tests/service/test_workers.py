@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from service.workers import BATCH_BYTES, MAX_BATCH, TorchWorkers
+from service.workers import (
+    BATCH_BYTES,
+    MAX_BATCH,
+    WATCH_AFTER,
+    CallerGone,
+    QueueFull,
+    QueueTimeout,
+    TorchWorkers,
+    WorkersClosed,
+)
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -229,8 +238,16 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones() -> None:
     for caller in callers:
         caller.join(10)
     assert sorted(done) == [0, 1, 2]
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(WorkersClosed, match="shutting down") as caught:
         workers.call(done.append, 4)
+    assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+
+    async def late() -> None:
+        await workers.run(done.append, 5)
+
+    with pytest.raises(WorkersClosed):
+        asyncio.run(late())
+    assert sorted(done) == [0, 1, 2]
 
 
 def test_threads_must_be_positive() -> None:
@@ -267,3 +284,175 @@ def test_a_batch_holds_one_batch_function_and_plain_calls_go_alone() -> None:
     finally:
         workers.close()
         workers.join(10)
+
+
+# ---- load shedding (issue 9, finding 11): a bounded queue, a queue timeout, callers that leave
+def test_the_queue_holds_at_most_max_queue_jobs_for_async_and_blocking_callers() -> None:
+    workers = TorchWorkers(1, max_queue=2)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        blocker = await gate.hold(workers)
+        queued = [asyncio.ensure_future(workers.run_batched(recorder, i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        assert workers.pending() == 2
+        with pytest.raises(
+            QueueFull, match=r"2 requests are already waiting .*POOLSERVE_MAX_QUEUE=2"
+        ) as caught:
+            await workers.run_batched(recorder, 3)
+        assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+        # A UI call (a blocking caller in another thread) meets the same bound.
+        with pytest.raises(QueueFull):
+            await asyncio.to_thread(workers.call, recorder, [4])
+        gate.release.set()
+        await blocker
+        assert [await job for job in queued] == [10, 20]
+        assert await workers.run_batched(recorder, 5) == 50  # room again
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[1, 2], [5]]
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_max_queue_zero_takes_work_only_for_an_idle_thread() -> None:
+    workers = TorchWorkers(1, max_queue=0)
+    gate = Gate()
+
+    async def scenario() -> None:
+        assert await workers.run(lambda: 7) == 7
+        blocker = await gate.hold(workers)
+        with pytest.raises(QueueFull):
+            await workers.run(lambda: 8)
+        gate.release.set()
+        await blocker
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_a_job_still_queued_after_the_timeout_is_dropped_unrun_and_its_caller_gets_503() -> None:
+    workers = TorchWorkers(1, queue_timeout=0.05)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        blocker = await gate.hold(workers)  # runs past the timeout: a job a thread took is never cut short
+        with pytest.raises(QueueTimeout, match=r"waited 0.05 s for a free worker") as caught:
+            await workers.run_batched(recorder, 1)
+        assert caught.value.status_code == 503
+        assert workers.pending() == 0  # out of the queue at once, not when a thread gets to it
+        gate.release.set()
+        await blocker
+        assert await workers.run_batched(recorder, 2) == 20
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[2]]
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_a_blocking_call_still_queued_after_the_timeout_is_dropped_unrun() -> None:
+    workers = TorchWorkers(1, queue_timeout=0.05)
+    gate = Gate()
+    ran: list[int] = []
+    holder = threading.Thread(target=workers.call, args=(gate,))
+    holder.start()
+    try:
+        assert gate.started.wait(10)
+        with pytest.raises(QueueTimeout):
+            workers.call(ran.append, 1)
+        assert workers.pending() == 0
+        gate.release.set()
+        holder.join(10)
+        workers.call(ran.append, 2)
+        assert ran == [2]
+    finally:
+        gate.release.set()
+        workers.close()
+        workers.join(10)
+
+
+def test_a_job_whose_caller_is_gone_is_dropped_unrun() -> None:
+    workers = TorchWorkers(1)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        blocker = await gate.hold(workers)
+        left = asyncio.Event()
+        stays = asyncio.Event()
+        abandoned = asyncio.ensure_future(workers.run_batched(recorder, 1, gone=left.wait))
+        kept = asyncio.ensure_future(workers.run_batched(recorder, 2, gone=stays.wait))
+        await asyncio.sleep(0)
+        assert workers.pending() == 2
+        left.set()
+        with pytest.raises(CallerGone):
+            await abandoned
+        assert workers.pending() == 1
+        gate.release.set()
+        await blocker
+        assert await kept == 20
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[2]]
+    finally:
+        workers.close()
+        workers.join(10)
+
+
+def test_a_taken_job_runs_to_the_end_and_a_failing_watch_is_ignored() -> None:
+    workers = TorchWorkers(1)
+    gate = Gate()
+    recorder = Recorder()
+
+    async def broken_watch() -> None:
+        raise RuntimeError("can't watch this caller")
+
+    async def scenario() -> None:
+        left = asyncio.Event()
+        left.set()  # the caller is gone from the start, but a thread takes its job at once
+        running = asyncio.ensure_future(workers.run_batched(_call_each_gate(gate), None, gone=left.wait))
+        await asyncio.to_thread(gate.started.wait, 10)
+        await asyncio.sleep(2 * WATCH_AFTER)
+        gate.release.set()
+        assert await running is None  # answered: a job once taken is never cut short
+        held = Gate()
+        blocker = await held.hold(workers)
+        queued = asyncio.ensure_future(workers.run_batched(recorder, 3, gone=broken_watch))
+        await asyncio.sleep(2 * WATCH_AFTER)  # long enough for the watch to start, and fail
+        held.release.set()
+        await blocker
+        assert await queued == 30
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[3]]
+    finally:
+        gate.release.set()
+        workers.close()
+        workers.join(10)
+
+
+def _call_each_gate(gate: Gate) -> Callable[[Sequence[Any]], list[Any]]:
+    def batch(items: Sequence[Any]) -> list[Any]:
+        gate()
+        return [None for _ in items]
+
+    return batch
+
+
+def test_queue_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_queue must be at least 0"):
+        TorchWorkers(1, max_queue=-1)
+    with pytest.raises(ValueError, match="queue_timeout must be positive"):
+        TorchWorkers(1, queue_timeout=0)
