@@ -13,7 +13,10 @@ from service import __main__ as cli
 def test_defaults_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[tuple, dict[str, Any]]] = []
     monkeypatch.setattr(cli, "serve", lambda *a, **k: calls.append((a, k)))
-    monkeypatch.delenv("POOLSERVE_DEVICE", raising=False)
+    # Set, then deleted: monkeypatch then restores the environment as it was after the test, although
+    # cli.main sets the variable itself.
+    monkeypatch.setenv("POOLSERVE_DEVICE", "auto")
+    monkeypatch.delenv("POOLSERVE_DEVICE")
     cli.main([])
     assert calls[-1] == (("127.0.0.1", 8000), {"fd": None, "workers": 1, "log_level": "info"})
     cli.main(["--host", "0.0.0.0", "--port", "9001", "--device", "cpu", "--workers", "2", "--fd", "7"])
