@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="Most elements of working memory one request's operator may need beyond its input and "
         "output (e.g. stochastic pooling's per-window tensors); a request that would need more gets 413.",
     )
+    max_work: Annotated[int, Field(ge=1)] = Field(
+        default=2**33,
+        description="Most window visits one request may cost: output elements × window elements (an lp or "
+        "gem visit counts 20, for the power its overflow-safe form may take per visit). Bounds the CPU or "
+        "GPU time a small request can demand with a large overlapping window; over it: 413.",
+    )
     body_timeout: Annotated[float, Field(gt=0)] = Field(
         default=30.0,
         description="Seconds a request's body may take to arrive in full; past that the answer is 408 and "

@@ -134,6 +134,40 @@ def test_invalid_geometry_is_left_to_poolcore_and_its_message() -> None:
         run_pool(torch.ones(1, 2, 2), "avg", {"kernel_size": 5})
 
 
+# ---- work: window visits --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", SLIDING)
+def test_work_is_bounded_at_one_visit(method: str, operator_calls: list[str]) -> None:
+    """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem).
+    One visit under that is refused before the operator runs; exactly that is allowed."""
+    x = torch.ones(1, 16, 16)
+    params = {"kernel_size": 8, "stride": 1}
+    factor = 20 if poolcore.get_spec(method).functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else 1
+    visits = 9 * 9 * 64 * factor
+    with pytest.raises(PayloadTooLarge, match=rf"cost {visits} window visits .* limit of {visits - 1} "):
+        run_pool(x, method, params, limits=WorkLimits(max_work=visits - 1))
+    assert operator_calls == []
+    run_pool(x, method, params, limits=WorkLimits(max_work=visits))
+    assert operator_calls == [poolcore.get_spec(method).name]
+
+
+def test_default_work_limit_refuses_a_huge_overlapping_window(operator_calls: list[str]) -> None:
+    """The reviewer's case: GeM with kernel 64, stride 1 on 3×512² (93 s in the overflow-safe form)."""
+    with pytest.raises(PayloadTooLarge, match="POOLSERVE_MAX_WORK"):
+        run_pool(torch.ones(1, 3, 512, 512), "gem", {"kernel_size": 64, "stride": 1, "p": 1e4})
+    assert operator_calls == []
+
+
+def test_ordinary_requests_are_far_below_the_default_work_limit() -> None:
+    """A 224² RGB image with a 3×3 window at stride 1, and global pooling of the largest input."""
+    spec = poolcore.get_spec("gem")
+    found = output_window((1, 3, 224, 224), spec.resolve({"kernel_size": 3, "stride": 1}))
+    assert found is not None
+    assert limits_module.window_visits(spec, *found) * 100 < WorkLimits().max_work
+    found = output_window((1, 1, 4096, 4096), poolcore.get_spec("global_avg").resolve({}))
+    assert found is not None
+    assert limits_module.window_visits(poolcore.get_spec("global_avg"), *found) < WorkLimits().max_work
+
+
 # ---- working memory: stochastic training ---------------------------------------------------------------
 def test_the_mirrored_path_choice_matches_poolcore() -> None:
     """If this fails, poolcore/stochastic.py changed its paths: revisit service/limits.py's estimate."""
