@@ -4,14 +4,18 @@ with the lifespan and so the worker threads running), derandomized so a CI run i
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 from schemathesis.config import SchemathesisConfig
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.schemas import BaseSchema
 
 from service.app import create_app
 from tests.service.support import npy_bytes, test_settings
@@ -71,8 +75,17 @@ _CONFIG = SchemathesisConfig.from_dict(
         ],
     }
 )
-app = create_app(test_settings())
-schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def api_schema() -> Iterator[BaseSchema]:
+    """Built when the test runs, not when the suite is collected. schemathesis starts the app's lifespan
+    (the worker threads) on its first request and keeps it for the process: stop it when done."""
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(test_settings()), config=_CONFIG)
+    shutdown_lifespans()
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
