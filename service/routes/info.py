@@ -94,7 +94,7 @@ def info_router() -> APIRouter:
         "type": "object",
         "required": ["status", "device"],
         "properties": {
-            "status": {"type": "string", "enum": ["ready", "starting", "draining"]},
+            "status": {"type": "string", "description": "ready, or why not (starting, shutting down)."},
             "device": {"type": ["string", "null"]},
         },
     }
