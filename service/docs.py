@@ -24,7 +24,7 @@ _ERROR = {
 # body and header limits, timeouts, API keys) apply to every route; the rest are the pool route's own.
 ERRORS: dict[int, tuple[str, str]] = {
     400: (
-        "Malformed JSON, .npy, image or multipart body, or an invalid Content-Length.",
+        "A malformed body (JSON, .npy, image, multipart) or Content-Length.",
         "malformed JSON: unexpected character: line 1 column 2 (char 1)",
     ),
     401: (
@@ -99,20 +99,19 @@ def _strip(schema: dict[str, Any], *, text: bool) -> dict[str, Any]:
 
 
 def _fields(*, text: bool) -> dict[str, tuple[dict[str, Any], str, list[str]]]:
-    """Every parameter any method takes: its wire schema (the union over the methods that take it), its
-    description and those methods."""
-    schemas: dict[str, list[dict[str, Any]]] = {}
-    fields: dict[str, tuple[dict[str, Any], str, list[str]]] = {}
+    """Every parameter any method takes: (its wire schema, the union over the methods that take it; its
+    description; those methods)."""
+    found: dict[str, tuple[list[dict[str, Any]], str, list[str]]] = {}
     for name in poolcore.methods():
         for field, info in poolcore.get_spec(name).params.model_json_schema()["properties"].items():
+            schemas, _, names = found.setdefault(field, ([], info.get("description", ""), []))
             wire = _strip(info, text=text)
-            known = schemas.setdefault(field, [])
-            if wire not in known:
-                known.append(wire)
-            _, description, names = fields.get(field, ({}, info.get("description", ""), []))
+            schemas.extend(v for v in wire.get("anyOf", [wire]) if v not in schemas)
             names.append(name)
-            fields[field] = (known[0] if len(known) == 1 else {"anyOf": list(known)}, description, names)
-    return fields
+    return {
+        field: (schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, description, names)
+        for field, (schemas, description, names) in found.items()
+    }
 
 
 # None written as text (query string, form fields): a parameter's default.
@@ -132,9 +131,9 @@ _NULL = {"type": "null"}
 
 
 def query_parameters() -> list[dict[str, Any]]:
-    """``mode``, ``seed`` and every parameter name any registered method takes, as query parameters.
-    A list is written comma-separated (``2,3``: OpenAPI's form style, not exploded); ``null`` entries
-    (``null,7``) are accepted but have no OpenAPI form."""
+    """``mode``, ``seed`` and every parameter name any registered method takes, as query parameters,
+    typed as each method's model has them. A list is written comma-separated (``2,3``: OpenAPI's form
+    style, not exploded); None is the word ``null`` (``null,7``)."""
     params: list[dict[str, Any]] = [
         {
             "name": "mode",
@@ -203,7 +202,7 @@ def pool_operation() -> dict[str, Any]:
         f"curl -s -X POST '{_BASE}/pool/avg?kernel_size=2,2&stride=2' \\\n"
         "  -H 'Content-Type: application/x-npy' --data-binary @x.npy -o out.npy\n```\n"
         "The resolved parameters come back in the X-Pool-Params header.",
-        "value": "",
+        # No "value": a binary body has no inline form, and an empty one would be a malformed .npy.
     }
     image_example = {
         "summary": "An image, pooled to a smaller image",
@@ -211,7 +210,6 @@ def pool_operation() -> dict[str, Any]:
         "--data-binary @photo.png -o pooled.png\n```\nThe image becomes float32 C×H×W in [0, 1] "
         "(L, RGB or RGBA kept); the PNG result is clamped to [0, 1]. Add `-H 'Accept: application/json'` "
         "for the numbers.",
-        "value": "",
     }
     multipart_example = {
         "summary": "A file upload, parameters as form fields",
@@ -266,8 +264,7 @@ def pool_operation() -> dict[str, Any]:
                             "description": "The method's parameters (GET /methods), plus mode and seed.",
                         },
                         "dtype": {
-                            "type": "string",
-                            "enum": list(DTYPES),
+                            "anyOf": [{"type": "string", "enum": list(DTYPES)}, _NULL],
                             "default": "float32",
                         },
                     },
