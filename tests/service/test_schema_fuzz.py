@@ -22,7 +22,8 @@ from tests.service.support import npy_bytes, test_settings
 
 # The schema says the raw bodies and the multipart `file` are .npy, PNG or JPEG; JSON Schema cannot say
 # what those bytes look like, so teach schemathesis to make real ones. Then positive cases reach the
-# operator instead of stopping at the decoder (random bytes still arrive as negative cases).
+# operator instead of stopping at the decoder. (Truncated and corrupted bytes are the job of the codec
+# property tests, tests/service/codecs/test_properties.py.)
 _SHAPES = hnp.array_shapes(min_dims=1, max_dims=5, min_side=1, max_side=6)
 _DTYPES = st.sampled_from(["<f2", "<f4", ">f4", "<f8", "<i4", "|u1", "<i8"])
 
@@ -88,6 +89,8 @@ def api_schema() -> Iterator[BaseSchema]:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+# The coverage phase (schemathesis's deterministic edge cases, ~550 for /pool) runs whatever the
+# count; max_examples bounds the random phase. All of it: about 15 s on an idle 2-core machine.
 @schema.parametrize()
 @settings(
     max_examples=150,
