@@ -27,7 +27,8 @@ ENV PATH=/opt/poolserve/bin:$PATH \
     HOME=/home/poolserve \
     PYTHONUNBUFFERED=1 \
     GRADIO_ANALYTICS_ENABLED=False \
-    POOLSERVE_DEVICE=auto
+    POOLSERVE_DEVICE=auto \
+    POOLSERVE_DRAIN_SECONDS=5
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/poolserve
@@ -35,5 +36,8 @@ EXPOSE 8000
 # Liveness only (slim bases have no curl). Compose and Kubernetes probe /ready separately for readiness.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
+# On SIGTERM poolserve drains for POOLSERVE_DRAIN_SECONDS (/ready answers 503, requests still served), then
+# finishes what is in flight and exits 0: 5 s fits `docker stop`'s default 10 s; compose and Kubernetes
+# set their own, to fit their probe periods.
 # 0.0.0.0 explicitly: poolserve's own default is 127.0.0.1, unreachable from outside the container.
 CMD ["poolserve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,5 +1,13 @@
 # Set-up and checks. `make serve` and `make test` are the README's two commands; both install what they need.
+# Where: the active virtual environment, else .venv/ in this checkout, made on first use. Never the
+# system's Python, which Debian and Ubuntu mark externally managed (pip refuses to install there).
+ifdef VIRTUAL_ENV
 PY ?= python3
+VENV :=
+else
+PY ?= .venv/bin/python3
+VENV := .venv/bin/python3
+endif
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 # torch first and pinned: a looser requirement with no torch present pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
@@ -7,11 +15,24 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 .PHONY: install install-test browser serve test lint typecheck pytest bench test-image
 
-install:
+# The virtual environment, made with the first python3 on PATH once it is known to be new enough.
+.venv/bin/python3:
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "poolserve needs Python 3.10 or newer; python3 is $$(python3 --version 2>&1 || echo missing)." >&2; \
+	  echo "Install a newer Python (or activate a virtual environment that has one) and run make again." >&2; \
+	  exit 1; }
+	@echo "making .venv/ (python3 -m venv): poolserve and its dependencies are installed there"
+	@python3 -m venv .venv 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf .venv; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	      && python3 -m venv .venv; \
+	  else rm -rf .venv; echo "python3 -m venv failed: install your distribution's python3-venv package" >&2; exit 1; fi; }
+
+install: $(VENV)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[service]'
 
-install-test:
+install-test: $(VENV)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[service,test]'
 
@@ -23,7 +44,7 @@ browser:
 	  else echo "chromium missing and cannot apt-get it: browser tests will skip"; fi; }
 
 serve: install
-	poolserve
+	$(PY) -m service
 
 lint:
 	$(PY) -m ruff check poolcore service tests bench

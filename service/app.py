@@ -15,6 +15,7 @@ import anyio.to_thread
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,7 +26,7 @@ from .docs import pool_operation
 from .errors import BadRequest, install_error_handlers
 from .memory import reuse_freed_memory
 from .metrics import Metrics
-from .middleware import ServiceMiddleware
+from .middleware import ServiceMiddleware, needs_key
 from .pooling import run_pool
 from .routes import info_router, pool_routes
 from .ui import mount_ui
@@ -56,15 +57,23 @@ def _warm_up(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _document_pool_route(app: FastAPI) -> None:
+def _document_pool_route(app: FastAPI, settings: Settings) -> None:
     """Add ``POST /pool/{method}`` (a plain Starlette route, which FastAPI leaves out) to the app's
-    OpenAPI schema, first among the paths; FastAPI's documented way of extending the schema."""
+    OpenAPI schema, first among the paths, and the bearer scheme when API keys are set; FastAPI's
+    documented way of extending the schema."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
             schema["paths"] = {"/pool/{method}": {"post": pool_operation()}, **schema.get("paths", {})}
+            if settings.api_key_list:
+                schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+                schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "POOLSERVE_API_KEYS"}
+                for path, operations in schema["paths"].items():
+                    if needs_key(path):
+                        for operation in operations.values():
+                            operation["security"] = [{"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -112,11 +121,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
+    app.add_middleware(
+        ServiceMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=app.state.metrics,
+        api_keys=settings.api_key_list,
+    )
+    if settings.cors_origin_list:
+        # Outside ServiceMiddleware (added later, so it wraps it): preflights carry no API key.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origin_list),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Pool-Seed", "X-Pool-Shape", "X-Pool-Params", "Retry-After"],
+        )
     # The routes themselves, not include_router: FastAPI dispatches an included router through a wrapper
     # on every request, which cost a small /pool request about a fifth of its event-loop time.
     app.router.routes.extend([*pool_routes(), *info_router().routes])
-    _document_pool_route(app)
+    _document_pool_route(app, settings)
     if settings.bench_routes:
 
         @app.post("/bench/constant", include_in_schema=False)

@@ -20,8 +20,9 @@ _ERROR = {
     "properties": {"detail": {"type": "string", "description": "What was wrong, naming the value."}},
     "required": ["detail"],
 }
-# Every error status a route can answer, with a sample message. The middleware's checks (Content-Length,
-# body and header limits, timeouts, API keys) apply to every route; the rest are the pool route's own.
+# Every error status a route can answer, with a sample message. The server's and the middleware's checks
+# (Content-Length, body and head limits, timeouts, API keys) apply to every route; the rest are the pool
+# route's own.
 ERRORS: dict[int, tuple[str, str]] = {
     400: (
         "A malformed body (JSON, .npy, image, multipart) or Content-Length.",
@@ -29,7 +30,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     ),
     401: (
         "No or wrong API key, when POOLSERVE_API_KEYS is set: send `Authorization: Bearer <key>`.",
-        "missing or invalid API key",
+        "this route needs an API key: send Authorization: Bearer <key>",
     ),
     404: ("Unknown method.", "unknown pooling method 'foo'; known methods: avg, max, ..."),
     406: ("Accept cannot be met.", "cannot produce any type in Accept 'text/html'; available: ..."),
@@ -47,14 +48,14 @@ ERRORS: dict[int, tuple[str, str]] = {
         "a ragged or non-numeric array, a non-finite result).",
         "invalid parameters for 'avg': kernel_size: unknown parameter",
     ),
-    431: ("Request headers over the limit.", "request headers are over the limit of 65536 bytes"),
+    431: ("Request line and headers over the limit.", "the request head is over the limit of 65536 bytes"),
     503: (
         "Not ready, shutting down, queue full or a device fault: try again after Retry-After.",
         "the server is busy; try again",
     ),
 }
-# The statuses every route can answer, whatever it does: the middleware's checks.
-TRANSPORT_ERRORS = (400, 401, 413, 431)
+# The statuses every route can answer, whatever it does: the server's and the middleware's checks.
+TRANSPORT_ERRORS = (400, 401, 408, 413, 431)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -331,7 +332,7 @@ def pool_operation() -> dict[str, Any]:
             },
         }
     }
-    errors = error_responses(*TRANSPORT_ERRORS, 404, 406, 408, 415, 422, 503)
+    errors = error_responses(*TRANSPORT_ERRORS, 404, 406, 415, 422, 503)
     responses.update({str(code): response for code, response in errors.items()})
     return {
         "tags": ["pooling"],

@@ -1,5 +1,9 @@
-"""Pure-ASGI request handling around every route: request id, streaming body limit, metrics, and the
-last line of the error boundary (a logged, generic 500 for anything unexpected).
+"""Pure-ASGI request handling around every route: request id, API keys, streaming body limit, security
+headers, metrics, and the last line of the error boundary (a logged, generic 500 for anything unexpected).
+
+API keys (``POOLSERVE_API_KEYS``): when set, every request but the health probes needs
+``Authorization: Bearer <key>``, compared in constant time against every key. ``/ui`` is left to the
+Gradio page's own login (the key is the password), which guards the page and all of its API routes.
 
 uvicorn has no body limit of its own, so bytes are counted as they arrive: a Content-Length over the
 limit is answered 413 before any body is read, and a body that grows past it (chunked, or lying about
@@ -8,10 +12,12 @@ its length) is cut off with a 413 as soon as it does.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import random
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -21,10 +27,45 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import PayloadTooLarge
 from .metrics import Metrics, route_label
 
-__all__ = ["BodyTooLarge", "ServiceMiddleware"]
+__all__ = ["OPEN_PATHS", "SECURITY_HEADERS", "BodyTooLarge", "ServiceMiddleware", "needs_key"]
 
 log = logging.getLogger("poolserve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# Open without an API key: the probes (a load balancer or kubelet has no key), and the two redirects to
+# the page, which guards itself.
+OPEN_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready", "/", "/favicon.ico"})
+UI_PREFIX = "/ui"
+# On every response: no MIME sniffing, no framing by other sites (clickjacking), no referrer leaks.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def needs_key(path: str) -> bool:
+    """Whether a request to ``path`` needs an API key (when keys are set)."""
+    return path not in OPEN_PATHS and path != UI_PREFIX and not path.startswith(UI_PREFIX + "/")
+
+
+def _key_problem(authorization: bytes | None, keys: tuple[bytes, ...]) -> tuple[str, bytes] | None:
+    """Why ``authorization`` does not carry one of ``keys`` (the detail and the WWW-Authenticate header),
+    or None when it does. Every key is compared, in constant time, whatever the first comparisons gave."""
+    if authorization is None:
+        return "this route needs an API key: send Authorization: Bearer <key>", b'Bearer realm="poolserve"'
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        detail = "the Authorization header must be Bearer <key>"
+        return detail, b'Bearer realm="poolserve", error="invalid_request"'
+    token = token.strip()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key)
+    if matched:
+        return None
+    return "invalid API key", b'Bearer realm="poolserve", error="invalid_token"'
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -32,23 +73,28 @@ class BodyTooLarge(PayloadTooLarge):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_keys: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.api_keys = tuple(key.encode() for key in api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id, content_length = None, None
+        request_id, content_length, authorization = None, None, None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 text = value.decode("latin-1")
                 request_id = text if _REQUEST_ID.match(text) else None
             elif name == b"content-length":
                 content_length = value
+            elif name == b"authorization":
+                authorization = value
         # 128 random bits as 32 hex digits, like uuid4().hex, but from the module PRNG (reseeded after
         # fork): an id needs to be unique, not secret, and os.urandom is a syscall on the event loop.
         request_id = request_id or f"{random.getrandbits(128):032x}"
@@ -72,12 +118,16 @@ class ServiceMiddleware:
             nonlocal status, started, sent
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [header for header in SECURITY_HEADERS if header[0] not in present]
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 
-        async def reply(code: int, detail: str) -> None:
+        async def reply(code: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
             body = orjson.dumps({"detail": detail})
             await tracked_send(
                 {
@@ -86,12 +136,18 @@ class ServiceMiddleware:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(body)),
+                        *(extra or []),
                     ],
                 }
             )
             await tracked_send({"type": "http.response.body", "body": body})
 
         try:
+            if self.api_keys and scope["method"] != "OPTIONS" and needs_key(scope["path"]):
+                problem = _key_problem(authorization, self.api_keys)
+                if problem is not None:
+                    await reply(401, problem[0], [(b"www-authenticate", problem[1])])
+                    return
             if content_length is not None:
                 try:
                     length = int(content_length)

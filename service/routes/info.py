@@ -94,7 +94,7 @@ def info_router() -> APIRouter:
         "type": "object",
         "required": ["status", "device"],
         "properties": {
-            "status": {"type": "string", "description": "ready, or why not (starting, shutting down)."},
+            "status": {"type": "string", "enum": ["ready", "starting", "draining"]},
             "device": {"type": ["string", "null"]},
         },
     }
@@ -102,7 +102,7 @@ def info_router() -> APIRouter:
     @router.get(
         "/ready",
         tags=["operations"],
-        summary="Readiness: device initialised and warm-up done",
+        summary="Readiness: device initialised and warm-up done, not draining",
         responses={
             200: {"description": "Ready.", "content": {"application/json": {"schema": ready_body}}},
             503: {
@@ -114,9 +114,11 @@ def info_router() -> APIRouter:
     )
     async def ready(request: Request) -> JSONResponse:
         state = request.app.state
-        is_ready = bool(getattr(state, "ready", False))
+        draining = bool(getattr(state, "draining", False))
+        is_ready = bool(getattr(state, "ready", False)) and not draining
         device = str(getattr(state, "device", "")) or None
-        body = {"status": "ready" if is_ready else "starting", "device": device}
+        status = "draining" if draining else "ready" if is_ready else "starting"
+        body = {"status": status, "device": device}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     @router.get(

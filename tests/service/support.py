@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from service.config import Settings
 __all__ = [
     "LIMITS",
     "ROOT",
+    "LiveServer",
     "default_params",
     "live_server",
+    "live_server_process",
     "npy_bytes",
     "png_bytes",
     "query_string",
@@ -97,6 +100,12 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
 def live_server(
     env: Mapping[str, str] | None = None,
@@ -105,7 +114,20 @@ def live_server(
     limits: Mapping[str, int] | None = LIMITS,
     access_log: Path | None = None,
 ) -> Iterator[str]:
-    """uvicorn in a subprocess on a free loopback port (a socket bound here and handed over with
+    """The base URL of :func:`live_server_process`'s server."""
+    with live_server_process(env, timeout, limits=limits, access_log=access_log) as server:
+        yield server.url
+
+
+@contextmanager
+def live_server_process(
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+    *,
+    limits: Mapping[str, int] | None = LIMITS,
+    access_log: Path | None = None,
+) -> Iterator[LiveServer]:
+    """The server in a subprocess on a free loopback port (a socket bound here and handed over with
     ``--fd``, so no other process can take the port in between); yields the base URL, stops it after.
 
     ``limits`` are the service's size limits (None: its defaults); with ``access_log``, uvicorn's
@@ -114,7 +136,7 @@ def live_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
     sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    sock.listen(1024)
     port = sock.getsockname()[1]
     full_env = {
         **os.environ,
@@ -124,7 +146,8 @@ def live_server(
         **{f"POOLSERVE_{k.upper()}": str(v) for k, v in (limits or {}).items()},
         **(env or {}),
     }
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--fd", str(sock.fileno())]
+    # `poolserve` itself (python -m service): its protocol's connection limits and drain are under test.
+    command = [sys.executable, "-m", "service", "--fd", str(sock.fileno())]
     command += ["--log-level", "info" if access_log else "warning"]
     log_file = access_log.open("wb") if access_log else None  # uvicorn's access log goes to stdout
     proc = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=(sock.fileno(),), stdout=log_file)
@@ -143,9 +166,10 @@ def live_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"uvicorn not ready after {timeout} s")
             time.sleep(0.2)
-        yield base
+        yield LiveServer(base, proc)
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,263 @@
+"""The HTTP server's connection limits and drain (service.server), against a real process over raw
+sockets: what a hostile or broken client does to a server facing a network.
+
+Each limit is checked at its boundary, and each "closed within" bound is generous against the configured
+timeout (1 s here), so a busy machine does not fail them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from .support import LiveServer, live_server_process, npy_bytes
+
+TIMEOUT = 1.0  # header_timeout and body_timeout of the server under test
+HEAD_LIMIT = 4096
+SLACK = 4.0  # seconds beyond a timeout within which the connection must be closed
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    env = {
+        "POOLSERVE_HEADER_TIMEOUT": str(TIMEOUT),
+        "POOLSERVE_BODY_TIMEOUT": str(TIMEOUT),
+        "POOLSERVE_MAX_HEADER_BYTES": str(HEAD_LIMIT),
+    }
+    with live_server_process(env) as live:
+        yield live
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT + SLACK)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout if it doesn't)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def _head(target: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def _head_size(target: str, headers: dict[str, str]) -> int:
+    """The size the limit counts: the request target plus each header line as sent."""
+    return len(target) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
+class TestRequestHead:
+    @pytest.mark.parametrize("over", [0, 1])
+    def test_head_limit_at_one_byte(self, server: LiveServer, over: int) -> None:
+        headers = {"Host": "x", "Connection": "close", "X-Pad": ""}
+        headers["X-Pad"] = "a" * (HEAD_LIMIT - _head_size("/health", headers) + over)
+        with _connect(server.url) as sock:
+            sock.sendall(_head("/health", headers))
+            response = _read_all(sock)
+        assert _status(response) == (431 if over else 200)
+        if over:
+            assert b"the request head is over the limit of 4096 bytes" in response
+            assert b"connection: close" in response
+
+    def test_ten_megabyte_header_is_refused_without_reading_it_all(self, server: LiveServer) -> None:
+        with _connect(server.url) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            sent = 0
+            try:
+                while sent < 10 << 20:
+                    sock.sendall(b"a" * 65536)
+                    sent += 65536
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server closed the connection while the header was still coming
+            response = _read_all(sock)
+        assert _status(response) == 431
+
+    def test_twenty_thousand_header_lines(self, server: LiveServer) -> None:
+        lines = b"".join(b"X-%d: 1\r\n" % i for i in range(20_000))
+        with _connect(server.url) as sock:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+            response = _read_all(sock)
+        assert _status(response) == 431
+
+    def test_idle_connection_is_closed(self, server: LiveServer) -> None:
+        with _connect(server.url) as sock:
+            start = time.monotonic()
+            assert _read_all(sock) == b""
+            assert time.monotonic() - start < TIMEOUT + SLACK
+
+    def test_head_dripping_in_is_closed(self, server: LiveServer) -> None:
+        with _connect(server.url) as sock:
+            start = time.monotonic()
+            closed = False
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                time.sleep(0.05)
+                if time.monotonic() - start > TIMEOUT + SLACK:
+                    break
+            if not closed:
+                assert _read_all(sock) == b""
+            assert time.monotonic() - start < TIMEOUT + SLACK
+
+    def test_three_hundred_half_sent_requests_are_all_closed(self, server: LiveServer) -> None:
+        socks = [_connect(server.url) for _ in range(300)]
+        try:
+            for sock in socks:
+                sock.sendall(b"POST /pool/avg HTTP/1.1\r\nHost: x\r\nContent-Le")
+            deadline = time.monotonic() + TIMEOUT + SLACK
+            for sock in socks:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                assert _read_all(sock) == b""
+        finally:
+            for sock in socks:
+                sock.close()
+        assert httpx.get(f"{server.url}/health", trust_env=False).status_code == 200
+
+
+class TestRequestBody:
+    def _send_partial(self, server: LiveServer, head: bytes, body: bytes) -> tuple[bytes, float]:
+        with _connect(server.url) as sock:
+            start = time.monotonic()
+            sock.sendall(head + body)
+            response = _read_all(sock)
+            return response, time.monotonic() - start
+
+    def test_body_shorter_than_its_content_length_gets_408(self, server: LiveServer) -> None:
+        head = b"POST /pool/avg?kernel_size=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        response, elapsed = self._send_partial(server, head + b"Content-Length: 1000\r\n\r\n", b"x" * 10)
+        assert _status(response) == 408
+        assert b"did not arrive within 1 s" in response and b"connection: close" in response
+        assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+
+    def test_chunk_size_larger_than_what_follows_gets_408(self, server: LiveServer) -> None:
+        head = b"POST /pool/avg HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        response, _ = self._send_partial(server, head, b"ffffff\r\n{}")
+        assert _status(response) == 408
+
+    def test_malformed_chunk_size_gets_400(self, server: LiveServer) -> None:
+        head = b"POST /pool/avg HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        response, elapsed = self._send_partial(server, head, b"zz\r\n{}\r\n")
+        assert _status(response) == 400 and elapsed < TIMEOUT + SLACK
+
+    def test_body_dripping_in_gets_408(self, server: LiveServer) -> None:
+        body = npy_bytes(np.ones((1, 1, 4, 4), np.float32))
+        head = b"POST /pool/avg?kernel_size=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        with _connect(server.url) as sock:
+            sock.sendall(head)
+            start = time.monotonic()
+            try:
+                for byte in body:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.05)
+                    if time.monotonic() - start > TIMEOUT + SLACK:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert _status(_read_all(sock)) == 408
+
+    def test_early_answer_closes_instead_of_reading_the_rest(self, server: LiveServer) -> None:
+        """A 413 sent before the body: the connection closes rather than swallowing 64 MiB."""
+        head = b"POST /pool/avg HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        response, elapsed = self._send_partial(server, head + b"Content-Length: 67108864\r\n\r\n", b"x")
+        assert _status(response) == 413 and elapsed < SLACK
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_forty_connections_announcing_64_mib_do_not_reserve_it() -> None:
+    """Finding: 40 connections that each announced 64 MiB and sent 1 byte grew RSS by 2.5 GB. Memory
+    must follow the bytes received: under 400 MiB for all 40 (default limits, the 64 MiB body limit)."""
+    with live_server_process(limits=None) as live:
+        before = _rss_bytes(live.process.pid)
+        socks = []
+        try:
+            for _ in range(40):
+                sock = _connect(live.url)
+                sock.sendall(
+                    b"POST /pool/avg?kernel_size=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+                    b"Content-Length: 67108864\r\n\r\nx"
+                )
+                socks.append(sock)
+            time.sleep(1.0)  # every connection's request is now waiting in read_body
+            grown = _rss_bytes(live.process.pid) - before
+        finally:
+            for sock in socks:
+                sock.close()
+        print(f"RSS growth with 40 connections announcing 64 MiB each: {grown / 2**20:.1f} MiB")
+        assert grown < 400 * 2**20
+        assert httpx.get(f"{live.url}/health", trust_env=False).status_code == 200
+
+
+class TestDrain:
+    """SIGTERM: /ready 503 at once, requests still served for the drain, then the listener closes,
+    in-flight requests finish and the process exits 0."""
+
+    def test_drain_then_exit_zero(self) -> None:
+        drain = 3.0
+        with live_server_process({"POOLSERVE_DRAIN_SECONDS": str(drain)}) as live:
+            body = npy_bytes(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+            # An in-flight request: its head and half its body are sent before the signal.
+            head = b"POST /pool/avg?kernel_size=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            head += b"Content-Length: %d\r\n\r\n" % len(body)
+            inflight = _connect(live.url)
+            inflight.sendall(head + body[: len(body) // 2])
+            client = httpx.Client(base_url=live.url, trust_env=False, timeout=10)
+            assert client.get("/ready").status_code == 200
+            signalled = time.monotonic()
+            live.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            pooled = client.post(
+                "/pool/avg?kernel_size=2", content=body, headers={"content-type": "application/x-npy"}
+            )
+            assert pooled.status_code == 200  # still served while draining
+            assert live.process.poll() is None
+            # After the drain the listener closes: new connections are refused.
+            while time.monotonic() - signalled < drain + SLACK:
+                try:
+                    httpx.get(f"{live.url}/health", trust_env=False, timeout=1)
+                except httpx.ConnectError:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the listener was still open after the drain")
+            assert time.monotonic() - signalled >= drain * 0.9
+            # The in-flight request still finishes, then the process exits 0.
+            inflight.sendall(body[len(body) // 2 :])
+            response = _read_all(inflight)
+            inflight.close()
+            client.close()
+            assert _status(response) == 200
+            assert live.process.wait(timeout=20) == 0
