@@ -61,32 +61,51 @@ schemathesis.openapi.media_type("image/jpeg", _image("JPEG"))
 #   schema-valid request can break any of them, and gets 422 (or 413). Everything the schema can say, it
 #   says, so every other rejection of valid data (400, 406, 408, 415...) still fails the check.
 _REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
-_CONFIG = SchemathesisConfig.from_dict(
-    {
-        "checks": {"negative_data_rejection": {"expected-statuses": _REJECTED}},
-        "operations": [
-            {
-                "include-path": "/pool/{method}",
-                "checks": {
-                    "positive_data_acceptance": {
-                        "expected-statuses": ["2xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
-                    }
-                },
-            }
-        ],
-    }
-)
+_CHECKS = {
+    "checks": {"negative_data_rejection": {"expected-statuses": _REJECTED}},
+    "operations": [
+        {
+            "include-path": "/pool/{method}",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
+                }
+            },
+        }
+    ],
+}
+_KEY = "fuzz-key-0123456789"
 
 
 @pytest.fixture(scope="module")
 def api_schema() -> Iterator[BaseSchema]:
     """Built when the test runs, not when the suite is collected. schemathesis starts the app's lifespan
     (the worker threads) on its first request and keeps it for the process: stop it when done."""
-    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(test_settings()), config=_CONFIG)
+    config = SchemathesisConfig.from_dict(_CHECKS)
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(test_settings()), config=config)
+    shutdown_lifespans()
+
+
+@pytest.fixture(scope="module")
+def keyed_schema() -> Iterator[BaseSchema]:
+    """The same app with POOLSERVE_API_KEYS set: the schema then declares the bearer scheme, and
+    schemathesis's ignored_auth check sends each request again without the key, and with a wrong one,
+    expecting a refusal. Random phase only (the edge cases are the run above's)."""
+    config = SchemathesisConfig.from_dict(
+        {
+            **_CHECKS,
+            "headers": {"Authorization": f"Bearer {_KEY}"},
+            "phases": {"coverage": {"enabled": False}},
+        }
+    )
+    app = create_app(test_settings(api_keys=_KEY))
+    auth = {"Authorization": f"Bearer {_KEY}"}
+    yield schemathesis.openapi.from_asgi("/openapi.json", app, config=config, headers=auth)
     shutdown_lifespans()
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
+keyed = schemathesis.pytest.from_fixture("keyed_schema")
 
 
 # The coverage phase (schemathesis's deterministic edge cases, ~550 for /pool) runs whatever the
@@ -100,4 +119,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     database=None,
 )
 def test_api(case: schemathesis.Case) -> None:
+    case.call_and_validate()
+
+
+@keyed.parametrize()
+@settings(max_examples=25, derandomize=True, deadline=None, database=None)
+def test_api_with_keys(case: schemathesis.Case) -> None:
     case.call_and_validate()
