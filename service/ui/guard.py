@@ -1,0 +1,482 @@
+"""An ASGI guard in front of the mounted Gradio app: what reaches Gradio is checked here first.
+
+- **Files** (issue 9, finding 1). Gradio 6.31 copies any server file named in an event's data into its cache
+  and then serves it, because ``processing_utils._check_allowed`` returns early while
+  ``blocks.has_launched`` is False, and ``gr.mount_gradio_app`` never sets it. :func:`close_upstream_hole`
+  sets the flag; independently of it, every request body but the login form's is searched for file
+  objects, and one whose path is not a file in the upload directory is refused with 403 before Gradio sees
+  it. ``/gradio_api/file=`` serves only the upload directory and the page's own assets; ``/proxy=`` and
+  remote URLs are refused. Only ``/gradio_api/upload`` takes multipart bodies.
+- **Cache size** (finding 5). An upload must state its length; it is refused with 413 when it alone is over
+  ``POOLSERVE_UI_CACHE_BYTES``, and room is made for it (oldest files first) before it is read.
+- **Unknown functions** (finding 12). An ``fn_index`` or API name the page does not have gets 404 here;
+  Gradio answers both with a 500.
+- **API keys**. With ``POOLSERVE_API_KEYS`` set, every route but the login page and its static files needs
+  Gradio's login cookie or ``Authorization: Bearer <key>``; the rest get 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import anyio.to_thread
+import gradio as gr
+import orjson
+from starlette.requests import cookie_parser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .cache import CacheFull, UICache, UploadTooLarge
+
+__all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker"]
+
+log = logging.getLogger("poolserve")
+
+BEARER_USER = "api-key"  # the Gradio user name of requests that came with a Bearer key
+
+# Reachable without logging in: the login page itself, its form, and Gradio's static front end.
+_PUBLIC_EXACT = frozenset(
+    {
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("POST", "/login"),
+        ("POST", "/login/"),
+        ("GET", "/logout"),
+        ("GET", "/theme.css"),
+        ("GET", "/gradio_api/theme.css"),
+        ("GET", "/favicon.ico"),
+        ("GET", "/robots.txt"),
+        ("GET", "/manifest.json"),
+        ("GET", "/pwa_icon"),
+    }
+)
+_PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+
+_CALL = re.compile(r"^/gradio_api/(?:call/v2|call|run|api)/(?P<name>[^/]+)/?$")
+_RESULT = re.compile(r"^/gradio_api/call/(?:v2/)?(?P<name>[^/]+)/[^/]+/?$")
+_FILE_PREFIXES = ("/gradio_api/file=", "/gradio_api/file/")
+_UPLOAD = ("/gradio_api/upload", "/gradio_api/upload/")
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
+_NAME_SHOWN = 60  # characters of a client-supplied name or path echoed in a message
+
+
+def close_upstream_hole(blocks: gr.Blocks) -> None:
+    """Gradio 6.31 workaround: mark mounted ``blocks`` as launched, so ``_check_allowed`` checks paths.
+
+    ``gr.mount_gradio_app`` leaves ``has_launched`` False, and ``processing_utils._check_allowed`` returns
+    without checking anything while it is. ``tests/service/test_ui_security.py`` pins the upstream
+    behaviour; when that test fails, Gradio sets the flag itself and this line can go (the guard stays).
+    """
+    blocks.has_launched = True
+
+
+def key_checker(keys: Iterable[str]) -> Callable[[str, str], bool]:
+    """Gradio's ``auth`` callable: any user name; the password must be one of ``keys``.
+
+    Every key is compared, in constant time, whatever matched first."""
+    encoded = [key.encode() for key in keys]
+
+    def check(username: str, password: str) -> bool:
+        given = password.encode()
+        found = False
+        for key in encoded:
+            found |= hmac.compare_digest(given, key)
+        return found
+
+    return check
+
+
+def file_paths(value: Any) -> Iterator[Any]:
+    """The ``path`` of every file object in a decoded JSON value: any object with a ``path`` key or
+    Gradio's file marker ``meta._type == "gradio.FileData"``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            meta = item.get("meta")
+            marked = isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"
+            if "path" in item or marked:
+                yield item.get("path")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _NAME_SHOWN else text[:_NAME_SHOWN] + "…")
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, list(headers)
+
+
+class UIGuard:
+    """Wraps the Gradio app mounted at ``/ui``; see the module docstring for what it checks."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        blocks: gr.Blocks,
+        gradio_app: Any,
+        cache: UICache,
+        keys: Iterable[str] = (),
+        served: Iterable[str] = (),
+        max_json_bytes: int,
+    ) -> None:
+        self.app = app
+        self.blocks = blocks
+        self.gradio_app = gradio_app
+        self.cache = cache
+        self.check_key = key_checker(keys)
+        self.auth = bool(tuple(keys))
+        self.uploads = os.path.realpath(gradio_app.uploaded_file_dir)
+        self.served = [self.uploads, *(os.path.realpath(d) for d in served)]
+        self.max_json_bytes = max_json_bytes
+        self._bearer_token = secrets.token_urlsafe(24)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        method = scope.get("method", "GET")
+        try:
+            if self.auth and not _public(method, path):
+                scope = self._authenticated(scope)
+            elif self.auth and path == "/" and self._login(scope) is None:
+                await self._login_page(scope, receive, send)
+                return
+            if scope["type"] == "websocket":
+                await self.app(scope, receive, send)
+                return
+            if path.startswith("/gradio_api/proxy="):
+                raise _Refused(403, "this page loads no remote apps: /gradio_api/proxy= is disabled")
+            if path.startswith(_FILE_PREFIXES):
+                self._check_served(path)
+            elif method == "POST" and path in _UPLOAD:
+                await self._upload(scope, receive, send)
+                return
+            elif method in ("POST", "PUT", "PATCH") and path.rstrip("/") != "/login":
+                receive = await self._checked_body(scope, receive, path)
+                await self._without_500(scope, receive, send, path)
+                await anyio.to_thread.run_sync(self.cache.sweep_soon)  # results may have landed in the cache
+                return
+            elif method == "GET" and (_RESULT.match(path) or path == "/gradio_api/queue/data"):
+                self._check_result_name(path)
+                await self.app(scope, receive, send)
+                await anyio.to_thread.run_sync(self.cache.sweep_soon)
+                return
+        except _Refused as refused:
+            await _respond(scope, send, refused)
+            return
+        await self.app(scope, receive, send)
+
+    # ---- API keys -----------------------------------------------------------------------------------------
+    def _authenticated(self, scope: Scope) -> Scope:
+        """:meth:`_login`'s scope, or 401."""
+        logged_in = self._login(scope)
+        if logged_in is None:
+            raise _Refused(
+                401,
+                "the UI needs an API key: log in at /ui/ with the key as the password, "
+                "or send Authorization: Bearer <key>",
+                [("WWW-Authenticate", "Bearer")],
+            )
+        return logged_in
+
+    def _login(self, scope: Scope) -> Scope | None:
+        """``scope`` when it carries Gradio's login cookie; for a valid Bearer key, ``scope`` with a cookie
+        Gradio's own checks accept; otherwise None."""
+        cookie_id = self.gradio_app.cookie_id
+        tokens = self.gradio_app.tokens
+        headers = list(scope.get("headers", []))
+        cookies: dict[str, str] = {}
+        authorization = ""
+        for name, value in headers:
+            if name == b"cookie":
+                cookies.update(cookie_parser(value.decode("latin-1")))
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
+            token = cookies.get(name)
+            if token and token in tokens:
+                return scope
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() == "bearer" and self.check_key("", key.strip()):
+            tokens[self._bearer_token] = BEARER_USER  # again after a /logout dropped it
+            cookie = f"access-token-unsecure-{cookie_id}={self._bearer_token}".encode()
+            headers = [(n, v) for n, v in headers if n != b"cookie"] + [(b"cookie", cookie)]
+            return {**scope, "headers": headers}
+        return None
+
+    async def _login_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login page without the API description it embeds (endpoint and parameter names are
+        for logged-in users). Asked for uncompressed, so that it can be edited."""
+        headers = [(n, v) for n, v in scope.get("headers", []) if n != b"accept-encoding"]
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def edit(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = _API_INFO.sub(_NO_API_INFO, b"".join(chunks), count=1)
+            kept = [(n, v) for n, v in start.get("headers", []) if n.lower() != b"content-length"]
+            await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app({**scope, "headers": headers}, receive, edit)
+
+    # ---- files --------------------------------------------------------------------------------------------
+    def _is_upload(self, value: Any) -> bool:
+        """True for the path of a regular file in the upload directory (symlinks resolved)."""
+        if not isinstance(value, str) or not value or "\x00" in value or "://" in value:
+            return False
+        real = os.path.realpath(value)
+        return _inside(real, self.uploads) and real != self.uploads and os.path.isfile(real)
+
+    def _check_served(self, path: str) -> None:
+        name = path[len("/gradio_api/file") :]
+        name = name[1:] if name.startswith("=") else name
+        refused = _Refused(
+            403, f"file not allowed: {_shown(name)}; only uploads and the page's own files are served"
+        )
+        if not name or "\x00" in name or "://" in name:
+            raise refused
+        real = os.path.realpath(name)
+        if not any(_inside(real, d) for d in self.served) or not os.path.isfile(real):
+            raise refused
+
+    def _check_files(self, data: Any) -> None:
+        for value in file_paths(data):
+            if not self._is_upload(value):
+                shown = _shown(value) if isinstance(value, str) else repr(type(value).__name__)
+                raise _Refused(
+                    403,
+                    f"file not allowed: {shown} is not a file uploaded to this server (or it has expired); "
+                    "upload it with POST /ui/gradio_api/upload and pass the path that returns",
+                )
+
+    # ---- functions ----------------------------------------------------------------------------------------
+    def _fns(self, body: Any) -> dict[int, Any]:
+        """The page's functions, and those a session rendered for itself (``gr.render``), as Gradio's own
+        lookup sees them."""
+        fns: dict[int, Any] = dict(self.blocks.fns)
+        session = body.get("session_hash") if isinstance(body, dict) else None
+        holder = getattr(self.gradio_app, "state_holder", None)
+        if isinstance(session, str) and holder is not None and session in holder:
+            fns.update(holder[session].blocks_config.fns)
+        return fns
+
+    def _check_fn(self, path: str, body: Any) -> None:
+        fn_index = body.get("fn_index") if isinstance(body, dict) else None
+        if fn_index is not None:
+            index = _as_index(fn_index)
+            if index is None:
+                raise _Refused(422, f"fn_index must be an integer (got {_shown(str(fn_index))})")
+            fns = self._fns(body)
+            if index not in fns:
+                ids = sorted(fns)
+                raise _Refused(
+                    404, f"no UI function with fn_index {index}; they run from {ids[0]} to {ids[-1]}"
+                )
+            return
+        match = _CALL.match(path)
+        if match:
+            self._check_name(match["name"], self._fns(body))
+        elif path.rstrip("/") == "/gradio_api/queue/join":
+            raise _Refused(422, "fn_index is required to join the queue")
+
+    def _check_result_name(self, path: str) -> None:
+        match = _RESULT.match(path)
+        if match:
+            self._check_name(match["name"], self.blocks.fns)
+
+    def _check_name(self, name: str, fns: dict[int, Any]) -> None:
+        names = sorted({fn.api_name for fn in fns.values() if isinstance(fn.api_name, str)})
+        if name not in names:
+            raise _Refused(404, f"no UI endpoint named {_shown(name)}; known: {', '.join(names)}")
+
+    async def _without_500(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Run a call; a 500 from Gradio becomes 422 with its reason.
+
+        Gradio answers 500 to a call whose inputs it cannot take (too few values, a value a component
+        rejects, an unknown argument or component); the page's own handlers never raise (their errors are
+        shown on the page), so here a 500 means the request was wrong. It is still logged, with its
+        traceback, in case it was not."""
+        swapped = False
+        started = False
+        body: list[bytes] = []
+
+        async def watch(message: Message) -> None:
+            nonlocal swapped, started
+            if message["type"] == "http.response.start" and not started and message["status"] == 500:
+                swapped = True
+                return
+            if swapped:
+                if message["type"] == "http.response.body":
+                    body.append(message.get("body", b""))
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        reason = ""
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as error:
+            if started:
+                raise
+            log.warning("UI request %s failed; answered 422", path, exc_info=True)
+            swapped, reason = True, f"{type(error).__name__}: {error}"
+        if not swapped:
+            return
+        if not reason:
+            try:
+                reason = str(orjson.loads(b"".join(body)).get("error") or "")
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = ""
+            log.warning("UI request %s: Gradio answered 500 (%s); answered 422", path, reason[:300])
+        reason = re.sub(r" object at 0x[0-9a-f]+", "", " ".join(reason.split()))[:300] or "unknown error"
+        detail = f"the UI could not process this request: {reason}"
+        await _respond(scope, send, _Refused(422, detail))
+
+    # ---- bodies -------------------------------------------------------------------------------------------
+    async def _checked_body(self, scope: Scope, receive: Receive, path: str) -> Receive:
+        """Read the body (within max_json_bytes), check its file objects and function, and return a
+        ``receive`` that replays it."""
+        if _media_type(scope).startswith("multipart/"):
+            raise _Refused(415, "the UI takes files only through POST /ui/gradio_api/upload")
+        length = _content_length(scope)
+        if length is not None and length > self.max_json_bytes:
+            raise _Refused(413, self._too_large(length))
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Refused(400, "the client went away before the body arrived")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_json_bytes:
+                raise _Refused(413, self._too_large(size))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            data = None  # not JSON: Gradio finds no event data in it either, and answers 422
+        self._check_files(data)
+        self._check_fn(path, data)
+        return _replay(body, receive)
+
+    def _too_large(self, size: int) -> str:
+        return (
+            f"UI request body of {size} bytes is over the limit of {self.max_json_bytes} bytes "
+            "(POOLSERVE_MAX_JSON_BYTES)"
+        )
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = _content_length(scope)
+        if length is None:
+            raise _Refused(411, "uploads to the UI must state their Content-Length")
+        try:
+            await anyio.to_thread.run_sync(self.cache.reserve, length)
+        except UploadTooLarge as error:
+            raise _Refused(413, str(error)) from None
+        except CacheFull as error:
+            raise _Refused(503, str(error), [("Retry-After", "5")]) from None
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await anyio.to_thread.run_sync(self.cache.release, length)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path inside the mount (``/`` for the page itself)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def _public(method: str, path: str) -> bool:
+    if method == "HEAD":
+        method = "GET"
+    return (method, path) in _PUBLIC_EXACT or (method == "GET" and path.startswith(_PUBLIC_PREFIXES))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _media_type(scope: Scope) -> str:
+    return (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+
+
+def _content_length(scope: Scope) -> int | None:
+    text = _header(scope, b"content-length")
+    if text is None or not text.strip().isdecimal():
+        return None
+    return int(text)
+
+
+def _as_index(value: Any) -> int | None:
+    """``value`` as pydantic's lax mode reads an int, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):
+        return int(value)
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls wait for the disconnect, as the server's receive does
+
+    return replay
+
+
+async def _respond(scope: Scope, send: Send, refused: _Refused) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": refused.detail[:120]})
+        return
+    body = orjson.dumps({"detail": refused.detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers]
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
