@@ -9,9 +9,10 @@ import torch
 
 import poolcore
 
-from .pooling import run_pool
+from .codecs.json import DTYPES
+from .pooling import MAX_SEED, run_pool
 
-__all__ = ["pool_operation", "query_parameters"]
+__all__ = ["ERRORS", "TRANSPORT_ERRORS", "error_responses", "pool_operation", "query_parameters"]
 
 _BASE = "http://127.0.0.1:8000"
 _ERROR = {
@@ -19,17 +20,56 @@ _ERROR = {
     "properties": {"detail": {"type": "string", "description": "What was wrong, naming the value."}},
     "required": ["detail"],
 }
-_ERRORS = {
-    400: ("Malformed JSON, .npy or image.", "malformed JSON: unexpected character: line 1 column 2 (char 1)"),
+# Every error status a route can answer, with a sample message. The server's and the middleware's checks
+# (Content-Length, body and head limits, timeouts, API keys) apply to every route; the rest are the pool
+# route's own.
+ERRORS: dict[int, tuple[str, str]] = {
+    400: (
+        "A malformed body (JSON, .npy, image, multipart) or Content-Length.",
+        "malformed JSON: unexpected character: line 1 column 2 (char 1)",
+    ),
+    401: (
+        "No or wrong API key, when POOLSERVE_API_KEYS is set: send `Authorization: Bearer <key>`.",
+        "this route needs an API key: send Authorization: Bearer <key>",
+    ),
     404: ("Unknown method.", "unknown pooling method 'foo'; known methods: avg, max, ..."),
     406: ("Accept cannot be met.", "cannot produce any type in Accept 'text/html'; available: ..."),
-    413: ("Body, elements or pixels over the limit.", "request body is over the limit of 67108864 bytes"),
+    408: (
+        "The body did not arrive within POOLSERVE_BODY_TIMEOUT seconds.",
+        "the request body did not arrive within 30 s",
+    ),
+    413: (
+        "Body, JSON body, elements, output elements or pixels over the limit (see GET /methods).",
+        "request body is over the limit of 67108864 bytes",
+    ),
     415: ("Unsupported Content-Type.", "unsupported Content-Type 'text/plain'; send one of: ..."),
     422: (
-        "Invalid parameters or input.",
+        "Invalid parameters, or input the method cannot take (the tensor's shape against the window, "
+        "a ragged or non-numeric array, a non-finite result).",
         "invalid parameters for 'avg': kernel_size: unknown parameter",
     ),
+    431: ("Request line and headers over the limit.", "the request head is over the limit of 65536 bytes"),
+    503: (
+        "Not ready, shutting down, queue full or a device fault: try again after Retry-After.",
+        "the server is busy; try again",
+    ),
 }
+# The statuses every route can answer, whatever it does: the server's and the middleware's checks.
+TRANSPORT_ERRORS = (400, 401, 408, 413, 431)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each ``{"detail": str}`` with a sample message; the
+    form FastAPI's ``responses=`` takes, and the pool operation's."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        text, example = ERRORS[code]
+        content = {"application/json": {"schema": _ERROR, "example": {"detail": example}}}
+        responses[code] = {"description": text, "content": content}
+        if code in (401, 503):
+            header = "WWW-Authenticate" if code == 401 else "Retry-After"
+            responses[code]["headers"] = {header: {"schema": {"type": "string"}}}
+    return responses
 
 
 def method_parameter() -> dict[str, Any]:
@@ -44,43 +84,99 @@ def method_parameter() -> dict[str, Any]:
     }
 
 
-def query_parameters() -> list[dict[str, Any]]:
-    """``mode``, ``seed`` and every parameter name any registered method takes, as text query params."""
-    applies: dict[str, list[str]] = {}
-    describe: dict[str, str] = {}
+def _strip(schema: dict[str, Any], *, text: bool) -> dict[str, Any]:
+    """A pydantic field schema as the wire carries it: titles and defaults dropped; arrays hold 1 to 3
+    entries (one per spatial dim, which poolcore checks). With ``text`` (query string, form fields) a
+    null is the word ``null``."""
+    variants = []
+    for variant in schema.get("anyOf", [schema]):
+        kept = {k: v for k, v in variant.items() if k not in ("title", "default", "description")}
+        if text and kept.get("type") == "null":
+            kept = _NULL_TEXT
+        elif kept.get("type") == "array":
+            kept.update(items=_strip(kept["items"], text=text), minItems=1, maxItems=3)
+        variants.append(kept)
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def _fields(*, text: bool) -> dict[str, tuple[dict[str, Any], str, list[str]]]:
+    """Every parameter any method takes: (its wire schema, the union over the methods that take it; its
+    description; those methods)."""
+    found: dict[str, tuple[list[dict[str, Any]], str, list[str]]] = {}
     for name in poolcore.methods():
-        for field, info in poolcore.get_spec(name).params.model_fields.items():
-            applies.setdefault(field, []).append(name)
-            describe.setdefault(field, info.description or "")
+        for field, info in poolcore.get_spec(name).params.model_json_schema()["properties"].items():
+            schemas, _, names = found.setdefault(field, ([], info.get("description", ""), []))
+            wire = _strip(info, text=text)
+            schemas.extend(v for v in wire.get("anyOf", [wire]) if v not in schemas)
+            names.append(name)
+    return {
+        field: (schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, description, names)
+        for field, (schemas, description, names) in found.items()
+    }
+
+
+# None written as text (query string, form fields): a parameter's default.
+_NULL_TEXT = {"type": "string", "enum": ["null"]}
+# What a multipart `file` part may hold: the types the API names (the bytes are checked, not trusted).
+FILE_TYPES = ("application/x-npy", "image/png", "image/jpeg")
+
+
+def _scalar_forms(schema: dict[str, Any]) -> dict[str, Any]:
+    variants = [v for v in schema.get("anyOf", [schema]) if v.get("type") != "array"]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+_MODE = {"type": "string", "enum": ["eval", "train"], "default": "eval"}
+_SEED = {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
+_NULL = {"type": "null"}
+
+
+def query_parameters() -> list[dict[str, Any]]:
+    """``mode``, ``seed`` and every parameter name any registered method takes, as query parameters,
+    typed as each method's model has them. A list is written comma-separated (``2,3``: OpenAPI's form
+    style, not exploded); None is the word ``null`` (``null,7``)."""
     params: list[dict[str, Any]] = [
         {
             "name": "mode",
             "in": "query",
             "required": False,
-            "schema": {"type": "string", "enum": ["eval", "train"], "default": "eval"},
+            "schema": {"anyOf": [_MODE, _NULL_TEXT]},
             "description": "eval (test-time behaviour, the default) or train (random methods sample).",
         },
         {
             "name": "seed",
             "in": "query",
             "required": False,
-            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            "schema": {"anyOf": [_SEED, _NULL_TEXT]},
             "description": "Train-mode seed. Without it the server draws one and returns it (X-Pool-Seed, "
             "params.seed); the same request with that seed returns the same bytes.",
         },
     ]
-    for field, names in applies.items():
+    for field, (schema, description, names) in _fields(text=True).items():
         params.append(
             {
                 "name": field,
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string"},
-                "description": f"{describe[field]} Written as text: `2`, `2,3`, `null,7`, `true`. "
+                "schema": schema,
+                "style": "form",
+                "explode": False,
+                "description": f"{description} Written as text: `2`, `2,3`, `null,7`, `true`. "
                 f"Methods: {', '.join(names)}.",
             }
         )
     return params
+
+
+def _nested(leaf: dict[str, Any], *, min_items: int) -> dict[str, Any]:
+    """Nested lists of ``leaf`` values, rank 1 to 5: one schema per rank (no ``$ref`` recursion, so it
+    stays inline in the operation)."""
+    ranks = []
+    schema = leaf
+    for _ in range(5):
+        schema = {"type": "array", "items": schema, "minItems": min_items}
+        ranks.append(schema)
+    return {"anyOf": ranks}
 
 
 def _example_run() -> tuple[list, dict[str, Any]]:
@@ -107,7 +203,7 @@ def pool_operation() -> dict[str, Any]:
         f"curl -s -X POST '{_BASE}/pool/avg?kernel_size=2,2&stride=2' \\\n"
         "  -H 'Content-Type: application/x-npy' --data-binary @x.npy -o out.npy\n```\n"
         "The resolved parameters come back in the X-Pool-Params header.",
-        "value": "",
+        # No "value": a binary body has no inline form, and an empty one would be a malformed .npy.
     }
     image_example = {
         "summary": "An image, pooled to a smaller image",
@@ -115,7 +211,6 @@ def pool_operation() -> dict[str, Any]:
         "--data-binary @photo.png -o pooled.png\n```\nThe image becomes float32 C×H×W in [0, 1] "
         "(L, RGB or RGBA kept); the PNG result is clamped to [0, 1]. Add `-H 'Accept: application/json'` "
         "for the numbers.",
-        "value": "",
     }
     multipart_example = {
         "summary": "A file upload, parameters as form fields",
@@ -140,6 +235,10 @@ def pool_operation() -> dict[str, Any]:
             "summary": f"Train mode with a seed ({random_methods[0]}): same seed, same bytes",
             "value": {"data": data, "params": {"kernel_size": 2, "mode": "train", "seed": 1234}},
         }
+    json_fields = {field: schema for field, (schema, _, _) in _fields(text=False).items()}
+    # Form fields are text like the query string; OpenAPI has no comma-separated form for multipart,
+    # so only their single-value forms are declared (`2,3` and `null,7` are accepted as well).
+    form_fields = {field: _scalar_forms(schema) for field, (schema, _, _) in _fields(text=True).items()}
     request_body = {
         "required": True,
         "description": "The tensor, by Content-Type. JSON carries its parameters in `params`; the other "
@@ -150,14 +249,23 @@ def pool_operation() -> dict[str, Any]:
                     "type": "object",
                     "required": ["data"],
                     "properties": {
-                        "data": {"type": "array", "description": "Nested lists of numbers, rank 1 to 5."},
+                        "data": {
+                            **_nested({"type": "number"}, min_items=1),
+                            "description": "Nested lists of numbers, rank 1 to 5, every list at one depth "
+                            "of the same length.",
+                        },
                         "params": {
                             "type": "object",
+                            "properties": {
+                                "mode": {"anyOf": [_MODE, _NULL]},
+                                "seed": {"anyOf": [_SEED, _NULL]},
+                                **json_fields,
+                            },
+                            "additionalProperties": False,
                             "description": "The method's parameters (GET /methods), plus mode and seed.",
                         },
                         "dtype": {
-                            "type": "string",
-                            "enum": ["float16", "float32", "float64"],
+                            "anyOf": [{"type": "string", "enum": list(DTYPES)}, _NULL],
                             "default": "float32",
                         },
                     },
@@ -173,9 +281,16 @@ def pool_operation() -> dict[str, Any]:
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": binary},
-                    "additionalProperties": {"type": "string"},
+                    "properties": {
+                        "file": {**binary, "description": "The tensor: .npy, PNG or JPEG (or a JSON body)."},
+                        "mode": {"anyOf": [_MODE, _NULL_TEXT]},
+                        "seed": {"anyOf": [_SEED, _NULL_TEXT]},
+                        **form_fields,
+                    },
+                    "additionalProperties": False,
                 },
+                # The file is read by its bytes: .npy, PNG and JPEG (JSON too, sniffed); nothing else.
+                "encoding": {"file": {"contentType": ", ".join(FILE_TYPES)}},
                 "examples": {"upload": multipart_example},
             },
         },
@@ -194,20 +309,31 @@ def pool_operation() -> dict[str, Any]:
             "Server-Timing": "read (body) and run (decode, pool, encode in a worker) durations, in ms.",
         }.items()
     }
+    result = {
+        "type": "object",
+        "required": ["method", "params", "shape", "dtype", "data"],
+        "properties": {
+            "method": {"type": "string"},
+            "params": {"type": "object", "description": "Resolved parameters, with mode and seed."},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "dtype": {"type": "string", "enum": list(DTYPES)},
+            # Every number finite: a result that is not is a 422, never a null.
+            "data": _nested({"type": "number"}, min_items=0),
+        },
+    }
     responses: dict[str, dict[str, Any]] = {
         "200": {
             "description": "The pooled tensor, in the type Accept asks for (default: the request's kind).",
             "headers": headers,
             "content": {
-                "application/json": {"example": response},
+                "application/json": {"schema": result, "example": response},
                 "application/x-npy": {"schema": binary},
                 "image/png": {"schema": binary},
             },
         }
     }
-    for code, (text, example) in _ERRORS.items():
-        content = {"application/json": {"schema": _ERROR, "example": {"detail": example}}}
-        responses[str(code)] = {"description": text, "content": content}
+    errors = error_responses(*TRANSPORT_ERRORS, 404, 406, 415, 422, 503)
+    responses.update({str(code): response for code, response in errors.items()})
     return {
         "tags": ["pooling"],
         "summary": "Pool a tensor or an image with one method",

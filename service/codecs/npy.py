@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+from tokenize import TokenError
 
 import numpy as np
 import torch
@@ -62,7 +63,8 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
             raise BadRequest(f"unsupported .npy format version {version[0]}.{version[1]} (use 1.0 or 2.0)")
     except BadRequest:
         raise
-    except (ValueError, OSError, SyntaxError, TypeError) as error:
+    except (ValueError, OSError, SyntaxError, TypeError, TokenError) as error:
+        # TokenError: numpy tokenizes the header dict, and an unclosed bracket is not a SyntaxError.
         raise BadRequest(f"malformed .npy: {error}") from None
     if dtype.hasobject:
         raise Unprocessable(f"object arrays are refused (.npy dtype {dtype}); send numbers")

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 import poolcore
 from poolcore.registry import ALIASES
 
+from ..docs import TRANSPORT_ERRORS, error_responses
 from ..pooling import MAX_SEED
 
 __all__ = ["describe_method", "info_router"]
@@ -60,7 +61,16 @@ def describe_method(name: str) -> dict[str, Any]:
 def info_router() -> APIRouter:
     router = APIRouter()
 
-    @router.get("/methods", tags=["discovery"], summary="Every method: description, parameters, defaults")
+    # /health and /ready answer without an API key; every route is behind the middleware's checks.
+    guarded = error_responses(*TRANSPORT_ERRORS)
+    open_route = error_responses(*(code for code in TRANSPORT_ERRORS if code != 401))
+
+    @router.get(
+        "/methods",
+        tags=["discovery"],
+        summary="Every method: description, parameters, defaults",
+        responses=guarded,
+    )
     async def list_methods(request: Request) -> dict[str, Any]:
         settings = request.app.state.settings
         return {
@@ -76,12 +86,31 @@ def info_router() -> APIRouter:
             },
         }
 
-    @router.get("/health", tags=["operations"], summary="Liveness: the process answers")
+    @router.get("/health", tags=["operations"], summary="Liveness: the process answers", responses=open_route)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    ready_body = {
+        "type": "object",
+        "required": ["status", "device"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "starting", "draining"]},
+            "device": {"type": ["string", "null"]},
+        },
+    }
+
     @router.get(
-        "/ready", tags=["operations"], summary="Readiness: device initialised and warm-up done, not draining"
+        "/ready",
+        tags=["operations"],
+        summary="Readiness: device initialised and warm-up done, not draining",
+        responses={
+            200: {"description": "Ready.", "content": {"application/json": {"schema": ready_body}}},
+            503: {
+                "description": "Starting, or draining for shutdown: not ready for traffic.",
+                "content": {"application/json": {"schema": ready_body}},
+            },
+            **open_route,
+        },
     )
     async def ready(request: Request) -> JSONResponse:
         state = request.app.state
@@ -92,7 +121,16 @@ def info_router() -> APIRouter:
         body = {"status": status, "device": device}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
-    @router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus text format.", "content": {CONTENT_TYPE_LATEST: {}}},
+            **guarded,
+        },
+    )
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
