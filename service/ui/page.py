@@ -213,7 +213,8 @@ class ControlPanel:
             low, high = cast(float, fld.minimum), cast(float, fld.maximum)  # bounded: both known
             return gr.Slider(low, high, value=value, step=step, **common)
         # Text, not gr.Number: blank must mean "the default", and a float may be inf (lp's p).
-        return gr.Textbox(value=value, max_lines=1, **common)
+        # "" rather than None: a None value makes the field a required argument of the page's API.
+        return gr.Textbox(value="" if value is None else value, max_lines=1, **common)
 
     # ---- events ---------------------------------------------------------------------------------
     def inputs(self) -> list[gr.components.Component]:
