@@ -58,7 +58,9 @@ def model_spec(name: str, version: str | None = None) -> MethodSpec:
         known = ", ".join([*poolcore.methods(), *ALIASES])
         raise NotFound(f"unknown model {name!r}; the models are: {known}") from None
     if version not in (None, "", MODEL_VERSION):
-        raise NotFound(f"model {spec.name!r} has no version {version!r} (its one version is {MODEL_VERSION!r})")
+        raise NotFound(
+            f"model {spec.name!r} has no version {version!r} (its one version is {MODEL_VERSION!r})"
+        )
     return spec
 
 

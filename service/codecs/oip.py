@@ -91,7 +91,9 @@ class RestOutput:
 def _dtype(datatype: Any) -> np.dtype:
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
-        raise BadRequest(f"unsupported datatype {datatype!r}; the input may be one of: {', '.join(DATATYPES)}")
+        raise BadRequest(
+            f"unsupported datatype {datatype!r}; the input may be one of: {', '.join(DATATYPES)}"
+        )
     return dtype
 
 
@@ -205,9 +207,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_rest(
-    body: bytes | bytearray, header: str | None, limits: Limits, max_json_bytes: int
-) -> Decoded:
+def decode_rest(body: bytes | bytearray, header: str | None, limits: Limits, max_json_bytes: int) -> Decoded:
     """A REST infer request: JSON, or with ``Inference-Header-Content-Length`` (``header``) a JSON header
     followed by the binary data of the inputs that give a ``binary_data_size``."""
     length = _header_length(header, len(body), max_json_bytes)
@@ -234,12 +234,15 @@ def decode_rest(
             raise BadRequest(f"binary_data_size must be a byte count (got {size!r})")
         if size != len(binary):
             raise BadRequest(
-                f"the input's binary_data_size is {size} bytes, but {len(binary)} bytes follow the JSON header"
+                f"the input's binary_data_size is {size} bytes, but {len(binary)} bytes follow the "
+                "JSON header"
             )
         tensor = from_raw(binary, datatype, shape, limits)
     else:
         if len(binary):
-            raise BadRequest(f"{len(binary)} bytes follow the JSON header, but no input has a binary_data_size")
+            raise BadRequest(
+                f"{len(binary)} bytes follow the JSON header, but no input has a binary_data_size"
+            )
         if "data" not in tensor_doc:
             raise BadRequest('the input has neither "data" nor a binary_data_size')
         tensor = from_numbers(tensor_doc["data"], datatype, shape, limits)
@@ -268,12 +271,18 @@ def encode_rest(
 ) -> RestOutput:
     """The infer response: JSON with the output's ``data``, or a JSON header and the raw bytes."""
     array = np.ascontiguousarray(output.numpy())
-    tensor: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": datatype_of(output), "shape": list(array.shape)}
+    tensor: dict[str, Any] = {
+        "name": OUTPUT_NAME,
+        "datatype": datatype_of(output),
+        "shape": list(array.shape),
+    }
     if binary:
         tensor["parameters"] = {"binary_data_size": array.nbytes}
     else:
         # orjson writes float32/float64 arrays natively; float16 goes as float32 numbers.
-        tensor["data"] = array.reshape(-1) if array.dtype != np.float16 else array.reshape(-1).astype(np.float32)
+        tensor["data"] = (
+            array.reshape(-1) if array.dtype != np.float16 else array.reshape(-1).astype(np.float32)
+        )
     doc: dict[str, Any] = {"model_name": model, "model_version": "1"}
     if request_id is not None:
         doc["id"] = request_id

@@ -86,7 +86,9 @@ async def model_ready(request: Request) -> Response:
 
 
 def _encode(outcome: PoolOutcome, decoded: oip.Decoded) -> Response:
-    out = oip.encode_rest(outcome.output, outcome.method, outcome.params, decoded.request_id, decoded.binary_output)
+    out = oip.encode_rest(
+        outcome.output, outcome.method, outcome.params, decoded.request_id, decoded.binary_output
+    )
     response = Response(out.body, media_type=out.media_type)
     if out.header_length is not None:
         response.raw_headers.append((b"inference-header-content-length", str(out.header_length).encode()))
