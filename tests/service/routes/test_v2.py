@@ -64,10 +64,10 @@ def _output(response: Any) -> tuple[dict[str, Any], np.ndarray]:
     assert response.headers["content-type"] == "application/octet-stream"
     doc = orjson.loads(response.content[: int(length)])
     out = doc["outputs"][0]
-    dtype = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}[out["datatype"]]
+    little = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}[out["datatype"]]
     data = response.content[int(length) :]
     assert len(data) == out["parameters"]["binary_data_size"]
-    return doc, np.frombuffer(data, dtype=dtype).reshape(out["shape"])
+    return doc, np.frombuffer(data, dtype=little).reshape(out["shape"])
 
 
 def _error(response: Any, status: int) -> str:
@@ -266,7 +266,7 @@ class TestErrors:
 
     def test_binary_data_size_against_shape(self, client: TestClient) -> None:
         raw = X.tobytes()[:-4]  # one float short of shape × FP32
-        tensor = {"name": "input", "datatype": "FP32", "shape": [1, 3, 8, 8]}
+        tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": [1, 3, 8, 8]}
         tensor["parameters"] = {"binary_data_size": len(raw)}
         header = orjson.dumps({"inputs": [tensor]})
         r = self._post(client, header + raw, {"inference-header-content-length": str(len(header))})
