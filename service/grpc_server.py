@@ -9,7 +9,7 @@ and the API keys: ``authorization: Bearer <key>`` metadata, compared as the HTTP
 them; ServerLive and ServerReady stay open, as the HTTP probes do. The app's lifespan starts it and, at
 shutdown, stops it gracefully: new RPCs are refused and those in flight finish first.
 
-The stubs in :mod:`service.oip_grpc` are generated from the protocol's ``.proto`` and checked in (see
+The messages in :mod:`service.oip_grpc` are generated from the protocol's ``.proto`` and checked in (see
 that package); this module is imported only when the port is set, because protobuf keeps one registry of
 message names per process and other OIP stubs (tritonclient's, kserve's) define the same ones.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -40,7 +39,6 @@ from .inference import (
 )
 from .middleware import _key_problem
 from .oip_grpc import open_inference_grpc_pb2 as pb2
-from .oip_grpc import open_inference_grpc_pb2_grpc as pb2_grpc
 from .pooling import PoolOutcome
 
 __all__ = ["GrpcInferenceServicer", "start_grpc"]
@@ -143,8 +141,24 @@ def encode_response(outcome: PoolOutcome, decoded: oip.Decoded) -> pb2.ModelInfe
     return response
 
 
-class GrpcInferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
-    """Every RPC of the service on the app's state (workers, limits, device, metrics, readiness)."""
+class _Rpc:
+    """A request as it arrived: its size on the wire (for the metrics and the batching) and its message."""
+
+    __slots__ = ("message", "size")
+
+    def __init__(self, size: int, message: Any) -> None:
+        self.size = size
+        self.message = message
+
+
+class GrpcInferenceServicer:
+    """Every RPC of the service on the app's state (workers, limits, device, metrics, readiness).
+
+    Registered with handlers of its own (:meth:`handler`) rather than the generated
+    ``add_GRPCInferenceServiceServicer_to_server``: each request keeps its size on the wire (protobuf's
+    ``ByteSize`` serializes the whole message again to count it), and answers are serialized by the
+    handlers, ModelInfer's in its worker thread, so no tensor-sized copy runs on the event loop.
+    """
 
     def __init__(self, state: State, settings: Settings) -> None:
         self.state = state
@@ -164,85 +178,81 @@ class GrpcInferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         if problem is not None:
             raise _Unauthenticated(problem[0])
 
-    async def _answer(
-        self,
-        rpc: str,
-        request: Any,
-        context: grpc.aio.ServicerContext,
-        handler: Callable[[], Awaitable[Any]],
-        *,
-        open_: bool = False,
-        method_of: Callable[[], str] = str,
-    ) -> Any:
-        """Run ``handler`` with the API key check (unless ``open_``), metrics and the error mapping."""
-        start = time.perf_counter()
-        status = 200
-        sent = 0
-        try:
-            if not open_:
-                self._check_key(context)
-            response = await handler()
-            sent = response.ByteSize()
-            return response
-        except Exception as error:
-            if isinstance(error, _Unauthenticated):
-                status, message = 401, str(error)
-            else:
-                status, message = error_status(error)
-            await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
-        finally:
-            elapsed = time.perf_counter() - start
-            self.state.metrics.observe(_SERVICE + rpc, method_of(), status, elapsed, request.ByteSize(), sent)
+    def handler(self, rpc: str, request_type: Any, *, open_: bool = False) -> grpc.RpcMethodHandler:
+        """The method handler of ``rpc``: the API key check (unless ``open_``), the metrics, and our
+        errors as gRPC status codes with their messages, around the method of that name."""
+        method = getattr(self, rpc)
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
-        async def handler() -> Any:
-            return pb2.ServerLiveResponse(live=True)
+        async def behavior(call: _Rpc, context: grpc.aio.ServicerContext) -> bytes:
+            start = time.perf_counter()
+            status, sent, label = 200, 0, [""]  # label: the pooling method, once known
+            try:
+                if not open_:
+                    self._check_key(context)
+                answer = await method(call, label)
+                data: bytes = answer if isinstance(answer, bytes) else answer.SerializeToString()
+                sent = len(data)
+                return data
+            except Exception as error:
+                if isinstance(error, _Unauthenticated):
+                    status, message = 401, str(error)
+                else:
+                    status, message = error_status(error)
+                await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+                raise  # not reached: abort raises
+            finally:
+                elapsed = time.perf_counter() - start
+                self.state.metrics.observe(_SERVICE + rpc, label[0], status, elapsed, call.size, sent)
 
-        return await self._answer("ServerLive", request, context, handler, open_=True)
+        def deserialize(data: bytes) -> _Rpc:
+            return _Rpc(len(data), request_type.FromString(data))
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
-        async def handler() -> Any:
-            return pb2.ServerReadyResponse(ready=self._ready())
+        # No response serializer: the behaviour answers serialized bytes.
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=deserialize)
 
-        return await self._answer("ServerReady", request, context, handler, open_=True)
+    def handlers(self) -> grpc.GenericRpcHandler:
+        table = {
+            "ServerLive": self.handler("ServerLive", pb2.ServerLiveRequest, open_=True),
+            "ServerReady": self.handler("ServerReady", pb2.ServerReadyRequest, open_=True),
+            "ServerMetadata": self.handler("ServerMetadata", pb2.ServerMetadataRequest),
+            "ModelReady": self.handler("ModelReady", pb2.ModelReadyRequest),
+            "ModelMetadata": self.handler("ModelMetadata", pb2.ModelMetadataRequest),
+            "ModelInfer": self.handler("ModelInfer", pb2.ModelInferRequest),
+        }
+        return grpc.method_handlers_generic_handler(_SERVICE.strip("/"), table)
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        async def handler() -> Any:
-            return pb2.ServerMetadataResponse(**server_metadata())
+    async def ServerLive(self, call: _Rpc, label: list[str]) -> Any:
+        return pb2.ServerLiveResponse(live=True)
 
-        return await self._answer("ServerMetadata", request, context, handler)
+    async def ServerReady(self, call: _Rpc, label: list[str]) -> Any:
+        return pb2.ServerReadyResponse(ready=self._ready())
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
-        async def handler() -> Any:
-            model_spec(request.name, request.version)
-            return pb2.ModelReadyResponse(ready=self._ready())
+    async def ServerMetadata(self, call: _Rpc, label: list[str]) -> Any:
+        return pb2.ServerMetadataResponse(**server_metadata())
 
-        return await self._answer("ModelReady", request, context, handler)
+    async def ModelReady(self, call: _Rpc, label: list[str]) -> Any:
+        label[0] = model_spec(call.message.name, call.message.version).name
+        return pb2.ModelReadyResponse(ready=self._ready())
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        async def handler() -> Any:
-            return pb2.ModelMetadataResponse(**model_metadata(model_spec(request.name, request.version)))
+    async def ModelMetadata(self, call: _Rpc, label: list[str]) -> Any:
+        spec = model_spec(call.message.name, call.message.version)
+        label[0] = spec.name
+        return pb2.ModelMetadataResponse(**model_metadata(spec))
 
-        return await self._answer("ModelMetadata", request, context, handler)
-
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        method = ""
-
-        async def handler() -> Any:
-            nonlocal method
-            spec = model_spec(request.model_name, request.model_version)
-            method = spec.name
-            state = self.state
-            job = InferJob(
-                spec.name,
-                lambda: decode_request(request, state.limits),
-                encode_response,
-                state.device,
-                state.metrics,
-            )
-            return await state.workers.run_batched(infer_batch, job, request.ByteSize())
-
-        return await self._answer("ModelInfer", request, context, handler, method_of=lambda: method)
+    async def ModelInfer(self, call: _Rpc, label: list[str]) -> bytes:
+        request = call.message
+        spec = model_spec(request.model_name, request.model_version)
+        label[0] = spec.name
+        state = self.state
+        job = InferJob(
+            spec.name,
+            lambda: decode_request(request, state.limits),
+            lambda outcome, decoded: encode_response(outcome, decoded).SerializeToString(),
+            state.device,
+            state.metrics,
+        )
+        answer: bytes = await state.workers.run_batched(infer_batch, job, call.size)
+        return answer
 
 
 class GrpcServer:
@@ -268,7 +278,7 @@ async def start_grpc(state: State, settings: Settings) -> GrpcServer:
             ("grpc.max_send_message_length", -1),
         ]
     )
-    pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcInferenceServicer(state, settings), server)
+    server.add_generic_rpc_handlers((GrpcInferenceServicer(state, settings).handlers(),))
     address = f"{settings.grpc_host}:{port_number}"
     try:
         port = server.add_insecure_port(address)
