@@ -33,6 +33,7 @@ from .inference import (
     InferJob,
     error_status,
     infer_batch,
+    is_ready,
     model_metadata,
     model_spec,
     server_metadata,
@@ -164,9 +165,6 @@ class GrpcInferenceServicer:
         self.state = state
         self.keys = tuple(key.encode() for key in settings.api_key_list)
 
-    def _ready(self) -> bool:
-        return bool(getattr(self.state, "ready", False)) and not bool(getattr(self.state, "draining", False))
-
     def _check_key(self, context: grpc.aio.ServicerContext) -> None:
         if not self.keys:
             return
@@ -225,14 +223,14 @@ class GrpcInferenceServicer:
         return pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, call: _Rpc, label: list[str]) -> Any:
-        return pb2.ServerReadyResponse(ready=self._ready())
+        return pb2.ServerReadyResponse(ready=is_ready(self.state))
 
     async def ServerMetadata(self, call: _Rpc, label: list[str]) -> Any:
         return pb2.ServerMetadataResponse(**server_metadata())
 
     async def ModelReady(self, call: _Rpc, label: list[str]) -> Any:
         label[0] = model_spec(call.message.name, call.message.version).name
-        return pb2.ModelReadyResponse(ready=self._ready())
+        return pb2.ModelReadyResponse(ready=is_ready(self.state))
 
     async def ModelMetadata(self, call: _Rpc, label: list[str]) -> Any:
         spec = model_spec(call.message.name, call.message.version)

@@ -30,6 +30,7 @@ __all__ = [
     "NotFound",
     "error_status",
     "infer_batch",
+    "is_ready",
     "model_metadata",
     "model_spec",
     "server_metadata",
@@ -62,6 +63,12 @@ def model_spec(name: str, version: str | None = None) -> MethodSpec:
             f"model {spec.name!r} has no version {version!r} (its one version is {MODEL_VERSION!r})"
         )
     return spec
+
+
+def is_ready(state: Any) -> bool:
+    """Ready for inference, for both protocols: warmed up (``app.state.ready``) and not draining (set by
+    :class:`service.server.DrainingServer` on SIGTERM), as ``/ready`` says."""
+    return bool(getattr(state, "ready", False)) and not bool(getattr(state, "draining", False))
 
 
 def server_metadata() -> dict[str, Any]:

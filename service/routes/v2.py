@@ -28,6 +28,7 @@ from ..inference import (
     InferJob,
     error_status,
     infer_batch,
+    is_ready,
     model_metadata,
     model_spec,
     server_metadata,
@@ -50,11 +51,6 @@ def _error(error: BaseException, request: Request) -> Response:
     return response
 
 
-def _ready(request: Request) -> bool:
-    state = request.app.state
-    return bool(getattr(state, "ready", False)) and not bool(getattr(state, "draining", False))
-
-
 async def server_metadata_route(request: Request) -> Response:
     return _json(server_metadata())
 
@@ -64,8 +60,8 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    is_ready = _ready(request)
-    return _json({"ready": is_ready}, 200 if is_ready else 503)
+    ready_now = is_ready(request.app.state)
+    return _json({"ready": ready_now}, 200 if ready_now else 503)
 
 
 async def model_metadata_route(request: Request) -> Response:
@@ -81,8 +77,8 @@ async def model_ready(request: Request) -> Response:
         spec = model_spec(request.path_params["name"], request.path_params.get("version"))
     except Exception as error:
         return _error(error, request)
-    is_ready = _ready(request)
-    return _json({"name": spec.name, "ready": is_ready}, 200 if is_ready else 503)
+    ready_now = is_ready(request.app.state)
+    return _json({"name": spec.name, "ready": ready_now}, 200 if ready_now else 503)
 
 
 def _encode(outcome: PoolOutcome, decoded: oip.Decoded) -> Response:
