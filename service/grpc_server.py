@@ -285,5 +285,5 @@ async def start_grpc(state: State, settings: Settings) -> GrpcServer:
     if port == 0:
         raise RuntimeError(f"cannot serve gRPC on {address}")
     await server.start()
-    log.info("poolserve gRPC (Open Inference Protocol) on %s", address)
+    log.info("poolserve gRPC (Open Inference Protocol) on %s:%d", settings.grpc_host, port)
     return GrpcServer(server, port)
