@@ -135,6 +135,17 @@ class TestDiscovery:
             assert r.status_code == 200
 
 
+def test_metrics_label_the_protocol_routes(client: TestClient) -> None:
+    client.get("/v2/models/avg/ready")
+    client.post("/v2/models/avg/infer", json=_request(X, parameters={"kernel_size": 2}))
+    client.post("/v2/models/nope/infer", json=_request(X))
+    text = client.get("/metrics").text
+    assert 'poolserve_requests_total{method="avg",route="/v2/models/{name}/infer",status="200"}' in text
+    assert 'poolserve_requests_total{method="",route="/v2/models/{name}/infer",status="404"}' in text
+    assert 'route="/v2/models/{name}/ready",status="200"' in text
+    assert 'poolserve_pool_seconds_count{method="avg"}' in text
+
+
 class TestInfer:
     @pytest.mark.parametrize("method", METHODS)
     def test_json_every_method(self, client: TestClient, method: str) -> None:
