@@ -9,7 +9,8 @@
                  its first passing healthcheck.
 ``smoke URL``    requests against the running container from the host: a real ``POST /pool/stochastic``
                  with an ``.npy`` body checked against the closed form, a seeded train-mode request checked
-                 against the windows it samples from, ``/ready`` and ``GET /ui/``.
+                 against the windows it samples from, ``/ready``, ``GET /ui/``, and the Open Inference
+                 Protocol's ``/v2/health/ready`` and a binary-data infer checked against the same form.
 Exits non-zero with a message naming the failed check.
 """
 
@@ -116,6 +117,22 @@ def smoke(base: str) -> None:
     if status != 200 or b"gradio" not in body.lower():
         _fail(f"GET /ui/ gave {status} without a Gradio page ({len(body)} bytes)")
     print(f"GET /ui/ -> {status}, Gradio page, {len(body)} bytes")
+
+    # The Open Inference Protocol: KServe's readiness probe, and an infer with binary input data.
+    status, body = _request(f"{base}/v2/health/ready")
+    if status != 200 or json.loads(body) != {"ready": True}:
+        _fail(f"GET /v2/health/ready gave {status} {body[:200]!r}")
+    tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
+    tensor["parameters"] = {"binary_data_size": x.nbytes}
+    header = json.dumps({"id": "smoke", "inputs": [tensor], "parameters": {"kernel_size": 2}}).encode()
+    url = f"{base}/v2/models/stochastic/infer"
+    status, body = _request(url, header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})
+    doc = json.loads(body)
+    out = doc.get("outputs", [{}])[0]
+    y = np.asarray(out.get("data", []), dtype=np.float32).reshape(out.get("shape", [-1]))
+    if status != 200 or doc.get("id") != "smoke" or not np.allclose(y, expected, rtol=1e-5, atol=1e-6):
+        _fail(f"POST /v2/models/stochastic/infer gave {status} {body[:200]!r}")
+    print(f"POST /v2/models/stochastic/infer (binary input) -> {status} {y.shape}, equals sum(a^2)/sum(a)")
 
 
 def _docker_time(stamp: str) -> datetime:
