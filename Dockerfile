@@ -28,11 +28,14 @@ ENV PATH=/opt/poolserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     POOLSERVE_DEVICE=auto \
-    POOLSERVE_DRAIN_SECONDS=5
+    POOLSERVE_DRAIN_SECONDS=5 \
+    POOLSERVE_GRPC_PORT=8001 \
+    POOLSERVE_GRPC_HOST=0.0.0.0
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/poolserve
-EXPOSE 8000
+# 8000: HTTP; 8001: the Open Inference Protocol over gRPC (Triton's port; unset POOLSERVE_GRPC_PORT: off).
+EXPOSE 8000 8001
 # Liveness only (slim bases have no curl). Compose and Kubernetes probe /ready separately for readiness.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]

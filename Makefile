@@ -63,7 +63,7 @@ bench: install
 
 # The service benchmark (bench/service.py): HTTP against in-process, on a real uvicorn on loopback.
 .PHONY: bench-service
-bench-service: install
+bench-service: install-test  # tritonclient (test extras) for the Open Inference Protocol rows
 	$(PY) bench/service.py
 
 # Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image

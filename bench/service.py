@@ -11,6 +11,9 @@
 - small: 1×1×8×8 JSON, 16 concurrent keep-alive clients; req/s of /pool/avg / req/s of a bare route
          returning a constant in the same server (≥ 0.6×). The bare routes exist only with
          POOLSERVE_BENCH_ROUTES=true, which this script sets for its own server.
+- oip:   the npy case's request through tritonclient with binary data, over HTTP (/v2/models/avg/infer)
+         and over gRPC (POOLSERVE_GRPC_PORT, which this script sets too); p50 of each / p50 of the same
+         request through /pool with npy, timed in turn in the same run (≤ 1.2× each).
 
 Timings on a shared machine are noisy: the load average is printed with the results.
 """
@@ -42,8 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def server(torch_threads: int) -> Iterator[tuple[str, int]]:
-    """uvicorn on a loopback socket bound here (port 0) and handed over with --fd."""
+def server(torch_threads: int) -> Iterator[tuple[str, int, int]]:
+    """uvicorn on a loopback socket bound here (port 0) and handed over with --fd; the Open Inference
+    Protocol's gRPC service on a free port (the last of the three values)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Accepted sockets inherit TCP_NODELAY (uvicorn's --fd socket is not known to be TCP, so asyncio
     # would not set it), as they have it when uvicorn binds --host/--port itself.
@@ -51,6 +55,9 @@ def server(torch_threads: int) -> Iterator[tuple[str, int]]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     port = sock.getsockname()[1]
+    with socket.socket() as probe:  # a free port for gRPC (closed again: grpc binds it itself)
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -58,6 +65,7 @@ def server(torch_threads: int) -> Iterator[tuple[str, int]]:
         "POOLSERVE_BENCH_ROUTES": "true",
         "POOLSERVE_DEVICE": os.environ.get("POOLSERVE_DEVICE", "cpu"),
         "POOLSERVE_TORCH_THREADS": str(torch_threads),
+        "POOLSERVE_GRPC_PORT": str(grpc_port),
     }
     cmd = [
         sys.executable,
@@ -85,7 +93,7 @@ def server(torch_threads: int) -> Iterator[tuple[str, int]]:
             if time.monotonic() > deadline:
                 raise SystemExit("server not ready after 180 s")
             time.sleep(0.2)
-        yield base, port
+        yield base, port, grpc_port
     finally:
         proc.terminate()
         try:
@@ -243,6 +251,47 @@ def json_case(client: RawClient, repeats: int) -> tuple[float, float]:
     return http, local
 
 
+def oip_case(client: RawClient, port: int, grpc_port: int, repeats: int) -> tuple[float, float, float]:
+    """p50 of the npy case's request through /pool (npy), and through tritonclient with binary data over
+    HTTP and over gRPC, timed in turn."""
+    import tritonclient.grpc as triton_grpc  # the test extras; imported here, as only this case needs it
+    import tritonclient.http as triton_http
+
+    x = np.random.default_rng(0).standard_normal((1, 64, 112, 112)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    body = buf.getvalue()
+    http_client = triton_http.InferenceServerClient(f"127.0.0.1:{port}")
+    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    http_input = triton_http.InferInput("input", list(x.shape), "FP32")
+    http_input.set_data_from_numpy(x, binary_data=True)
+    http_output = [triton_http.InferRequestedOutput("output", binary_data=True)]
+    grpc_input = triton_grpc.InferInput("input", list(x.shape), "FP32")
+    grpc_input.set_data_from_numpy(x)
+    params = {"kernel_size": 2}
+
+    def pool_npy() -> np.ndarray:
+        return np.load(io.BytesIO(client.post("/pool/avg?kernel_size=2", body, "application/x-npy")))
+
+    def over_http() -> np.ndarray:
+        result = http_client.infer("avg", [http_input], outputs=http_output, parameters=params)
+        return result.as_numpy("output")
+
+    def over_grpc() -> np.ndarray:
+        return grpc_client.infer("avg", [grpc_input], parameters=params).as_numpy("output")
+
+    expected = pool_npy()
+    for name, fn in (("http", over_http), ("grpc", over_grpc)):
+        if not np.array_equal(fn(), expected):
+            raise SystemExit(f"oip {name}: tritonclient's result differs from /pool's")
+    try:
+        pool, http, grpc = paired_p50s(pool_npy, over_http, over_grpc, repeats=repeats)
+    finally:
+        http_client.close()
+        grpc_client.close()
+    return pool, http, grpc
+
+
 async def _hammer(port: int, path: str, body: bytes, clients: int, seconds: float) -> float:
     """``clients`` keep-alive connections, each sending one request after another; returns req/s.
 
@@ -307,7 +356,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     load_before = os.getloadavg()
-    with server(args.torch_threads) as (_, port):
+    with server(args.torch_threads) as (_, port, grpc_port):
         client = RawClient(port)
         try:
             client.timings = []
@@ -315,6 +364,8 @@ def main() -> None:
             npy_split = client.breakdown()
             json_http, json_local = json_case(client, max(10, args.repeats // 2))
             json_split = client.breakdown()
+            oip_pool, oip_http, oip_grpc = oip_case(client, port, grpc_port, args.repeats)
+            client.timings = []
         finally:
             client.close()
         pool_rps, constant_rps = small_case(port, args.seconds)
@@ -345,6 +396,23 @@ def main() -> None:
             "≥ 0.6×",
             pool_rps / constant_rps >= 0.6,
         ),
+        # The Open Inference Protocol (issue 11): tritonclient, binary data, against /pool with npy.
+        (
+            "oip http 1×64×112×112 avg k2",
+            f"{oip_http * 1e3:.2f} ms",
+            f"{oip_pool * 1e3:.2f} ms",
+            oip_http / oip_pool,
+            "≤ 1.2×",
+            oip_http / oip_pool <= 1.2,
+        ),
+        (
+            "oip grpc 1×64×112×112 avg k2",
+            f"{oip_grpc * 1e3:.2f} ms",
+            f"{oip_pool * 1e3:.2f} ms",
+            oip_grpc / oip_pool,
+            "≤ 1.2×",
+            oip_grpc / oip_pool <= 1.2,
+        ),
     ]
     threads = torch.get_num_threads()
     # uvicorn picks httptools and uvloop (uvicorn[standard]) when importable, else h11 and asyncio.
@@ -368,6 +436,7 @@ def main() -> None:
     print("baselines: npy = np.load + pool + np.save in process (p50); json = orjson.loads + np.asarray")
     print("+ pool + orjson.dumps in process (p50); small = a bare route returning a constant, same server")
     print("npy transport floor = /bench/echo: the body read like /pool's, as many zero bytes answered")
+    print("oip = tritonclient (binary data) over HTTP and gRPC; baseline: the same request to /pool with npy")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Checks for scripts/test_image.sh that are easier in Python than in shell.
 
 ``kserve FILE``  structural check of the KServe InferenceService (kubernetes-validate has no schema for
-                 that CRD): kind, custom predictor container, port, v2 health probes, GPU limit.
+                 that CRD): kind, custom predictor container, ports (HTTP 8080, gRPC h2c 8001), v2 health
+                 probes, GPU limit.
 ``first-ready URL SECONDS`` polls ``URL/ready`` on loopback every 0.2 s (bounded by SECONDS) and prints the
                  Unix time of the first 200, so the script can time readiness finer than the healthcheck.
 ``healthy-after`` reads ``docker inspect`` JSON on stdin and prints the seconds from container start to
                  its first passing healthcheck.
 ``smoke URL``    requests against the running container from the host: a real ``POST /pool/stochastic``
                  with an ``.npy`` body checked against the closed form, a seeded train-mode request checked
-                 against the windows it samples from, ``/ready`` and ``GET /ui/``.
+                 against the windows it samples from, ``/ready``, ``GET /ui/``, and the Open Inference
+                 Protocol's ``/v2/health/ready`` and a binary-data infer checked against the same form.
 Exits non-zero with a message naming the failed check.
 """
 
@@ -50,15 +52,22 @@ def check_kserve(path: str) -> None:
     if c.get("command") != ["poolserve"]:
         _fail(f"{path}: command must be ['poolserve'] (args alone would replace the image's whole CMD)")
     ports = [p.get("containerPort") for p in c.get("ports", [])]
-    if ports != [8080] or "8080" not in c.get("args", []):
+    if ports[:1] != [8080] or "8080" not in c.get("args", []):
         _fail(f"{path}: the predictor must listen on 8080 (ports={ports}, args={c.get('args')})")
+    # The Open Inference Protocol's gRPC service: the h2c port, the one POOLSERVE_GRPC_PORT serves on.
+    env = {e.get("name"): str(e.get("value")) for e in c.get("env", []) if "value" in e}
+    h2c = [p.get("containerPort") for p in c.get("ports", []) if p.get("name") == "h2c"]
+    grpc = (env.get("POOLSERVE_GRPC_PORT"), env.get("POOLSERVE_GRPC_HOST"))
+    if h2c != [8001] or grpc != ("8001", "0.0.0.0"):
+        grpc_env = {k: v for k, v in env.items() if k.startswith("POOLSERVE_GRPC")}
+        _fail(f"{path}: gRPC must be served on the h2c port 8001 on 0.0.0.0 (h2c={h2c}, env={grpc_env})")
     probes = {k: c.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")}
     if probes != {"livenessProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready"}:
         _fail(f"{path}: probes must use the v2 health routes, got {probes}")
     if str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")) != "1":
         _fail(f"{path}: the predictor must limit nvidia.com/gpu to 1")
     name = doc["metadata"]["name"]
-    print(f"OK {path}: InferenceService/{name} custom predictor, port 8080, v2 probes, 1 GPU")
+    print(f"OK {path}: InferenceService/{name} custom predictor, port 8080, gRPC 8001, v2 probes, 1 GPU")
 
 
 def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -108,6 +117,22 @@ def smoke(base: str) -> None:
     if status != 200 or b"gradio" not in body.lower():
         _fail(f"GET /ui/ gave {status} without a Gradio page ({len(body)} bytes)")
     print(f"GET /ui/ -> {status}, Gradio page, {len(body)} bytes")
+
+    # The Open Inference Protocol: KServe's readiness probe, and an infer with binary input data.
+    status, body = _request(f"{base}/v2/health/ready")
+    if status != 200 or json.loads(body) != {"ready": True}:
+        _fail(f"GET /v2/health/ready gave {status} {body[:200]!r}")
+    tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
+    tensor["parameters"] = {"binary_data_size": x.nbytes}
+    header = json.dumps({"id": "smoke", "inputs": [tensor], "parameters": {"kernel_size": 2}}).encode()
+    url = f"{base}/v2/models/stochastic/infer"
+    status, body = _request(url, header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})
+    doc = json.loads(body)
+    out = doc.get("outputs", [{}])[0]
+    y = np.asarray(out.get("data", []), dtype=np.float32).reshape(out.get("shape", [-1]))
+    if status != 200 or doc.get("id") != "smoke" or not np.allclose(y, expected, rtol=1e-5, atol=1e-6):
+        _fail(f"POST /v2/models/stochastic/infer gave {status} {body[:200]!r}")
+    print(f"POST /v2/models/stochastic/infer (binary input) -> {status} {y.shape}, equals sum(a^2)/sum(a)")
 
 
 def _docker_time(stamp: str) -> datetime:

@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .middleware import ServiceMiddleware, needs_key
 from .pooling import run_pool
 from .routes import info_router, pool_routes
+from .routes.v2 import v2_routes
 from .ui import mount_ui
 from .workers import TorchWorkers
 
@@ -103,12 +104,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
         await workers.run(_warm_up, app.state.device)
+        grpc_server = None
+        if settings.grpc_port is not None:
+            # Imported only when asked for: its protobuf stubs claim the protocol's message names for this
+            # process, which other OIP stubs (tritonclient's, in the tests) also claim.
+            from .grpc_server import start_grpc
+
+            grpc_server = await start_grpc(app.state, settings)
         app.state.ready = True
         log.info("poolserve ready on %s", app.state.device)
         try:
             yield
         finally:
             app.state.ready = False
+            if grpc_server is not None:
+                # New RPCs are refused; those in flight get as long as uvicorn gives HTTP requests.
+                await grpc_server.stop(settings.body_timeout + settings.request_timeout)
             # Let accepted work finish (results still reach this loop), waiting off the event loop.
             workers.close()
             await anyio.to_thread.run_sync(workers.join)
@@ -143,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # The routes themselves, not include_router: FastAPI dispatches an included router through a wrapper
     # on every request, which cost a small /pool request about a fifth of its event-loop time.
-    app.router.routes.extend([*pool_routes(), *info_router().routes])
+    app.router.routes.extend([*pool_routes(), *v2_routes(), *info_router().routes])
     _document_pool_route(app, settings)
     if settings.bench_routes:
 

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     ui_cache_max_age: Annotated[float, Field(gt=0)] = Field(
         default=3600.0, description="Seconds a file stays in the UI's upload cache."
     )
+    # -- Open Inference Protocol over gRPC (issue 11) --
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        default=None,
+        description="Serve the Open Inference Protocol's gRPC service (KServe v2) on this port, in the same "
+        "process; unset: no gRPC. 8001 is Triton's convention.",
+    )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        description="Address the gRPC service binds (0.0.0.0 in a container, like the HTTP --host).",
+    )
+    # -- end of issue 11's settings --
     bench_routes: bool = Field(
         default=False,
         description="Add /bench/constant and /bench/echo, the baseline routes of bench/service.py (not for "

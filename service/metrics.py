@@ -21,6 +21,13 @@ def route_label(path: str) -> str:
         return "/ui"
     if path.startswith("/bench/"):
         return "/bench"
+    if path.startswith("/v2/models/"):  # the Open Inference Protocol's routes (issue 11)
+        for action in ("infer", "ready"):
+            if path.endswith("/" + action):
+                return "/v2/models/{name}/" + action
+        return "/v2/models/{name}"
+    if path in ("/v2", "/v2/health/live", "/v2/health/ready"):
+        return path
     return path if path in _FIXED else "other"
 
 

@@ -128,7 +128,9 @@ class ServiceMiddleware:
             await send(message)
 
         async def reply(code: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-            body = orjson.dumps({"detail": detail})
+            # The Open Inference Protocol's routes (/v2...) write errors as {"error": ...} (issue 11).
+            key = "error" if scope["path"] == "/v2" or scope["path"].startswith("/v2/") else "detail"
+            body = orjson.dumps({key: detail})
             await tracked_send(
                 {
                     "type": "http.response.start",

@@ -1,0 +1,147 @@
+"""The Open Inference Protocol's side of the service, shared by its REST routes
+(:mod:`service.routes.v2`) and its gRPC server (:mod:`service.grpc_server`): models, metadata, errors, and
+the batch function that runs infer requests in the torch worker threads.
+
+Every method and preset of the registry is a model named after it, with one version, ``1``. An infer
+request is decoded, pooled and encoded in a worker thread, like ``POST /pool``: :func:`infer_batch` hands
+every request of a batch to :func:`service.pooling.pool_many`, so same-shaped, same-parameter requests
+share one operator call whichever protocol they came by.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import poolcore
+from poolcore.registry import ALIASES, MethodSpec
+
+from .codecs import oip
+from .errors import ServiceError
+from .metrics import Metrics
+from .pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
+
+__all__ = [
+    "MODEL_VERSION",
+    "SERVER_EXTENSIONS",
+    "InferJob",
+    "NotFound",
+    "error_status",
+    "infer_batch",
+    "is_ready",
+    "model_metadata",
+    "model_spec",
+    "server_metadata",
+]
+
+log = logging.getLogger("poolserve")
+
+MODEL_VERSION = "1"
+SERVER_NAME = "poolserve"
+SERVER_VERSION = "0.1.0"
+SERVER_EXTENSIONS = ("binary_tensor_data",)
+_PLATFORM = "pytorch"
+_VARIABLE_SHAPE = [-1, -1, -1, -1]  # (N, C, H, W) by default; ranks 1 to 5 are accepted (see properties)
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+def model_spec(name: str, version: str | None = None) -> MethodSpec:
+    """The registry entry a model name (a method, preset or alias) stands for; 404 for an unknown name or
+    a version other than ``1``."""
+    try:
+        spec = poolcore.get_spec(name)
+    except poolcore.UnknownMethodError:
+        known = ", ".join([*poolcore.methods(), *ALIASES])
+        raise NotFound(f"unknown model {name!r}; the models are: {known}") from None
+    if version not in (None, "", MODEL_VERSION):
+        raise NotFound(
+            f"model {spec.name!r} has no version {version!r} (its one version is {MODEL_VERSION!r})"
+        )
+    return spec
+
+
+def is_ready(state: Any) -> bool:
+    """Ready for inference, for both protocols: warmed up (``app.state.ready``) and not draining (set by
+    :class:`service.server.DrainingServer` on SIGTERM), as ``/ready`` says."""
+    return bool(getattr(state, "ready", False)) and not bool(getattr(state, "draining", False))
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(SERVER_EXTENSIONS)}
+
+
+def model_metadata(spec: MethodSpec) -> dict[str, Any]:
+    """Name, versions, platform and tensors: any size (-1) in each dimension. A tensor's metadata has one
+    datatype, so FP32 stands there; ``properties`` lists every input datatype and the ranks accepted."""
+    return {
+        "name": spec.name,
+        "versions": [MODEL_VERSION],
+        "platform": _PLATFORM,
+        "inputs": [{"name": oip.INPUT_NAME, "datatype": "FP32", "shape": _VARIABLE_SHAPE}],
+        "outputs": [{"name": oip.OUTPUT_NAME, "datatype": "FP32", "shape": _VARIABLE_SHAPE}],
+        "properties": {
+            "description": spec.description,
+            "input_datatypes": ",".join(oip.DATATYPES),
+            "input_ranks": "1,2,3,4,5",
+            "output_datatype": "FP16, FP32 or FP64, as the input (integers pool as FP32)",
+        },
+    }
+
+
+def error_status(error: BaseException, request_id: str | None = None) -> tuple[int, str]:
+    """The HTTP status and message of a failed request. The protocol has 400 for bad input, so our 422s
+    (parameters poolcore refuses) are 400 here; 404, 413 and 503 keep their meaning."""
+    if isinstance(error, ServiceError):
+        return (400 if error.status_code == 422 else error.status_code), error.detail
+    if isinstance(error, poolcore.UnknownMethodError):
+        return 404, str(error)
+    log.error("request %s: unhandled error in inference", request_id, exc_info=error)
+    return 500, f"internal server error (request id {request_id})" if request_id else "internal server error"
+
+
+@dataclass(frozen=True)
+class InferJob:
+    """One infer request for a worker: ``decode`` reads the protocol's request (REST body or gRPC message)
+    into an :class:`oip.Decoded`; ``encode`` writes the protocol's response from the outcome."""
+
+    method: str
+    decode: Callable[[], oip.Decoded]
+    encode: Callable[[PoolOutcome, oip.Decoded], Any]
+    device: Any
+    metrics: Metrics
+
+
+def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
+    """decode → pool (:func:`pool_many`, shared calls included) → encode, in a worker thread; each job
+    gets its response or the exception that becomes its error."""
+    answers: list[Any] = [None] * len(jobs)
+    decoded: list[tuple[int, oip.Decoded]] = []
+    requests: list[PoolRequest] = []
+    for index, job in enumerate(jobs):
+        try:
+            request = job.decode()
+        except Exception as error:
+            answers[index] = error
+            continue
+        decoded.append((index, request))
+        requests.append(
+            PoolRequest(request.tensor, job.method, request.params, request.mode, request.seed, job.device)
+        )
+    outcomes = pool_many(requests)
+    for (index, request), outcome in zip(decoded, outcomes, strict=True):
+        job = jobs[index]
+        try:
+            if isinstance(outcome, Exception):
+                with poolcore_errors():
+                    raise outcome
+            answers[index] = job.encode(outcome, request)
+            # A shared call counts once in the sum: each of its requests observes its share.
+            job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
+        except Exception as error:
+            answers[index] = error
+    return answers
