@@ -248,6 +248,7 @@ class GrpcInferenceServicer:
             lambda outcome, decoded: encode_response(outcome, decoded).SerializeToString(),
             state.device,
             state.metrics,
+            state.work_limits,
         )
         answer: bytes = await state.workers.run_batched(infer_batch, job, call.size)
         return answer

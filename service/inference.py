@@ -20,6 +20,7 @@ from poolcore.registry import ALIASES, MethodSpec
 
 from .codecs import oip
 from .errors import ServiceError
+from .limits import DEFAULT_LIMITS, WorkLimits
 from .metrics import Metrics
 from .pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
 
@@ -114,6 +115,7 @@ class InferJob:
     encode: Callable[[PoolOutcome, oip.Decoded], Any]
     device: Any
     metrics: Metrics
+    work: WorkLimits = DEFAULT_LIMITS  # output size, working memory and work, as for /pool
 
 
 def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
@@ -130,7 +132,9 @@ def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
             continue
         decoded.append((index, request))
         requests.append(
-            PoolRequest(request.tensor, job.method, request.params, request.mode, request.seed, job.device)
+            PoolRequest(
+                request.tensor, job.method, request.params, request.mode, request.seed, job.device, job.work
+            )
         )
     outcomes = pool_many(requests)
     for (index, request), outcome in zip(decoded, outcomes, strict=True):

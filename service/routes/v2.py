@@ -100,7 +100,7 @@ async def infer(request: Request) -> Response:
         # JSON alone has the JSON limit; with binary data only its JSON header does (checked in decode).
         body = await read_body(request, None if header is not None else state.settings.max_json_bytes)
         decode = functools.partial(oip.decode_rest, body, header, state.limits, state.settings.max_json_bytes)
-        job = InferJob(spec.name, decode, _encode, state.device, state.metrics)
+        job = InferJob(spec.name, decode, _encode, state.device, state.metrics, state.work_limits)
         response: Response = await state.workers.run_batched(infer_batch, job, len(body))
     except ClientDisconnect:
         raise  # the middleware's to log: nobody is left to answer

@@ -356,6 +356,20 @@ class TestErrors:
         r = self._post(client, header + bytes(8), {"inference-header-content-length": str(len(header))})
         assert "over the limit" in _error(r, 413)
 
+    def test_output_size_and_work_limits_are_the_settings(self) -> None:
+        """The /pool limits from the app's settings, not the service's defaults: output size and work."""
+        x = np.ones((1, 1, 8, 8), dtype=np.float32)
+        with TestClient(create_app(test_settings(max_elements=4096, max_work=1000))) as c:
+            doc = _request(x, parameters={"output_size": "100,100"})
+            message = _error(c.post("/v2/models/adaptive_avg/infer", content=orjson.dumps(doc)), 413)
+            assert "output would have 10000 elements" in message and "limit of 4096" in message
+            doc = _request(x, parameters={"kernel_size": 4, "stride": 1})  # 25 outputs × 16 = 400 visits
+            assert c.post("/v2/models/avg/infer", content=orjson.dumps(doc)).status_code == 200
+            doc = _request(x, parameters={"kernel_size": 2, "stride": 1})  # 49 × 4 × 20 = 3920 for gem
+            assert "POOLSERVE_MAX_WORK" in _error(
+                c.post("/v2/models/gem/infer", content=orjson.dumps(doc)), 413
+            )
+
     def test_body_limits(self) -> None:
         settings = test_settings(max_json_bytes=2048)
         with TestClient(create_app(settings)) as c:
