@@ -1,0 +1,51 @@
+"""How the page looks: the theme (colours chosen for WCAG AA contrast) and the page's own CSS."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+__all__ = ["CSS", "THEME"]
+
+# Gradio's bundled font plus system fallbacks: nothing is fetched from a font CDN. The default theme's
+# secondary text, placeholders and the accent on white fall below WCAG AA's 4.5:1 contrast (axe-core's
+# color-contrast rule): these darker neutrals and a darker orange keep text readable.
+THEME = gr.themes.Default(
+    primary_hue=gr.themes.colors.orange,
+    neutral_hue=gr.themes.colors.gray,
+    font=[gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"],
+).set(
+    body_text_color_subdued="*neutral_600",
+    block_info_text_color="*neutral_600",
+    block_label_text_color="*neutral_700",
+    block_title_text_color="*neutral_800",
+    input_placeholder_color="*neutral_500",
+    button_primary_background_fill="*primary_700",
+    button_primary_background_fill_hover="*primary_800",
+    button_primary_text_color="white",
+    checkbox_label_text_color="*neutral_800",
+    link_text_color="*secondary_700",
+    link_text_color_visited="*secondary_800",
+)
+
+# Input and output fill the same box; the browser upscales small outputs with nearest neighbour, so each
+# pooling window shows as one block while the image keeps its true pixel size.
+CSS = """
+.pool-view img { width: 100% !important; height: 300px !important; max-height: 300px !important;
+                 object-fit: contain; image-rendering: pixelated; }
+#compare-gallery img { image-rendering: pixelated; }
+/* Captions below the tiles, not over them; long ones wrap. */
+#compare-gallery .caption-label { position: static !important; max-width: none !important;
+    white-space: normal !important; overflow: visible !important; background: none !important;
+    color: var(--body-text-color) !important; text-align: center; font-size: 0.85em; }
+#compare-gallery .thumbnail-item { flex-direction: column; }
+/* Snippets scroll inside their box instead of widening the page. */
+.snippet pre, .snippet code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+.snippet pre { max-width: 100%; overflow-x: auto; }
+.prob-table, .window-table { border-collapse: collapse; margin: 0 1em 0.6em 0; display: inline-table; }
+.prob-table td, .window-table td { border: 1px solid #767676; padding: 2px 6px; text-align: right;
+    font-family: monospace; }
+.prob-table caption, .window-table caption { font-size: 0.85em; text-align: left; }
+.window-table td.in-window { background: #0b4f8a; color: #fff; font-weight: bold; }
+.window-table td.drawn { outline: 3px solid #b45309; outline-offset: -3px; }
+"""
