@@ -15,7 +15,7 @@ from .controls import parse_text
 from .handlers import PageError, Runtime, compare_params, pool_image
 from .imaging import example_paths
 from .panel import PRIVATE, api_function, base_url, parse_seed, seed_text, shape_text
-from .tiles import VIEWS, caption, reference_of, tile
+from .tiles import VIEWS, caption, display_scale, reference_of, shared_gain, tile
 
 __all__ = ["compare_tab"]
 
@@ -34,6 +34,11 @@ def _calls(
             params, mode if spec.takes_training else "eval", seed if spec.random else None
         )
     return out
+
+
+def display(method: str, outcome: Any) -> Any:
+    """A result as its tile shows it (lp divided by its stated scale), for the shared difference gain."""
+    return outcome.output.float() / display_scale(method, outcome.params)
 
 
 def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
@@ -141,6 +146,16 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 request_params["seed"] = drawn
             results[method] = res.outcome
         items: list[tuple[Image.Image, str]] = []
+        gain = None
+        if view_name == "difference from avg":
+            gain = shared_gain(
+                [
+                    display(method, outcome) - display(reference_of(method), results[reference_of(method)])
+                    for method, outcome in results.items()
+                    if reference_of(method) in results
+                    and results[reference_of(method)].output.shape == outcome.output.shape
+                ]
+            )
         for method, outcome in results.items():
             reference = results.get(reference_of(method))
             picture, notes = tile(
@@ -149,6 +164,7 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 outcome.params,
                 view_name,
                 None if reference is None else reference.output,
+                gain,
             )
             label = caption(
                 [method, shape_text(outcome.output.shape), f"{outcome.elapsed_ms:.2f} ms", *notes]

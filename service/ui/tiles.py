@@ -21,7 +21,17 @@ from torch import Tensor
 
 from ..codecs.image import to_image
 
-__all__ = ["CROP", "VIEWS", "View", "channel_values", "display_scale", "is_global", "reference_of", "tile"]
+__all__ = [
+    "CROP",
+    "VIEWS",
+    "View",
+    "channel_values",
+    "display_scale",
+    "is_global",
+    "reference_of",
+    "shared_gain",
+    "tile",
+]
 
 View = Literal["pooled", "zoomed crop", "difference from avg"]
 VIEWS: tuple[View, ...] = ("pooled", "zoomed crop", "difference from avg")
@@ -73,8 +83,13 @@ def tile(
     resolved: Mapping[str, Any],
     view: str,
     reference: Tensor | None = None,
+    gain: float | None = None,
 ) -> tuple[Image.Image, list[str]]:
-    """The image a tile shows for ``output`` (C×H×W) in ``view``, and the notes its caption needs."""
+    """The image a tile shows for ``output`` (C×H×W) in ``view``, and the notes its caption needs.
+
+    In the difference view, ``gain`` stretches the difference (the Compare tab passes one for every tile,
+    so their strengths can be compared); None: this tile's own, so its largest difference fills the range.
+    """
     notes: list[str] = []
     x = output.detach().float().cpu()
     scale = display_scale(method, resolved)
@@ -104,10 +119,20 @@ def tile(
                 notes.append(f"identical to {ref_name}")
                 x = torch.full_like(x, 0.5)
             else:
-                gain = 0.5 / largest
-                x = 0.5 + gain * diff
-                notes.append(f"{method} − {ref_name}, ×{gain:.3g}; grey = equal, max |Δ| {largest:.3g}")
+                shared = gain is not None
+                stretch = gain if gain is not None else 0.5 / largest
+                x = 0.5 + stretch * diff
+                notes.append(
+                    f"{method} − {ref_name}, ×{stretch:.3g}{' (every tile)' if shared else ''}; "
+                    f"grey = equal, max |Δ| {largest:.3g}"
+                )
     return to_image(x), notes
+
+
+def shared_gain(differences: Sequence[Tensor]) -> float | None:
+    """One gain for every difference tile: the largest difference of all reaches black or white."""
+    largest = max((float(d.abs().max()) for d in differences if d.numel()), default=0.0)
+    return 0.5 / largest if largest > 0 else None
 
 
 def caption(parts: Sequence[str]) -> str:
