@@ -31,7 +31,7 @@ def blocks() -> gr.Blocks:
     return build_blocks(Runtime(device=lambda: "cpu", setting=lambda name: None))
 
 
-def _by_id(blocks: gr.Blocks) -> dict[str, Any]:
+def _by_id(blocks: gr.Blocks) -> dict[str | None, Any]:
     return {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
 
 
