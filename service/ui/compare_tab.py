@@ -13,7 +13,7 @@ import poolcore
 from . import snippets
 from .controls import parse_text
 from .handlers import PageError, Runtime, compare_params, pool_image
-from .imaging import example_paths
+from .imaging import example_labels, example_paths
 from .panel import PRIVATE, api_function, base_url, parse_seed, seed_text, shape_text
 from .tiles import VIEWS, caption, display_scale, reference_of, shared_gain, tile
 
@@ -36,12 +36,84 @@ def _calls(
     return out
 
 
+def _compare(
+    runtime: Runtime,
+    image: str | None,
+    kernel_text: Any,
+    output_text: Any,
+    mode: Any,
+    seed: Any,
+    view_name: Any,
+) -> list[Any]:
+    """The public ``/compare``: (tile, caption) pairs, a summary, and the calls as run (for the snippet)."""
+    kernel_text = "4" if kernel_text is None else str(kernel_text)
+    output_text = "16" if output_text is None else str(output_text)
+    mode = mode or "eval"
+    view_name = view_name or VIEWS[0]
+    if view_name not in VIEWS:
+        return [[], f"**Error 422**: view must be one of {', '.join(VIEWS)} (got {view_name!r})", {}]
+    try:
+        seed_value = parse_seed(seed)
+    except PageError as error:
+        return [[], error.markdown(), _calls(kernel_text, output_text, mode, seed_text(seed))]
+    problems: list[str] = []
+    used_calls = _calls(kernel_text, output_text, mode, seed_value)
+    results: dict[str, Any] = {}
+    for method, request_params in used_calls.items():
+        params = {k: v for k, v in request_params.items() if k not in ("mode", "seed")}
+        spec = poolcore.get_spec(method)
+        try:
+            res = pool_image(
+                runtime,
+                image,
+                method,
+                params,
+                mode=mode if spec.takes_training else "eval",
+                seed=seed_value,
+            )
+        except PageError as error:
+            problems.append(f"- `{method}`: {error.markdown()}")
+            if error.status == 400:
+                break
+            continue
+        drawn = res.outcome.params.get("seed")
+        if drawn is not None:
+            request_params["seed"] = drawn
+        results[method] = res.outcome
+    items: list[tuple[Image.Image, str]] = []
+    gain = None
+    if view_name == "difference from avg":
+        gain = shared_gain(
+            [
+                display(method, outcome) - display(reference_of(method), results[reference_of(method)])
+                for method, outcome in results.items()
+                if reference_of(method) in results
+                and results[reference_of(method)].output.shape == outcome.output.shape
+            ]
+        )
+    for method, outcome in results.items():
+        reference = results.get(reference_of(method))
+        picture, notes = tile(
+            method,
+            outcome.output,
+            outcome.params,
+            view_name,
+            None if reference is None else reference.output,
+            gain,
+        )
+        label = caption([method, shape_text(outcome.output.shape), f"{outcome.elapsed_ms:.2f} ms", *notes])
+        items.append((picture, label))
+    text = f"{len(items)} of {len(used_calls)} methods ran"
+    text += " — problems:\n" + "\n".join(problems) if problems else "."
+    return [items, text, used_calls]
+
+
 def display(method: str, outcome: Any) -> Any:
     """A result as its tile shows it (lp divided by its stated scale), for the shared difference gain."""
     return outcome.output.float() / display_scale(method, outcome.params)
 
 
-def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
+def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     any_training = any(poolcore.get_spec(m).takes_training for m in poolcore.methods())
     any_random = any(poolcore.get_spec(m).random for m in poolcore.methods())
     with gr.Row():
@@ -83,8 +155,12 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 )
             view = gr.Radio(list(VIEWS), value=VIEWS[0], label="View", elem_id="compare-view")
             run = gr.Button("Pool with every method", variant="primary", elem_id="compare-run")
+        # Nothing empty on first load: the gradient example (smooth, so the methods differ), compared when
+        # the page loads (not while the app is built: every registered operator runs here).
+        start_image = next((p for p in example_paths() if "gradient" in p), example_paths()[0])
         with gr.Column(scale=2):
             source = gr.Image(
+                start_image,
                 label="Input",
                 type="filepath",
                 image_mode=None,
@@ -94,7 +170,12 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 elem_id="compare-input",
                 elem_classes=["pool-view"],
             )
-            gr.Examples([[p] for p in example_paths()], inputs=[source], label="Example images")
+            gr.Examples(
+                [[p] for p in example_paths()],
+                inputs=[source],
+                label="Example images",
+                example_labels=example_labels(),
+            )
     gallery = gr.Gallery(
         label="Pooled by every method (true size, shown upscaled with nearest neighbour)",
         columns=5,
@@ -111,68 +192,7 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     def run_fn(
         image: str | None, kernel_text: Any, output_text: Any, mode: Any, seed: Any, view_name: Any
     ) -> list[Any]:
-        kernel_text = "4" if kernel_text is None else str(kernel_text)
-        output_text = "16" if output_text is None else str(output_text)
-        mode = mode or "eval"
-        view_name = view_name or VIEWS[0]
-        if view_name not in VIEWS:
-            return [[], f"**Error 422**: view must be one of {', '.join(VIEWS)} (got {view_name!r})", {}]
-        try:
-            seed_value = parse_seed(seed)
-        except PageError as error:
-            return [[], error.markdown(), _calls(kernel_text, output_text, mode, seed_text(seed))]
-        problems: list[str] = []
-        used_calls = _calls(kernel_text, output_text, mode, seed_value)
-        results: dict[str, Any] = {}
-        for method, request_params in used_calls.items():
-            params = {k: v for k, v in request_params.items() if k not in ("mode", "seed")}
-            spec = poolcore.get_spec(method)
-            try:
-                res = pool_image(
-                    runtime,
-                    image,
-                    method,
-                    params,
-                    mode=mode if spec.takes_training else "eval",
-                    seed=seed_value,
-                )
-            except PageError as error:
-                problems.append(f"- `{method}`: {error.markdown()}")
-                if error.status == 400:
-                    break
-                continue
-            drawn = res.outcome.params.get("seed")
-            if drawn is not None:
-                request_params["seed"] = drawn
-            results[method] = res.outcome
-        items: list[tuple[Image.Image, str]] = []
-        gain = None
-        if view_name == "difference from avg":
-            gain = shared_gain(
-                [
-                    display(method, outcome) - display(reference_of(method), results[reference_of(method)])
-                    for method, outcome in results.items()
-                    if reference_of(method) in results
-                    and results[reference_of(method)].output.shape == outcome.output.shape
-                ]
-            )
-        for method, outcome in results.items():
-            reference = results.get(reference_of(method))
-            picture, notes = tile(
-                method,
-                outcome.output,
-                outcome.params,
-                view_name,
-                None if reference is None else reference.output,
-                gain,
-            )
-            label = caption(
-                [method, shape_text(outcome.output.shape), f"{outcome.elapsed_ms:.2f} ms", *notes]
-            )
-            items.append((picture, label))
-        text = f"{len(items)} of {len(used_calls)} methods ran"
-        text += " — problems:\n" + "\n".join(problems) if problems else "."
-        return [items, text, used_calls]
+        return _compare(runtime, image, kernel_text, output_text, mode, seed, view_name)
 
     def snippet_fn(base: str, kernel_text: str, output_text: str, mode: str, seed: Any) -> str:
         return snippets.compare_snippet(
@@ -191,6 +211,10 @@ def compare_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         api_name="compare",
     )
     event.then(used_snippet_fn, [origin, used], snippet, **PRIVATE)
+    loaded = blocks.load(
+        run_fn, [source, kernel, output, mode, seed, view], [gallery, summary, used], api_visibility="private"
+    )
+    loaded.then(used_snippet_fn, [origin, used], snippet, **PRIVATE)
     gr.on(
         [origin.change, kernel.change, output.change, mode.change, seed.change],
         snippet_fn,

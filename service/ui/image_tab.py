@@ -11,7 +11,7 @@ import poolcore
 
 from . import snippets
 from .handlers import PageError, Runtime, pool_image
-from .imaging import example_paths
+from .imaging import example_labels, example_paths
 from .panel import PRIVATE, ControlPanel, api_function, base_url, outcome_markdown, parse_seed, seed_text
 
 __all__ = ["IMAGE_WINDOW", "image_tab"]
@@ -30,10 +30,30 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 run = gr.Button("Pool", variant="primary", elem_id="image-run")
                 again = gr.Button("Sample again", visible=False, elem_id="image-again")
             panel.render_guide(default)
+
+        def run_fn(image: str | None, *args: Any) -> list[Any]:
+            *controls, mode, seed = args
+            method, params = panel.read(controls)
+            mode = mode or "eval"
+            try:
+                res = pool_image(runtime, image, method, params, mode=mode, seed=parse_seed(seed))
+            except PageError as error:
+                return [None, error.markdown(), "" if seed is None else str(seed)]
+            used = res.outcome.params.get("seed")
+            return [
+                res.image,
+                outcome_markdown(res.input_shape, res.outcome),
+                str(used) if used is not None else ("" if seed is None else str(seed)),
+            ]
+
+        # Nothing empty on first load: the first example, pooled with the starting controls.
+        start_image = example_paths()[0]
+        start = run_fn(start_image, *(c.value for c in panel.inputs()), "eval", "")
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
                 # The file as uploaded (image_mode=None: Gradio converts nothing), for the service's codec.
                 source = gr.Image(
+                    start_image,
                     label="Input",
                     type="filepath",
                     image_mode=None,
@@ -44,6 +64,7 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                     elem_classes=["pool-view"],
                 )
                 result = gr.Image(
+                    start[0],
                     label="Output (true size, shown upscaled with nearest neighbour)",
                     type="pil",
                     format="png",
@@ -57,24 +78,14 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 label="Summary",
                 elem_id="image-info",
             )
-            gr.Examples([[p] for p in example_paths()], inputs=[source], label="Example images")
+            gr.Examples(
+                [[p] for p in example_paths()],
+                inputs=[source],
+                label="Example images",
+                example_labels=example_labels(),  # the buttons' accessible names (axe: button-name)
+            )
     with gr.Accordion("API snippet: the same call over HTTP", open=True):
         snippet = gr.Markdown(elem_id="image-snippet", elem_classes=["snippet"])
-
-    def run_fn(image: str | None, *args: Any) -> list[Any]:
-        *controls, mode, seed = args
-        method, params = panel.read(controls)
-        mode = mode or "eval"
-        try:
-            res = pool_image(runtime, image, method, params, mode=mode, seed=parse_seed(seed))
-        except PageError as error:
-            return [None, error.markdown(), "" if seed is None else str(seed)]
-        used = res.outcome.params.get("seed")
-        return [
-            res.image,
-            outcome_markdown(res.input_shape, res.outcome),
-            str(used) if used is not None else ("" if seed is None else str(seed)),
-        ]
 
     def again_fn(image: str | None, *args: Any) -> list[Any]:
         return run_fn(image, *args[:-1], None)

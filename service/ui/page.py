@@ -36,7 +36,7 @@ def build_blocks(runtime: Runtime) -> gr.Blocks:
             with gr.Tab("Image", id="image"):
                 image_tab(origin, runtime)
             with gr.Tab("Compare", id="compare"):
-                compare_tab(origin, runtime)
+                compare_tab(blocks, origin, runtime)
             with gr.Tab("Tensor", id="tensor"):
                 tensor_tab(origin, runtime)
     return blocks

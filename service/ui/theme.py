@@ -42,6 +42,18 @@ CSS = """
 /* Snippets scroll inside their box instead of widening the page. */
 .snippet pre, .snippet code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 .snippet pre { max-width: 100%; overflow-x: auto; }
+/* Prism's token colours on the code blocks' grey fall below 4.5:1 (axe color-contrast): darker ones. */
+body:not(.dark) .prose .token.string, body:not(.dark) .prose .token.builtin,
+body:not(.dark) .prose .token.attr-value, body:not(.dark) .prose .token.char { color: #116329 !important; }
+body:not(.dark) .prose .token.function,
+body:not(.dark) .prose .token.class-name { color: #8a1538 !important; }
+body:not(.dark) .prose .token.parameter, body:not(.dark) .prose .token.variable { color: #7c2d12 !important; }
+body:not(.dark) .prose .token.keyword, body:not(.dark) .prose .token.atrule { color: #0b4f8a !important; }
+body:not(.dark) .prose .token.number, body:not(.dark) .prose .token.boolean,
+body:not(.dark) .prose .token.constant { color: #6b21a8 !important; }
+body:not(.dark) .prose .token.comment { color: #4b5563 !important; }
+body:not(.dark) .prose .token.operator,
+body:not(.dark) .prose .token.punctuation { color: #374151 !important; }
 .prob-table, .window-table { border-collapse: collapse; margin: 0 1em 0.6em 0; display: inline-table; }
 .prob-table td, .window-table td { border: 1px solid #767676; padding: 2px 6px; text-align: right;
     font-family: monospace; }
