@@ -3,6 +3,9 @@ crop, difference from avg; see :mod:`.tiles`). Its button is the public endpoint
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from typing import Any
 
 import gradio as gr
@@ -108,6 +111,27 @@ def _compare(
     return [items, text, used_calls]
 
 
+def tiles_html(items: Any) -> str:
+    """The gallery's (image, caption) pairs as figures, each caption below its image."""
+    figures = []
+    for item in items or []:
+        picture, label = (item[0], item[1]) if isinstance(item, (list, tuple)) else (item.image, item.caption)
+        if not isinstance(picture, Image.Image):
+            picture = Image.open(str(getattr(picture, "path", picture)))
+        stream = io.BytesIO()
+        picture.save(stream, format="PNG")
+        data = base64.b64encode(stream.getvalue()).decode()
+        method, *rest = str(label).split(" · ")
+        name = html.escape(method)
+        notes = "<br>".join(html.escape(r) for r in rest)
+        figures.append(
+            f"<figure class='tile'><img src='data:image/png;base64,{data}' "
+            f"alt='{name}: {html.escape(label)}'>"
+            f"<figcaption><b>{name}</b><br>{notes}</figcaption></figure>"
+        )
+    return f"<div class='tiles'>{''.join(figures)}</div>"
+
+
 def display(method: str, outcome: Any) -> Any:
     """A result as its tile shows it (lp divided by its stated scale), for the shared difference gain."""
     return outcome.output.float() / display_scale(method, outcome.params)
@@ -168,6 +192,7 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
                 height=360,
                 sources=["upload", "clipboard"],
                 elem_id="compare-input",
+                alt_text="the input image",
                 elem_classes=["pool-view"],
             )
             gr.Examples(
@@ -176,7 +201,11 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
                 label="Example images",
                 example_labels=example_labels(),
             )
+    # The tiles as the page shows them: figures with their captions below (Gradio's gallery puts captions
+    # over the images, or hides them). The gallery is what the API returns: (image, caption) pairs.
+    tiles = gr.HTML(elem_id="compare-tiles")
     gallery = gr.Gallery(
+        visible=False,
         label="Pooled by every method (true size, shown upscaled with nearest neighbour)",
         columns=5,
         object_fit="contain",
@@ -210,11 +239,15 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
         [gallery, summary, used],
         api_name="compare",
     )
-    event.then(used_snippet_fn, [origin, used], snippet, **PRIVATE)
+    event.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
+        tiles_html, [gallery], tiles, **PRIVATE
+    )
     loaded = blocks.load(
         run_fn, [source, kernel, output, mode, seed, view], [gallery, summary, used], api_visibility="private"
     )
-    loaded.then(used_snippet_fn, [origin, used], snippet, **PRIVATE)
+    loaded.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
+        tiles_html, [gallery], tiles, **PRIVATE
+    )
     gr.on(
         [origin.change, kernel.change, output.change, mode.change, seed.change],
         snippet_fn,

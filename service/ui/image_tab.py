@@ -61,6 +61,7 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                     sources=["upload", "clipboard"],
                     height=360,
                     elem_id="image-input",
+                    alt_text="the input image",
                     elem_classes=["pool-view"],
                 )
                 result = gr.Image(
@@ -71,6 +72,7 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                     interactive=False,
                     height=360,
                     elem_id="image-output",
+                    alt_text="the pooled image",  # the name of Gradio's fullscreen button around it
                     elem_classes=["pool-view"],
                 )
             info = gr.Markdown(

@@ -33,12 +33,14 @@ THEME = gr.themes.Default(
 CSS = """
 .pool-view img { width: 100% !important; height: 300px !important; max-height: 300px !important;
                  object-fit: contain; image-rendering: pixelated; }
-#compare-gallery img { image-rendering: pixelated; }
-/* Captions below the tiles, not over them; long ones wrap. */
-#compare-gallery .caption-label { position: static !important; max-width: none !important;
-    white-space: normal !important; overflow: visible !important; background: none !important;
-    color: var(--body-text-color) !important; text-align: center; font-size: 0.85em; }
-#compare-gallery .thumbnail-item { flex-direction: column; }
+/* Compare tiles: five a row, the caption below its image, long captions wrap. */
+#compare-tiles .tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+    gap: 12px; }
+#compare-tiles figure { margin: 0; }
+#compare-tiles img { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
+    border: 1px solid #767676; box-sizing: border-box;
+    background: repeating-conic-gradient(#ddd 0% 25%, #fff 0% 50%) 50% / 16px 16px; }
+#compare-tiles figcaption { font-size: 0.85em; line-height: 1.3; overflow-wrap: anywhere; margin-top: 4px; }
 /* Snippets scroll inside their box instead of widening the page. */
 .snippet pre, .snippet code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 .snippet pre { max-width: 100%; overflow-x: auto; }
