@@ -76,7 +76,7 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                     elem_classes=["pool-view"],
                 )
             info = gr.Markdown(
-                "Upload an image or pick an example, then press **Pool**.",
+                start[1],
                 label="Summary",
                 elem_id="image-info",
             )
