@@ -6,6 +6,7 @@ Its button is the public endpoint ``/pool_tensor``; the page sends the matrix as
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +95,17 @@ def _explain(runtime: Runtime, run: Run | None, cell_text: Any, n_draws: Any) ->
         return ["", gr.update(visible=False), gr.update(visible=False)]
     x = torch.tensor(run.matrix, dtype=torch.float32)
     output = torch.tensor(run.output, dtype=torch.float64)
+    note = ""
     try:
-        cell = guard(lambda: parse_cell(cell_text or "0,0", tuple(output.shape)))
-        walk = guard(lambda: explain(x, run.method, run.params, output, cell, run.mode))
+        try:
+            cell = parse_cell(cell_text or "0,0", tuple(output.shape))
+        except ValueError as error:
+            # A cell of an earlier, larger result: show the first window rather than nothing.
+            if "outside" not in str(error):
+                raise PageError(422, str(error)) from None
+            note = f"<p>{html.escape(str(error))}: showing [0,0].</p>"
+            cell = (0, 0)
+        walk = note + guard(lambda: explain(x, run.method, run.params, output, cell, run.mode))
     except PageError as error:
         return [f"<p>{error.markdown()}</p>", gr.update(visible=False), gr.update(visible=False)]
     if not is_stochastic(run.method):

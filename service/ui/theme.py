@@ -33,6 +33,11 @@ THEME = gr.themes.Default(
 CSS = """
 .pool-view img { width: 100% !important; height: 300px !important; max-height: 300px !important;
                  object-fit: contain; image-rendering: pixelated; }
+/* Text blocks grow with their text: a block that scrolls must be focusable (axe's
+   scrollable-region-focusable), and Gradio's pending state briefly makes these scroll. */
+#image-info, #compare-info, #tensor-info, #image-guide, #tensor-guide { overflow: visible !important; }
+/* Gradio's progress text ("processing | 0.4s") is grey on white at 3.2:1: darker. */
+.meta-text, .meta-text-center, .progress-text { color: #4b5563 !important; }
 /* Compare tiles: five a row, the caption below its image, long captions wrap. */
 #compare-tiles .tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
     gap: 12px; }
