@@ -93,9 +93,12 @@ def _lines(
             for (r, c), v in zip(positions, values.tolist(), strict=True):
                 if abs(v - y) <= _CLOSE * max(1.0, abs(y)) and (v > 0 or not s):
                     drawn.add((r, c))
-            where = ", ".join(f"a[{r},{c}]" for r, c in sorted(drawn)) or "?"
+            where = " or ".join(f"a[{r},{c}]" for r, c in sorted(drawn)) or "?"
             p_drawn = num(y / s) if s else "—"
-            lines.append(f"drawn: {where} = {num(y)} (p = {p_drawn}); y = {num(y)}")
+            if len(drawn) > 1:  # equal values: the output cannot say which of them was drawn
+                lines.append(f"drawn: {where} (equal values, p = {p_drawn} each); y = {num(y)}")
+            else:
+                lines.append(f"drawn: {where} = {num(y)} (p = {p_drawn}); y = {num(y)}")
     elif base == "mixed":
         big, mean = float(values.max()), s / n
         p_max = float(resolved.get("p_max", 0.5))
