@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,26 +25,19 @@ from .support import ROOT, live_server
 
 pytest.importorskip("gradio_client")
 
-# The README's section on calling the page from Python (the lead moves it there; this test then reads it).
-README_SNIPPET = """\
-from gradio_client import Client, handle_file
 
-client = Client("http://127.0.0.1:8000/ui/")
-# One method on an image: the pooled PNG (a local file), a summary, the seed used ("" if none).
-pooled, summary, seed = client.predict(
-    handle_file("service/assets/cells.png"), method="max", kernel_size="4", api_name="/pool_image"
-)
-print(summary)
-# Every method on one image: a list of {"image": file, "caption": ...}.
-tiles, summary = client.predict(handle_file("service/assets/cells.png"), api_name="/compare")
-print([tile["caption"].split(" · ")[0] for tile in tiles])
-# A matrix (one channel, H×W): stochastic pooling's eval value Σa²/Σa = 16.52/10.
-table, summary, seed = client.predict(
-    {"headers": ["a", "b", "c"], "data": [[0, 1.1, 2.5], [0.9, 2, 1], [0, 1.5, 1]]},
-    method="stochastic", kernel_size="3", api_name="/pool_tensor",
-)
-print(table["data"])  # [[1.652]]
-"""
+# The README's section on calling the page from Python (the lead moves it there; this test then reads it).
+def _readme_snippet() -> str:
+    """The README's gradio_client block (the one python block of its HTTP API section)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## HTTP API")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "the HTTP API section should hold one python block, the gradio_client one"
+    return str(blocks[0])
+
+
+README_SNIPPET = _readme_snippet()
 
 PUBLIC = {"/pool_image", "/compare", "/pool_tensor"}
 
