@@ -581,7 +581,8 @@ def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
         for d in range(n):
             xp = xp.narrow(2 + d, 0, w.out_size[d])
     # xp: (B, C, *out_size, *kernel_size)
-    return [xp[(..., *offset)] for offset in itertools.product(*[range(kd) for kd in k])]
+    offsets: list[tuple[int, ...]] = list(itertools.product(*[range(kd) for kd in k]))
+    return [xp[(Ellipsis, *offset)] for offset in offsets]
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
