@@ -56,6 +56,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -581,8 +582,8 @@ def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
         for d in range(n):
             xp = xp.narrow(2 + d, 0, w.out_size[d])
     # xp: (B, C, *out_size, *kernel_size)
-    offsets: list[tuple[int, ...]] = list(itertools.product(*[range(kd) for kd in k]))
-    return [xp[(Ellipsis, *offset)] for offset in offsets]
+    index: list[Any] = [Ellipsis]
+    return [xp[tuple(index + list(o))] for o in itertools.product(*[range(kd) for kd in k])]
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
