@@ -89,6 +89,17 @@ class StochasticParams(WindowParams):
 
 
 # ---- input checks -----------------------------------------------------------------------------------------
+def _refuse_legacy_onnx(w: Window) -> None:
+    """TorchScript tracing (the legacy ONNX exporter) would bake the eager path's block loop, and with it
+    the example's size, into the graph; it cannot express the whole-tensor path's unfold either."""
+    if torch.jit.is_tracing() and not w.is_global:
+        raise RuntimeError(
+            "stochastic pooling does not support TorchScript tracing or the legacy ONNX exporter "
+            "(torch.onnx.export(..., dynamo=False)) except for global windows; "
+            "use torch.onnx.export(..., dynamo=True) or torch.export.export"
+        )
+
+
 def _tracing() -> bool:
     """Under torch.compile, torch.export (and the dynamo ONNX exporter) or TorchScript tracing (the legacy
     ONNX exporter): take the whole-tensor paths, which have no chunk loop and no host sync."""
@@ -472,6 +483,7 @@ def _train(
     check_values: bool = True,
 ) -> Tensor:
     if _tracing():
+        _refuse_legacy_onnx(w)
         return _train_traced(x, w, generator)
     need_index = torch.is_grad_enabled() and x.requires_grad
     if compiled and _can_fuse(x, w):
@@ -527,6 +539,7 @@ def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
 
 def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = True) -> Tensor:
     _check_input(x, None, check_values)
+    _refuse_legacy_onnx(w)
     if _tracing() or (compiled and _can_fuse(x, w)):
         if w.kernel_size is not None:
             return _compiled("eval")(x, w) if compiled and not _tracing() else _fused_eval(x, w)
