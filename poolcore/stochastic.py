@@ -675,10 +675,17 @@ _DOC_ARGS = r"""
         \text{eval: } y = \sum_i \frac{a_i}{\sum_j a_j} a_i = \frac{\sum_i a_i^2}{\sum_i a_i}
 
     over the real (non-padded) positions of each window. An all-zero window gives 0. The input must be
-    non-negative and finite (apply ReLU first); this is checked with one host sync (in training, fused
-    into the sampling pass for small windows), which
-    ``stochastic_pool(..., check_input=False)`` skips for hot loops on CUDA.
+    non-negative and finite (apply ReLU first); in eager mode this is checked with one host sync (in
+    training, fused into the sampling pass), which ``stochastic_pool(..., check_input=False)`` skips for
+    hot loops on CUDA; under ``torch.compile`` and export the check is skipped (no sync, no graph break).
     ``stochastic_pool(..., compiled=True)`` fuses kernel windows into one ``torch.compile`` kernel.
+
+    Randomness: one float64 uniform per output from ``generator`` (or torch's default generator), so a
+    seed gives the same samples for every window size and for ``compiled=True``. A model compiled with
+    ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
+    ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
+    Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy
+    ONNX exporter and TorchScript are refused, except for global windows.
 
     Args:
         kernel_size: the size of the window (give this or ``output_size``).
