@@ -255,6 +255,22 @@ def _blocks(w: Window, n_all: int, per_in: int, per_out: int, budget: int) -> It
             yield _Block(a, a + 1, sub, d0, in_lo, in_hi, r0, r1)
 
 
+class _Scratch:
+    """Named work buffers reused block after block (fresh large buffers per block fragment the heap and
+    page-fault; on CPU that showed as resident memory well above what was live)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffers: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
+        return buf[:numel].view(shape)
+
+
 def _put(values: tuple[int, ...], d: int, value: int) -> tuple[int, ...]:
     return (*values[:d], value, *values[d + 1 :])
 
@@ -353,6 +369,7 @@ def _train_walk(
         out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
     chunk = blocks[0].b - blocks[0].a
     shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=True)
+    scratch = _Scratch(x.device)
     with torch.no_grad():
         for blk in blocks:
             if check_values and blk.r0 == 0:
@@ -360,19 +377,20 @@ def _train_walk(
             split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
             views = split(blk.input(planes))
             n, shape = views[0].shape[0], views[0].shape[1:]
-            t = torch.empty((n, *shape), dtype=_F64, device=x.device).uniform_(generator=generator)
-            mask = torch.empty((n, *shape), dtype=cdt, device=x.device)
+            dims = (n, *shape)
+            t = scratch("t", dims, _F64).uniform_(generator=generator)
+            mask = scratch("mask", dims, cdt)
             if need_index:
-                res = torch.zeros_like(mask)  # counts the prefixes <= t: the chosen offset
+                res = scratch("res", dims, cdt).zero_()  # counts the prefixes <= t: the chosen offset
                 step: Callable[[Tensor, Tensor], object] = functools.partial(_count_, res)
             else:
                 dst = blk.output(out)
-                res = dst if dst.dtype == cdt else torch.empty_like(mask)
+                res = dst if dst.dtype == cdt else scratch("res", dims, cdt)
                 res.copy_(views[0])
                 step = res.lerp_
             if k <= _WALK_MAX:
                 # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
-                work = torch.empty((k, n, *shape), dtype=_F64, device=x.device)
+                work = scratch("prefix", (k, *dims), _F64)
                 prefix = [work[0].copy_(views[0])]
                 for j in range(1, k):
                     prefix.append(torch.add(prefix[j - 1], views[j], out=work[j]))
@@ -383,7 +401,7 @@ def _train_walk(
             else:
                 # Many offsets: one running prefix, two passes with the same additions in the same order
                 # (so the first pass's total is exactly the second pass's last prefix).
-                c = torch.empty((n, *shape), dtype=_F64, device=x.device).copy_(views[0])
+                c = scratch("prefix", dims, _F64).copy_(views[0])
                 for v in views[1:]:
                     c.add_(v)
                 t = _guarded_t(t, c)
