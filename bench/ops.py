@@ -56,6 +56,7 @@ LARGE_WINDOWS = ((5, 1), (7, 1), (11, 1))
 # Methods timed for the large windows (stochastic only, against max_pool2d and the baseline if given).
 LARGE_METHODS = (
     "F.max_pool2d",
+    "F.avg_pool2d",
     "stochastic train",
     "stochastic train, compiled",
     "stochastic eval",
