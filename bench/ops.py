@@ -249,7 +249,7 @@ def _memory_child(name: str, k: int, s: int, size: tuple[int, ...]) -> None:
         return
     # Lazy initialisation outside the measurement; compiled methods compile for the real shape first, so
     # that compiler memory is not counted (the warm-up's freed buffers may then be reused: a lower bound).
-    fn(_input(size if "compiled" in name else (1, 1, 8, 8), "cpu"))
+    fn(_input(size if "compiled" in name else (1, 1, 16, 16), "cpu"))  # 16: kernel 11 fits
     x = _input(size, "cpu")
     if not _reset_peak_rss():
         print(json.dumps({"ratio": None, "why": "cannot reset the peak RSS mark"}))

@@ -13,7 +13,8 @@ first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse C
   probability ``a_i / S`` up to float64 rounding (about 2^-50 relative), far below 2^-32. torch's CPU
   generator is serial (mt19937), so drawing the uniforms chunk by chunk gives the same values as one
   draw over the whole output: samples do not depend on chunking, window size or path.
-* **Small windows** (``K <= _WALK_MAX`` positions) walk the K offsets: prefix ``c_j`` per offset, then
+* **Kernel windows, and adaptive bins of ``K <= _WALK_MAX`` positions,** walk the K offsets: prefix
+  ``c_j`` per offset (all kept for ``K <= _KEEP_PREFIXES``, else one running prefix over two passes), then
   ``out = lerp(out, v_j, [c_{j-1} <= t])``. A zero-weight position never survives: a zero in the middle
   leaves ``c`` unchanged, so the next position overwrites it; trailing zeros (padding, ceil-mode overhang,
   short adaptive bins) could only be picked if ``t >= S``, which the guard ``t <= nextafter(S, 0)``
@@ -26,7 +27,7 @@ first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse C
   window, with its own padding). A block's scratch is at most a quarter of the input's size (at least
   1 MiB, at most 16 MiB on CPU), so the extra memory of a call, output included, stays within 2x the
   input for inputs of a few MiB and more, whatever the window.
-* **Large windows** (global, wide adaptive bins, kernels of more than ``_WALK_MAX`` positions) gather a
+* **Large adaptive windows** (global, bins of more than ``_WALK_MAX`` positions) gather a
   block of windows' values as ``(n, P_block, K_block)`` from index arithmetic (nothing cached), then
   ``cumsum`` and ``searchsorted``. A window larger than a block is scanned in two passes with a running
   carry (the same additions both times, so the guard stays exact).
@@ -74,8 +75,11 @@ __all__ = [
     "stochastic_pool",
 ]
 
-# Windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
+# Adaptive windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
 _WALK_MAX = 25
+# Windows of at most this many positions keep every prefix sum (one pass); larger ones take two passes
+# with one running prefix, whose smaller scratch allows larger blocks (faster from 3x3 windows on).
+_KEEP_PREFIXES = 4
 # Scratch per block: a quarter of the input, within [1 MiB, 16 MiB] on CPU (cache-sized, while keeping the
 # number of small parallel ops per call in the hundreds) and [1 MiB, 256 MiB] on CUDA.
 _CHUNK_BYTES_CPU = 16 << 20
@@ -357,7 +361,7 @@ def _train_walk(
     cdt = _F64
     # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
     # one), t, the mask and the result, and with autograd the index arithmetic.
-    per_out = 8 * (min(k, _WALK_MAX + 1) + 3) + (48 if need_index else 0)
+    per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
     blocks = list(_blocks(w, n_all, 16, per_out, _budget(x)))
     tables = _tables(w, x.device) if need_index and not blocks[0].rows else None
     # The input check runs per block, while the block is in cache for the walk (a separate aminmax over
@@ -388,7 +392,7 @@ def _train_walk(
                 res = dst if dst.dtype == cdt else scratch("res", dims, cdt)
                 res.copy_(views[0])
                 step = res.lerp_
-            if k <= _WALK_MAX:
+            if k <= _KEEP_PREFIXES:
                 # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
                 work = scratch("prefix", (k, *dims), _F64)
                 prefix = [work[0].copy_(views[0])]
@@ -510,7 +514,7 @@ def _train(
         u = torch.empty((*x.shape[:2], *w.out_size), dtype=_F64, device=x.device)
         return _compiled("select")(x, u.uniform_(generator=generator), w)
     k = math.prod(_extents(w))
-    plane = 16 * math.prod(w.in_size) + (8 * (k + 3) + 48) * math.prod(w.out_size)
+    plane = 16 * math.prod(w.in_size) + (8 * (k if k <= _KEEP_PREFIXES else 1) + 72) * math.prod(w.out_size)
     if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x)):
         return _train_walk(x, w, generator, need_index, check_values)  # checks values block by block
     _check_input(x, generator, check_values)

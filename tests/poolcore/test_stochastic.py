@@ -485,9 +485,9 @@ def _reference_samples(vals: torch.Tensor, seed: int) -> torch.Tensor:
 SAMPLING_CASES: list[dict[str, Any]] = [
     {"kernel_size": 3, "stride": 2, "padding": 1},
     {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
-    {"kernel_size": 2},
-    {"kernel_size": 5, "stride": 1},  # 25 positions: the walk that keeps its prefixes
-    {"kernel_size": 7, "stride": 1, "padding": 3},  # 49 positions: the two-pass running walk
+    {"kernel_size": 2},  # 4 positions: the walk that keeps its prefixes
+    {"kernel_size": 5, "stride": 1},  # 25 positions: the two-pass running walk
+    {"kernel_size": 7, "stride": 1, "padding": 3},
     {"output_size": (4, 5)},  # small adaptive bins: the walk over offsets
     {"output_size": (2, 2)},  # 6x6 (and wider) bins: the blocked gather
     {"output_size": 1},  # global
