@@ -557,7 +557,7 @@ class _PeakTensorBytes(TorchDispatchMode):
             self.live -= entry[0]
             del self.refs[key]
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         for t in tree_flatten((args, kwargs or {}))[0]:
             if isinstance(t, torch.Tensor):
                 key = t.untyped_storage().data_ptr()
