@@ -24,9 +24,9 @@ first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse C
   offset is a unit-stride view.
 * **Bounded memory.** Work runs over blocks of the flattened ``B*C`` planes, and for a plane too large
   for one block, over blocks of its output rows (a kernel window over a row block is again a kernel
-  window, with its own padding). A block's scratch is at most a quarter of the input's size (at least
-  1 MiB, at most 16 MiB on CPU), so the extra memory of a call, output included, stays within 2x the
-  input for inputs of a few MiB and more, whatever the window.
+  window, with its own padding). A block's scratch is at most a third of what twice the input leaves
+  beside the output (at least 1 MiB, at most 16 MiB on CPU), so the extra memory of a call, output
+  included, stays within 2x the input for inputs of a few MiB and more, whatever the window.
 * **Large adaptive windows** (global, bins of more than ``_WALK_MAX`` positions) gather a
   block of windows' values as ``(n, P_block, K_block)`` from index arithmetic (nothing cached), then
   ``cumsum`` and ``searchsorted``. A window larger than a block is scanned in two passes with a running
@@ -80,7 +80,7 @@ _WALK_MAX = 25
 # Windows of at most this many positions keep every prefix sum (one pass); larger ones take two passes
 # with one running prefix, whose smaller scratch allows larger blocks (faster from 3x3 windows on).
 _KEEP_PREFIXES = 4
-# Scratch per block: a quarter of the input, within [1 MiB, 16 MiB] on CPU (cache-sized, while keeping the
+# Scratch per block (see _budget), within [1 MiB, 16 MiB] on CPU (cache-sized, while keeping the
 # number of small parallel ops per call in the hundreds) and [1 MiB, 256 MiB] on CUDA.
 _CHUNK_BYTES_CPU = 16 << 20
 _CHUNK_BYTES_CUDA = 256 << 20
@@ -135,10 +135,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _budget(x: Tensor) -> int:
-    """Bytes of scratch one block may use (see the module docstring)."""
+def _budget(x: Tensor, w: Window) -> int:
+    """Bytes of scratch one block may use: a third of what the 2x-the-input bound leaves beside the output
+    (a quarter of the input at stride 1, more for strided windows), within the device's range."""
     cap = _CHUNK_BYTES_CUDA if x.device.type == "cuda" else _CHUNK_BYTES_CPU
-    return max(_MIN_CHUNK_BYTES, min(cap, x.numel() * x.element_size() // 4))
+    size = x.numel() * x.element_size()
+    out = x.numel() // math.prod(w.in_size) * math.prod(w.out_size) * x.element_size()
+    return max(_MIN_CHUNK_BYTES, min(cap, (2 * size - out) // 3))
 
 
 # ---- window positions -------------------------------------------------------------------------------------
@@ -362,7 +365,7 @@ def _train_walk(
     # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
     # one), t, the mask and the result, and with autograd the index arithmetic.
     per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
-    blocks = list(_blocks(w, n_all, 16, per_out, _budget(x)))
+    blocks = list(_blocks(w, n_all, 16, per_out, _budget(x, w)))
     tables = _tables(w, x.device) if need_index and not blocks[0].rows else None
     # The input check runs per block, while the block is in cache for the walk (a separate aminmax over
     # the whole input costs a full extra pass from memory); one sync after the loop, then the same error.
@@ -442,7 +445,7 @@ def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_
     flat = x.reshape(-1, math.prod(w.in_size))
     n_all, p, k = flat.shape[0], math.prod(w.out_size), math.prod(_extents(w))
     # Per (window, offset) element: int64 positions and their arithmetic, the gathered value, float64 value.
-    elems = max(1, _budget(x) // 48)
+    elems = max(1, _budget(x, w) // 48)
     kb = min(k, elems)
     pb = min(p, max(1, elems // kb))
     nb = 1 if pb < p else min(n_all, max(1, elems // (pb * kb)))  # blocks stay contiguous in output order
@@ -515,7 +518,7 @@ def _train(
         return _compiled("select")(x, u.uniform_(generator=generator), w)
     k = math.prod(_extents(w))
     plane = 16 * math.prod(w.in_size) + (8 * (k if k <= _KEEP_PREFIXES else 1) + 72) * math.prod(w.out_size)
-    if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x)):
+    if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x, w)):
         return _train_walk(x, w, generator, need_index, check_values)  # checks values block by block
     _check_input(x, generator, check_values)
     return _train_blocks(x, w, generator, need_index)
@@ -575,12 +578,12 @@ def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = Tru
     out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
     if w.kernel_size is None:
         # Adaptive and global: torch's pools on blocks of planes (x^2, then two pooled sums and the ratio).
-        for blk in _blocks(w, n_all, 2 * cs, 4 * cs, _budget(x)):
+        for blk in _blocks(w, n_all, 2 * cs, 4 * cs, _budget(x, w)):
             xc = blk.input(planes).to(cdt).unsqueeze(0)
             blk.output(out).copy_(_safe_ratio(w.sum(xc * xc), w.sum(xc)).squeeze(0))
         return out.view(*x.shape[:2], *w.out_size)
     # With autograd the graph holds every view anyway: whole planes, no row blocks.
-    blocks = list(_blocks(w, n_all, 2 * cs, 5 * cs, 1 << 62 if grad else _budget(x)))
+    blocks = list(_blocks(w, n_all, 2 * cs, 5 * cs, 1 << 62 if grad else _budget(x, w)))
     chunk = blocks[0].b - blocks[0].a
     shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad)
     k = math.prod(w.kernel_size)
