@@ -3,6 +3,10 @@
     python bench/ops.py                  # CPU, fp32, 16x64x112x112, kernel 3/2 and 2/2
     python bench/ops.py --quick          # a smaller input and fewer repeats (a smoke run)
     python bench/ops.py --device cuda    # the same on a GPU
+    python bench/ops.py --baseline main  # adds stochastic rows of poolcore/stochastic.py at a git revision
+
+Large windows (kernel 5, 7 and 11 at stride 1) get stochastic-only rows with a memory column: windows of
+more than 25 positions once built (P, K) tensors (3.3 GB for one 2048^2 plane at kernel 7).
 
 For each window it prints every method's median time and its ratio to the torch op it replaces, with
 the target and PASS/MISS; the speed-up of stochastic pooling over the usual unfold + multinomial code;
@@ -48,6 +52,43 @@ __all__ = ["main"]
 FULL = (16, 64, 112, 112)
 QUICK = (4, 32, 56, 56)
 WINDOWS = ((3, 2), (2, 2))
+LARGE_WINDOWS = ((5, 1), (7, 1), (11, 1))
+# Methods timed for the large windows (stochastic only, against max_pool2d and the baseline if given).
+LARGE_METHODS = (
+    "F.max_pool2d",
+    "F.avg_pool2d",
+    "stochastic train",
+    "stochastic train, compiled",
+    "stochastic eval",
+    "stochastic eval, compiled",
+    "stochastic train, baseline",
+    "stochastic eval, baseline",
+)
+# A git revision whose poolcore/stochastic.py is benchmarked beside the current one (--baseline).
+BASELINE: dict[str, Any] = {}
+
+
+def _baseline_module() -> Any:
+    """poolcore/stochastic.py at the --baseline revision, imported as a sibling of the current modules."""
+    if "module" not in BASELINE:
+        import importlib.util
+
+        rev = BASELINE["rev"]
+        root = Path(__file__).resolve().parents[1]
+        source = subprocess.run(
+            ["git", "show", f"{rev}:poolcore/stochastic.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        spec = importlib.util.spec_from_loader("poolcore._baseline_stochastic", loader=None)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = "poolcore"
+        exec(compile(source, f"{rev}:poolcore/stochastic.py", "exec"), module.__dict__)
+        BASELINE["module"] = module
+    return BASELINE["module"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,12 @@ def _methods(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
             if _registered("stochastic")
             else None
         ),
+        "stochastic train, baseline": (
+            (lambda x: _baseline_module().stochastic_pool(x, k, s, training=True)) if BASELINE else None
+        ),
+        "stochastic eval, baseline": (
+            (lambda x: _baseline_module().stochastic_pool(x, k, s)) if BASELINE else None
+        ),
         "mixed train": registry("mixed", True),
         "lp p=2": registry("lp", False, p=2),
         "gem p=3": registry("gem", False, p=3),
@@ -126,6 +173,8 @@ CASES = [
     Case("stochastic train, compiled", "F.max_pool2d", 1.0),
     Case("stochastic eval", "F.avg_pool2d", 3.0),
     Case("stochastic eval, compiled", "F.avg_pool2d", 3.0),
+    Case("stochastic train, baseline", "stochastic train"),
+    Case("stochastic eval, baseline", "stochastic eval"),
     Case("mixed train", "F.max_pool2d", 1.3),
     Case("lp p=2", "F.lp_pool2d p=2", 1.0),
     Case("gem p=3", "F.lp_pool2d p=3", 1.0),
@@ -200,7 +249,7 @@ def _memory_child(name: str, k: int, s: int, size: tuple[int, ...]) -> None:
         return
     # Lazy initialisation outside the measurement; compiled methods compile for the real shape first, so
     # that compiler memory is not counted (the warm-up's freed buffers may then be reused: a lower bound).
-    fn(_input(size if "compiled" in name else (1, 1, 8, 8), "cpu"))
+    fn(_input(size if "compiled" in name else (1, 1, 16, 16), "cpu"))  # 16: kernel 11 fits
     x = _input(size, "cpu")
     if not _reset_peak_rss():
         print(json.dumps({"ratio": None, "why": "cannot reset the peak RSS mark"}))
@@ -225,6 +274,8 @@ def _memory(name: str, k: int, s: int, size: tuple[int, ...], device: str) -> fl
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / (x.numel() * x.element_size())
     cmd = [sys.executable, __file__, "--memory-child", name, "--window", f"{k}/{s}"]
+    if BASELINE:
+        cmd += ["--baseline", BASELINE["rev"]]
     cmd += ["--size", *map(str, size)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -238,7 +289,7 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
+def run(size: tuple[int, ...], repeats: int, device: str, memory: bool, large: bool = True) -> None:
     x = _input(size, device)
     print(
         f"input {tuple(size)} float32 on {device} ({x.numel() * 4 / 2**20:.0f} MiB), "
@@ -252,26 +303,33 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
             "descheduled threads once per op, which penalises multi-op methods against single-kernel "
             "torch ops. Compare with --threads 1 as well."
         )
-    for k, s in WINDOWS:
+    for k, s in WINDOWS + (LARGE_WINDOWS if large else ()):
         fns = _methods(k, s)
+        if (k, s) in LARGE_WINDOWS:
+            fns = {name: (fn if name in LARGE_METHODS else None) for name, fn in fns.items()}
         present = {name: fn for name, fn in fns.items() if fn is not None}
         print(f"\nkernel {k}, stride {s}")
         times = _time(present, x, repeats, device)
         print(f"  {'method':38s} {'median ms':>10s} {'ratio':>8s}  {'target':>10s}  verdict")
         for case in CASES:
             if fns[case.name] is None:
-                print(f"  {case.name:38s} {'':>10s} {'':>8s}  {'':>10s}  not registered yet")
+                if (k, s) not in LARGE_WINDOWS and "baseline" not in case.name:
+                    print(f"  {case.name:38s} {'':>10s} {'':>8s}  {'':>10s}  not registered yet")
                 continue
             ms = times[case.name] * 1e3
             if case.ref is None:
                 print(f"  {case.name:38s} {ms:10.1f}")
+                continue
+            if case.target is None:  # the baseline: its time over the current one's
+                ratio = times[case.name] / times[case.ref]
+                print(f"  {case.name:38s} {ms:10.1f} {ratio:7.2f}x  (baseline / current {case.ref})")
                 continue
             ratio = times[case.name] / times[case.ref]
             goal = f"<= {case.target:.1f}x {case.ref.split()[0]}"
             verdict = _verdict(ratio <= (case.target or 0))
             print(f"  {case.name:38s} {ms:10.1f} {ratio:7.2f}x  {goal:>10s}  {verdict}")
         for name in ("stochastic train", "stochastic train, compiled"):
-            if name in times:
+            if name in times and "unfold+multinomial" in times:
                 speedup = times["unfold+multinomial"] / times[name]
                 print(
                     f"  speed-up of {name} over unfold+multinomial: {speedup:.1f}x "
@@ -285,6 +343,8 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool) -> None:
                 "stochastic train, compiled",
                 "stochastic eval",
                 "stochastic eval, compiled",
+                "stochastic train, baseline",
+                "stochastic eval, baseline",
                 "mixed train",
                 "lp p=2",
                 "gem p=3",
@@ -307,11 +367,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--baseline", help="git revision whose stochastic.py is timed beside the current one")
+    parser.add_argument("--no-large", action="store_true", help="skip the kernel 5/7/11 stochastic rows")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--window", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.baseline:
+        BASELINE["rev"] = args.baseline
     size = tuple(args.size) if args.size else (QUICK if args.quick else FULL)
     if args.memory_child:
         k, s = map(int, args.window.split("/"))
@@ -320,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but no CUDA device is available")
     repeats = args.repeats or (5 if args.quick else 15)
-    run(size, repeats, args.device, memory=not args.no_memory)
+    run(size, repeats, args.device, memory=not args.no_memory, large=not args.no_large)
 
 
 if __name__ == "__main__":

@@ -4,45 +4,60 @@ Training samples one position per window with probability ``a_i / sum(a)`` and o
 outputs the probability-weighted average ``sum(a^2) / sum(a)``. Every window form (kernel, adaptive,
 global) and rank (1d/2d/3d) goes through :func:`poolcore.windows.window_call`.
 
-How sampling works (and why it is fast): one uniform ``u`` per output, ``t = u * S`` with ``S`` the
-window sum, then the first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse CDF).
+How sampling works: one uniform ``u`` per output, ``t = u * S`` with ``S`` the window sum, then the
+first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse CDF).
 
-* Small windows (``K <= _WALK_MAX`` positions) walk the K offsets: prefix ``c_j`` per offset, then
+* **Randomness.** ``u`` is a float64 uniform (53 bits) from torch's own generator (``generator=``, or the
+  default one that ``torch.manual_seed`` sets), one per output in row-major output order. Prefix sums,
+  ``S`` and ``t`` are float64 for every input dtype, so a position of weight ``a_i`` is chosen with
+  probability ``a_i / S`` up to float64 rounding (about 2^-50 relative), far below 2^-32. torch's CPU
+  generator is serial (mt19937), so drawing the uniforms chunk by chunk gives the same values as one
+  draw over the whole output: samples do not depend on chunking, window size or path.
+* **Kernel windows, and adaptive bins of ``K <= _WALK_MAX`` positions,** walk the K offsets: prefix
+  ``c_j`` per offset (all kept for ``K <= _KEEP_PREFIXES``, else one running prefix over two passes), then
   ``out = lerp(out, v_j, [c_{j-1} <= t])``. A zero-weight position never survives: a zero in the middle
   leaves ``c`` unchanged, so the next position overwrites it; trailing zeros (padding, ceil-mode overhang,
   short adaptive bins) could only be picked if ``t >= S``, which the guard ``t <= nextafter(S, 0)``
-  excludes. ``S`` is the walk's own last prefix (same additions, same order), so the guard is exact and
-  costs no bias. ``lerp`` with a 0/1 weight is exact (torch computes ``end - diff * 0`` for weight 1) and,
-  unlike ``torch.where``, vectorised on CPU (about 15x faster there).
+  excludes. ``S`` is the walk's own last prefix (same additions, same order), so the guard is exact.
+  ``lerp`` with a 0/1 weight is exact and, unlike ``torch.where``, vectorised on CPU.
 * Kernel windows with a stride are first split into stride phases (``x[..., p::s, q::s]``), so every
-  offset is a unit-stride view: strided elementwise ops are several times slower than contiguous ones.
-* The work runs over chunks of the flattened ``B*C`` planes, sized to stay in cache on CPU, so no
-  intermediate is larger than a chunk (no k^2-times unfold of the whole input).
-* Large windows (global, wide adaptive bins, big kernels) gather each chunk's windows as ``(n, P, K)``,
-  then ``cumsum`` + ``searchsorted``.
-* The uniforms are a counter-based hash of (per-call key, output index) for float32 on CPU, where
-  ``uniform_`` is a single-threaded loop (see ``_hash_uniform_``); ``uniform_`` elsewhere.
-* The walk checks the input's values chunk by chunk (one sync at the end) instead of in a separate pass.
-* With autograd on, the walk records the chosen offset instead of the value and the output is gathered
-  from ``x`` at that position, so the gradient reaches the sampled position only (summed where
-  overlapping windows pick the same one).
+  offset is a unit-stride view.
+* **Bounded memory.** Work runs over blocks of the flattened ``B*C`` planes, and for a plane too large
+  for one block, over blocks of its output rows (a kernel window over a row block is again a kernel
+  window, with its own padding). A block's scratch is at most a third of what twice the input leaves
+  beside the output (at least 1 MiB, at most 16 MiB on CPU), so the extra memory of a call, output
+  included, stays within 2x the input for inputs of a few MiB and more, whatever the window.
+* **Large adaptive windows** (global, bins of more than ``_WALK_MAX`` positions) gather a
+  block of windows' values as ``(n, P_block, K_block)`` from index arithmetic (nothing cached), then
+  ``cumsum`` and ``searchsorted``. A window larger than a block is scanned in two passes with a running
+  carry (the same additions both times, so the guard stays exact).
+* With autograd on, the chosen position is recorded and the output gathered from ``x`` there, so the
+  gradient reaches the sampled position only (summed where overlapping windows pick the same one); the
+  int64 index (8 bytes per output) is kept for backward, as ``max_pool2d``'s indices are.
 
-Half precision inputs are sampled in float32.
+Half precision inputs are sampled through float64 sums as well; the output is the input's value.
 
-``compiled=True`` runs kernel windows (without autograd) through ``torch.compile`` instead: the K strided
-views, the prefix sums and the selection become one fused loop, a single parallel region where the eager
-path issues a few small ops per offset and chunk. It draws the same uniforms (the same hash per output
-index, or ``uniform_`` in the same order) and gives the same samples. The first call for each shape
-compiles (seconds); it pays off in hot loops and on busy machines, where every extra multi-threaded op
-waits for descheduled threads.
+**Eager, compiled and exported.** ``compiled=True`` runs kernel windows (without autograd) through
+``torch.compile``: the K strided views, the prefix sums and the selection become one fused loop. It draws
+the same uniforms in the same order as the eager path (they are drawn eagerly and passed in; this holds
+the float64 uniforms, 8 bytes per output) and gives the same samples. Under ``torch.compile``,
+``torch.export`` and ONNX export of a model, the same selection is traced as one whole-tensor expression
+(no chunk loop, no host sync; the input's value check is skipped there) and the uniforms come from
+``torch.rand``: inductor replaces that with its own Philox stream, so compiled samples follow the same
+distribution but differ from eager ones for a seed, unless ``torch._inductor.config.fallback_random`` is
+True, in which case they are identical. ``generator=`` cannot be traced by dynamo (it graph-breaks);
+seed compiled code with ``torch.manual_seed``. On CUDA the eager path draws per chunk (Philox offsets),
+so its samples match ``compiled=True`` only when the output fits one chunk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,12 +75,17 @@ __all__ = [
     "stochastic_pool",
 ]
 
-# Windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
+# Adaptive windows with more positions than this use cumsum + searchsorted instead of one pass per offset.
 _WALK_MAX = 25
-# Elements of working memory per chunk: 8 MB of float32 on CPU (fits the L3 cache, while keeping the
-# number of small parallel ops per call in the hundreds), 64 MB on CUDA.
-_CHUNK_ELEMS_CPU = 1 << 21
-_CHUNK_ELEMS_CUDA = 1 << 24
+# Windows of at most this many positions keep every prefix sum (one pass); larger ones take two passes
+# with one running prefix, whose smaller scratch allows larger blocks (faster from 3x3 windows on).
+_KEEP_PREFIXES = 4
+# Scratch per block (see _budget), within [1 MiB, 16 MiB] on CPU (cache-sized, while keeping the
+# number of small parallel ops per call in the hundreds) and [1 MiB, 256 MiB] on CUDA.
+_CHUNK_BYTES_CPU = 16 << 20
+_CHUNK_BYTES_CUDA = 256 << 20
+_MIN_CHUNK_BYTES = 1 << 20
+_F64 = torch.float64
 
 
 class StochasticParams(WindowParams):
@@ -73,6 +93,23 @@ class StochasticParams(WindowParams):
 
 
 # ---- input checks -----------------------------------------------------------------------------------------
+def _refuse_legacy_onnx(w: Window) -> None:
+    """TorchScript tracing (the legacy ONNX exporter) would bake the eager path's block loop, and with it
+    the example's size, into the graph; it cannot express the whole-tensor path's unfold either."""
+    if torch.jit.is_tracing() and not w.is_global:
+        raise RuntimeError(
+            "stochastic pooling does not support TorchScript tracing or the legacy ONNX exporter "
+            "(torch.onnx.export(..., dynamo=False)) except for global windows; "
+            "use torch.onnx.export(..., dynamo=True) or torch.export.export"
+        )
+
+
+def _tracing() -> bool:
+    """Under torch.compile, torch.export (and the dynamo ONNX exporter) or TorchScript tracing (the legacy
+    ONNX exporter): take the whole-tensor paths, which have no chunk loop and no host sync."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def _check_input(x: Tensor, generator: torch.Generator | None, check_values: bool) -> None:
     check_float(x, "stochastic")
     if generator is not None and generator.device.type != x.device.type:
@@ -80,8 +117,8 @@ def _check_input(x: Tensor, generator: torch.Generator | None, check_values: boo
             "generator must be on the input's device "
             f"(got generator on {generator.device}, input on {x.device})"
         )
-    if not check_values or x.numel() == 0:
-        return
+    if not check_values or x.numel() == 0 or _tracing():
+        return  # traced: the check would be a data-dependent branch (a host sync, a guard in export)
     # One fused pass and one host sync: aminmax propagates NaN into both results.
     _raise_if_bad(*torch.aminmax(x))
 
@@ -98,9 +135,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _chunk_planes(x: Tensor, per_plane: int) -> int:
-    budget = _CHUNK_ELEMS_CUDA if x.device.type == "cuda" else _CHUNK_ELEMS_CPU
-    return max(1, budget // max(1, per_plane))
+def _budget(x: Tensor, w: Window) -> int:
+    """Bytes of scratch one block may use: a third of what the 2x-the-input bound leaves beside the output
+    (a quarter of the input at stride 1, more for strided windows), within the device's range."""
+    cap = _CHUNK_BYTES_CUDA if x.device.type == "cuda" else _CHUNK_BYTES_CPU
+    size = x.numel() * x.element_size()
+    out = x.numel() // math.prod(w.in_size) * math.prod(w.out_size) * x.element_size()
+    return max(_MIN_CHUNK_BYTES, min(cap, (2 * size - out) // 3))
 
 
 # ---- window positions -------------------------------------------------------------------------------------
@@ -108,38 +149,137 @@ def _extents(w: Window) -> list[int]:
     return [w.max_extent(d) for d in range(len(w.in_size))]
 
 
-@functools.lru_cache(maxsize=64)
-def _grid(w: Window, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Flat spatial position of every window offset, ``(P, K)`` with ``P`` outputs and ``K`` offsets in
-    row-major order (the order of :meth:`Window.offsets`). Offsets outside the real input are clamped
-    into the window's real range (so an index is always valid) and reported False in the mask.
-
-    Built on the host from the geometry and cached per window and device, so the hot path neither
-    syncs nor rebuilds it.
-    """
-    n = len(w.in_size)
-    extents = _extents(w)
-    # Broadcast over (o_0, ..., o_{n-1}, e_0, ..., e_{n-1}); each dim contributes position * its stride.
-    flat = torch.zeros((), dtype=torch.long)
-    valid = torch.ones((), dtype=torch.bool)
-    stride = math.prod(w.in_size)
-    for d in range(n):
-        stride //= w.in_size[d]
+def _tables(w: Window, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per spatial dim, for each output index along it: the unclipped first position of its window and
+    the real range ``[lo, hi)`` (padding and ceil-mode overhang excluded). O(out) memory, built per call."""
+    tables = []
+    for d in range(len(w.in_size)):
         lo, hi = w.bounds(d)
-        raw = lo if w.kernel_size is None else [i * w.stride[d] - w.padding[d] for i in range(w.out_size[d])]
-        lo_t, hi_t = torch.tensor(lo).unsqueeze(1), torch.tensor(hi).unsqueeze(1)
-        pos = torch.tensor(raw).unsqueeze(1) + torch.arange(extents[d])
-        ok = (pos >= lo_t) & (pos < hi_t)
-        pos = torch.minimum(torch.maximum(pos, lo_t), hi_t - 1)
-        shape = [1] * (2 * n)
-        shape[d], shape[n + d] = w.out_size[d], extents[d]
-        flat = flat + pos.view(shape) * stride
-        valid = valid & ok.view(shape)
-    p, k = math.prod(w.out_size), math.prod(extents)
-    grid = flat.expand(*w.out_size, *extents).reshape(p, k).to(device)
-    if bool(valid.all()):
-        return grid, None
-    return grid, valid.expand(*w.out_size, *extents).reshape(p, k).to(device)
+        start = (
+            lo if w.kernel_size is None else [i * w.stride[d] - w.padding[d] for i in range(w.out_size[d])]
+        )
+        tables.append(tuple(torch.tensor(v, dtype=torch.long, device=device) for v in (start, lo, hi)))
+    return tables  # type: ignore[return-value]
+
+
+def _unravel(flat: Tensor, sizes: list[int] | tuple[int, ...]) -> list[Tensor]:
+    """Row-major multi-index of ``flat`` over ``sizes``."""
+    out = []
+    for size in reversed(sizes):
+        out.append(flat % size)
+        flat = flat // size
+    return out[::-1]
+
+
+def _positions(
+    w: Window,
+    tables: list[tuple[Tensor, Tensor, Tensor]],
+    q: Tensor,
+    offset: Tensor,
+    in_size: tuple[int, ...],
+    shift: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """Flat position in the plane (``in_size``) of window ``q`` (flat output index) at window offset
+    ``offset`` (flat, row-major over the extents), broadcasting ``q`` against ``offset``. ``shift`` moves
+    the window's coordinates into the plane's (a row block's first row). Positions outside a window's real
+    range are clamped into it and reported False."""
+    flat = torch.zeros((), dtype=torch.long, device=q.device)
+    valid = torch.ones((), dtype=torch.bool, device=q.device)
+    stride = math.prod(in_size)
+    for d, (i, o) in enumerate(zip(_unravel(q, w.out_size), _unravel(offset, _extents(w)), strict=True)):
+        start, lo, hi = (t[i] for t in tables[d])
+        pos = start + o
+        valid = valid & (pos >= lo) & (pos < hi)
+        stride //= in_size[d]
+        flat = flat + (torch.minimum(torch.maximum(pos, lo), hi - 1) + shift[d]) * stride
+    return flat, valid
+
+
+def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
+    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total)."""
+    u.mul_(total)
+    return torch.minimum(u, torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device)), out=u)
+
+
+# ---- blocks of work ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """Planes ``[a, b)``; for a row block, the window ``sub`` over input rows ``[in_lo, in_hi)`` of dim
+    ``d0`` and output rows ``[r0, r1)`` (the dims before ``d0`` have one output, so the block's outputs are
+    contiguous in row-major order)."""
+
+    a: int
+    b: int
+    sub: Window
+    d0: int = 0
+    in_lo: int = 0
+    in_hi: int = -1
+    r0: int = 0
+    r1: int = -1
+
+    @property
+    def rows(self) -> bool:
+        return self.in_hi >= 0
+
+    def input(self, planes: Tensor) -> Tensor:
+        part = planes[self.a : self.b]
+        return part.narrow(1 + self.d0, self.in_lo, self.in_hi - self.in_lo) if self.rows else part
+
+    def output(self, out: Tensor) -> Tensor:
+        part = out[self.a : self.b]
+        return part.narrow(1 + self.d0, self.r0, self.r1 - self.r0) if self.rows else part
+
+    def shift(self) -> tuple[int, ...]:
+        n = len(self.sub.in_size)
+        return tuple(self.in_lo if self.rows and d == self.d0 else 0 for d in range(n))
+
+
+def _blocks(w: Window, n_all: int, per_in: int, per_out: int, budget: int) -> Iterator[_Block]:
+    """Blocks of planes whose scratch (``per_in`` bytes per input element, ``per_out`` per output) fits
+    ``budget``; a kernel window over planes too large for that is split into blocks of output rows."""
+    n_in, n_out = math.prod(w.in_size), math.prod(w.out_size)
+    per_plane = per_in * n_in + per_out * n_out
+    if per_plane <= budget or w.kernel_size is None:
+        chunk = max(1, budget // per_plane)
+        for a in range(0, n_all, chunk):
+            yield _Block(a, min(n_all, a + chunk), w)
+        return
+    d0 = next((d for d, o in enumerate(w.out_size) if o > 1), len(w.out_size) - 1)
+    k, s, p = w.kernel_size[d0], w.stride[d0], w.padding[d0]
+    per_row = per_in * (n_in // w.in_size[d0]) * s + per_out * (n_out // w.out_size[d0])
+    step = max(1, (budget - per_in * (n_in // w.in_size[d0]) * k) // per_row)
+    for a in range(n_all):
+        for r0 in range(0, w.out_size[d0], step):
+            r1 = min(w.out_size[d0], r0 + step)
+            lo, hi = r0 * s - p, (r1 - 1) * s - p + k
+            in_lo, in_hi = max(lo, 0), min(hi, w.in_size[d0])
+            sub = dataclasses.replace(
+                w,
+                in_size=_put(w.in_size, d0, in_hi - in_lo),
+                out_size=_put(w.out_size, d0, r1 - r0),
+                padding=_put(w.padding, d0, max(0, -lo)),
+            )
+            yield _Block(a, a + 1, sub, d0, in_lo, in_hi, r0, r1)
+
+
+class _Scratch:
+    """Named work buffers reused block after block (fresh large buffers per block fragment the heap and
+    page-fault; on CPU that showed as resident memory well above what was live)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffers: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
+        return buf[:numel].view(shape)
+
+
+def _put(values: tuple[int, ...], d: int, value: int) -> tuple[int, ...]:
+    return (*values[:d], value, *values[d + 1 :])
 
 
 # ---- offset views of one chunk ----------------------------------------------------------------------------
@@ -213,177 +353,151 @@ class _Views:
         return views
 
 
-# ---- uniforms ---------------------------------------------------------------------------------------------
-# On CPU, ``uniform_`` is a single-threaded mt19937 loop (about 3 ns per draw: a third of the whole 2x2
-# training pass). For float32 on CPU the uniforms instead come from a counter-based hash of
-# (per-call key, flat output index): a few vectorised, multi-threaded int32 ops per chunk, and the same
-# value for an output however the work is chunked, so the eager and compiled paths agree exactly. The key
-# (64 bits) is drawn once per call from ``generator`` (or torch's default one), which keeps ``generator=``
-# and ``torch.manual_seed`` reproducibility. CUDA (Philox, already parallel) and float64 (53-bit uniforms)
-# keep ``uniform_``.
-_HASH_M1 = 0x7FEB352D  # lowbias32 (C. Wellons' hash-prospector): a bijective 32-bit mix with low bias
-_HASH_M2 = 0x846CA68B - (1 << 32)  # as a signed int32
-_HASH_MAX_OUTPUTS = 1 << 32  # the counter is 32 bits: beyond this many outputs, fall back to uniform_
-
-
-def _hash_key(
-    generator: torch.Generator | None, n_out: int, cdt: torch.dtype, device: torch.device
-) -> tuple[int, int] | None:
-    """The per-call key ``(a, b)`` of the hashed uniforms, or None where ``uniform_`` is used."""
-    if device.type != "cpu" or cdt != torch.float32 or n_out >= _HASH_MAX_OUTPUTS:
-        return None
-    a, b = torch.randint(-(1 << 31), 1 << 31, (2,), generator=generator, dtype=torch.int64).tolist()
-    return a | 1, b  # an odd multiplier: idx -> a*idx + b is a bijection mod 2^32
-
-
-def _to_int32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-def _xorshift_(h: Tensor, shift: int, tmp: Tensor) -> None:
-    # h ^= h >>> shift. int32 shifts are arithmetic, so mask off the copied sign bits for a logical shift.
-    torch.bitwise_right_shift(h, shift, out=tmp).bitwise_and_((1 << (32 - shift)) - 1)
-    h.bitwise_xor_(tmp)
-
-
-def _hash_uniform_(out: Tensor, key: tuple[int, int], start: int, base: Tensor) -> Tensor:
-    """Fill ``out`` (float32, contiguous) with uniforms ``k / 2^24`` in ``[0, 1)`` for the flat output
-    indices ``start, start+1, ...``: lowbias32(a*idx + b) mod 2^32, top 24 bits. ``base`` is a scratch
-    ``arange`` (int32); ``out`` is filled in slices of its length, so the int32 scratch stays cache-sized
-    (a whole-tensor pass would stream each of the dozen int ops through memory). int32 products wrap
-    mod 2^32, as the hash wants."""
-    flat = out.view(-1)
-    step = base.numel()
-    for i in range(0, flat.numel(), step):
-        _hash_slice_(flat[i : i + step], key, start + i, base)
-    return out
-
-
-def _hash_slice_(flat: Tensor, key: tuple[int, int], start: int, base: Tensor) -> None:
-    n = flat.numel()
-    a, b = key
-    h = torch.mul(base[:n], a)  # a*idx + b, with idx = start + i folded into the constant
-    h.add_(_to_int32(a * start + b))
-    tmp = torch.empty_like(h)
-    _xorshift_(h, 16, tmp)
-    h.mul_(_HASH_M1)
-    _xorshift_(h, 15, tmp)
-    h.mul_(_HASH_M2)
-    _xorshift_(h, 16, tmp)
-    # Top 24 bits as a signed value in [-2^23, 2^23), then exactly (v + 2^23) / 2^24 in float32.
-    flat.copy_(h.bitwise_right_shift_(8))
-    flat.mul_(2.0**-24).add_(0.5)
-
-
-def _uniforms_(
-    out: Tensor,
-    generator: torch.Generator | None,
-    key: tuple[int, int] | None,
-    start: int,
-    base: Tensor | None,
-) -> Tensor:
-    if key is None or base is None:
-        return out.uniform_(generator=generator)
-    return _hash_uniform_(out, key, start, base)
-
-
 # ---- training: sample one position per window -------------------------------------------------------------
-def _uniform_t(
-    total: Tensor,
-    generator: torch.Generator | None,
-    out: Tensor | None = None,
-    key: tuple[int, int] | None = None,
-    start: int = 0,
-    base: Tensor | None = None,
-) -> Tensor:
-    """``t = u * total`` with ``u ~ U[0, 1)``, kept strictly below ``total`` (and 0 for a zero total)."""
-    t = torch.empty_like(total) if out is None else out
-    _uniforms_(t, generator, key, start, base).mul_(total)
-    below = torch.nextafter(total, torch.zeros((), dtype=total.dtype, device=total.device))
-    return torch.minimum(t, below, out=t)
-
-
 def _train_walk(
     x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool, check_values: bool
 ) -> Tensor:
     planes = x.reshape(-1, *w.in_size)
     n_all, k = planes.shape[0], math.prod(_extents(w))
-    out_plane = math.prod(w.out_size)
-    cdt = _compute_dtype(x.dtype)
-    chunk = _chunk_planes(x, math.prod(w.in_size) + (k + 2) * out_plane)
-    key = _hash_key(generator, n_all * out_plane, cdt, x.device)
-    base = None if key is None else torch.arange(chunk * out_plane, dtype=torch.int32, device=x.device)
-    # The input check runs per chunk, while the chunk is in cache for the walk (a separate aminmax over
+    # Everything in float64: the views are converted once per block (with the stride-phase copy), so every
+    # op after that is same-dtype and vectorised (mixed float32/float64 ops take a slow casting loop).
+    cdt = _F64
+    # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
+    # one), t, the mask and the result, and with autograd the index arithmetic.
+    per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
+    blocks = list(_blocks(w, n_all, 16, per_out, _budget(x, w)))
+    tables = _tables(w, x.device) if need_index and not blocks[0].rows else None
+    # The input check runs per block, while the block is in cache for the walk (a separate aminmax over
     # the whole input costs a full extra pass from memory); one sync after the loop, then the same error.
     bounds: list[Tensor] = []
     if need_index:
-        choice = torch.empty((n_all, *w.out_size), dtype=torch.long, device=x.device)
+        pos = torch.empty((n_all, math.prod(w.out_size)), dtype=torch.long, device=x.device)
     else:
         out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
-    split = _Views(w, chunk, cdt, x.device, reuse=True)
-    work = torch.empty((k + 2, chunk, *w.out_size), dtype=cdt, device=x.device)
+    chunk = blocks[0].b - blocks[0].a
+    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=True)
+    scratch = _Scratch(x.device)
     with torch.no_grad():
-        for a in range(0, n_all, chunk):
-            if check_values:
-                bounds.append(torch.stack(torch.aminmax(planes[a : a + chunk])))
-            views = split(planes[a : a + chunk])
-            n = views[0].shape[0]
-            # Inclusive prefix sums c_0..c_{K-1}; c_{K-1} is the window sum used for t (exact guard).
-            prefix = [views[0]]
-            for j in range(1, k):
-                prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1, :n]))
-            t = _uniform_t(prefix[-1], generator, work[k - 1, :n], key, a * out_plane, base)
-            mask = work[k, :n]
+        for blk in blocks:
+            if check_values and blk.r0 == 0:
+                bounds.append(torch.stack(torch.aminmax(planes[blk.a : blk.b])))
+            split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
+            views = split(blk.input(planes))
+            n, shape = views[0].shape[0], views[0].shape[1:]
+            dims = (n, *shape)
+            t = scratch("t", dims, _F64).uniform_(generator=generator)
+            mask = scratch("mask", dims, cdt)
             if need_index:
-                count = torch.zeros_like(t)
+                res = scratch("res", dims, cdt).zero_()  # counts the prefixes <= t: the chosen offset
+                step: Callable[[Tensor, Tensor], object] = functools.partial(_count_, res)
+            else:
+                dst = blk.output(out)
+                res = dst if dst.dtype == cdt else scratch("res", dims, cdt)
+                res.copy_(views[0])
+                step = res.lerp_
+            if k <= _KEEP_PREFIXES:
+                # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
+                work = scratch("prefix", (k, *dims), _F64)
+                prefix = [work[0].copy_(views[0])]
                 for j in range(1, k):
-                    count.add_(torch.le(prefix[j - 1], t, out=mask))
-                choice[a : a + n].copy_(count)
-                continue
-            res = out[a : a + n] if cdt == x.dtype else work[k + 1, :n]
-            res.copy_(views[0])
-            for j in range(1, k):
-                res.lerp_(views[j], torch.le(prefix[j - 1], t, out=mask))
-            if cdt != x.dtype:
-                out[a : a + n].copy_(res)
+                    prefix.append(torch.add(prefix[j - 1], views[j], out=work[j]))
+                t = _guarded_t(t, prefix[-1])
+                for j in range(1, k):
+                    step(views[j], torch.le(prefix[j - 1], t, out=mask))
+                del work, prefix
+            else:
+                # Many offsets: one running prefix, two passes with the same additions in the same order
+                # (so the first pass's total is exactly the second pass's last prefix).
+                c = scratch("prefix", dims, _F64).copy_(views[0])
+                for v in views[1:]:
+                    c.add_(v)
+                t = _guarded_t(t, c)
+                c.copy_(views[0])
+                for v in views[1:]:
+                    step(v, torch.le(c, t, out=mask))
+                    c.add_(v)
+                del c
+            if need_index:
+                del t, mask, views
+                sub = blk.sub
+                tabs = tables if tables is not None else _tables(sub, x.device)
+                q = torch.arange(math.prod(sub.out_size), device=x.device)
+                flat, _ = _positions(sub, tabs, q, res.long().flatten(1), w.in_size, blk.shift())
+                q0 = blk.r0 * (math.prod(w.out_size) // w.out_size[blk.d0]) if blk.rows else 0
+                pos[blk.a : blk.b, q0 : q0 + q.numel()] = flat
+            elif res is not dst:
+                dst.copy_(res)
     if bounds:
         both = torch.stack(bounds)
         _raise_if_bad(both[:, 0].min(), both[:, 1].max())
     if not need_index:
         return out.view(*x.shape[:2], *w.out_size)
-    return _gather_choice(x, w, choice.view(n_all, -1))
+    return x.reshape(n_all, -1).gather(1, pos).view(*x.shape[:2], *w.out_size)
 
 
-def _gather_choice(x: Tensor, w: Window, choice: Tensor) -> Tensor:
-    """Output = ``x`` at the chosen offset of each window (``choice``: ``(B*C, P)`` offset indices); the
-    gather's backward sends each output's gradient to that one position."""
-    grid, _ = _grid(w, x.device)
-    p, k = grid.shape
-    pos = grid.reshape(-1)[choice + torch.arange(p, device=x.device) * k]
-    flat = x.reshape(choice.shape[0], -1)
-    return flat.gather(1, pos).view(*x.shape[:2], *w.out_size)
+def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
+    count.add_(mask)
 
 
-def _train_gather(x: Tensor, w: Window, generator: torch.Generator | None) -> Tensor:
-    """Large windows: gather each chunk's windows as (n, P, K), then cumsum + searchsorted."""
+def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool) -> Tensor:
+    """Large windows: gather blocks of windows as ``(n, P_block, K_block)`` float64 values, cumsum, then
+    searchsorted. Windows larger than a block take two passes with a running carry."""
     flat = x.reshape(-1, math.prod(w.in_size))
-    cdt = _compute_dtype(x.dtype)
+    n_all, p, k = flat.shape[0], math.prod(w.out_size), math.prod(_extents(w))
+    # Per (window, offset) element: int64 positions and their arithmetic, the gathered value, float64 value.
+    elems = max(1, _budget(x, w) // 48)
+    kb = min(k, elems)
+    pb = min(p, max(1, elems // kb))
+    nb = 1 if pb < p else min(n_all, max(1, elems // (pb * kb)))  # blocks stay contiguous in output order
+    tables = _tables(w, x.device)
+    zero = (0,) * len(w.in_size)
+    result = torch.empty((n_all, p), dtype=torch.long if need_index else x.dtype, device=x.device)
     with torch.no_grad():
-        grid, valid = _grid(w, x.device)
-        p, k = grid.shape
-        chunk = _chunk_planes(x, p * k)
-        choice = torch.empty((flat.shape[0], p), dtype=torch.long, device=x.device)
-        for a in range(0, flat.shape[0], chunk):
-            xc = flat[a : a + chunk].to(cdt)
-            vals = xc.unsqueeze(1) if w.is_global else xc[:, grid]
-            if valid is not None:
-                vals = vals * valid
-            cum = vals.cumsum(-1)
-            t = _uniform_t(cum[..., -1], generator)
-            found = torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1)
-            choice[a : a + xc.shape[0]] = found.clamp_max_(k - 1)
-    return _gather_choice(x, w, choice)
+        for a in range(0, n_all, nb):
+            xc = flat[a : a + nb]
+            for q0 in range(0, p, pb):
+                q = torch.arange(q0, min(p, q0 + pb), device=x.device)
+
+                def values(j0: int, xc: Tensor = xc, q: Tensor = q) -> Tensor:
+                    if w.is_global:
+                        return xc[:, j0 : j0 + kb].to(_F64, copy=True).unsqueeze(1)  # cumsum_ runs in place
+                    j = torch.arange(j0, min(k, j0 + kb), device=x.device)
+                    grid, valid = _positions(w, tables, q.unsqueeze(1), j.unsqueeze(0), w.in_size, zero)
+                    return xc[:, grid].to(_F64).mul_(valid)
+
+                u = torch.empty((xc.shape[0], q.numel()), dtype=_F64, device=x.device)
+                u.uniform_(generator=generator)
+                choice = _search_windows(values, k, kb, u)
+                pos, _ = _positions(w, tables, q, choice, w.in_size, zero)
+                result[a : a + nb, q0 : q0 + q.numel()] = pos if need_index else xc.gather(1, pos)
+    if need_index:
+        result = flat.gather(1, result)
+    return result.view(*x.shape[:2], *w.out_size)
+
+
+def _search_windows(values: Callable[[int], Tensor], k: int, kb: int, u: Tensor) -> Tensor:
+    """Offset index of the first inclusive prefix above ``t = u * S`` in each window; ``values(j0)`` gives
+    the windows' float64 values at offsets ``[j0, j0 + kb)``."""
+    if kb == k:
+        cum = values(0).cumsum_(-1)
+        t = _guarded_t(u, cum[..., -1])
+        return torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1).clamp_max_(k - 1)
+    # The carry into each block is computed the same way in both passes, so S is exactly the last prefix.
+    carry = torch.zeros_like(u)
+    for j0 in range(0, k, kb):
+        carry = values(j0).cumsum_(-1).add_(carry.unsqueeze(-1))[..., -1].clone()
+    t = _guarded_t(u, carry)
+    choice = torch.full_like(u, k - 1, dtype=torch.long)
+    done = torch.zeros_like(u, dtype=torch.bool)
+    carry.zero_()
+    for j0 in range(0, k, kb):
+        cum = values(j0).cumsum_(-1).add_(carry.unsqueeze(-1))
+        found = torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1)
+        hit = (found < cum.shape[-1]) & ~done
+        choice = torch.where(hit, found + j0, choice)
+        done |= hit
+        carry = cum[..., -1].clone()
+    return choice
 
 
 def _train(
@@ -393,20 +507,52 @@ def _train(
     compiled: bool = False,
     check_values: bool = True,
 ) -> Tensor:
+    if _tracing():
+        _refuse_legacy_onnx(w)
+        return _train_traced(x, w, generator)
     need_index = torch.is_grad_enabled() and x.requires_grad
-    if not (compiled and _can_fuse(x, w)) and math.prod(_extents(w)) <= _WALK_MAX:
-        return _train_walk(x, w, generator, need_index, check_values)  # checks values chunk by chunk
-    _check_input(x, generator, check_values)
     if compiled and _can_fuse(x, w):
-        # Same draws as the eager chunks (the hash depends on the flat output index only, uniform_ is
-        # drawn in the same order): the two paths give identical samples.
-        cdt = _compute_dtype(x.dtype)
-        u = torch.empty((*x.shape[:2], *w.out_size), dtype=cdt, device=x.device)
-        key = _hash_key(generator, u.numel(), cdt, x.device)
-        step = min(u.numel(), _CHUNK_ELEMS_CPU // 8)  # int32 scratch of 1 MiB: cache-sized slices
-        base = None if key is None else torch.arange(step, dtype=torch.int32, device=x.device)
-        return _compiled("select")(x, _uniforms_(u, generator, key, 0, base), w)
-    return _train_gather(x, w, generator)
+        _check_input(x, generator, check_values)
+        # The same draws as the eager blocks (one float64 uniform per output in row-major order).
+        u = torch.empty((*x.shape[:2], *w.out_size), dtype=_F64, device=x.device)
+        return _compiled("select")(x, u.uniform_(generator=generator), w)
+    k = math.prod(_extents(w))
+    plane = 16 * math.prod(w.in_size) + (8 * (k if k <= _KEEP_PREFIXES else 1) + 72) * math.prod(w.out_size)
+    if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x, w)):
+        return _train_walk(x, w, generator, need_index, check_values)  # checks values block by block
+    _check_input(x, generator, check_values)
+    return _train_blocks(x, w, generator, need_index)
+
+
+def _train_traced(x: Tensor, w: Window, generator: torch.Generator | None) -> Tensor:
+    """The sampling as one whole-tensor expression, for torch.compile and export: the same uniforms (one
+    float64 per output, row-major), prefix sums and guard as the eager paths."""
+    shape = (*x.shape[:2], *w.out_size)
+    rand: Callable[..., Tensor] = functools.partial(torch.rand, dtype=_F64, device=x.device)
+    if generator is not None:
+        rand = functools.partial(rand, generator=generator)
+    if w.is_global:
+        flat = x.flatten(2)
+        cum = flat.to(_F64).cumsum(-1)
+        t = _guarded_t(rand(*x.shape[:2], 1), cum[..., -1:])
+        index = (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1)
+        return flat.gather(-1, index).view(shape)
+    views = _padded_views(x, w, x.dtype) if w.kernel_size is not None else list(w.offsets(x))
+    return _select(views, rand(shape))
+
+
+def _select(views: list[Tensor], u: Tensor) -> Tensor:
+    """The walk as one expression: ``out = v_j`` for the last ``j`` with ``c_{j-1} <= t`` (the first
+    position whose prefix exceeds ``t``)."""
+    prefix = [views[0].to(_F64)]
+    for v in views[1:]:
+        prefix.append(prefix[-1] + v)
+    total = prefix[-1]
+    t = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    out = views[0]
+    for c, v in zip(prefix[:-1], views[1:], strict=True):
+        out = torch.where(c <= t, v, out)
+    return out
 
 
 # ---- eval: sum(a^2) / sum(a) ------------------------------------------------------------------------------
@@ -418,63 +564,68 @@ def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
 
 def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = True) -> Tensor:
     _check_input(x, None, check_values)
-    if compiled and _can_fuse(x, w):
-        return _compiled("eval")(x, w)
-    cdt = _compute_dtype(x.dtype)
-    if w.kernel_size is None:
-        xc = x.to(cdt)
+    _refuse_legacy_onnx(w)
+    if _tracing() or (compiled and _can_fuse(x, w)):
+        if w.kernel_size is not None:
+            return _compiled("eval")(x, w) if compiled and not _tracing() else _fused_eval(x, w)
+        xc = x.to(_compute_dtype(x.dtype))
         return _safe_ratio(w.sum(xc * xc), w.sum(xc)).to(x.dtype)
+    cdt = _compute_dtype(x.dtype)
+    cs = torch.empty((), dtype=cdt).element_size()
+    grad = torch.is_grad_enabled() and x.requires_grad
     planes = x.reshape(-1, *w.in_size)
-    k, out_plane = math.prod(w.kernel_size), math.prod(w.out_size)
-    chunk = _chunk_planes(x, math.prod(w.in_size) + 3 * out_plane)
     n_all = planes.shape[0]
     out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
-    split = _Views(w, chunk, cdt, x.device, reuse=not (torch.is_grad_enabled() and x.requires_grad))
-    for a in range(0, n_all, chunk):
-        views = split(planes[a : a + chunk])
+    if w.kernel_size is None:
+        # Adaptive and global: torch's pools on blocks of planes (x^2, then two pooled sums and the ratio).
+        for blk in _blocks(w, n_all, 2 * cs, 4 * cs, _budget(x, w)):
+            xc = blk.input(planes).to(cdt).unsqueeze(0)
+            blk.output(out).copy_(_safe_ratio(w.sum(xc * xc), w.sum(xc)).squeeze(0))
+        return out.view(*x.shape[:2], *w.out_size)
+    # With autograd the graph holds every view anyway: whole planes, no row blocks.
+    blocks = list(_blocks(w, n_all, 2 * cs, 5 * cs, 1 << 62 if grad else _budget(x, w)))
+    chunk = blocks[0].b - blocks[0].a
+    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad)
+    k = math.prod(w.kernel_size)
+    for blk in blocks:
+        split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
+        views = split(blk.input(planes))
         sums = views[0].clone()
         squares = views[0] * views[0]
         for j in range(1, k):
             sums.add_(views[j])
             squares.addcmul_(views[j], views[j])
-        out[a : a + chunk].copy_(_safe_ratio(squares, sums))
+        blk.output(out).copy_(_safe_ratio(squares, sums))
     return out.view(*x.shape[:2], *w.out_size)
 
 
-# ---- optional fused kernels (torch.compile) ------------------------------------------------------------
+# ---- whole-tensor kernels (torch.compile, export) ---------------------------------------------------------
 def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
-    """The K strided offset views of a kernel window over the whole batch (for the compiled kernels,
-    where inductor turns them into strided loads of one fused loop)."""
+    """The K strided offset views of a kernel window over the whole batch (for the compiled and exported
+    paths, where inductor turns them into strided loads of one fused loop).
+
+    Views come from ``Tensor.unfold`` on the padded input, whose window count torch derives with the same
+    formula as :func:`poolcore.windows.make_window`, and the padding depends on the window arguments only
+    (ceil mode reads at most ``s - 1`` past the right padding): dynamic shapes trace without guards.
+    """
     k, s, p = w.kernel_size or (), w.stride, w.padding
+    n = len(k)
     pads: list[int] = []
-    for d in reversed(range(len(w.in_size))):
-        pads += [p[d], max(0, (w.out_size[d] - 1) * s[d] + k[d] - w.in_size[d] - p[d])]
+    for d in reversed(range(n)):
+        pads += [p[d], p[d] + (s[d] - 1 if w.ceil_mode else 0)]
     xp = (F.pad(x, pads) if any(pads) else x).to(cdt)
-    views = []
-    for offset in itertools.product(*[range(kd) for kd in k]):
-        index: list[slice] = [slice(None)] * (xp.dim() - len(offset))
-        index += [
-            slice(o, o + sd * (od - 1) + 1, sd) for o, sd, od in zip(offset, s, w.out_size, strict=True)
-        ]
-        views.append(xp[tuple(index)])
-    return views
+    for d in range(n):
+        xp = xp.unfold(2 + d, k[d], s[d])  # appends the window dim: spatial dim d stays at 2 + d
+    if w.ceil_mode:
+        for d in range(n):
+            xp = xp.narrow(2 + d, 0, w.out_size[d])
+    # xp: (B, C, *out_size, *kernel_size)
+    index: list[Any] = [Ellipsis]
+    return [xp[tuple(index + list(o))] for o in itertools.product(*[range(kd) for kd in k])]
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
-    """Inverse-CDF selection written for one fused loop: the first offset whose prefix exceeds ``u*S``.
-    If rounding leaves none (``u*S >= S``), the last positive value is the answer, which is what the eager
-    guard ``t <= nextafter(S, 0)`` selects too, so both paths agree exactly."""
-    views = _padded_views(x, w, u.dtype)
-    prefix: list[Tensor] = []
-    last = torch.zeros_like(u)
-    for v in views:
-        prefix.append(v if not prefix else prefix[-1] + v)
-        last = torch.where(v > 0, v, last)
-    t = u * prefix[-1]
-    out = last
-    for v, c in zip(reversed(views), reversed(prefix), strict=True):
-        out = torch.where(c > t, v, out)
-    return out.to(x.dtype)
+    return _select(_padded_views(x, w, x.dtype), u)
 
 
 def _fused_eval(x: Tensor, w: Window) -> Tensor:
@@ -549,10 +700,17 @@ _DOC_ARGS = r"""
         \text{eval: } y = \sum_i \frac{a_i}{\sum_j a_j} a_i = \frac{\sum_i a_i^2}{\sum_i a_i}
 
     over the real (non-padded) positions of each window. An all-zero window gives 0. The input must be
-    non-negative and finite (apply ReLU first); this is checked with one host sync (in training, fused
-    into the sampling pass for small windows), which
-    ``stochastic_pool(..., check_input=False)`` skips for hot loops on CUDA.
+    non-negative and finite (apply ReLU first); in eager mode this is checked with one host sync (in
+    training, fused into the sampling pass), which ``stochastic_pool(..., check_input=False)`` skips for
+    hot loops on CUDA; under ``torch.compile`` and export the check is skipped (no sync, no graph break).
     ``stochastic_pool(..., compiled=True)`` fuses kernel windows into one ``torch.compile`` kernel.
+
+    Randomness: one float64 uniform per output from ``generator`` (or torch's default generator), so a
+    seed gives the same samples for every window size and for ``compiled=True``. A model compiled with
+    ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
+    ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
+    Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy
+    ONNX exporter and TorchScript are refused, except for global windows.
 
     Args:
         kernel_size: the size of the window (give this or ``output_size``).

@@ -5,17 +5,22 @@ Statistical tests use a fixed seed and reject at p < 1e-3 (chi-square goodness o
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import chi2
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import poolcore
 from poolcore import stochastic
 from poolcore.nn import StochasticPool1d, StochasticPool2d, StochasticPool3d, stochastic_pool
 from tests.conftest import tolerance
+from tests.poolcore import export_harness as harness
 
 ALPHA = 1e-3
 SEED_WINDOW = [[0.0, 1.1, 2.5], [0.9, 2.0, 1.0], [0.0, 1.5, 1.0]]
@@ -381,43 +386,6 @@ class TestStochasticPool:
         uniform = positive[torch.randint(len(positive), (n,), generator=_gen(0))]
         assert _chi2_p(torch.bincount(uniform, minlength=9), a / a.sum()) < ALPHA
 
-    # ---- hashed uniforms (the CPU float32 source of u) -----------------------------------------------------
-    @staticmethod
-    def _hashed(seed: int, n: int, start: int = 0) -> torch.Tensor:
-        key = stochastic._hash_key(_gen(seed), n, torch.float32, torch.device("cpu"))
-        assert key is not None
-        base = torch.arange(n, dtype=torch.int32)
-        return stochastic._hash_uniform_(torch.empty(n), key, start, base)
-
-    def test_hashed_uniforms_are_uniform(self) -> None:
-        n = 1 << 20
-        u = self._hashed(41, n)
-        assert bool(((u >= 0) & (u < 1)).all())
-        assert torch.equal(u * 2**24, (u * 2**24).floor()), "exact multiples of 2^-24"
-        bins = 1024
-        assert (
-            _chi2_p(torch.bincount((u * bins).long(), minlength=bins), torch.full((bins,), 1 / bins)) > ALPHA
-        )
-        # Serial independence: consecutive indices (neighbouring outputs) fill a 32x32 grid evenly.
-        pairs = (u[0::2] * 32).long() * 32 + (u[1::2] * 32).long()
-        assert _chi2_p(torch.bincount(pairs, minlength=1024), torch.full((1024,), 1 / 1024)) > ALPHA
-        # Two calls' streams (keys drawn one after the other) are independent of each other.
-        v = self._hashed(42, n)
-        joint = (u * 32).long() * 32 + (v * 32).long()
-        assert _chi2_p(torch.bincount(joint, minlength=1024), torch.full((1024,), 1 / 1024)) > ALPHA
-
-    def test_pair_test_rejects_an_unmixed_counter(self) -> None:
-        # The serial test above can fail: the same counter without the mix (a Weyl sequence) is rejected.
-        idx = torch.arange(1 << 20, dtype=torch.int64)
-        u = ((idx * 0x9E3779B9 + 12345) % (1 << 32) >> 8).float() / 2**24
-        pairs = (u[0::2] * 32).long() * 32 + (u[1::2] * 32).long()
-        assert _chi2_p(torch.bincount(pairs, minlength=1024), torch.full((1024,), 1 / 1024)) < ALPHA
-
-    def test_hashed_uniforms_do_not_depend_on_chunking(self) -> None:
-        # The eager walk hashes chunk by chunk, the compiled path all at once: same values per index.
-        whole = self._hashed(43, 1000)
-        assert torch.equal(torch.cat([self._hashed(43, 300), self._hashed(43, 700, start=300)[:700]]), whole)
-
     def test_manual_seed_controls_default_generator(self) -> None:
         x = torch.rand(2, 4, 16, 16)
         torch.manual_seed(5)
@@ -430,7 +398,8 @@ class TestStochasticPool:
     def test_value_check_runs_over_every_chunk(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # The training walk checks each chunk as it loads it: force many chunks, and put the bad value in
         # the last plane at a position no 2x2 window covers (odd size): it must still be rejected.
-        monkeypatch.setattr(stochastic, "_CHUNK_ELEMS_CPU", 64)
+        monkeypatch.setattr(stochastic, "_CHUNK_BYTES_CPU", 64)
+        monkeypatch.setattr(stochastic, "_MIN_CHUNK_BYTES", 64)
         x = torch.rand(3, 4, 5, 5)
         x[2, 3, 4, 4] = -1.0
         with pytest.raises(ValueError, match=r"non-negative finite activations.*got min -1\.0"):
@@ -486,3 +455,319 @@ def test_eval_bound() -> None:
     x = torch.rand(4, 8, 10, 10, dtype=torch.float64)
     y = stochastic_pool(x, 3, 2)
     assert bool((y >= F.avg_pool2d(x, 3, 2) - 1e-12).all() and (y <= F.max_pool2d(x, 3, 2) + 1e-12).all())
+
+
+# ---- the sampling rule, against an independent reference ---------------------------------------------------
+def _bins(length: int, out: int) -> list[tuple[int, int]]:
+    # torch's adaptive bins (aten/src/ATen/native/AdaptivePooling.h)
+    return [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
+
+
+def _adaptive_windows(x: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
+    """(B, C, P, K) float64 values of each adaptive 2d bin in row-major order, zero-filled to the widest."""
+    rows, cols = _bins(x.shape[-2], out[0]), _bins(x.shape[-1], out[1])
+    windows = [x[..., r0:r1, c0:c1].reshape(*x.shape[:2], -1) for r0, r1 in rows for c0, c1 in cols]
+    k = max(w_.shape[-1] for w_ in windows)
+    return torch.stack([F.pad(w_, (0, k - w_.shape[-1])) for w_ in windows], dim=2).double()
+
+
+def _reference_samples(vals: torch.Tensor, seed: int) -> torch.Tensor:
+    """The documented rule: u ~ float64 torch.rand from the generator, one per output in row-major order;
+    the first position whose float64 prefix sum exceeds min(u * S, nextafter(S, 0))."""
+    u = torch.rand(vals.shape[:-1], dtype=torch.float64, generator=_gen(seed))
+    cum = vals.cumsum(-1)
+    total = cum[..., -1]
+    t = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    index = (cum <= t.unsqueeze(-1)).sum(-1).clamp_max(vals.shape[-1] - 1)
+    return vals.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+SAMPLING_CASES: list[dict[str, Any]] = [
+    {"kernel_size": 3, "stride": 2, "padding": 1},
+    {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+    {"kernel_size": 2},  # 4 positions: the walk that keeps its prefixes
+    {"kernel_size": 5, "stride": 1},  # 25 positions: the two-pass running walk
+    {"kernel_size": 7, "stride": 1, "padding": 3},
+    {"output_size": (4, 5)},  # small adaptive bins: the walk over offsets
+    {"output_size": (2, 2)},  # 6x6 (and wider) bins: the blocked gather
+    {"output_size": 1},  # global
+]
+
+
+class TestSamplingRule:
+    @pytest.mark.parametrize("small_blocks", [False, True], ids=["default", "small-blocks"])
+    @pytest.mark.parametrize("grad", [False, True], ids=["values", "autograd"])
+    @pytest.mark.parametrize("kwargs", SAMPLING_CASES)
+    def test_samples_follow_float64_uniforms(
+        self, monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], grad: bool, small_blocks: bool
+    ) -> None:
+        # Every path draws float64 uniforms from the generator in output order and applies the same
+        # inverse CDF in float64, however the work is split: row blocks of a plane and windows scanned in
+        # several blocks (small-blocks) give the very same samples.
+        if small_blocks:
+            monkeypatch.setattr(stochastic, "_CHUNK_BYTES_CPU", 4096)
+            monkeypatch.setattr(stochastic, "_MIN_CHUNK_BYTES", 4096)
+        x = torch.rand(2, 3, 13, 12, generator=_gen(3))
+        x[0, 0, :6, :6] = 0  # all-zero windows
+        x[1, 2] *= x[1, 2] > 0.5  # zeros inside windows
+        if "kernel_size" in kwargs:
+            k, s = kwargs["kernel_size"], kwargs.get("stride", kwargs["kernel_size"])
+            vals, _ = _unfold_windows(x, k, s, kwargs.get("padding", 0), kwargs.get("ceil_mode", False))
+        else:
+            out = kwargs["output_size"]
+            vals = _adaptive_windows(x, (out, out) if isinstance(out, int) else out)
+        expected = _reference_samples(vals, 21)
+        xin = x.clone().requires_grad_(grad)
+        y = stochastic_pool(xin, training=True, generator=_gen(21), **kwargs)
+        assert torch.equal(y.detach().double().flatten(2), expected)
+
+    def test_compiled_flag_same_samples(self) -> None:
+        x = torch.rand(2, 3, 13, 12)
+        for kwargs in SAMPLING_CASES[:5]:
+            eager = stochastic_pool(x, training=True, generator=_gen(4), **kwargs)
+            fused = stochastic_pool(x, training=True, generator=_gen(4), compiled=True, **kwargs)
+            assert torch.equal(eager, fused), kwargs
+
+    def test_tiny_probability_is_exact(self) -> None:
+        # Weights 2^-33 and 1: with 24-bit uniforms (u a multiple of 2^-24) the first position was picked
+        # with probability 2^-24, 2^9 times too often. The float64 rule picks it exactly when u < ~2^-33.
+        views = [torch.full((3,), 2.0**-33), torch.ones(3)]
+        u = torch.tensor([2.0**-40, 2.0**-34, 2.0**-32], dtype=torch.float64)
+        assert stochastic._select(views, u).tolist() == [2.0**-33, 2.0**-33, 1.0]
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+class _PeakTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated by ops inside the mode and still referenced.
+
+    Every op's outputs are seen here; a storage is live while any tensor on it is (views included), and
+    storages that existed before (the input) and their views are not counted. Deterministic, unlike RSS.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, list[int]] = {}  # storage address -> [bytes, live tensors]
+        self.outside: set[int] = set()
+        self.live = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.refs[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in tree_flatten((args, kwargs or {}))[0]:
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage().data_ptr()
+                if key not in self.refs:
+                    self.outside.add(key)
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self.refs:
+                self.refs[key][1] += 1
+            elif key in self.outside or key == 0:
+                continue
+            else:
+                self.refs[key] = [storage.nbytes(), 1]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._release, key)
+        return out
+
+
+def _peak_bytes(fn: Any) -> int:
+    with _PeakTensorBytes() as mode:
+        fn()
+    return mode.peak
+
+
+class TestMemory:
+    def test_counter_sees_allocations(self) -> None:
+        # The counter itself: a (P, K) gather the old large-window path made is counted in full.
+        x = torch.rand(1, 1, 256, 256)
+        peak = _peak_bytes(lambda: x.flatten(2).expand(1, 49, -1).contiguous().double().cumsum(-1))
+        assert peak >= 2 * 49 * x.numel() * 8
+
+    @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {
+                "kernel_size": 7,
+                "stride": 1,
+            },  # measured at 205x the input before (3.3 GB for one 2048^2 plane)
+            {"kernel_size": 11, "stride": 1},
+            {"kernel_size": 3, "stride": 1},
+            {"kernel_size": 5, "stride": 1, "padding": 2},
+            {"kernel_size": 2},
+            {"output_size": 1},
+            {"output_size": (5, 7)},
+            {"output_size": (300, 200)},
+        ],
+    )
+    def test_extra_memory_within_twice_the_input(self, kwargs: dict[str, Any], training: bool) -> None:
+        # Two 2 MiB planes; the bound includes the output (about the input's size at stride 1).
+        x = torch.rand(1, 2, 512, 512)
+        peak = _peak_bytes(lambda: stochastic_pool(x, training=training, generator=_gen(0), **kwargs))
+        assert peak <= 2 * x.numel() * x.element_size(), f"{peak / (x.numel() * 4):.2f}x the input"
+
+    def test_extra_memory_many_planes(self) -> None:
+        x = torch.rand(8, 32, 48, 48)
+        for kwargs in ({"kernel_size": 3, "stride": 2}, {"kernel_size": 7, "stride": 1}, {"output_size": 1}):
+            for training in (True, False):
+                peak = _peak_bytes(lambda kw=kwargs, tr=training: stochastic_pool(x, training=tr, **kw))
+                assert peak <= 2 * x.numel() * x.element_size(), kwargs
+
+    def test_no_cache_grows_with_input_sizes(self) -> None:
+        for size in (9, 10, 11, 12):
+            stochastic_pool(torch.rand(1, 2, size, size), output_size=2, training=True)
+            stochastic_pool(torch.rand(1, 2, size, size), 7, 1, padding=3, training=True)
+        caches = {name: fn for name, fn in vars(stochastic).items() if hasattr(fn, "cache_info")}
+        assert set(caches) <= {"_compiled"}, "only the two compiled kernels are cached"
+        assert caches["_compiled"].cache_info().currsize <= 2
+
+
+# ---- compile and export (items 1-2 of issue 12, for the stochastic modules) --------------------------------
+DEPLOY_CASES = [
+    pytest.param(StochasticPool2d(3, 2, 1), (2, 3, 10, 9), 4, id="2d-k3s2p1"),
+    pytest.param(StochasticPool2d(7, 1), (2, 3, 12, 11), 8, id="2d-k7s1"),
+    pytest.param(StochasticPool2d(output_size=1), (2, 3, 10, 9), 4, id="2d-global"),
+    pytest.param(StochasticPool1d(3, 2), (2, 3, 12), 5, id="1d-k3s2"),
+    pytest.param(StochasticPool3d(3, 2, 1), (2, 2, 6, 7, 8), 4, id="3d-k3s2p1"),
+]
+
+
+def _relu_input(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.rand(shape, generator=_gen(77))
+
+
+@pytest.mark.slow
+class TestHarnessControl:
+    """torch's own nn.AvgPool2d passes every check of the harness: the harness is sound."""
+
+    def test_avgpool_export_and_compile(self) -> None:
+        m, x = nn.AvgPool2d(3, 2, 1), _relu_input((2, 3, 10, 9))
+        inputs = [x, *harness.other_shapes(x)]
+        ep = harness.export_dynamic(m, x)
+        compiled = harness.compile_full(m)
+        for t in inputs:
+            torch.testing.assert_close(ep.module()(t), m(t), **harness.EVAL_TOLERANCE)
+            torch.testing.assert_close(compiled(t), m(t), **harness.EVAL_TOLERANCE)
+
+    @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
+    def test_avgpool_onnx(self, dynamo: bool) -> None:
+        m, x = nn.AvgPool2d(3, 2, 1), _relu_input((2, 3, 10, 9))
+        inputs = [x, *harness.other_shapes(x)]
+        for got, t in zip(harness.onnx_outputs(m, x, inputs, dynamo=dynamo), inputs, strict=True):
+            torch.testing.assert_close(got, m(t), **harness.EVAL_TOLERANCE)
+
+
+@pytest.mark.slow
+class TestDeploy:
+    """Compiles and exports (minutes in all): marked slow."""
+
+    @pytest.mark.parametrize(("module", "shape", "min_size"), DEPLOY_CASES)
+    def test_export_dynamic(self, module: nn.Module, shape: tuple[int, ...], min_size: int) -> None:
+        x = _relu_input(shape)
+        inputs = [x, *harness.other_shapes(x)]
+        ep = harness.export_dynamic(module.eval(), x, min_size)
+        for t in inputs:
+            torch.testing.assert_close(ep.module()(t), module(t), **harness.EVAL_TOLERANCE)
+        ep_train = harness.export_dynamic(module.train(), x, min_size)
+        for t in inputs:
+            y = ep_train.module()(t)
+            assert y.shape == module(t).shape and bool((y >= 0).all())
+        module.eval()
+
+    @pytest.mark.parametrize(("module", "shape", "min_size"), DEPLOY_CASES)
+    def test_onnx_dynamo(self, module: nn.Module, shape: tuple[int, ...], min_size: int) -> None:
+        x = _relu_input(shape)
+        inputs = [x, *harness.other_shapes(x)]
+        module.eval()
+        for got, t in zip(harness.onnx_outputs(module, x, inputs, dynamo=True, min_size=min_size), inputs):
+            torch.testing.assert_close(got, module(t), **harness.EVAL_TOLERANCE)
+
+    @pytest.mark.parametrize(("module", "shape", "min_size"), DEPLOY_CASES)
+    def test_onnx_legacy_correct_or_refused(
+        self, module: nn.Module, shape: tuple[int, ...], min_size: int
+    ) -> None:
+        # Before: a graph whose chunk loop baked in the example's size. Now: right, or refused at export.
+        x = _relu_input(shape)
+        inputs = [x, *harness.other_shapes(x)]
+        module.eval()
+        try:
+            outputs = harness.onnx_outputs(module, x, inputs, dynamo=False)
+        except RuntimeError as error:
+            assert "legacy ONNX exporter" in str(error) and "dynamo=True" in str(error)
+            return
+        for got, t in zip(outputs, inputs, strict=True):
+            torch.testing.assert_close(got, module(t), **harness.EVAL_TOLERANCE)
+
+    @pytest.mark.parametrize(("module", "shape", "min_size"), DEPLOY_CASES)
+    def test_compile_fullgraph_dynamic(
+        self, module: nn.Module, shape: tuple[int, ...], min_size: int
+    ) -> None:
+        x = _relu_input(shape)
+        inputs = [x, *harness.other_shapes(x)]
+        compiled = harness.compile_full(module)
+        module.eval()
+        for t in inputs:
+            torch.testing.assert_close(compiled(t), module(t), **harness.EVAL_TOLERANCE)
+        module.train()
+        for t in inputs:
+            y = compiled(t)
+            assert y.shape == module(t).shape
+            # Each output is one of the input's values: train mode samples, it does not average.
+            assert bool(torch.isin(y, t).all())
+        module.eval()
+
+    def test_compile_train_frequencies(self) -> None:
+        # Sampling semantics survive compilation: the seed window's frequencies under torch.compile.
+        n = 20000
+        a = torch.tensor(SEED_WINDOW)
+        compiled = harness.compile_full(StochasticPool2d(3).train())
+        values = compiled(a.expand(n, 1, 3, 3).contiguous()).flatten()
+        distinct = a.flatten().unique()
+        counts = (values.unsqueeze(1) == distinct).sum(0)
+        assert counts.sum() == n
+        probs = torch.stack([a[a == v].sum() for v in distinct]) / a.sum()
+        assert _chi2_p(counts, probs) > ALPHA
+
+    def test_compile_train_with_autograd(self) -> None:
+        x = (torch.randperm(2 * 3 * 9 * 8, dtype=torch.float32) + 1).view(2, 3, 9, 8).requires_grad_()
+        compiled = harness.compile_full(StochasticPool2d(3, 2, 1).train())
+        y = compiled(x)
+        y.sum().backward()
+        assert x.grad is not None
+        # One unit of gradient per output, each at a position holding that output's value.
+        assert x.grad.sum() == y.numel()
+        assert bool(torch.isin(y.detach(), x.detach()[x.grad > 0]).all())
+
+    def test_compiled_equals_eager_with_fallback_random(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Documented: with inductor's fallback_random the compiled module draws torch's own stream, in the
+        # eager path's order, and gives the very same samples for a seed.
+        import torch._inductor.config as inductor_config
+
+        monkeypatch.setattr(inductor_config, "fallback_random", True)
+        x = _relu_input((2, 3, 13, 12))
+        for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(7, 1), StochasticPool2d(output_size=1)):
+            compiled = harness.compile_full(module.train())
+            torch.manual_seed(5)
+            a = compiled(x)
+            torch.manual_seed(5)
+            b = module(x)
+            assert torch.equal(a, b), module
+
+    def test_value_check_is_skipped_under_compile_only(self) -> None:
+        x = _relu_input((1, 2, 6, 6))
+        x[0, 0, 0, 0] = -1.0
+        with pytest.raises(ValueError, match="non-negative finite activations"):
+            StochasticPool2d(2)(x)
+        compiled = harness.compile_full(StochasticPool2d(2))  # fullgraph: no sync, no graph break
+        assert compiled(x).shape == (1, 2, 3, 3)
