@@ -52,9 +52,10 @@ class Settings(BaseSettings):
         "memory, so it has a limit of its own, well below max_body_bytes.",
     )
     max_scratch_elements: Annotated[int, Field(ge=1)] = Field(
-        default=2**26,
-        description="Most elements of working memory one request's operator may need beyond its input and "
-        "output (e.g. stochastic pooling's per-window tensors); a request that would need more gets 413.",
+        default=2**27,
+        description="Most working memory, in 4-byte units, one request's operator may need beyond its input "
+        "and output (stochastic pooling's blocks: at most twice the input, so the default admits the "
+        "largest float64 input); a request that would need more gets 413.",
     )
     max_work: Annotated[int, Field(ge=1)] = Field(
         default=2**33,

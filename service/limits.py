@@ -86,53 +86,17 @@ def output_window(shape: tuple[int, ...], resolved: Mapping[str, Any]) -> tuple[
     return batched[0] * batched[1], window
 
 
-# poolcore/stochastic.py's path choice and chunk budgets, mirrored here (tests/service/test_limits.py
-# checks they still match, so a change there fails a test instead of silently skewing the estimate).
-_WALK_MAX = 25  # stochastic._WALK_MAX
-_CHUNK_ELEMS_CPU = 1 << 21  # stochastic._CHUNK_ELEMS_CPU
-_CHUNK_ELEMS_CUDA = 1 << 24  # stochastic._CHUNK_ELEMS_CUDA
-
-
 def stochastic_train_scratch(planes: int, window: Window, dtype: torch.dtype, device: torch.device) -> int:
-    """An upper bound on the working memory of ``stochastic_pool(..., training=True)`` (inference, not
-    compiled), in 4-byte units: a float64 value or an int64 index counts 2, a bool 1.
+    """An upper bound on the working memory of ``stochastic_pool(..., training=True)`` beyond its input and
+    output, in 4-byte units. poolcore bounds it (``poolcore.stochastic._budget``): its blocks take at most
+    twice the input's bytes, and never less than 1 MiB (under autograd it also keeps an int64 index per
+    output, but the service runs under inference mode). The service checks this bound against its own
+    setting, whatever poolcore's blocks do; tests/service/test_limits.py measures it."""
+    in_bytes = planes * math.prod(window.in_size) * dtype.itemsize
+    return (2 * in_bytes + _MIN_BLOCK_BYTES) // 4
 
-    It follows ``poolcore.stochastic._train``: windows of at most ``_WALK_MAX`` positions take
-    ``_train_walk``, larger ones ``_train_gather``, each over chunks of planes sized by ``_chunk_planes``.
-    """
-    in_plane, out_plane = math.prod(window.in_size), math.prod(window.out_size)
-    k = math.prod(window.max_extent(d) for d in range(len(window.in_size)))
-    budget = _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS_CPU
-    unit = 2 if dtype == torch.float64 else 1  # the compute dtype: float32 for half inputs
-    if k <= _WALK_MAX:
-        # _train_walk: ``work`` is (k + 2, chunk, *out); the hashed uniforms take an int32 counter and two
-        # int32 temporaries per output; _Views holds a zero-padded copy and the stride phases (each at most
-        # a padded plane per chunk plane), or for adaptive bins the k gathered offsets (chunk, *out).
-        chunk = min(planes, max(1, budget // (in_plane + (k + 2) * out_plane)))
-        padded = 1
-        for d, length in enumerate(window.in_size):
-            if window.kernel_size is None:
-                padded *= length
-            else:
-                k_d, s_d, p_d = window.kernel_size[d], window.stride[d], window.padding[d]
-                padded *= max(length + p_d, (window.out_size[d] - 1) * s_d + k_d)
-        per_plane = (k + 2) * out_plane * unit + 3 * out_plane + 2 * padded * unit
-        if window.kernel_size is None:
-            per_plane += k * out_plane * unit
-        return chunk * per_plane
-    # _train_gather: the window grid (P, K) of int64 positions (cached by poolcore per window) and its
-    # validity mask (bool, 1 unit: built for every window, and kept unless every window lies inside the
-    # input); per chunk of planes the gathered values (n, P, K), their product with the mask where it is
-    # kept, and their cumsum; then the chosen offsets, and _gather_choice's flat positions and index
-    # arithmetic (int64, one each per output). Measured: within 20% above the peak RSS growth.
-    p = out_plane
-    inside = window.kernel_size is not None and all(
-        window.padding[d] == 0
-        and (window.out_size[d] - 1) * window.stride[d] + window.kernel_size[d] <= length
-        for d, length in enumerate(window.in_size)
-    )
-    chunk = min(planes, max(1, budget // (p * k)))
-    return p * k * 3 + chunk * p * k * (2 if inside else 3) * unit + planes * p * 2 * 3
+
+_MIN_BLOCK_BYTES = 1 << 20  # poolcore.stochastic._MIN_CHUNK_BYTES (tests/service/test_limits.py checks it)
 
 
 def check_work(
