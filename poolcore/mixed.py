@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ._module import DOC_SHAPES, PoolNd
 from .params import WindowParams
-from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
 
 __all__ = ["MixedParams", "MixedPool1d", "MixedPool2d", "MixedPool3d", "mixed_pool"]
 
@@ -58,7 +58,7 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
-        and not torch.compiler.is_compiling()
+        and not is_traced()
         and torch.backends.mkldnn.is_available()
     )
 
