@@ -132,7 +132,7 @@ def _out_of_range(s: Tensor, p: Power, window_max: Callable[[], Tensor]) -> bool
     the dtype's smallest normal number in a window that is not all zero: then :func:`_scaled` gives the
     answer. One pass over the (small) output; skipped for a tensor p (training) and under compile, where
     a host sync would break the graph, and for p = 1, where there is no power to leave the range."""
-    if isinstance(p, Tensor) or p == 1 or s.numel() == 0 or is_traced():
+    if is_traced() or isinstance(p, Tensor) or p == 1 or s.numel() == 0:
         return False
     low, high = (float(v) for v in torch.aminmax(s.detach()))
     if math.isinf(high):

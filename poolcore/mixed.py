@@ -91,6 +91,8 @@ def _draw(
     elif scope == "layer":
         shape = (shape[0], *(1,) * (n + 1))
     # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
+    if generator is None:  # torch.rand(..., generator=None) needs concrete sizes under dynamic compile
+        return torch.rand(shape, device=device, dtype=torch.float32) < p_max
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
 

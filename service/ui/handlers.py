@@ -167,7 +167,8 @@ def pool_image(
 
     def work() -> ImageResult:
         x: Tensor = guard(lambda: image_codec.decode(body, runtime.limits()))
-        outcome = _pool(runtime, x, method, params, mode, seed)
+        image_params = params if "dims" in params else {**params, "dims": 2}  # (C, H, W), as the route
+        outcome = _pool(runtime, x, method, image_params, mode, seed)
         pooled: Image.Image = guard(lambda: image_codec.to_image(outcome.output))
         return ImageResult(pooled, tuple(x.shape), outcome)
 

@@ -600,7 +600,9 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             data: Any = [matrix_values(rows)]
         except PageError:
             data = [rows]
-        return snippets.json_snippet(base, method, data, snippets.request_params(params, mode, seed))
+        # The matrix goes out as one (1, H, W) plane: dims=2 says it is pooled as an image.
+        sent = {**params, "dims": 2}
+        return snippets.json_snippet(base, method, data, snippets.request_params(sent, mode, seed))
 
     def run_fn(base: str, rows: Any, mode: str, seed: Any, n_draws: Any, *args: Any) -> list[Any]:
         method, params = panel.read(args)
@@ -609,7 +611,8 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         stochastic = is_stochastic(method)
         try:
             x = parse_matrix(rows)
-            outcome = pool_tensor(runtime, x.unsqueeze(0), method, params, mode=mode, seed=_seed(seed))
+            sent = {**params, "dims": 2}  # a (1, H, W) plane, pooled in 2d (the snippet says so too)
+            outcome = pool_tensor(runtime, x.unsqueeze(0), method, sent, mode=mode, seed=_seed(seed))
         except PageError as error:
             return [
                 None,
