@@ -383,3 +383,26 @@ class TestStableForm:
         assert routes == ["window"]
         torch.testing.assert_close(lp_pool(x, 2, p=1e308), lp_pool(x, 2, p=math.inf), rtol=0, atol=0)
         assert routes == ["window"]
+
+
+class TestTorchArgumentOrder:
+    """poolcore.nn.LPPool2d(2, 3) meant kernel 2, stride 3; torch.nn.LPPool2d(2, 3) means p=2, kernel 3."""
+
+    def test_positional_arguments_mean_torchs(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        for args in [(2, 3), (2.0, 3, 2), (3.0, (2, 3), 1)]:
+            torch.testing.assert_close(LPPool2d(*args)(x), torch.nn.LPPool2d(*args)(x), rtol=1e-5, atol=1e-6)
+        x1 = torch.rand(2, 3, 11)
+        torch.testing.assert_close(LPPool1d(2, 3)(x1), torch.nn.LPPool1d(2, 3)(x1), rtol=1e-5, atol=1e-6)
+        x3 = torch.rand(1, 2, 6, 6, 6)
+        torch.testing.assert_close(LPPool3d(1, 2)(x3), torch.nn.LPPool3d(1, 2)(x3), rtol=1e-5, atol=1e-6)
+
+    def test_extras_are_keyword_only_and_p_is_an_alias(self) -> None:
+        with pytest.raises(TypeError):
+            LPPool2d(2.0, 3, 2, False, 1)  # type: ignore[misc]
+        x = torch.rand(1, 2, 8, 8)
+        torch.testing.assert_close(LPPool2d(p=3.0, kernel_size=2)(x), LPPool2d(3.0, 2)(x))
+        assert LPPool2d(kernel_size=2).power() == 2.0
+        assert LPPool2d(2.0, 3, padding=1).padding == 1
+        with pytest.raises(ValueError, match="norm_type or its alias p, not both"):
+            LPPool2d(2.0, 2, p=3.0)
