@@ -112,8 +112,8 @@ class GlobalPool(Pool):
         else:
             if x.dim() < 3:
                 raise ValueError(
-                    f"GlobalPool takes (N, C, *spatial) input of rank 3 or more (got shape {tuple(x.shape)}); "
-                    "pass dims= for an unbatched input"
+                    "GlobalPool takes (N, C, *spatial) input of rank 3 or more "
+                    f"(got shape {tuple(x.shape)}); pass dims= for an unbatched input"
                 )
             resolved = {**self._resolved, "dims": x.dim() - 2}
             out = self._spec.run(x, resolved, training=self.training)

@@ -374,7 +374,9 @@ class _LPPoolNd(_PowerPoolNd):
         learn_p: bool = False,
     ) -> None:
         if norm_type is not None and p is not None:
-            raise ValueError(f"give norm_type or its alias p, not both (got norm_type={norm_type!r}, p={p!r})")
+            raise ValueError(
+                f"give norm_type or its alias p, not both (got norm_type={norm_type!r}, p={p!r})"
+            )
         super().__init__(
             kernel_size,
             stride,

@@ -54,16 +54,16 @@ def _window(name: str, layer: nn.Module, method: str | None) -> dict[str, Any]:
     if getattr(layer, "return_indices", False):
         raise ValueError(f"{where}: return_indices=True has no poolcore counterpart (it returns two tensors)")
     if type(layer) in _ADAPTIVE or isinstance(layer, tuple(_ADAPTIVE)):
-        return {"output_size": layer.output_size}  # type: ignore[attr-defined]
+        return {"output_size": layer.output_size}
     if not _ones(getattr(layer, "dilation", 1)):
-        raise ValueError(f"{where}: dilation={layer.dilation} is not supported; poolcore windows are dense")  # type: ignore[attr-defined]
+        raise ValueError(f"{where}: dilation={layer.dilation} is not supported; poolcore windows are dense")
     if getattr(layer, "divisor_override", None) is not None:
-        raise ValueError(f"{where}: divisor_override={layer.divisor_override} has no poolcore counterpart")  # type: ignore[attr-defined]
-    window = {
-        "kernel_size": layer.kernel_size,  # type: ignore[attr-defined]
-        "stride": layer.stride,  # type: ignore[attr-defined]
-        "padding": layer.padding,  # type: ignore[attr-defined]
-        "ceil_mode": layer.ceil_mode,  # type: ignore[attr-defined]
+        raise ValueError(f"{where}: divisor_override={layer.divisor_override} has no poolcore counterpart")
+    window: dict[str, Any] = {
+        "kernel_size": layer.kernel_size,
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "ceil_mode": layer.ceil_mode,
     }
     if isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         include = bool(layer.count_include_pad)

@@ -22,6 +22,8 @@ from torch import nn
 import poolcore
 from tests.poolcore import export_harness as harness
 
+RTOL, ATOL = harness.EVAL_TOLERANCE["rtol"], harness.EVAL_TOLERANCE["atol"]
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
@@ -70,11 +72,11 @@ def _eager(module: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 def _match(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
-        torch.testing.assert_close(g, w, **harness.EVAL_TOLERANCE)
+        torch.testing.assert_close(g, w, rtol=RTOL, atol=ATOL)
 
 
 def test_dynamo_onnx_matches_eager_at_every_shape(case) -> None:
-    c, module, x, inputs = case
+    _, module, x, inputs = case
     _match(harness.onnx_outputs(module, x, inputs, dynamo=True), _eager(module, inputs))
 
 
@@ -88,14 +90,14 @@ def test_legacy_onnx_is_right_or_refused_at_export(case) -> None:
 
 
 def test_torch_export_dynamic_batch_and_spatial(case) -> None:
-    c, module, x, inputs = case
+    _, module, x, inputs = case
     program = harness.export_dynamic(module, x)
     exported = program.module()
     _match([exported(t) for t in inputs], _eager(module, inputs))
 
 
 def test_compile_fullgraph_eval_and_train(case) -> None:
-    c, module, x, inputs = case
+    _, module, x, inputs = case
     compiled = harness.compile_full(module)
     _match([compiled(t) for t in inputs], _eager(module, inputs))
     if isinstance(module, (poolcore.nn.MixedPool1d, poolcore.nn.MixedPool2d)):
@@ -105,7 +107,7 @@ def test_compile_fullgraph_eval_and_train(case) -> None:
         for t in inputs:
             want = module(t.clone().requires_grad_())
             got = compiled(t)
-            torch.testing.assert_close(got, want.detach(), **harness.EVAL_TOLERANCE)
+            torch.testing.assert_close(got, want.detach(), rtol=RTOL, atol=ATOL)
         if any(p.requires_grad for p in module.parameters()):  # a learnable p gets the same gradient
             module.zero_grad()
             module(x).sum().backward()
@@ -153,7 +155,7 @@ def test_upstream_adaptive_onnx_bakes_the_example_size() -> None:
         got = harness.onnx_outputs(module, x, [other], dynamo=True)[0]
     except Exception:  # onnxruntime refuses the baked graph at another size: still broken
         return
-    assert not torch.allclose(got, module(other), **harness.EVAL_TOLERANCE)
+    assert not torch.allclose(got, module(other), rtol=RTOL, atol=ATOL)
 
 
 def test_upstream_onnx_drops_divisor_override() -> None:
@@ -176,7 +178,7 @@ def test_no_fast_path_writes_into_a_buffer_under_tracing() -> None:
     module = poolcore.nn.GeMPool2d(3, 2, 1).eval()
     x = _input((2, 3, 10, 9))
     buffer = io.BytesIO()
-    torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])
+    torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])  # type: ignore[arg-type]
     onnx = pytest.importorskip("onnx")
     ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
     assert "AveragePool" in ops and "Pow" in ops, ops

@@ -78,7 +78,9 @@ class TestGlobalPool:
         x = torch.randn(*shape)
         axes = tuple(range(2, len(shape)))
         torch.testing.assert_close(GlobalPool()(x), x.mean(axes, keepdim=True))
-        torch.testing.assert_close(GlobalPool("gem", p=1.0, eps=0.0, flatten=True)(x.abs()), x.abs().mean(axes))
+        torch.testing.assert_close(
+            GlobalPool("gem", p=1.0, eps=0.0, flatten=True)(x.abs()), x.abs().mean(axes)
+        )
 
     def test_rank_below_3_is_refused_without_dims(self) -> None:
         with pytest.raises(ValueError, match=r"rank 3 or more \(got shape \(3, 9\)\); pass dims="):

@@ -390,7 +390,8 @@ class TestTorchArgumentOrder:
 
     def test_positional_arguments_mean_torchs(self) -> None:
         x = torch.rand(2, 3, 11, 10)
-        for args in [(2, 3), (2.0, 3, 2), (3.0, (2, 3), 1)]:
+        cases: list[tuple[Any, ...]] = [(2, 3), (2.0, 3, 2), (3.0, (2, 3), 1)]
+        for args in cases:
             torch.testing.assert_close(LPPool2d(*args)(x), torch.nn.LPPool2d(*args)(x), rtol=1e-5, atol=1e-6)
         x1 = torch.rand(2, 3, 11)
         torch.testing.assert_close(LPPool1d(2, 3)(x1), torch.nn.LPPool1d(2, 3)(x1), rtol=1e-5, atol=1e-6)
@@ -399,7 +400,7 @@ class TestTorchArgumentOrder:
 
     def test_extras_are_keyword_only_and_p_is_an_alias(self) -> None:
         with pytest.raises(TypeError):
-            LPPool2d(2.0, 3, 2, False, 1)  # type: ignore[misc]
+            LPPool2d(2.0, 3, 2, False, 1)  # type: ignore[call-arg]
         x = torch.rand(1, 2, 8, 8)
         torch.testing.assert_close(LPPool2d(p=3.0, kernel_size=2)(x), LPPool2d(3.0, 2)(x))
         assert LPPool2d(kernel_size=2).power() == 2.0

@@ -95,7 +95,9 @@ class TestEveryMethod:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "image/png"
         x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)
-        expected = (reference(x, method, {**params, "dims": 2}).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+        expected = (
+            (reference(x, method, {**params, "dims": 2}).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+        )
         got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.float32)
         np.testing.assert_allclose(got, expected, atol=1.0)
 
@@ -221,7 +223,9 @@ class TestContentTypes:
     def test_integer_npy_becomes_float32(self, client: TestClient) -> None:
         x = np.arange(16, dtype=np.int16).reshape(1, 4, 4)
         r = client.post(
-            "/pool/avg?kernel_size=2&dims=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+            "/pool/avg?kernel_size=2&dims=2",
+            content=npy_bytes(x),
+            headers={"content-type": "application/x-npy"},
         )
         out = np.load(io.BytesIO(r.content))
         assert out.dtype == np.float32
@@ -519,7 +523,9 @@ class TestJsonBodyLimit:
     def test_npy_is_not_held_to_the_json_limit(self, small_json: TestClient) -> None:
         x = np.ones((1, 1, 32, 32), dtype=np.float32)  # 4 KiB of data plus the header
         r = small_json.post(
-            "/pool/avg?kernel_size=2&dims=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+            "/pool/avg?kernel_size=2&dims=2",
+            content=npy_bytes(x),
+            headers={"content-type": "application/x-npy"},
         )
         assert r.status_code == 200, r.text
 
