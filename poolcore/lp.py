@@ -465,6 +465,9 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
     over each window's real (non-padded) positions :math:`R`. p=1 is average pooling of the clamped
     input, p=inf max pooling; ``GeMPool{d}d(output_size=1)`` is the global GeM of Radenović et al.
 
+    Positional arguments: ``(kernel_size, stride=None, padding=0, ceil_mode=False)``; the rest are
+    keyword-only. (torch.nn has no class of this name; ``LPPool{d}d`` takes torch's order.)
+
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.

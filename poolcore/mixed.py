@@ -255,6 +255,9 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
     training; on a tie, including a module that never trained, it uses the expectation
     :math:`p_{{max}} \max + (1 - p_{{max}})\,\mathrm{{avg}}`, which ``eval_rule="expectation"`` always uses.
 
+    Positional arguments: ``(kernel_size, stride=None, padding=0, ceil_mode=False)``; the rest are
+    keyword-only. (torch.nn has no class of this name; ``LPPool{d}d`` takes torch's order.)
+
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.

@@ -34,6 +34,7 @@ from .handlers import (
     guard,
     matrix_values,
     parse_matrix,
+    plane_params,
     pool_image,
     pool_tensor,
 )
@@ -601,7 +602,7 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         except PageError:
             data = [rows]
         # The matrix goes out as one (1, H, W) plane: dims=2 says it is pooled as an image.
-        sent = {**params, "dims": 2}
+        sent = plane_params(method, params)
         return snippets.json_snippet(base, method, data, snippets.request_params(sent, mode, seed))
 
     def run_fn(base: str, rows: Any, mode: str, seed: Any, n_draws: Any, *args: Any) -> list[Any]:
@@ -611,7 +612,7 @@ def _tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         stochastic = is_stochastic(method)
         try:
             x = parse_matrix(rows)
-            sent = {**params, "dims": 2}  # a (1, H, W) plane, pooled in 2d (the snippet says so too)
+            sent = plane_params(method, params)  # a (1, H, W) plane, pooled in 2d (the snippet says so too)
             outcome = pool_tensor(runtime, x.unsqueeze(0), method, sent, mode=mode, seed=_seed(seed))
         except PageError as error:
             return [
