@@ -446,6 +446,7 @@ def test_json_snippet_request_gives_the_page_output_over_the_route(blocks: gr.Bl
     outputs = event(blocks, "pool_tensor", tensor_method="stochastic", tensor_param_kernel_size="3")
     code = _value(outputs[4])
     body = json.loads(re.search(r"-d '(.*)'", code).group(1))  # type: ignore[union-attr]
+    assert body["params"]["dims"] == 2  # the (1, H, W) matrix is pooled in 2d, and the snippet says so
     with TestClient(app) as client:
         response = client.post("/pool/stochastic", json=body)
     assert response.status_code == 200, response.text

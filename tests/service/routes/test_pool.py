@@ -535,3 +535,16 @@ class TestJsonBodyLimit:
         assert limits["max_json_bytes"] == self.LIMIT
         assert limits["max_body_bytes"] == settings.max_body_bytes
         assert limits["max_elements"] == settings.max_elements
+
+
+def test_a_rank_3_input_with_a_scalar_window_is_a_422_naming_both_readings(client: TestClient) -> None:
+    """(2, 3, 17) was read as an unbatched image, giving (2, 1, 8) where F.avg_pool1d gives (2, 3, 8)."""
+    data = np.arange(2 * 3 * 17, dtype=np.float32).reshape(2, 3, 17)
+    r = client.post("/pool/avg", json={"data": data.tolist(), "params": {"kernel_size": 2}})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "(N, C, L)" in detail and "(C, H, W)" in detail and "dims=" in detail
+    r = client.post("/pool/avg", json={"data": data.tolist(), "params": {"kernel_size": 2, "dims": 1}})
+    assert r.status_code == 200, r.text
+    expected = torch.nn.functional.avg_pool1d(torch.from_numpy(data), 2)
+    np.testing.assert_allclose(np.asarray(r.json()["data"]), expected.numpy())
