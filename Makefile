@@ -36,12 +36,22 @@ install-test: $(VENV)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[service,test]'
 
-# Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded at run time).
-browser:
+# Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded at run time), and
+# axe-core (the WCAG checker they inject) from npm into the git-ignored .browser-deps/.
+AXE := .browser-deps/node_modules/axe-core/axe.min.js
+browser: $(AXE)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and cannot apt-get it: browser tests will skip"; fi; }
+
+$(AXE):
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "npm missing and cannot apt-get it: the accessibility checks will skip"; fi; }
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix .browser-deps --no-audit --no-fund --no-save --silent axe-core@4; fi
 
 serve: install
 	$(PY) -m service

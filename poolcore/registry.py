@@ -19,11 +19,26 @@ from . import lp, mixed, stochastic
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
 from .params import AdaptiveParams, GlobalParams, format_validation_error
 
-__all__ = ["REGISTRY", "MethodSpec", "UnknownMethodError", "get_spec", "methods", "pool"]
+__all__ = ["REGISTRY", "Guide", "MethodSpec", "UnknownMethodError", "get_spec", "methods", "pool"]
 
 
 class UnknownMethodError(ValueError):
     """A method name that is not in the registry (the service answers 404)."""
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a user needs to choose a method: shown beside the page's method picker and in ``/methods``.
+
+    ``formula`` is LaTeX (no delimiters) for one output element ``y`` over its window ``R`` of inputs
+    ``a_i``; ``paper`` cites where the method comes from ("" for the textbook ones); ``use`` says what it
+    is for and when to pick it; ``training`` what train mode does differently from eval.
+    """
+
+    formula: str = ""
+    paper: str = ""
+    use: str = ""
+    training: str = "Train and eval give the same result: the method draws nothing."
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class MethodSpec:
     # element's place in a vectorised loop can't change it). A general power (lp, gem) is not: torch's
     # vectorised pow and its scalar tail differ in the last bit. The service batches only stackable ones.
     stackable: bool = True
+    guide: Guide = field(default_factory=Guide)
 
     def parse(self, params: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate parameters; ``ValueError`` names each offending one."""
@@ -88,7 +104,7 @@ class MethodSpec:
 
 
 def _preset(
-    name: str, base: MethodSpec, description: str, params: type[BaseModel], **fixed: Any
+    name: str, base: MethodSpec, description: str, params: type[BaseModel], guide: Guide, **fixed: Any
 ) -> MethodSpec:
     return MethodSpec(
         name=name,
@@ -100,12 +116,89 @@ def _preset(
         fixed=MappingProxyType(fixed),
         base=base.name,
         stackable=base.stackable,
+        guide=guide,
     )
 
 
+# The guides (see :class:`Guide`). Formulas: one output y over its window R of inputs a_i, |R| its size.
+_AVG = Guide(
+    formula=r"y = \frac{1}{|R|} \sum_{i \in R} a_i",
+    use="The smooth, unbiased summary of a window: every input counts the same. Pick it to downsample "
+    "without aliasing spikes, or when the whole window's evidence matters more than its strongest part.",
+)
+_MAX = Guide(
+    formula=r"y = \max_{i \in R} a_i",
+    use="Keeps the strongest response in each window and ignores the rest: the CNN default for detecting "
+    "whether a feature occurs anywhere in the window. Pick it when presence matters more than extent.",
+)
+_MIXED = Guide(
+    formula=r"y = \lambda \max_{i \in R} a_i + (1 - \lambda) \frac{1}{|R|} \sum_{i \in R} a_i,"
+    r"\quad \lambda \sim \mathrm{Bernoulli}(p_{\max})",
+    paper="Yu, Wang, Chen & Wei 2014, “Mixed Pooling for Convolutional Neural Networks” (RSKT).",
+    use="A regulariser between max and average: training switches at random between the two, so the "
+    "network cannot rely on either alone. Pick it to reduce over-fitting where max pooling alone over-fits.",
+    training="Train draws λ ∈ {0, 1} with P(λ = 1) = p_max, per window, channel or sample (scope); the same "
+    "seed gives the same draws. Eval returns the expectation p_max·max + (1 − p_max)·avg.",
+)
+_STOCHASTIC = Guide(
+    formula=r"\text{train: } y = a_k,\ k \sim p_i = \frac{a_i}{\sum_{j \in R} a_j}"
+    r"\qquad \text{eval: } y = \sum_{i \in R} p_i a_i = \frac{\sum_{i \in R} a_i^2}{\sum_{i \in R} a_i}",
+    paper="Zeiler & Fergus 2013, “Stochastic Pooling for Regularization of Deep Convolutional Neural "
+    "Networks” (ICLR).",
+    use="A regulariser for non-negative activations (after ReLU): strong inputs are picked often, weak ones "
+    "sometimes, like dropout inside the pooling. Pick it to train a CNN that over-fits with max pooling.",
+    training="Train samples one position per window with probability a_i / Σa (the seed fixes the draw). "
+    "Eval returns the probability-weighted average Σa² / Σa, the expectation of the draw.",
+)
+_LP = Guide(
+    formula=r"y = \Big( \sum_{i \in R} |a_i|^p \Big)^{1/p}",
+    paper="Gulcehre, Cho, Pascanu & Bengio 2014, “Learned-Norm Pooling for Deep Feedforward and Recurrent "
+    "Neural Networks” (ECML PKDD).",
+    use="A norm of the window that moves from sum (p = 1) through energy (p = 2) to max (p = ∞); as the "
+    "sum form it grows with the window size, so outputs can exceed the input range. Pick it for "
+    "energy-like features or, with p learned, to let training choose between average-like and max-like.",
+)
+_GEM = Guide(
+    formula=r"y = \Big( \frac{1}{|R|} \sum_{i \in R} \max(a_i, \varepsilon)^p \Big)^{1/p}",
+    paper="Radenović, Tolias & Chum 2018, “Fine-tuning CNN Image Retrieval with No Human Annotation” "
+    "(TPAMI).",
+    use="A mean that leans towards the maximum as p grows (p = 1 average, p = ∞ max) and stays in the "
+    "input range. Pick it for global descriptors in image retrieval, usually with p around 3.",
+)
+_GLOBAL_AVG = Guide(
+    formula=r"y_c = \frac{1}{HW} \sum_{h,w} a_{c,h,w}",
+    paper="Lin, Chen & Yan 2013, “Network In Network” (arXiv:1312.4400; ICLR 2014).",
+    use="One mean per channel: replaces the fully connected head of a classifier (one channel per class "
+    "or feature) and makes the network take any input size. The result is one number per channel.",
+)
+_GLOBAL_MAX = Guide(
+    formula=r"y_c = \max_{h,w} a_{c,h,w}",
+    use="One maximum per channel: whether a feature fires anywhere in the input, wherever it is. "
+    "The result is one number per channel.",
+)
+_ADAPTIVE = (
+    r"\quad R_i = \Big[ \Big\lfloor \frac{i\,H}{H_{out}} \Big\rfloor,"
+    r" \Big\lceil \frac{(i+1)\,H}{H_{out}} \Big\rceil \Big)"
+)
+_ADAPTIVE_AVG = Guide(
+    formula=r"y_i = \frac{1}{|R_i|} \sum_{j \in R_i} a_j," + _ADAPTIVE,
+    use="Average pooling to a fixed output size whatever the input size: the windows are derived. Pick it "
+    "to feed inputs of any size into a head that expects one size.",
+)
+_ADAPTIVE_MAX = Guide(
+    formula=r"y_i = \max_{j \in R_i} a_j," + _ADAPTIVE,
+    use="Max pooling to a fixed output size whatever the input size: the windows are derived. Pick it "
+    "to feed inputs of any size into a head that expects one size.",
+)
+
+
 def _build() -> dict[str, MethodSpec]:
-    avg = MethodSpec("avg", "Average pooling (torch's avg_pool / adaptive_avg_pool).", avg_pool, AvgParams)
-    maxp = MethodSpec("max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams)
+    avg = MethodSpec(
+        "avg", "Average pooling (torch's avg_pool / adaptive_avg_pool).", avg_pool, AvgParams, guide=_AVG
+    )
+    maxp = MethodSpec(
+        "max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams, guide=_MAX
+    )
     specs = [
         avg,
         maxp,
@@ -117,6 +210,7 @@ def _build() -> dict[str, MethodSpec]:
             modules={1: mixed.MixedPool1d, 2: mixed.MixedPool2d, 3: mixed.MixedPool3d},
             random=True,
             takes_training=True,
+            guide=_MIXED,
         ),
         MethodSpec(
             "stochastic",
@@ -131,6 +225,7 @@ def _build() -> dict[str, MethodSpec]:
             },
             random=True,
             takes_training=True,
+            guide=_STOCHASTIC,
         ),
         MethodSpec(
             "lp",
@@ -139,6 +234,7 @@ def _build() -> dict[str, MethodSpec]:
             lp.LPParams,
             modules={1: lp.LPPool1d, 2: lp.LPPool2d, 3: lp.LPPool3d},
             stackable=False,
+            guide=_LP,
         ),
         MethodSpec(
             "gem",
@@ -147,28 +243,37 @@ def _build() -> dict[str, MethodSpec]:
             lp.GeMParams,
             modules={1: lp.GeMPool1d, 2: lp.GeMPool2d, 3: lp.GeMPool3d},
             stackable=False,
+            guide=_GEM,
         ),
         _preset(
             "global_avg",
             avg,
             "Global average pooling (Network in Network): one mean per channel.",
             GlobalParams,
+            _GLOBAL_AVG,
             output_size=1,
         ),
         _preset(
-            "global_max", maxp, "Global max pooling: one maximum per channel.", GlobalParams, output_size=1
+            "global_max",
+            maxp,
+            "Global max pooling: one maximum per channel.",
+            GlobalParams,
+            _GLOBAL_MAX,
+            output_size=1,
         ),
         _preset(
             "adaptive_avg",
             avg,
             "Adaptive average pooling: give output_size, windows are derived.",
             AdaptiveParams,
+            _ADAPTIVE_AVG,
         ),
         _preset(
             "adaptive_max",
             maxp,
             "Adaptive max pooling: give output_size, windows are derived.",
             AdaptiveParams,
+            _ADAPTIVE_MAX,
         ),
     ]
     return {spec.name: spec for spec in specs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -32,6 +33,8 @@ def describe_method(name: str) -> dict[str, Any]:
     return {
         "name": spec.name,
         "description": spec.description,
+        # How to choose and read it: the formula (LaTeX), the paper, what it is for, train versus eval.
+        "guide": dataclasses.asdict(spec.guide),
         "base": spec.base,
         "aliases": [alias for alias, target in ALIASES.items() if target == spec.name],
         "fixed": dict(spec.fixed),

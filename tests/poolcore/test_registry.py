@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -19,6 +19,30 @@ class TestRegistry:
             schema = spec.params.model_json_schema()
             assert schema["type"] == "object", name
             assert spec.description and spec.name == name
+
+    # The papers the guide cites (issue 13): method → (authors, year, title).
+    PAPERS: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "global_avg": ("Lin", "2013", "Network In Network"),
+        "mixed": ("Yu", "2014", "Mixed Pooling for Convolutional Neural Networks"),
+        "stochastic": ("Zeiler & Fergus", "2013", "Stochastic Pooling for Regularization"),
+        "gem": ("Radenović", "2018", "Fine-tuning CNN Image Retrieval with No Human Annotation"),
+        "lp": ("Gulcehre", "2014", "Learned-Norm Pooling for Deep Feedforward and Recurrent"),
+    }
+
+    def test_every_spec_has_a_guide(self) -> None:
+        """Formula, purpose and train-versus-eval for every method; the five papers cited by name."""
+        for name, spec in REGISTRY.items():
+            guide = spec.guide
+            assert guide.formula and guide.use and guide.training, name
+            # The formula is LaTeX for the page's $$…$$: balanced braces, no delimiters of its own.
+            assert guide.formula.count("{") == guide.formula.count("}") and "$" not in guide.formula, name
+            if spec.random:
+                assert "Train" in guide.training and "Eval" in guide.training, name
+        for name, (authors, year, title) in self.PAPERS.items():
+            paper = get_spec(name).guide.paper
+            assert authors in paper and year in paper and title in paper, (name, paper)
+        stochastic = get_spec("stochastic").guide.formula
+        assert r"\frac{\sum_{i \in R} a_i^2}{\sum_{i \in R} a_i}" in stochastic
 
     def test_expected_methods_and_alias(self) -> None:
         assert {"avg", "max", "global_avg", "global_max", "adaptive_avg", "adaptive_max"} <= set(

@@ -71,18 +71,39 @@ def blocks() -> gr.Blocks:
 def event(blocks: gr.Blocks, api_name: str, **values: Any) -> list[Any]:
     """Call a button's handler as Gradio would: every input at its initial value, ``values`` (by elem_id,
     dashes as underscores) overriding. Returns the outputs, keyed by position."""
-    fn = next(f for f in blocks.fns.values() if f.api_name == api_name)
+    return _call(next(f for f in blocks.fns.values() if f.api_name == api_name), **values)
+
+
+def helper(blocks: gr.Blocks, output_id: str, *, state: Any = None, **values: Any) -> list[Any]:
+    """Call the page's own helper that fills the component ``output_id`` (a snippet, the walk-through);
+    ``state`` is the value of its gr.State input, if it has one."""
+    fn = next(
+        f
+        for f in blocks.fns.values()
+        if f.fn is not None
+        and f.outputs
+        and f.outputs[0].elem_id == output_id
+        and any(isinstance(c, gr.State) for c in f.inputs) == (state is not None)
+    )
+    return _call(fn, state=state, **values)
+
+
+def _call(fn: Any, *, state: Any = None, **values: Any) -> list[Any]:
+    api_name = fn.api_name
     args = []
     for component in fn.inputs:
         key = (component.elem_id or "").replace("-", "_")
         value = values.pop(key) if key in values else getattr(component, "value", None)
+        if isinstance(component, gr.State):
+            value = state
         if isinstance(component, gr.Dataframe) and isinstance(value, dict):  # initial value, as sent
             value = component.preprocess(component.data_model(**value))
         args.append(value)
     if values:
         raise KeyError(f"no inputs {sorted(values)} in {api_name}")
     assert fn.fn is not None
-    return list(fn.fn(*args))
+    result = fn.fn(*args)
+    return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
 def _value(update: Any) -> Any:
@@ -226,7 +247,7 @@ def test_image_tab_matches_torch(blocks: gr.Blocks, path: str, method: str, refe
 
 
 def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
-    gallery, text, code = event(blocks, "compare", compare_input=str(ASSETS / "checkerboard.png"))
+    gallery, text, calls = event(blocks, "compare", compare_input=str(ASSETS / "checkerboard.png"))
     labels = [item[1] if isinstance(item, tuple) else item.caption for item in _value(gallery)]
     assert [label.split(" · ")[0] for label in labels] == poolcore.methods()
     assert f"{len(poolcore.methods())} of {len(poolcore.methods())} methods ran" in _value(text)
@@ -235,6 +256,7 @@ def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
     assert shapes["avg"] == "×".join(map(str, F.avg_pool2d(x, 4)[0].shape))
     assert shapes["global_max"] == "1×1×1"
     assert shapes["adaptive_avg"] == "1×16×16"
+    (code,) = helper(blocks, "compare-snippet", state=calls)
     assert "/pool/adaptive_max?output_size=16" in _value(code)
 
 
@@ -258,8 +280,8 @@ def test_tensor_tab_gives_the_seed_value(blocks: gr.Blocks) -> None:
 
 @needs_stochastic
 def test_tensor_tab_train_mode_is_reproducible_with_the_shown_seed(blocks: gr.Blocks) -> None:
-    first = event(blocks, "sample_tensor", tensor_method="stochastic", tensor_mode="train", tensor_draws=100)
-    seed = _value(first[5])
+    first = event(blocks, "sample_tensor", tensor_method="stochastic", tensor_mode="train")
+    seed = _value(first[2])
     assert seed and int(seed) >= 0
     again = event(
         blocks,
@@ -267,7 +289,6 @@ def test_tensor_tab_train_mode_is_reproducible_with_the_shown_seed(blocks: gr.Bl
         tensor_method="stochastic",
         tensor_mode="train",
         tensor_seed=seed,
-        tensor_draws=100,
     )
     assert _value(again[0]) == _value(first[0])
     x = parse_matrix(SEED_MATRIX).unsqueeze(0)
@@ -407,12 +428,18 @@ def test_snippet_reflects_what_ran(blocks: gr.Blocks) -> None:
     outputs = event(
         blocks,
         "pool_image",
-        origin="http://example.test:1234",
         image_input=str(ASSETS / "gradient.png"),
         image_method="max",
         image_param_kernel_size="2,4",
     )
-    code = _value(outputs[2])
+    assert _value(outputs[2]) == ""  # max draws nothing: no seed
+    (code,) = helper(
+        blocks,
+        "image-snippet",
+        origin="http://example.test:1234",
+        image_method="max",
+        image_param_kernel_size="2,4",
+    )
     assert "curl -X POST 'http://example.test:1234/pool/max?kernel_size=2,4'" in code
 
 
@@ -427,7 +454,8 @@ def test_image_snippet_request_gives_the_page_output_over_the_route(blocks: gr.B
         pytest.skip("the /pool route is not on this branch yet")
     path = ASSETS / "cells.png"
     outputs = event(blocks, "pool_image", image_input=str(path), image_param_kernel_size="2,3")
-    url = re.search(r"curl -X POST '([^']+)'", _value(outputs[2])).group(1)  # type: ignore[union-attr]
+    (code,) = helper(blocks, "image-snippet", image_param_kernel_size="2,3")
+    url = re.search(r"curl -X POST '([^']+)'", code).group(1)  # type: ignore[union-attr]
     route = url.split("://", 1)[1].split("/", 1)[1]
     with TestClient(app) as client:
         response = client.post("/" + route, content=path.read_bytes(), headers={"Content-Type": "image/png"})
@@ -443,8 +471,7 @@ def test_json_snippet_request_gives_the_page_output_over_the_route(blocks: gr.Bl
     app = create_app()
     if not _has_pool_route(app):
         pytest.skip("the /pool route is not on this branch yet")
-    outputs = event(blocks, "pool_tensor", tensor_method="stochastic", tensor_param_kernel_size="3")
-    code = _value(outputs[4])
+    (code,) = helper(blocks, "tensor-snippet", tensor_method="stochastic", tensor_param_kernel_size="3")
     body = json.loads(re.search(r"-d '(.*)'", code).group(1))  # type: ignore[union-attr]
     assert body["params"]["dims"] == 2  # the (1, H, W) matrix is pooled in 2d, and the snippet says so
     with TestClient(app) as client:
@@ -456,9 +483,10 @@ def test_json_snippet_request_gives_the_page_output_over_the_route(blocks: gr.Bl
 @needs_stochastic
 def test_too_many_draws_are_refused_but_the_result_still_shows(blocks: gr.Blocks) -> None:
     rows = [[float((i * 7 + j) % 5) for j in range(30)] for i in range(30)]
-    outputs = event(blocks, "pool_tensor", tensor_input=rows, tensor_method="stochastic", tensor_draws=20000)
+    outputs = event(blocks, "pool_tensor", tensor_input=rows, tensor_method="stochastic")
     assert _value(outputs[0]) is not None
-    assert "**Error 413**: too many draws" in _value(outputs[1])
+    walk, *_ = helper(blocks, "tensor-walk", state=outputs[3], tensor_draws=20000)
+    assert "**Error 413**: too many draws" in walk and "Output [0,0]" in walk
 
 
 def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
@@ -468,7 +496,7 @@ def test_sample_again_shows_the_randomness_of_mixed(blocks: gr.Blocks) -> None:
     common = {"image_input": image, "image_method": "mixed", "image_mode": "train"}
     first = event(blocks, "sample_image", **common)
     second = event(blocks, "sample_image", **common)
-    seeds = [_value(first[3]), _value(second[3])]
+    seeds = [_value(first[2]), _value(second[2])]
     assert all(s and s.isdigit() for s in seeds) and seeds[0] != seeds[1]
     a, b = np.asarray(_value(first[0])), np.asarray(_value(second[0]))
     assert a.shape == b.shape == (24, 24, 3) and not np.array_equal(a, b)

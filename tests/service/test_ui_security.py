@@ -247,7 +247,7 @@ def test_a_real_upload_still_runs(cache_dir: Path) -> None:
         (path,) = uploaded.json()
         assert Path(path).read_bytes() == body and Path(path).is_relative_to(cache_dir)
         data = _initial_data(client, app, next(i for i, n, _ in _file_endpoints(app) if n == "pool_image"))
-        data[1] = _file(path)
+        data[0] = _file(path)
         event = client.post("/ui/gradio_api/call/pool_image", json={"data": data})
         assert event.status_code == 200, event.text
         text = _read_stream(client, f"/ui/gradio_api/call/pool_image/{event.json()['event_id']}")
@@ -301,7 +301,7 @@ def test_each_layer_alone_stops_the_attack(
     with TestClient(app, raise_server_exceptions=False) as client:
         assert _blocks(app).has_launched is (layer != "guard")
         data = _initial_data(client, app, next(i for i, n, _ in _file_endpoints(app) if n == "pool_image"))
-        data[1] = _file(secrets_dir / "passwd")
+        data[0] = _file(secrets_dir / "passwd")
         response = client.post("/ui/gradio_api/call/pool_image", json={"data": data})
         if response.status_code == 200:  # Gradio's check answers in the event stream
             text = _read_stream(client, f"/ui/gradio_api/call/pool_image/{response.json()['event_id']}")
@@ -452,9 +452,9 @@ def test_malformed_ui_calls_get_4xx(cache_dir: Path) -> None:
     with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
         cases = [
             ("/ui/gradio_api/call/v2/pool_image", {"bogus": 1}, "`bogus` is not a valid"),
-            ("/ui/gradio_api/run/snippet_fn", {"data": []}, "didn't receive enough input values"),
-            ("/ui/gradio_api/api/snippet_fn", {"data": [1] * 15}, "not in the list of choices"),
-            ("/ui/gradio_api/run/pool_image", {"data": [1] * 16}, "validation error for ImageData"),
+            ("/ui/gradio_api/run/pool_image", {"data": []}, "didn't receive enough input values"),
+            ("/ui/gradio_api/api/pool_image", {"data": [None] + [1] * 14}, "not in the list of choices"),
+            ("/ui/gradio_api/run/pool_image", {"data": [1] * 15}, "validation error for ImageData"),
             (
                 "/ui/gradio_api/component_server",
                 {"session_hash": "s", "component_id": 99999, "fn_name": "x", "data": None},
@@ -544,7 +544,7 @@ def test_with_keys_a_login_opens_every_route(
         client.headers["Authorization"] = f"Bearer {key}"  # the API's own scheme works on /ui too
         assert client.get("/ui/config").status_code == 200
         data = _initial_data(client, app, next(i for i, n, _ in _file_endpoints(app) if n == "pool_image"))
-        data[1] = _file(uploaded.json()[0])
+        data[0] = _file(uploaded.json()[0])
         event = client.post("/ui/gradio_api/call/pool_image", json={"data": data})
         assert event.status_code == 200, event.text
         text = _read_stream(client, f"/ui/gradio_api/call/pool_image/{event.json()['event_id']}")
@@ -561,7 +561,7 @@ def test_gradio_client_logs_in_with_a_key() -> None:
     with live_server({"POOLSERVE_API_KEYS": ",".join(KEYS)}) as base:
         client = Client(f"{base}/ui/", auth=("poolserve", KEYS[1]), verbose=False, download_files=False)
         image = handle_file(str(ASSETS / "checkerboard.png"))
-        pooled, info, *_ = client.predict(base=base, image=image, api_name="/pool_image")
+        pooled, info, *_ = client.predict(image=image, api_name="/pool_image")
         assert pooled and "Error" not in info
         with pytest.raises(ValueError, match=r"(?i)credentials|login|auth"):
             Client(f"{base}/ui/", auth=("poolserve", "wrong"), verbose=False)

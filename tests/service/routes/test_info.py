@@ -40,6 +40,12 @@ def test_methods_lists_the_registry(client: TestClient) -> None:
     for entry in doc["methods"]:
         spec = poolcore.get_spec(entry["name"])
         assert entry["description"] == spec.description
+        assert entry["guide"] == {
+            "formula": spec.guide.formula,
+            "paper": spec.guide.paper,
+            "use": spec.guide.use,
+            "training": spec.guide.training,
+        }
         assert entry["schema"] == spec.params.model_json_schema()
         for name, field in spec.params.model_fields.items():
             if not field.is_required():
