@@ -54,6 +54,17 @@ class Pool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._spec.run(x, self._resolved, training=self.training)
 
+    # The spec is looked up again on load rather than pickled (a preset's spec holds a mappingproxy, which
+    # neither pickle nor deepcopy can copy): torch.save of a model and copy.deepcopy keep working.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_spec", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._spec = get_spec(self.method)
+
     def extra_repr(self) -> str:
         args = "".join(f", {key}={value!r}" for key, value in self.params.items())
         return f"{self.method!r}{args}"

@@ -45,6 +45,22 @@ class TestPool:
         assert repr(Pool("power", kernel_size=2, p=3.0)) == "Pool('lp', kernel_size=2, p=3.0)"
 
 
+@pytest.mark.parametrize("method", ["global_avg", "gem", "mixed"])
+def test_modules_pickle_and_deepcopy(method: str) -> None:
+    """torch.save of a whole model pickles its modules; Pool keeps its spec out of the pickle."""
+    import copy
+    import io
+
+    m = GlobalPool(method)
+    x = torch.rand(2, 3, 5, 5)
+    buffer = io.BytesIO()
+    torch.save(m, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded.eval()(x), m.eval()(x))
+    torch.testing.assert_close(copy.deepcopy(m)(x), m(x))
+
+
 class TestGlobalPool:
     @pytest.mark.parametrize(
         "shape, dims", [((2, 3, 9), 1), ((2, 3, 5, 6), 2), ((3, 5, 6), 2), ((2, 3, 4, 5, 6), 3)]
