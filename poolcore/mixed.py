@@ -81,6 +81,30 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     return mx, av
 
 
+def _unfolds(window: Window) -> bool:
+    """Under torch.compile, unpadded floor-mode windows are reduced from an unfolded view: inductor turns
+    max and mean of it into one fused loop, about 3x faster than its max_pool2d lowering (which also
+    computes argmax indices) on CPU. Not under export, where the two pooling ops make the smaller graph."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and window.kernel_size is not None
+        and not window.ceil_mode
+        and all(p == 0 for p in window.padding)
+    )
+
+
+def _max_avg_unfolded(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
+    """Max and mean of each window from ``unfold`` views (no copy); floor mode without padding, so every
+    window lies inside the input, as ``unfold`` requires."""
+    n = len(window.in_size)
+    u = x
+    for d, (k, s) in enumerate(zip(window.kernel_size or (), window.stride)):
+        u = u.unfold(x.dim() - n + d, k, s)
+    reduce = tuple(range(-n, 0))
+    return u.amax(reduce), u.mean(reduce)
+
+
 def _draw(
     shape: tuple[int, ...], scope: str, p_max: float, generator: torch.Generator | None, device: torch.device
 ) -> Tensor:
@@ -133,6 +157,9 @@ def _mixed(
         if lam is not None:
             drawn.append(lam)
         if not _use_onednn(b, w):
+            if _unfolds(w):
+                mx, av = _max_avg_unfolded(b, w)
+                return _combine(mx, av, lam, p_max, weight)
             return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
         # Inference path: oneDNN's pools in groups of planes (λ is drawn up front, so the draws do not
         # depend on the path taken).

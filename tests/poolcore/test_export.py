@@ -182,3 +182,15 @@ def test_no_fast_path_writes_into_a_buffer_under_tracing() -> None:
     onnx = pytest.importorskip("onnx")
     ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
     assert "AveragePool" in ops and "Pow" in ops, ops
+
+
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [(poolcore.nn.MixedPool1d(3, 2, p_max=0.3), (2, 3, 17)), (poolcore.nn.MixedPool3d(2), (1, 2, 5, 6, 7))],
+)
+def test_compiled_mixed_unfolded_windows_match_eager(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Compiled mixed pooling reduces unpadded windows from unfold views (1d lifted, and 3d)."""
+    module.eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    compiled = harness.compile_full(module)
+    torch.testing.assert_close(compiled(x), module(x), rtol=RTOL, atol=ATOL)
