@@ -47,18 +47,23 @@ def is_traced() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
-def _export_bins() -> bool:
-    """Adaptive bins must follow the input's size in the exported graph (see ``Window._binned``). The
-    legacy exporter records sizes as constants, so it is refused there."""
+def _export_bins(window: Window) -> bool:
+    """Whether adaptive bins are computed by ``Window._binned``: always under export, where torch's
+    adaptive pools are recorded with the example's bins; under torch.compile where the bins are few (at
+    most 8 per pooled dim), since inductor fuses the masked reductions with the ops before them, where its
+    adaptive pools materialise their input. The legacy exporter records sizes as constants, so it is
+    refused there."""
     if torch.compiler.is_compiling():
-        return torch.compiler.is_exporting()
+        if torch.compiler.is_exporting():
+            return True
+        return all(o is i or (isinstance(o, int) and o <= 8) for o, i in zip(window.out_size, window.in_size))
     if torch.jit.is_tracing():  # the legacy ONNX exporter traces with TorchScript's tracer
         raise RuntimeError(
             "adaptive pooling (output_size) cannot be exported by the legacy TorchScript-based exporter: "
             "it records the bins of the example input as constants, which are wrong at other input sizes; "
             "export with torch.onnx.export(..., dynamo=True) or use kernel_size windows"
         )
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    return torch.onnx.is_in_onnx_export()
 
 
 def check_float(x: Tensor, method: str) -> None:
@@ -203,7 +208,7 @@ class Window:
         if self.is_global:
             return torch.sum(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
-            if _export_bins():
+            if _export_bins(self):
                 return self._binned(x, "sum")
             return torch.mul(self._adaptive_avg(x), self.valid_count(x.device, x.dtype), out=out)
         k, s, p = self.kernel_size, self.stride, self.padding
@@ -224,7 +229,7 @@ class Window:
         if self.is_global:
             return torch.mean(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
-            result = self._binned(x, "mean") if _export_bins() else self._adaptive_avg(x)
+            result = self._binned(x, "mean") if _export_bins(self) else self._adaptive_avg(x)
             return result if out is None else out.copy_(result)
         k, s, p, c = self.kernel_size, self.stride, self.padding, self.ceil_mode
         if out is None:
@@ -240,7 +245,7 @@ class Window:
         if self.is_global:
             return x.amax(dim=self.spatial_dims, keepdim=True)
         if self.kernel_size is None:
-            if _export_bins():
+            if _export_bins(self):
                 return self._binned(x, "max")
             adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
             return adaptive(x, self.out_size)
