@@ -213,6 +213,13 @@ class Window:
             return torch.mul(self._adaptive_avg(x), self.valid_count(x.device, x.dtype), out=out)
         k, s, p = self.kernel_size, self.stride, self.padding
         if self.ceil_mode:
+            if torch.jit.is_tracing():
+                raise RuntimeError(
+                    "a window sum with ceil_mode=True (lp pooling) cannot be exported by the legacy "
+                    "TorchScript-based exporter: the clipped last windows need padding that depends on the "
+                    "input size, which it records as a constant; export with torch.onnx.export(..., "
+                    "dynamo=True) or use ceil_mode=False"
+                )
             # Zeros on the right so no window overhangs the padded input: torch's divisor then is the
             # full area for every window (it clips overhanging windows to the padded input).
             pads: list[int] = []

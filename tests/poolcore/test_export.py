@@ -194,3 +194,15 @@ def test_compiled_mixed_unfolded_windows_match_eager(module: nn.Module, shape: t
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     compiled = harness.compile_full(module)
     torch.testing.assert_close(compiled(x), module(x), rtol=RTOL, atol=ATOL)
+
+
+def test_legacy_onnx_refuses_lp_ceil_mode_at_export() -> None:
+    """The clipped last windows of a ceil_mode sum need size-dependent padding, which the legacy exporter
+    would record for the example's size (its graph had the wrong output shape): refused, not wrong."""
+    module = poolcore.nn.LPPool2d(2.0, 3, 2, True).eval()
+    x = _input((2, 3, 10, 9))
+    with pytest.raises(RuntimeError, match=r"ceil_mode=True .* legacy TorchScript-based exporter"):
+        harness.onnx_outputs(module, x, [x], dynamo=False)
+    gem = poolcore.nn.GeMPool2d(3, 2, 1, True).eval()  # a mean: torch's own ceil-mode kernel, exported right
+    inputs = [x, *harness.other_shapes(x)]
+    _match(harness.onnx_outputs(gem, x, inputs, dynamo=False), _eager(gem, inputs))
