@@ -285,6 +285,46 @@ def _memory(name: str, k: int, s: int, size: tuple[int, ...], device: str) -> fl
     return json.loads(done.stdout.strip().splitlines()[-1])["ratio"]
 
 
+# Methods timed eager against torch.compile(fullgraph=True) of the same call (stochastic rows: see above).
+COMPILED = ("avg", "max", "lp p=2", "gem p=3", "mixed train", "mixed eval", "adaptive gem (5, 7)")
+
+
+def _compiled_pairs(k: int, s: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    def call(name: str, training: bool = False, **params: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        # The module, validated once: the functional ``poolcore.pool`` validates (pydantic) on every call.
+        window = params if "output_size" in params else {"kernel_size": k, "stride": s, **params}
+        return poolcore.nn.Pool(name, **window, dims=2).train(training)
+
+    return {
+        "avg": call("avg"),
+        "max": call("max"),
+        "lp p=2": call("lp", p=2.0),
+        "gem p=3": call("gem", p=3.0),
+        "mixed train": call("mixed", True),
+        "mixed eval": call("mixed"),
+        "adaptive gem (5, 7)": call("gem", p=3.0, output_size=(5, 7)),
+    }
+
+
+def _compiled_rows(k: int, s: int, x: torch.Tensor, repeats: int, device: str) -> None:
+    """Each method eager and compiled (fullgraph, static shapes), interleaved; target: compiled <= eager."""
+    # Every Pool module shares one forward: each instance is a recompile of it, more than dynamo's default 8.
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for name, fn in _compiled_pairs(k, s).items():
+        fns[name] = fn
+        fns[f"{name}, compiled"] = torch.compile(fn, fullgraph=True, dynamic=False)
+    times = _time(fns, x, repeats, device)
+    print(f"  {'eager vs compiled':38s} {'eager ms':>10s} {'compiled':>10s} {'ratio':>8s}  target  verdict")
+    for name in COMPILED:
+        eager, compiled = times[name], times[f"{name}, compiled"]
+        ratio = compiled / eager
+        print(
+            f"  {name:38s} {eager * 1e3:10.1f} {compiled * 1e3:10.1f} {ratio:7.2f}x  <= 1.0x  "
+            f"{_verdict(ratio <= 1.0)}"
+        )
+
+
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -335,6 +375,7 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool, large: b
                     f"  speed-up of {name} over unfold+multinomial: {speedup:.1f}x "
                     f"(target >= 5x)  {_verdict(speedup >= 5)}"
                 )
+        _compiled_rows(k, s, x, repeats, device)
         if memory:
             print("  peak extra memory, as a multiple of the input (includes the output; target <= 2x):")
             for name in (

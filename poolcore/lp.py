@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ._module import DOC_SHAPES, PoolNd
 from .params import WindowParams
-from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
 
 __all__ = [
     "GeMParams",
@@ -115,7 +115,7 @@ def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
     grad = _needs_grad(b, p)
     low = b.dtype in (torch.float16, torch.bfloat16)  # computed in float32: x^p overflows half quickly
     # Plane groups pay off where ops are memory-bound round trips: CPU eager without autograd.
-    if grad or b.device.type != "cpu" or torch.compiler.is_compiling():
+    if grad or b.device.type != "cpu" or is_traced():
         return core(b.float(), grad, None).to(b.dtype) if low else core(b, grad, None)
 
     def run(chunk: Tensor, planes: slice, out: Tensor) -> None:
@@ -132,7 +132,7 @@ def _out_of_range(s: Tensor, p: Power, window_max: Callable[[], Tensor]) -> bool
     the dtype's smallest normal number in a window that is not all zero: then :func:`_scaled` gives the
     answer. One pass over the (small) output; skipped for a tensor p (training) and under compile, where
     a host sync would break the graph, and for p = 1, where there is no power to leave the range."""
-    if isinstance(p, Tensor) or p == 1 or s.numel() == 0 or torch.compiler.is_compiling():
+    if is_traced() or isinstance(p, Tensor) or p == 1 or s.numel() == 0:
         return False
     low, high = (float(v) for v in torch.aminmax(s.detach()))
     if math.isinf(high):
@@ -215,7 +215,7 @@ def _scaled(t: Tensor, w: Window, p: float, mean: bool, grad: bool) -> Tensor:
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
     def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
-        if not isinstance(p, Tensor) and math.isinf(p):
+        if not isinstance(p, Tensor) and p == math.inf:
             y = w.max(x.abs())
             return y if out is None else out.copy_(y)
         # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
@@ -231,7 +231,7 @@ def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
     def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
-        if not isinstance(p, Tensor) and math.isinf(p):
+        if not isinstance(p, Tensor) and p == math.inf:
             y = w.max(x).clamp_min(eps)
             return y if out is None else out.copy_(y)
         t = _power(x.clamp_min(eps), p, inplace=not grad)
@@ -354,8 +354,38 @@ def _refresh_p(module: nn.Module, incompatible_keys: Any) -> None:
 
 
 class _LPPoolNd(_PowerPoolNd):
+    """torch.nn's positional order, ``(norm_type, kernel_size, stride=None, ceil_mode=False)``, so
+    swapping ``torch.nn.LPPool2d`` for this one keeps every argument's meaning; the rest is keyword-only,
+    and ``p=`` is a keyword alias of ``norm_type``."""
+
     default_p = 2.0
     method = "lp"
+
+    def __init__(
+        self,
+        norm_type: float | None = None,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        ceil_mode: bool = False,
+        *,
+        padding: IntTuple = 0,
+        output_size: OptIntTuple = None,
+        p: float | None = None,
+        learn_p: bool = False,
+    ) -> None:
+        if norm_type is not None and p is not None:
+            raise ValueError(
+                f"give norm_type or its alias p, not both (got norm_type={norm_type!r}, p={p!r})"
+            )
+        super().__init__(
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            output_size=output_size,
+            p=p if norm_type is None else norm_type,
+            learn_p=learn_p,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return lp_pool(x, **self.window_kwargs(), p=self.power())
@@ -400,13 +430,17 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
     Matches ``nn.LPPool{d}d`` on non-negative input, but sums only what each window covers under
     ``ceil_mode``. Zero padding contributes nothing.
 
+    The positional arguments are ``torch.nn.LPPool{d}d``'s: ``(norm_type, kernel_size, stride=None,
+    ceil_mode=False)``; the others are keyword-only.
+
     Args:
+        norm_type: the power p, >= 1 (``p=`` is a keyword alias). Default: 2.
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        padding: implicit zero padding on both sides.
         ceil_mode: use ceil instead of floor for the output size.
-        output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
-        p: the power, >= 1. Default: 2.
+        padding: implicit zero padding on both sides (keyword-only).
+        output_size: adaptive output size instead of ``kernel_size`` (keyword-only); ``None`` entries
+            keep that size.
         learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
             Otherwise p is a buffer. Default: False.
 
@@ -417,7 +451,7 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
     Example::
 
         >>> import torch, poolcore
-        >>> m = poolcore.nn.LPPool{d}d(2, p=3.0, learn_p=True)
+        >>> m = poolcore.nn.LPPool{d}d(3.0, 2, learn_p=True)
         >>> m(torch.randn({x_shape})).sum().backward()
         >>> m.p_raw.grad is not None
         True
@@ -430,6 +464,9 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
 
     over each window's real (non-padded) positions :math:`R`. p=1 is average pooling of the clamped
     input, p=inf max pooling; ``GeMPool{d}d(output_size=1)`` is the global GeM of Radenović et al.
+
+    Positional arguments: ``(kernel_size, stride=None, padding=0, ceil_mode=False)``; the rest are
+    keyword-only. (torch.nn has no class of this name; ``LPPool{d}d`` takes torch's order.)
 
     Args:
         kernel_size: the window size; give this or ``output_size``.

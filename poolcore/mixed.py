@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ._module import DOC_SHAPES, PoolNd
 from .params import WindowParams
-from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
 
 __all__ = ["MixedParams", "MixedPool1d", "MixedPool2d", "MixedPool3d", "mixed_pool"]
 
@@ -58,7 +58,7 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
-        and not torch.compiler.is_compiling()
+        and not is_traced()
         and torch.backends.mkldnn.is_available()
     )
 
@@ -81,6 +81,30 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     return mx, av
 
 
+def _unfolds(window: Window) -> bool:
+    """Under torch.compile, unpadded floor-mode windows are reduced from an unfolded view: inductor turns
+    max and mean of it into one fused loop, about 3x faster than its max_pool2d lowering (which also
+    computes argmax indices) on CPU. Not under export, where the two pooling ops make the smaller graph."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and window.kernel_size is not None
+        and not window.ceil_mode
+        and all(p == 0 for p in window.padding)
+    )
+
+
+def _max_avg_unfolded(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
+    """Max and mean of each window from ``unfold`` views (no copy); floor mode without padding, so every
+    window lies inside the input, as ``unfold`` requires."""
+    n = len(window.in_size)
+    u = x
+    for d, (k, s) in enumerate(zip(window.kernel_size or (), window.stride)):
+        u = u.unfold(x.dim() - n + d, k, s)
+    reduce = tuple(range(-n, 0))
+    return u.amax(reduce), u.mean(reduce)
+
+
 def _draw(
     shape: tuple[int, ...], scope: str, p_max: float, generator: torch.Generator | None, device: torch.device
 ) -> Tensor:
@@ -91,6 +115,8 @@ def _draw(
     elif scope == "layer":
         shape = (shape[0], *(1,) * (n + 1))
     # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
+    if generator is None:  # torch.rand(..., generator=None) needs concrete sizes under dynamic compile
+        return torch.rand(shape, device=device, dtype=torch.float32) < p_max
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
 
@@ -131,6 +157,9 @@ def _mixed(
         if lam is not None:
             drawn.append(lam)
         if not _use_onednn(b, w):
+            if _unfolds(w):
+                mx, av = _max_avg_unfolded(b, w)
+                return _combine(mx, av, lam, p_max, weight)
             return _combine(w.max(b), w.mean(b, count_include_pad=False), lam, p_max, weight)
         # Inference path: oneDNN's pools in groups of planes (λ is drawn up front, so the draws do not
         # depend on the path taken).
@@ -252,6 +281,9 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
     In eval mode, ``eval_rule="frequent"`` (the paper's rule) uses the branch drawn more often in
     training; on a tie, including a module that never trained, it uses the expectation
     :math:`p_{{max}} \max + (1 - p_{{max}})\,\mathrm{{avg}}`, which ``eval_rule="expectation"`` always uses.
+
+    Positional arguments: ``(kernel_size, stride=None, padding=0, ceil_mode=False)``; the rest are
+    keyword-only. (torch.nn has no class of this name; ``LPPool{d}d`` takes torch's order.)
 
     Args:
         kernel_size: the window size; give this or ``output_size``.

@@ -5,6 +5,7 @@ from .generic import GlobalPool, Pool
 from .lp import GeMPool1d, GeMPool2d, GeMPool3d, LPPool1d, LPPool2d, LPPool3d, gem_pool, lp_pool
 from .mixed import MixedPool1d, MixedPool2d, MixedPool3d, mixed_pool
 from .stochastic import StochasticPool1d, StochasticPool2d, StochasticPool3d, stochastic_pool
+from .swap import replace_pooling
 
 __all__ = [
     "GeMPool1d",
@@ -26,5 +27,6 @@ __all__ = [
     "lp_pool",
     "max_pool",
     "mixed_pool",
+    "replace_pooling",
     "stochastic_pool",
 ]

@@ -28,12 +28,42 @@ __all__ = [
     "Window",
     "check_float",
     "infer_dims",
+    "is_traced",
     "make_window",
     "window_call",
 ]
 
 IntTuple = int | Sequence[int]
 OptIntTuple = int | None | Sequence[int | None]
+
+
+def is_traced() -> bool:
+    """Whether torch is tracing, compiling or exporting this call rather than running it: then only
+    plain functional ops may run (no ``out=`` buffers, no oneDNN layouts, no host syncs), since the
+    legacy ONNX exporter records an ``out=`` write into a fresh buffer as a constant, and a host sync
+    breaks or specialises a compiled graph."""
+    if torch.compiler.is_compiling():  # first: dynamo folds it to a constant, but not the others
+        return True
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def _export_bins(window: Window) -> bool:
+    """Whether adaptive bins are computed by ``Window._binned``: always under export, where torch's
+    adaptive pools are recorded with the example's bins; under torch.compile where the bins are few (at
+    most 8 per pooled dim), since inductor fuses the masked reductions with the ops before them, where its
+    adaptive pools materialise their input. The legacy exporter records sizes as constants, so it is
+    refused there."""
+    if torch.compiler.is_compiling():
+        if torch.compiler.is_exporting():
+            return True
+        return all(o is i or (isinstance(o, int) and o <= 8) for o, i in zip(window.out_size, window.in_size))
+    if torch.jit.is_tracing():  # the legacy ONNX exporter traces with TorchScript's tracer
+        raise RuntimeError(
+            "adaptive pooling (output_size) cannot be exported by the legacy TorchScript-based exporter: "
+            "it records the bins of the example input as constants, which are wrong at other input sizes; "
+            "export with torch.onnx.export(..., dynamo=True) or use kernel_size windows"
+        )
+    return torch.onnx.is_in_onnx_export()
 
 
 def check_float(x: Tensor, method: str) -> None:
@@ -47,7 +77,9 @@ def check_float(x: Tensor, method: str) -> None:
 def infer_dims(
     rank: int, kernel_size: object = None, output_size: object = None, dims: int | None = None
 ) -> int:
-    """Spatial rank: explicit ``dims`` wins, then the length of a tuple window argument, then the rank."""
+    """Spatial rank: explicit ``dims`` wins, then the length of a tuple window argument, then the rank:
+    rank 4 is (N, C, H, W), rank 5 (N, C, D, H, W) and rank 1 (L). Rank 2 and 3 have two readings each,
+    so a scalar window on them is a ``ValueError`` that asks for ``dims`` or a tuple window."""
     if dims is not None:
         if isinstance(dims, bool) or dims not in (1, 2, 3):
             raise ValueError(f"dims must be 1, 2 or 3 (got {dims!r})")
@@ -57,10 +89,21 @@ def infer_dims(
             if len(arg) not in (1, 2, 3):
                 raise ValueError(f"a window tuple must have 1, 2 or 3 entries (got {tuple(arg)!r})")
             return len(arg)
+    if rank in (2, 3) and (kernel_size is None) != (output_size is None):  # else make_window says why
+        name = "kernel_size" if kernel_size is not None else "output_size"
+        one, two = _READINGS[rank]
+        raise ValueError(
+            f"a rank-{rank} input with a scalar {name} is ambiguous: it reads as {one} for 1d pooling "
+            f"or as {two} for 2d pooling; pass dims=1 or dims=2, or a tuple {name} (one entry per "
+            "pooled dimension)"
+        )
     by_rank = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3}
     if rank not in by_rank:
         raise ValueError(f"input must have rank 1 to 5 (got rank {rank})")
     return by_rank[rank]
+
+
+_READINGS = {2: ("(C, L)", "(H, W)"), 3: ("(N, C, L)", "(C, H, W)")}
 
 
 def _tuple(value: object, n: int, name: str, *, minimum: int, allow_none: bool = False) -> tuple:
@@ -158,18 +201,34 @@ class Window:
 
     # ---- reductions over each window --------------------------------------------------------------
     def sum(self, x: Tensor, *, out: Tensor | None = None) -> Tensor:
-        """Sum over each window's real positions (written into ``out`` when given)."""
+        """Sum over each window's real positions (written into ``out`` when given).
+
+        The kernel form is the mean with zero padding counted, times the kernel's area; no
+        ``divisor_override``, which the ONNX exporters drop (a sum that comes back as a mean)."""
         if self.is_global:
             return torch.sum(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
+            if _export_bins(self):
+                return self._binned(x, "sum")
             return torch.mul(self._adaptive_avg(x), self.valid_count(x.device, x.dtype), out=out)
-        if out is None:
-            avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
-            return avg(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1)
-        pool_out: Any = (
-            torch.ops.aten.avg_pool2d.out if len(self.in_size) == 2 else torch.ops.aten.avg_pool3d.out
-        )
-        return pool_out(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, True, 1, out=out)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if self.ceil_mode:
+            if torch.jit.is_tracing():
+                raise RuntimeError(
+                    "a window sum with ceil_mode=True (lp pooling) cannot be exported by the legacy "
+                    "TorchScript-based exporter: the clipped last windows need padding that depends on the "
+                    "input size, which it records as a constant; export with torch.onnx.export(..., "
+                    "dynamo=True) or use ceil_mode=False"
+                )
+            # Zeros on the right so no window overhangs the padded input: torch's divisor then is the
+            # full area for every window (it clips overhanging windows to the padded input).
+            pads: list[int] = []
+            for d in reversed(range(len(self.in_size))):
+                pads += [0, max(0, (self.out_size[d] - 1) * s[d] + k[d] - self.in_size[d] - 2 * p[d])]
+            if any(pads):
+                x = F.pad(x, pads)
+        avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
+        return torch.mul(avg(x, k, s, p, False, True), math.prod(k), out=out)
 
     def mean(self, x: Tensor, count_include_pad: bool = False, *, out: Tensor | None = None) -> Tensor:
         """Mean over each window. With ``count_include_pad`` the divisor counts zero padding as torch's
@@ -177,7 +236,7 @@ class Window:
         if self.is_global:
             return torch.mean(x, dim=self.spatial_dims, keepdim=True, out=out)
         if self.kernel_size is None:
-            result = self._adaptive_avg(x)
+            result = self._binned(x, "mean") if _export_bins(self) else self._adaptive_avg(x)
             return result if out is None else out.copy_(result)
         k, s, p, c = self.kernel_size, self.stride, self.padding, self.ceil_mode
         if out is None:
@@ -193,6 +252,8 @@ class Window:
         if self.is_global:
             return x.amax(dim=self.spatial_dims, keepdim=True)
         if self.kernel_size is None:
+            if _export_bins(self):
+                return self._binned(x, "max")
             adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
             return adaptive(x, self.out_size)
         pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
@@ -222,6 +283,33 @@ class Window:
             part = slice(start, min(start + per, planes))
             fn(flat[:, part], part, result[:, part])
         return result.reshape(b, c, *self.out_size)
+
+    def _binned(self, x: Tensor, reduce: str) -> Tensor:
+        """Adaptive ``sum``, ``mean`` or ``max`` through bin masks built from the input's own sizes, one
+        spatial dim at a time, for export: torch's adaptive pools are recorded with the example's bins,
+        so an exported graph would be wrong at any size the output size does not divide. Holds one
+        ``out_size[d]``-times copy of the input per dim."""
+        n = len(self.in_size)
+        for d in range(n):
+            length, out = self.in_size[d], self.out_size[d]
+            if out is length:  # an output_size entry of None: that dim is kept
+                continue
+            a = x.dim() - n + d
+            trail = [1] * (x.dim() - a - 1)
+            i = torch.arange(out, device=x.device)
+            j = torch.arange(length, device=x.device)
+            start = (i * length) // out
+            end = ((i + 1) * length + out - 1) // out
+            mask = ((j >= start[:, None]) & (j < end[:, None])).view(out, length, *trail)
+            xe = x.unsqueeze(a)
+            if reduce == "max":
+                x = torch.where(mask, xe, torch.full((), -math.inf, dtype=x.dtype, device=x.device))
+                x = x.amax(a + 1)
+            else:
+                x = torch.where(mask, xe, torch.zeros((), dtype=x.dtype, device=x.device)).sum(a + 1)
+                if reduce == "mean":
+                    x = x / (end - start).to(x.dtype).view(out, *trail)
+        return x
 
     def _adaptive_avg(self, x: Tensor) -> Tensor:
         pool: Any = F.adaptive_avg_pool2d if len(self.in_size) == 2 else F.adaptive_avg_pool3d
@@ -358,11 +446,15 @@ def window_call(
         )
     if any(s == 0 for s in x.shape):
         raise ValueError(f"input has an empty dimension (got shape {tuple(x.shape)})")
-    batched = x.reshape((1,) * (2 - lead) + tuple(x.shape))
+    batched = x
+    for _ in range(2 - lead):  # unsqueeze, not reshape: a tracer would record the example's shape
+        batched = batched.unsqueeze(0)
     if dims == 1:
         batched = batched.unsqueeze(-2)
     window = make_window(batched.shape[2:], dims, kernel_size, stride, padding, ceil_mode, output_size)
     out = fn(batched, window)
     if dims == 1:
         out = out.squeeze(-2)
-    return out.reshape(tuple(x.shape[:lead]) + tuple(out.shape[2:]))
+    for _ in range(2 - lead):
+        out = out[0]
+    return out

@@ -23,6 +23,7 @@ README = ROOT / "README.md"
 LIBRARY = "## The library: poolcore"
 QUICK_START = "## Quick start"
 HTTP_API = "## HTTP API"
+MODELS = "## poolcore in your model"
 
 
 def _section(title: str) -> str:
@@ -101,3 +102,15 @@ def test_the_http_examples_run_against_a_real_server(tmp_path: Path) -> None:
     assert "(1, 64, 10, 7)" in out
     assert re.search(r"(?im)^x-pool-seed: \d+", out)
     assert (tmp_path / "pooled.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_models_section_swaps_trains_exports_and_compiles() -> None:
+    """The "poolcore in your model" block: replace_pooling, training, ONNX export run in onnxruntime,
+    torch.compile."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    blocks = _blocks(MODELS, "python")
+    assert len(blocks) == 1
+    for word in ("replace_pooling", "backward", "torch.onnx.export", "InferenceSession", "torch.compile"):
+        assert word in blocks[0], word
+    exec(compile(blocks[0], "README.md poolcore in your model", "exec"), {"__name__": "__readme__"})

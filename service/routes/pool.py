@@ -52,6 +52,8 @@ def _decode(job: _Job) -> tuple[Kind, PoolRequest]:
     decoded = codecs.decode(job.body, job.content_type, job.limits)
     kind = codecs.negotiate(job.accept, decoded.kind)
     params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
+    if decoded.kind == "png" and "dims" in poolcore.get_spec(job.method).params.model_fields:
+        params.setdefault("dims", 2)  # an image is (C, H, W): 2d pooling, whatever the window's form
     return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device, job.work)
 
 

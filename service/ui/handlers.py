@@ -39,6 +39,7 @@ __all__ = [
     "guard",
     "matrix_values",
     "parse_matrix",
+    "plane_params",
     "pool_image",
     "pool_tensor",
 ]
@@ -129,6 +130,16 @@ def _pool(
     return guard(run)
 
 
+def plane_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with ``dims=2`` where the method takes it: the page pools (C, H, W) images and (1, H, W)
+    matrices in 2d, as the route pools an image body (a rank-3 input is ambiguous without it)."""
+    out = dict(params)
+    spec = guard(lambda: poolcore.get_spec(method))
+    if "dims" in spec.params.model_fields:
+        out.setdefault("dims", 2)
+    return out
+
+
 def pool_tensor(
     runtime: Runtime,
     x: Tensor,
@@ -167,7 +178,7 @@ def pool_image(
 
     def work() -> ImageResult:
         x: Tensor = guard(lambda: image_codec.decode(body, runtime.limits()))
-        outcome = _pool(runtime, x, method, params, mode, seed)
+        outcome = _pool(runtime, x, method, plane_params(method, params), mode, seed)
         pooled: Image.Image = guard(lambda: image_codec.to_image(outcome.output))
         return ImageResult(pooled, tuple(x.shape), outcome)
 

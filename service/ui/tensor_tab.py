@@ -18,7 +18,7 @@ import torch
 import poolcore
 
 from . import snippets
-from .handlers import PageError, Runtime, guard, matrix_values, parse_matrix, pool_tensor
+from .handlers import PageError, Runtime, guard, matrix_values, parse_matrix, plane_params, pool_tensor
 from .panel import PRIVATE, ControlPanel, api_function, base_url, outcome_markdown, parse_seed, seed_text
 from .sampling import is_stochastic, sample_counts, window_probabilities
 from .walkthrough import explain, parse_cell
@@ -155,7 +155,8 @@ def _pool_matrix(runtime: Runtime, panel: ControlPanel, rows: Any, args: Sequenc
     rows = SEED_MATRIX if rows is None else rows
     try:
         x = parse_matrix(rows)
-        outcome = pool_tensor(runtime, x.unsqueeze(0), method, params, mode=mode, seed=parse_seed(seed))
+        sent = plane_params(method, params)  # a (1, H, W) plane, pooled in 2d (the snippet says so too)
+        outcome = pool_tensor(runtime, x.unsqueeze(0), method, sent, mode=mode, seed=parse_seed(seed))
     except PageError as error:
         return [None, error.markdown(), "" if seed is None else str(seed), None]
     used = outcome.params.get("seed")
@@ -249,7 +250,9 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             data: Any = [matrix_values(rows)]
         except PageError:
             data = [rows]
-        return snippets.json_snippet(base, method, data, snippets.request_params(params, mode, seed))
+        # The matrix goes out as one (1, H, W) plane: dims=2 says it is pooled in 2d.
+        sent = plane_params(method, params)
+        return snippets.json_snippet(base, method, data, snippets.request_params(sent, mode, seed))
 
     def run_fn(rows: Any, *args: Any) -> list[Any]:
         return _pool_matrix(runtime, panel, rows, args)

@@ -45,6 +45,22 @@ class TestPool:
         assert repr(Pool("power", kernel_size=2, p=3.0)) == "Pool('lp', kernel_size=2, p=3.0)"
 
 
+@pytest.mark.parametrize("method", ["global_avg", "gem", "mixed"])
+def test_modules_pickle_and_deepcopy(method: str) -> None:
+    """torch.save of a whole model pickles its modules; Pool keeps its spec out of the pickle."""
+    import copy
+    import io
+
+    m = GlobalPool(method)
+    x = torch.rand(2, 3, 5, 5)
+    buffer = io.BytesIO()
+    torch.save(m, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded.eval()(x), m.eval()(x))
+    torch.testing.assert_close(copy.deepcopy(m)(x), m(x))
+
+
 class TestGlobalPool:
     @pytest.mark.parametrize(
         "shape, dims", [((2, 3, 9), 1), ((2, 3, 5, 6), 2), ((3, 5, 6), 2), ((2, 3, 4, 5, 6), 3)]
@@ -71,6 +87,33 @@ class TestGlobalPool:
         x = torch.rand(2, 3, 5, 5, dtype=torch.float64)
         expected = (x * x).sum((-2, -1), keepdim=True) / x.sum((-2, -1), keepdim=True)  # Σa²/Σa
         torch.testing.assert_close(GlobalPool("stochastic").eval()(x), expected)
+
+    @pytest.mark.parametrize("shape", [(2, 3, 9), (2, 3, 5, 6), (2, 3, 4, 5, 6)])
+    def test_reads_n_c_spatial_at_every_rank(self, shape) -> None:
+        """(N, C, L) used to be read as an unbatched image: (2, 3, 9) gave (2, 1, 1)."""
+        x = torch.randn(*shape)
+        axes = tuple(range(2, len(shape)))
+        torch.testing.assert_close(GlobalPool()(x), x.mean(axes, keepdim=True))
+        torch.testing.assert_close(
+            GlobalPool("gem", p=1.0, eps=0.0, flatten=True)(x.abs()), x.abs().mean(axes)
+        )
+
+    def test_rank_below_3_is_refused_without_dims(self) -> None:
+        with pytest.raises(ValueError, match=r"rank 3 or more \(got shape \(3, 9\)\); pass dims="):
+            GlobalPool()(torch.randn(3, 9))
+        assert GlobalPool(dims=1)(torch.randn(3, 9)).shape == (3, 1)
+
+    def test_forward_does_not_validate_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Parameters are validated once, at construction: pydantic in forward broke torch.compile."""
+        pool, head = Pool("gem", kernel_size=2, p=3.0), GlobalPool("mixed", p_max=0.5)
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise AssertionError("validated in forward")
+
+        monkeypatch.setattr(poolcore.MethodSpec, "parse", fail)
+        monkeypatch.setattr(poolcore.MethodSpec, "resolve", fail)
+        x = torch.rand(2, 3, 6, 6)
+        assert pool(x).shape == (2, 3, 3, 3) and head(x).shape == (2, 3, 1, 1)
 
     def test_window_arguments_are_refused(self) -> None:
         with pytest.raises(ValueError, match="GlobalPool sets the window itself: drop kernel_size"):

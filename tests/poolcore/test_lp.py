@@ -102,7 +102,7 @@ class TestLP:
     def test_shapes_batched_unbatched(self) -> None:
         assert lp_pool(torch.randn(3, 10), 2, dims=1).shape == (3, 5)
         assert lp_pool(torch.randn(2, 3, 10), (2,)).shape == (2, 3, 5)
-        assert lp_pool(torch.randn(3, 8, 8), 2).shape == (3, 4, 4)
+        assert lp_pool(torch.randn(3, 8, 8), 2, dims=2).shape == (3, 4, 4)
         assert lp_pool(torch.randn(8, 8), output_size=(None, 2)).shape == (8, 2)
         assert lp_pool(torch.randn(2, 3, 4, 6, 8), 2).shape == (2, 3, 2, 3, 4)
         assert lp_pool(torch.randn(3, 4, 6, 8), output_size=(1, 2, None)).shape == (3, 1, 2, 8)
@@ -130,7 +130,7 @@ class TestLP:
         with pytest.raises(ValueError, match="exactly one of kernel_size"):
             lp_pool(torch.ones(1, 4, 4), 2, output_size=2)
         with pytest.raises(ValueError, match="larger than the padded input"):
-            lp_pool(torch.ones(1, 4, 4), 5)
+            lp_pool(torch.ones(1, 4, 4), 5, dims=2)
         with pytest.raises(ValueError, match="scalar p"):
             lp_pool(torch.ones(1, 4, 4), 2, p=torch.ones(2))
 
@@ -227,7 +227,7 @@ class TestPowerModules:
         module_cls = (LP_MODULES if family == "lp" else GEM_MODULES)[dims]
         functional = lp_pool if family == "lp" else gem_pool
         x = torch.rand(2, 3, *(7,) * dims)
-        m = module_cls(3, 2, p=2.5)
+        m = module_cls(kernel_size=3, stride=2, p=2.5)
         torch.testing.assert_close(m(x), functional(x, 3, 2, dims=dims, p=2.5))
         adaptive = module_cls(output_size=2)
         torch.testing.assert_close(adaptive(x), functional(x, output_size=2, dims=dims))
@@ -245,7 +245,7 @@ class TestPowerModules:
     @pytest.mark.parametrize("module_cls", [LPPool2d, GeMPool2d])
     def test_learnable_p_stays_above_one_and_trains(self, module_cls) -> None:
         torch.manual_seed(5)
-        m = module_cls(2, p=3.0, learn_p=True)
+        m = module_cls(kernel_size=2, p=3.0, learn_p=True)
         assert isinstance(m.p_raw, torch.nn.Parameter)
         torch.testing.assert_close(m.power(), torch.tensor(3.0))
         opt = torch.optim.SGD(m.parameters(), lr=50.0)
@@ -260,12 +260,12 @@ class TestPowerModules:
         buffer = io.BytesIO()
         torch.save(m.state_dict(), buffer)
         buffer.seek(0)
-        fresh = module_cls(2, p=2.0, learn_p=True)
+        fresh = module_cls(kernel_size=2, p=2.0, learn_p=True)
         fresh.load_state_dict(torch.load(buffer))
         torch.testing.assert_close(fresh.power(), m.power())
 
     def test_gradcheck_through_learnable_p(self) -> None:
-        m = LPPool2d(2, p=2.5, learn_p=True).double()
+        m = LPPool2d(2.5, 2, learn_p=True).double()
         x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
 
         def fn(t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
@@ -275,9 +275,9 @@ class TestPowerModules:
 
     def test_bad_module_arguments(self) -> None:
         with pytest.raises(ValueError, match=r"learnable p = 1 \+ softplus\(raw\) must start in \(1, inf\)"):
-            LPPool2d(2, p=1.0, learn_p=True)
+            LPPool2d(1.0, 2, learn_p=True)
         with pytest.raises(ValueError, match="lp pooling needs p >= 1"):
-            LPPool2d(2, p=0.5)
+            LPPool2d(0.5, 2)
         with pytest.raises(ValueError, match="exactly one of kernel_size"):
             GeMPool2d()
 
@@ -383,3 +383,27 @@ class TestStableForm:
         assert routes == ["window"]
         torch.testing.assert_close(lp_pool(x, 2, p=1e308), lp_pool(x, 2, p=math.inf), rtol=0, atol=0)
         assert routes == ["window"]
+
+
+class TestTorchArgumentOrder:
+    """poolcore.nn.LPPool2d(2, 3) meant kernel 2, stride 3; torch.nn.LPPool2d(2, 3) means p=2, kernel 3."""
+
+    def test_positional_arguments_mean_torchs(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        cases: list[tuple[Any, ...]] = [(2, 3), (2.0, 3, 2), (3.0, (2, 3), 1)]
+        for args in cases:
+            torch.testing.assert_close(LPPool2d(*args)(x), torch.nn.LPPool2d(*args)(x), rtol=1e-5, atol=1e-6)
+        x1 = torch.rand(2, 3, 11)
+        torch.testing.assert_close(LPPool1d(2, 3)(x1), torch.nn.LPPool1d(2, 3)(x1), rtol=1e-5, atol=1e-6)
+        x3 = torch.rand(1, 2, 6, 6, 6)
+        torch.testing.assert_close(LPPool3d(1, 2)(x3), torch.nn.LPPool3d(1, 2)(x3), rtol=1e-5, atol=1e-6)
+
+    def test_extras_are_keyword_only_and_p_is_an_alias(self) -> None:
+        with pytest.raises(TypeError):
+            LPPool2d(2.0, 3, 2, False, 1)  # type: ignore[call-arg]
+        x = torch.rand(1, 2, 8, 8)
+        torch.testing.assert_close(LPPool2d(p=3.0, kernel_size=2)(x), LPPool2d(3.0, 2)(x))
+        assert LPPool2d(kernel_size=2).power() == 2.0
+        assert LPPool2d(2.0, 3, padding=1).padding == 1
+        with pytest.raises(ValueError, match="norm_type or its alias p, not both"):
+            LPPool2d(2.0, 2, p=3.0)

@@ -84,7 +84,7 @@ class TestStochasticPool:
             ((2, 3, 11), {"kernel_size": 3, "stride": 2, "dims": 1}, lambda x: F.max_pool1d(x, 3, 2)),
             ((3, 11), {"kernel_size": (3,), "stride": 2, "padding": 1}, lambda x: F.max_pool1d(x, 3, 2, 1)),
             ((2, 3, 9, 10), {"kernel_size": 3, "stride": 2}, lambda x: F.max_pool2d(x, 3, 2)),
-            ((3, 9, 10), {"kernel_size": 2}, lambda x: F.max_pool2d(x, 2)),
+            ((3, 9, 10), {"kernel_size": 2, "dims": 2}, lambda x: F.max_pool2d(x, 2)),
             (
                 (2, 3, 9, 10),
                 {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
@@ -103,7 +103,7 @@ class TestStochasticPool:
             ),
             ((2, 3, 9, 10), {"output_size": (4, 3)}, lambda x: F.adaptive_max_pool2d(x, (4, 3))),
             ((2, 3, 9, 10), {"output_size": (None, 3)}, lambda x: F.adaptive_max_pool2d(x, (None, 3))),  # type: ignore[arg-type]
-            ((3, 9, 10), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1)),
+            ((3, 9, 10), {"output_size": 1, "dims": 2}, lambda x: F.adaptive_max_pool2d(x, 1)),
             ((2, 3, 40), {"output_size": (5,)}, lambda x: F.adaptive_max_pool1d(x, 5)),
             ((1, 2, 5, 6, 7), {"output_size": (2, 3, 4)}, lambda x: F.adaptive_max_pool3d(x, (2, 3, 4))),
             ((2, 3, 12, 12), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1)),
@@ -116,8 +116,8 @@ class TestStochasticPool:
         assert stochastic_pool(x, training=True, **kwargs).shape == expected
 
     def test_dims_explicit(self) -> None:
-        x = torch.rand(4, 9, 10)  # rank 3 reads as unbatched 2d unless dims says 1d
-        assert stochastic_pool(x, 3, 2).shape == (4, 4, 4)
+        x = torch.rand(4, 9, 10)  # rank 3 with a scalar window: dims says which reading
+        assert stochastic_pool(x, 3, 2, dims=2).shape == (4, 4, 4)
         assert stochastic_pool(x, 3, 2, dims=1).shape == (4, 9, 4)
 
     # ---- errors ----------------------------------------------------------------------------------------
@@ -140,14 +140,14 @@ class TestStochasticPool:
         with pytest.raises(ValueError, match="exactly one of kernel_size"):
             stochastic_pool(x, 2, output_size=2)
         with pytest.raises(ValueError, match=r"larger than the padded input"):
-            stochastic_pool(x, 7, padding=1)
+            stochastic_pool(x, 7, padding=1, dims=2)
         with pytest.raises(ValueError, match="kernel_size must be positive"):
             StochasticPool2d(0)
 
     def test_check_input_can_be_skipped(self) -> None:
         x = torch.rand(1, 4, 4)
         x[0, 0, 0] = -1.0
-        y = stochastic_pool(x, 2, check_input=False, training=True)  # garbage in, but no crash
+        y = stochastic_pool(x, 2, check_input=False, training=True, dims=2)  # garbage in, but no crash
         assert y.shape == (1, 2, 2)
 
     # ---- layout, module, registry ------------------------------------------------------------------------
@@ -203,7 +203,7 @@ class TestStochasticPool:
         x = torch.tensor(SEED_WINDOW)
         assert sum(v * v for row in SEED_WINDOW for v in row) == pytest.approx(16.52)
         expected = torch.tensor(16.52 / 10)
-        torch.testing.assert_close(stochastic_pool(x.unsqueeze(0), 3).squeeze(), expected)
+        torch.testing.assert_close(stochastic_pool(x.unsqueeze(0), 3, dims=2).squeeze(), expected)
         torch.testing.assert_close(stochastic_pool(x.view(1, 1, 3, 3), output_size=1).squeeze(), expected)
         torch.testing.assert_close(StochasticPool2d(3).eval()(x.unsqueeze(0)).squeeze(), expected)
 
@@ -313,14 +313,14 @@ class TestStochasticPool:
         n = 20000
         a = torch.tensor(SEED_WINDOW)
         x = a.expand(n, 3, 3).contiguous().requires_grad_()
-        y = stochastic_pool(x, 3, training=True, generator=_gen(2024))
+        y = stochastic_pool(x, 3, training=True, generator=_gen(2024), dims=2)
         y.sum().backward()
         assert x.grad is not None
         counts = x.grad.sum(0)  # the gradient is one-hot per window: it counts the sampled positions
         assert counts.sum() == n and counts[a == 0].sum() == 0
         assert _chi2_p(counts, a / a.sum()) > ALPHA
         # The no-grad (value) path, on the distinct values of the window.
-        values = stochastic_pool(x.detach(), 3, training=True, generator=_gen(7)).flatten()
+        values = stochastic_pool(x.detach(), 3, training=True, generator=_gen(7), dims=2).flatten()
         distinct = a.flatten().unique()
         counts_v = (values.unsqueeze(1) == distinct).sum(0)
         assert counts_v.sum() == n
@@ -333,7 +333,7 @@ class TestStochasticPool:
         # past the end; zeros at the end of the real rows must never be chosen either.
         a = torch.tensor([[0.5, 2.0, 0.0], [1.5, 1.0, 0.0]])
         x = a.expand(n, 2, 3).contiguous()
-        y = stochastic_pool(x, 3, 2, 1, True, training=True, generator=_gen(99)).flatten(1)
+        y = stochastic_pool(x, 3, 2, 1, True, training=True, generator=_gen(99), dims=2).flatten(1)
         assert y.shape == (n, 4)
         vals, pos = _unfold_windows(a.view(1, 1, 2, 3), 3, 2, 1, True)
         for o in range(4):
@@ -362,7 +362,7 @@ class TestStochasticPool:
         n = 20000
         a = torch.rand(6, 6, generator=_gen(0)) * (torch.rand(6, 6, generator=_gen(1)) > 0.3)
         x = a.expand(n, 6, 6).contiguous().requires_grad_()
-        y = stochastic_pool(x, output_size=1, training=True, generator=_gen(12))
+        y = stochastic_pool(x, output_size=1, training=True, generator=_gen(12), dims=2)
         y.sum().backward()
         assert x.grad is not None
         assert _chi2_p(x.grad.sum(0), a / a.sum()) > ALPHA

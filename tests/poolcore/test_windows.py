@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import poolcore
 from poolcore.windows import check_float, infer_dims, make_window, window_call
 from tests.poolcore import reference as ref
 
@@ -159,3 +160,36 @@ class TestWindowErrors:
     def test_integer_input(self) -> None:
         with pytest.raises(ValueError, match="floating-point tensor"):
             check_float(torch.zeros(2, 2, dtype=torch.int64), "avg")
+
+
+class TestNoRankGuessing:
+    """Rank 2 and 3 have two readings each; a scalar window no longer picks one silently."""
+
+    @pytest.mark.parametrize(
+        ("shape", "readings"), [((2, 3, 17), ("(N, C, L)", "(C, H, W)")), ((3, 17), ("(C, L)", "(H, W)"))]
+    )
+    @pytest.mark.parametrize("window", [{"kernel_size": 2}, {"output_size": 4}])
+    def test_scalar_window_on_rank_2_or_3_is_refused(self, shape, readings, window) -> None:
+        name = next(iter(window))
+        with pytest.raises(ValueError, match="ambiguous") as info:
+            poolcore.pool(torch.rand(shape), "avg", **window)
+        message = str(info.value)
+        assert all(r in message for r in readings) and "dims=" in message and f"tuple {name}" in message
+
+    def test_global_preset_on_rank_3_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="ambiguous"):
+            poolcore.pool(torch.rand(2, 3, 17), "global_avg")
+
+    def test_a_tuple_window_or_dims_decides(self) -> None:
+        x = torch.rand(2, 3, 17)
+        torch.testing.assert_close(poolcore.pool(x, "avg", kernel_size=(2,)), F.avg_pool1d(x, 2))
+        torch.testing.assert_close(poolcore.pool(x, "avg", kernel_size=2, dims=1), F.avg_pool1d(x, 2))
+        torch.testing.assert_close(poolcore.pool(x, "avg", kernel_size=2, dims=2), F.avg_pool2d(x, 2))
+        m = torch.rand(6, 8)
+        torch.testing.assert_close(poolcore.pool(m, "max", kernel_size=(2, 2)), F.max_pool2d(m[None], 2)[0])
+
+    def test_rank_4_and_5_are_read_as_before(self) -> None:
+        x = torch.rand(2, 3, 6, 8)
+        torch.testing.assert_close(poolcore.pool(x, "avg", kernel_size=2), F.avg_pool2d(x, 2))
+        v = torch.rand(1, 2, 4, 4, 4)
+        torch.testing.assert_close(poolcore.pool(v, "max", kernel_size=2), F.max_pool3d(v, 2))

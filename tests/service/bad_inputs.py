@@ -156,7 +156,7 @@ CASES: list[Any] = [
     BadCase("json-rank-6", 422, "rank", json_body(np.ones((1,) * 6).tolist(), kernel_size=1), JSON, query={}),
     BadCase("npy-rank-0", 422, "rank", npy_bytes(np.array(1.0, np.float32))),
     BadCase("npy-rank-6", 422, "rank", npy_bytes(np.ones((1, 1, 1, 1, 2, 2), np.float32))),
-    BadCase("json-empty", 422, "empty", json_body([[]], kernel_size=1), JSON, query={}),
+    BadCase("json-empty", 422, "empty", json_body([[]], kernel_size=[1]), JSON, query={}),
     BadCase("json-strings", 422, "numbers", json_body([["a", "b"]], kernel_size=1), JSON, query={}),
     BadCase("json-booleans", 422, "numbers", json_body([[True, False]], kernel_size=1), JSON, query={}),
     BadCase("json-null", 422, "numbers", json_body([[1.0, None]], kernel_size=1), JSON, query={}),

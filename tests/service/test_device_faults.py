@@ -54,7 +54,7 @@ def _fail_once(monkeypatch: pytest.MonkeyPatch, fault: Callable[[], BaseExceptio
 def test_a_device_fault_is_a_503_then_the_next_request_succeeds(
     fault: str, monkeypatch: pytest.MonkeyPatch, freed: list[int]
 ) -> None:
-    body = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2}}
+    body = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2, "dims": 1}}
     with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
         calls = _fail_once(monkeypatch, FAULTS[fault])
         response = client.post("/pool/max", json=body)
@@ -72,6 +72,8 @@ def test_a_device_fault_is_a_503_then_the_next_request_succeeds(
 def test_a_plain_bug_is_still_a_500(monkeypatch: pytest.MonkeyPatch, freed: list[int]) -> None:
     with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
         _fail_once(monkeypatch, lambda: RuntimeError("shape '[2, 3]' is invalid for input of size 4"))
-        response = client.post("/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 1}})
+        response = client.post(
+            "/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 1, "dims": 1}}
+        )
         assert response.status_code == 500 and "shape" not in response.text
         assert freed == []

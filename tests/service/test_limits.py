@@ -63,7 +63,7 @@ def test_the_registry_has_methods_of_each_window_form() -> None:
 def test_an_oversize_adaptive_output_is_refused_before_the_operator_runs(
     method: str, output_size: Any, operator_calls: list[str]
 ) -> None:
-    x = torch.ones(1, 2, 2) if output_size != (None, 2**25) else torch.ones(1, 3, 2)
+    x = torch.ones(1, 1, 2, 2) if output_size != (None, 2**25) else torch.ones(1, 1, 3, 2)
     limit = WorkLimits().max_elements
     with pytest.raises(
         PayloadTooLarge, match=rf"the output would have \d+ elements .* over the limit of {limit}"
@@ -80,7 +80,7 @@ def test_a_padded_kernel_output_over_the_limit_is_refused_and_one_at_it_runs(
     # An 8×8 input at a limit of 64 elements: kernel 2, stride 1, padding 1 makes 9×9 (81 > 64); the
     # same input with padding 0 makes 7×7 and runs; the output exactly at the limit (kernel 1) runs too.
     small = WorkLimits(max_elements=64)
-    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     over = {"kernel_size": 2, "stride": 1, "padding": 1, "ceil_mode": ceil_mode}
     with pytest.raises(
         PayloadTooLarge, match=r"output would have 81 elements \(output size \(9, 9\).* limit of 64"
@@ -94,7 +94,7 @@ def test_a_padded_kernel_output_over_the_limit_is_refused_and_one_at_it_runs(
 
 @pytest.mark.parametrize("method", GLOBAL)
 def test_global_methods_run_at_the_limit(method: str) -> None:
-    x = torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     out = run_pool(x, method, {}, limits=WorkLimits(max_elements=64))  # the input is at the limit
     torch.testing.assert_close(out.output, poolcore.get_spec(method)(x, {}))
 
@@ -103,12 +103,12 @@ def test_global_methods_run_at_the_limit(method: str) -> None:
     ("shape", "params"),
     [
         ((2, 3, 9, 7), {"kernel_size": (3, 2), "stride": (2, 1), "padding": 1, "ceil_mode": True}),
-        ((3, 10), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
+        ((3, 10), {"kernel_size": 3, "stride": 2, "ceil_mode": True, "dims": 1}),
         ((10,), {"output_size": 4}),
         ((2, 5, 6, 7), {"output_size": (None, 3, 2)}),
         ((2, 1, 5, 6, 7), {"kernel_size": 2, "padding": 1, "dims": 3}),
         ((5, 6), {"output_size": (None, 4)}),
-        ((4, 6, 6), {"output_size": 1}),
+        ((4, 6, 6), {"output_size": 1, "dims": 2}),
     ],
 )
 def test_output_window_agrees_with_poolcore(shape: tuple[int, ...], params: dict[str, Any]) -> None:
@@ -139,7 +139,7 @@ def test_invalid_geometry_is_left_to_poolcore_and_its_message() -> None:
 def test_work_is_bounded_at_one_visit(method: str, operator_calls: list[str]) -> None:
     """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem).
     One visit under that is refused before the operator runs; exactly that is allowed."""
-    x = torch.ones(1, 16, 16)
+    x = torch.ones(1, 1, 16, 16)
     params = {"kernel_size": 8, "stride": 1}
     factor = 20 if poolcore.get_spec(method).functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else 1
     visits = 9 * 9 * 64 * factor
@@ -271,10 +271,10 @@ def test_the_route_answers_413_for_an_oversize_output() -> None:
             assert response.status_code == 413, response.text
             assert f"over the limit of {test_settings().max_elements}" in response.json()["detail"]
         big = {"data": [[1.0] * 256] * 256}
-        response = client.post("/pool/stochastic?kernel_size=7&stride=1&mode=train", json=big)
+        response = client.post("/pool/stochastic?kernel_size=7&stride=1&dims=2&mode=train", json=big)
         assert response.status_code == 200  # under the default scratch budget
         with TestClient(create_app(test_settings(max_scratch_elements=100_000))) as small:
-            response = small.post("/pool/stochastic?kernel_size=7&stride=1&mode=train", json=big)
+            response = small.post("/pool/stochastic?kernel_size=7&stride=1&dims=2&mode=train", json=big)
             assert response.status_code == 413
             assert "POOLSERVE_MAX_SCRATCH_ELEMENTS" in response.json()["detail"]
 

@@ -64,7 +64,7 @@ def test_unknown_method() -> None:
 
 
 def test_non_random_train_mode_has_no_seed() -> None:
-    out = run_pool(torch.ones(1, 4, 4), "avg", {"kernel_size": 2}, mode="train", seed=3)
+    out = run_pool(torch.ones(1, 4, 4), "avg", {"kernel_size": 2, "dims": 2}, mode="train", seed=3)
     assert out.params["mode"] == "train" and out.params["seed"] is None
 
 
@@ -72,9 +72,9 @@ def test_non_random_train_mode_has_no_seed() -> None:
 # 3d batched; each (shape, params) pair is valid for every method that takes a sliding window.
 _SHAPES = [
     ((7,), {"kernel_size": 2}),
-    ((3, 9), {"kernel_size": 3, "stride": 2}),
-    ((5, 6), {"kernel_size": 2}),
-    ((2, 5, 7), {"kernel_size": 2, "ceil_mode": True}),
+    ((3, 9), {"kernel_size": 3, "stride": 2, "dims": 1}),
+    ((5, 6), {"kernel_size": 2, "dims": 2}),
+    ((2, 5, 7), {"kernel_size": 2, "ceil_mode": True, "dims": 2}),
     ((2, 3, 6, 6), {"kernel_size": 3, "padding": 1}),
     ((1, 2, 4, 5, 6), {"kernel_size": 2}),
 ]
@@ -106,10 +106,10 @@ def test_pool_many_batch_gives_each_request_its_own_bytes(
 @pytest.mark.parametrize("method", ["global_avg", "global_max"])
 def test_pool_many_batches_global_presets(method: str) -> None:
     xs = [torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    outcomes = pool_many([PoolRequest(x, method) for x in xs])
+    outcomes = pool_many([PoolRequest(x, method, {"dims": 2}) for x in xs])
     for x, outcome in zip(xs, outcomes, strict=True):
         assert isinstance(outcome, PoolOutcome)
-        assert torch.equal(outcome.output, run_pool(x, method).output)
+        assert torch.equal(outcome.output, run_pool(x, method, {"dims": 2}).output)
         assert outcome.batch == len(xs)
 
 

@@ -27,7 +27,7 @@ from service.ui.handlers import PageError, Runtime, pool_tensor
 
 from .support import live_server, npy_bytes, test_settings
 
-SMALL = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2}}
+SMALL = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2, "dims": 1}}
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -112,9 +112,9 @@ def test_the_ui_meets_the_same_queue_bound() -> None:
     with TestClient(app):
         runtime = Runtime.of_state(app.state)
         with held(app), pytest.raises(PageError) as caught:
-            pool_tensor(runtime, x, "max", {"kernel_size": 2})
+            pool_tensor(runtime, x, "max", {"kernel_size": 2, "dims": 2})
         assert caught.value.status == 503 and "POOLSERVE_MAX_QUEUE=0" in caught.value.message
-        assert pool_tensor(runtime, x, "max", {"kernel_size": 2}).output.tolist() == [[[4.0]]]
+        assert pool_tensor(runtime, x, "max", {"kernel_size": 2, "dims": 2}).output.tolist() == [[[4.0]]]
 
 
 def _abandon(url: str, path: str, body: bytes, after: float) -> None:
@@ -143,7 +143,7 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
 
         def run_slow() -> None:
             answer["slow"] = client.post(
-                "/pool/stochastic?kernel_size=6&stride=1&mode=train&seed=1",
+                "/pool/stochastic?kernel_size=6&stride=1&dims=2&mode=train&seed=1",
                 content=slow,
                 headers={"content-type": "application/x-npy"},
                 timeout=120,

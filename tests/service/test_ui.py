@@ -263,7 +263,7 @@ def test_compare_tab_runs_every_method(blocks: gr.Blocks) -> None:
 def test_pool_image_matches_poolcore_directly(device: torch.device) -> None:
     image = str(ASSETS / "rings.png")  # RGBA keeps its 4 channels
     result = pool_image(runtime(device), image, "max", {"kernel_size": 4})
-    direct = poolcore.pool(reference_tensor(image), "max", kernel_size=4)
+    direct = poolcore.pool(reference_tensor(image), "max", kernel_size=4, dims=2)
     assert result.input_shape == (4, 64, 64)
     assert result.outcome.device == str(device) and result.outcome.output.device.type == "cpu"
     torch.testing.assert_close(result.outcome.output, direct, rtol=0, atol=0)
@@ -292,7 +292,7 @@ def test_tensor_tab_train_mode_is_reproducible_with_the_shown_seed(blocks: gr.Bl
     )
     assert _value(again[0]) == _value(first[0])
     x = parse_matrix(SEED_MATRIX).unsqueeze(0)
-    direct = run_pool(x, "stochastic", {"kernel_size": 3}, mode="train", seed=int(seed))
+    direct = run_pool(x, "stochastic", {"kernel_size": 3, "dims": 2}, mode="train", seed=int(seed))
     assert _value(first[0]) == [[round(float(direct.output.flatten()[0]), 6)]]
     # The sampled value is one of the window's positive entries.
     sampled = _value(first[0])[0][0]
@@ -343,7 +343,7 @@ def _service_message(x: torch.Tensor, method: str, params: dict[str, Any]) -> st
 def test_window_larger_than_the_image_shows_the_service_message(blocks: gr.Blocks) -> None:
     image = str(ASSETS / "checkerboard.png")
     outputs = event(blocks, "pool_image", image_input=image, image_param_kernel_size="100")
-    expected = _service_message(reference_tensor(image), "avg", {"kernel_size": 100})
+    expected = _service_message(reference_tensor(image), "avg", {"kernel_size": 100, "dims": 2})
     assert _value(outputs[0]) is None
     assert _value(outputs[1]) == f"**Error 422**: {expected}"
     assert "Traceback" not in _value(outputs[1])
@@ -363,7 +363,7 @@ def test_negative_matrix_for_stochastic_shows_the_service_message(blocks: gr.Blo
     outputs = event(
         blocks, "pool_tensor", tensor_input=rows, tensor_method="stochastic", tensor_param_kernel_size="2"
     )
-    expected = _service_message(torch.tensor([rows]), "stochastic", {"kernel_size": 2})
+    expected = _service_message(torch.tensor([rows]), "stochastic", {"kernel_size": 2, "dims": 2})
     assert _value(outputs[0]) is None
     assert _value(outputs[1]) == f"**Error 422**: {expected}"
 
@@ -473,6 +473,7 @@ def test_json_snippet_request_gives_the_page_output_over_the_route(blocks: gr.Bl
         pytest.skip("the /pool route is not on this branch yet")
     (code,) = helper(blocks, "tensor-snippet", tensor_method="stochastic", tensor_param_kernel_size="3")
     body = json.loads(re.search(r"-d '(.*)'", code).group(1))  # type: ignore[union-attr]
+    assert body["params"]["dims"] == 2  # the (1, H, W) matrix is pooled in 2d, and the snippet says so
     with TestClient(app) as client:
         response = client.post("/pool/stochastic", json=body)
     assert response.status_code == 200, response.text

@@ -257,7 +257,7 @@ def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
         (ASSETS / "checkerboard.png").read_bytes(), Limits(settings.max_elements, settings.max_image_pixels)
     )
     with pytest.raises(ValueError) as error:
-        run_pool(x, "avg", {"kernel_size": 100})
+        run_pool(x, "avg", {"kernel_size": 100, "dims": 2})
     info = pg.locator("#image-info")
     info.get_by_text("Error 422").wait_for()
     assert str(error.value) in info.inner_text()
@@ -312,7 +312,7 @@ def test_tensor_tab_negative_matrix_shows_the_service_error(page: tuple[Any, Net
     pg.locator("#tensor-run").click()
     x = torch.tensor([[[0.0, 1.1, 2.5], [-1.0, 2.0, 1.0], [0.0, 1.5, 1.0]]])
     with pytest.raises(ValueError) as error:
-        run_pool(x, "stochastic", {"kernel_size": 3})
+        run_pool(x, "stochastic", {"kernel_size": 3, "dims": 2})
     info = pg.locator("#tensor-info")
     info.get_by_text("Error 422").wait_for()
     assert str(error.value) in info.inner_text()

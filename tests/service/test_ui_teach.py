@@ -57,7 +57,7 @@ def test_guide_follows_the_method_picker(blocks: gr.Blocks) -> None:
 def test_lp_tile_is_scaled_by_a_stated_factor_not_clamped() -> None:
     """Sum-form Lp of an image in [0, 1] mostly exceeds 1; the tile divides by n^(1/p) and says so."""
     x = reference_tensor(ASSETS / "gradient.png")
-    out = poolcore.pool(x, "lp", kernel_size=4)
+    out = poolcore.pool(x, "lp", kernel_size=4, dims=2)
     assert float((out >= 1).float().mean()) > 0.75  # the old tile: 78% white
     scale = display_scale("lp", {"kernel_size": 4, "p": 2.0})
     assert scale == pytest.approx(4.0)  # (16 inputs)^(1/2)
@@ -74,7 +74,7 @@ def test_lp_tile_is_scaled_by_a_stated_factor_not_clamped() -> None:
 
 def test_global_results_show_their_numbers() -> None:
     x = reference_tensor(ASSETS / "cells.png")
-    out = poolcore.pool(x, "global_avg")
+    out = poolcore.pool(x, "global_avg", dims=2)
     picture, notes = tile("global_avg", out, {"output_size": 1}, "pooled")
     means = x.mean(dim=(1, 2)).tolist()
     assert channel_values(out) == " ".join(f"{n} {v:.3f}" for n, v in zip("RGB", means, strict=True))
@@ -121,7 +121,7 @@ def test_compare_tab_views_through_the_page(blocks: gr.Blocks) -> None:
 
 # ---- one window, by hand ----------------------------------------------------------------------------------
 def test_walkthrough_writes_out_the_seed_example() -> None:
-    out = poolcore.pool(SEED[None], "stochastic", kernel_size=3)[0]
+    out = poolcore.pool(SEED[None], "stochastic", kernel_size=3, dims=2)[0]
     text = explain(SEED, "stochastic", {"kernel_size": 3}, out, (0, 0), "eval")
     assert "Σa² / Σa = 16.52 / 10 = 1.652" in text
     assert text.count("class='in-window'") == 9
@@ -130,7 +130,7 @@ def test_walkthrough_writes_out_the_seed_example() -> None:
 def test_walkthrough_names_the_drawn_position_and_its_probability() -> None:
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # distinct values: the draw is readable from the output
     generator = torch.Generator().manual_seed(3)
-    out = poolcore.pool(x[None], "stochastic", kernel_size=2, training=True, generator=generator)[0]
+    out = poolcore.pool(x[None], "stochastic", kernel_size=2, training=True, generator=generator, dims=2)[0]
     y = float(out[0, 0])
     r, c = divmod(x.flatten().tolist().index(y), 2)
     text = explain(x, "stochastic", {"kernel_size": 2}, out, (0, 0), "train")
@@ -153,7 +153,7 @@ def test_walkthrough_highlights_the_chosen_window() -> None:
     out = F.avg_pool2d(x[None], 3, 1)[0]
     text = explain(x, "avg", {"kernel_size": 3, "stride": 1}, out, (1, 0), "eval")
     assert "rows 1–3, cols 0–2" in text and f"= {float(out[1, 0]):.4g}" in text
-    lp = poolcore.pool(x[None], "lp", kernel_size=2, p=2.0)[0]
+    lp = poolcore.pool(x[None], "lp", kernel_size=2, p=2.0, dims=2)[0]
     text = explain(x, "lp", {"kernel_size": 2}, lp, (0, 1), "eval")
     assert f"(Σ|a|^p)^(1/p) = ({3**2 + 4**2 + 7**2 + 8**2:g})^(1/2) = {float(lp[0, 1]):.4g}" in text
     with pytest.raises(ValueError, match=r"outside the 2×2 output"):

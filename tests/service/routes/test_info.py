@@ -80,8 +80,8 @@ def test_openapi_json_example_is_true(client: TestClient) -> None:
 
 
 def test_metrics_count_requests_bytes_errors(client: TestClient) -> None:
-    client.post("/pool/max", json={"data": [[1.0, 2.0, 3.0, 4.0]], "params": {"kernel_size": 2}})
-    client.post("/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 5}})
+    client.post("/pool/max", json={"data": [[1.0, 2.0, 3.0, 4.0]], "params": {"kernel_size": 2, "dims": 1}})
+    client.post("/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 5, "dims": 1}})
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(client.get("/metrics").text)

@@ -95,7 +95,9 @@ class TestEveryMethod:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "image/png"
         x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)
-        expected = (reference(x, method, params).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+        expected = (
+            (reference(x, method, {**params, "dims": 2}).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+        )
         got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.float32)
         np.testing.assert_allclose(got, expected, atol=1.0)
 
@@ -221,7 +223,9 @@ class TestContentTypes:
     def test_integer_npy_becomes_float32(self, client: TestClient) -> None:
         x = np.arange(16, dtype=np.int16).reshape(1, 4, 4)
         r = client.post(
-            "/pool/avg?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+            "/pool/avg?kernel_size=2&dims=2",
+            content=npy_bytes(x),
+            headers={"content-type": "application/x-npy"},
         )
         out = np.load(io.BytesIO(r.content))
         assert out.dtype == np.float32
@@ -519,7 +523,9 @@ class TestJsonBodyLimit:
     def test_npy_is_not_held_to_the_json_limit(self, small_json: TestClient) -> None:
         x = np.ones((1, 1, 32, 32), dtype=np.float32)  # 4 KiB of data plus the header
         r = small_json.post(
-            "/pool/avg?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+            "/pool/avg?kernel_size=2&dims=2",
+            content=npy_bytes(x),
+            headers={"content-type": "application/x-npy"},
         )
         assert r.status_code == 200, r.text
 
@@ -529,3 +535,16 @@ class TestJsonBodyLimit:
         assert limits["max_json_bytes"] == self.LIMIT
         assert limits["max_body_bytes"] == settings.max_body_bytes
         assert limits["max_elements"] == settings.max_elements
+
+
+def test_a_rank_3_input_with_a_scalar_window_is_a_422_naming_both_readings(client: TestClient) -> None:
+    """(2, 3, 17) was read as an unbatched image, giving (2, 1, 8) where F.avg_pool1d gives (2, 3, 8)."""
+    data = np.arange(2 * 3 * 17, dtype=np.float32).reshape(2, 3, 17)
+    r = client.post("/pool/avg", json={"data": data.tolist(), "params": {"kernel_size": 2}})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "(N, C, L)" in detail and "(C, H, W)" in detail and "dims=" in detail
+    r = client.post("/pool/avg", json={"data": data.tolist(), "params": {"kernel_size": 2, "dims": 1}})
+    assert r.status_code == 200, r.text
+    expected = torch.nn.functional.avg_pool1d(torch.from_numpy(data), 2)
+    np.testing.assert_allclose(np.asarray(r.json()["data"]), expected.numpy())
