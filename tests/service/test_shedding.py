@@ -133,17 +133,17 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
     """One worker, busy with a slow request; four clients queue small requests behind it and hang up after
     0.3 s. None of the four may run: no operator time is recorded for their method, and the queue is
     empty again as soon as they have gone."""
-    # Stochastic training with a 6×6 window takes poolcore's gather path: about 3 s on one thread.
+    # Average pooling with a 47×47 window at stride 1 over 16 planes of 512²: about 4 s on one thread.
     slow = npy_bytes(np.random.default_rng(0).random((16, 512, 512), dtype=np.float32))
     limits = {"max_body_bytes": 17 << 20, "max_elements": 1 << 22, "max_image_pixels": 1 << 16}
-    limits["max_scratch_elements"] = 1 << 27
+    limits["max_work"] = 1 << 34
     env = {"POOLSERVE_MAX_CONCURRENCY": "1", "POOLSERVE_TORCH_THREADS": "1"}
     with live_server(env=env, limits=limits) as url, httpx.Client(base_url=url, trust_env=False) as client:
         answer: dict[str, Any] = {}
 
         def run_slow() -> None:
             answer["slow"] = client.post(
-                "/pool/stochastic?kernel_size=6&stride=1&dims=2&mode=train&seed=1",
+                "/pool/avg?kernel_size=47&stride=1&dims=2",
                 content=slow,
                 headers={"content-type": "application/x-npy"},
                 timeout=120,
@@ -163,7 +163,7 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
         text = client.get("/metrics").text
         # The slow job is still running: the four really were queued behind it when they left.
         left = time.monotonic() - sent
-        running = metric(text, "poolserve_pool_seconds_count", method="stochastic") == 0
+        running = metric(text, "poolserve_pool_seconds_count", method="avg") == 0
         assert running, f"the slow job ended within {left:.2f} s, before the four left: make it slower"
         assert metric(text, "poolserve_queue_depth") == 0
         slow_thread.join(120)
@@ -172,6 +172,6 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
         print(f"slow request: {pooling:.2f} s pooling; the four left {left:.2f} s after it was sent")
         assert client.post("/pool/avg", json=SMALL).status_code == 200
         text = client.get("/metrics").text
-        assert metric(text, "poolserve_pool_seconds_count", method="stochastic") == 1
+        assert metric(text, "poolserve_pool_seconds_count", method="avg") == 2  # the slow one, then SMALL
         assert metric(text, "poolserve_pool_seconds_count", method="max") == 0  # none of the four ran
         assert metric(text, "poolserve_shed_requests_total", reason="client_gone") == 4
