@@ -101,12 +101,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
+        super().on_response_complete()
         if self._in_body:
             # Answered without reading the whole body (a 413 before the body, say): close rather than
-            # wait for the rest only to throw it away.
-            self._cancel_timers()
-            self.transport.close()
-        super().on_response_complete()
+            # wait for the rest only to throw it away. The answer said so (see _close_early_answers).
+            self._linger()
 
     # -- parser callbacks -------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -130,6 +129,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = True
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+        if self.cycle is not None:
+            self._close_early_answers(self.cycle)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -137,6 +138,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
+
+    @staticmethod
+    def _close_early_answers(cycle: Any) -> None:
+        """An answer that starts before its request's body has fully arrived carries ``Connection:
+        close`` (the connection closes after it, see on_response_complete), so the client does not send
+        its next request on a connection that is about to close. The app's task has not started yet:
+        it looks ``cycle.send`` up when it does."""
+        send = cycle.send
+
+        async def send_closing_early(message: Any) -> None:
+            if message["type"] == "http.response.start" and cycle.more_body:
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        cycle.send = send_closing_early
 
     # -- limits -----------------------------------------------------------------------------------
     def _grow_head(self, size: int) -> None:

@@ -185,6 +185,25 @@ class TestRequestBody:
         head = b"POST /pool/avg HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
         response, elapsed = self._send_partial(server, head + b"Content-Length: 67108864\r\n\r\n", b"x")
         assert _status(response) == 413 and elapsed < SLACK
+        assert b"connection: close" in response.lower()
+
+    def test_a_client_reusing_connections_is_not_reset_after_an_early_answer(
+        self, server: LiveServer
+    ) -> None:
+        """A body refused while it streams (413) closes its connection: the answer says so, so a client's
+        next request goes on a new connection instead of one that is being closed (a reset)."""
+        small = npy_bytes(np.ones((1, 1, 4, 4), np.float32))
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as client:
+            for _ in range(5):
+                over = iter([b"\0" * 65536] * 40)  # chunked, past the 1 MiB body limit
+                refused = client.post(
+                    "/pool/avg", content=over, headers={"content-type": "application/x-npy"}
+                )
+                assert refused.status_code == 413 and refused.headers["connection"] == "close"
+                ok = client.post(
+                    "/pool/avg?kernel_size=2", content=small, headers={"content-type": "application/x-npy"}
+                )
+                assert ok.status_code == 200
 
 
 def _rss_bytes(pid: int) -> int:
