@@ -1,4 +1,4 @@
-"""Stochastic pooling made visible (the seed's section 3): each window's probabilities, and how often each
+"""Stochastic pooling made visible (Zeiler & Fergus 2013): each window's probabilities, and how often each
 position is chosen over N seeded draws.
 
 Which position a draw chose is read from the gradient, which stochastic pooling routes to the sampled

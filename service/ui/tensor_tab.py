@@ -25,7 +25,7 @@ from .walkthrough import explain, parse_cell
 
 __all__ = ["SEED_MATRIX", "TENSOR_WINDOW", "tensor_tab"]
 
-# The seed's worked example (section 3): one 3×3 window summing to 10; the eval value is 16.52 / 10 = 1.652.
+# A worked example: one 3×3 window summing to 10; the eval value is 16.52 / 10 = 1.652.
 SEED_MATRIX = [[0.0, 1.1, 2.5], [0.9, 2.0, 1.0], [0.0, 1.5, 1.0]]
 TENSOR_WINDOW = {"kernel_size": "3", "output_size": "1"}
 MAX_PROBABILITY_TABLES = 16
@@ -185,7 +185,7 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 type="array",
                 datatype="number",
                 interactive=True,
-                label="Input matrix (one channel, H×W; sent as 1×H×W): the seed's 3×3 example",
+                label="Input matrix (one channel, H×W; sent as 1×H×W): a 3×3 example window",
                 elem_id="tensor-input",
             )
             panel.render(default)
@@ -202,7 +202,7 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 run = gr.Button("Pool", variant="primary", elem_id="tensor-run")
                 again = gr.Button("Sample again", visible=False, elem_id="tensor-again")
             panel.render_guide(default)
-        # Nothing empty on first load: the seed example, pooled and explained, is the starting state.
+        # Nothing empty on first load: the example window, pooled and explained, is the starting state.
         start = _pool_matrix(runtime, panel, SEED_MATRIX, [*(c.value for c in panel.inputs()), "eval", ""])
         walk_start = _explain(runtime, start[3], "0,0", DEFAULT_DRAWS)
         with gr.Column(scale=1):

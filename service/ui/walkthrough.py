@@ -1,5 +1,5 @@
 """One output cell of the Tensor tab, worked by hand: its window highlighted on the input and the method's
-formula written out with that window's numbers (the seed example: Σa²/Σa = 16.52/10 = 1.652).
+formula written out with that window's numbers (the 3×3 example: Σa²/Σa = 16.52/10 = 1.652).
 
 In train mode the page says what was drawn: for ``stochastic`` each position's probability and the
 position whose value came out; for ``mixed`` the λ (max branch or average branch).

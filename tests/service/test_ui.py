@@ -41,7 +41,7 @@ needs_stochastic = pytest.mark.skipif(
     not HAS_STOCHASTIC, reason="stochastic is not registered on this branch yet"
 )
 
-# The seed's section 3: Σa²/Σa = 16.52 / 10.
+# The 3×3 example window: Σa²/Σa = 16.52 / 10.
 SEED_EVAL = sum(v * v for row in SEED_MATRIX for v in row) / sum(v for row in SEED_MATRIX for v in row)
 
 

@@ -163,7 +163,7 @@ def test_walkthrough_highlights_the_chosen_window() -> None:
 
 
 def test_tensor_tab_is_not_empty_on_first_load(blocks: gr.Blocks) -> None:
-    """The page starts with the seed example pooled and explained, not an empty table and blank plot."""
+    """The page starts with the example window pooled and explained, not an empty table and blank plot."""
     by_id = _by_id(blocks)
     table = by_id["tensor-output"].value
     assert table["data"] == [[pytest.approx(1.652, abs=1e-3)]]
