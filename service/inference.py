@@ -22,7 +22,7 @@ from .codecs import oip
 from .errors import ServiceError
 from .limits import DEFAULT_LIMITS, WorkLimits
 from .metrics import Metrics
-from .pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
+from .pooling import PoolOutcome, PoolRequest, answer_many
 
 __all__ = [
     "MODEL_VERSION",
@@ -121,31 +121,18 @@ class InferJob:
 def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
     """decode → pool (:func:`pool_many`, shared calls included) → encode, in a worker thread; each job
     gets its response or the exception that becomes its error."""
-    answers: list[Any] = [None] * len(jobs)
-    decoded: list[tuple[int, oip.Decoded]] = []
-    requests: list[PoolRequest] = []
-    for index, job in enumerate(jobs):
-        try:
-            request = job.decode()
-        except Exception as error:
-            answers[index] = error
-            continue
-        decoded.append((index, request))
-        requests.append(
-            PoolRequest(
-                request.tensor, job.method, request.params, request.mode, request.seed, job.device, job.work
-            )
+
+    def decode(job: InferJob) -> tuple[oip.Decoded, PoolRequest]:
+        request = job.decode()
+        pool_request = PoolRequest(
+            request.tensor, job.method, request.params, request.mode, request.seed, job.device, job.work
         )
-    outcomes = pool_many(requests)
-    for (index, request), outcome in zip(decoded, outcomes, strict=True):
-        job = jobs[index]
-        try:
-            if isinstance(outcome, Exception):
-                with poolcore_errors():
-                    raise outcome
-            answers[index] = job.encode(outcome, request)
-            # A shared call counts once in the sum: each of its requests observes its share.
-            job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
-        except Exception as error:
-            answers[index] = error
-    return answers
+        return request, pool_request
+
+    def encode(job: InferJob, request: oip.Decoded, outcome: PoolOutcome) -> Any:
+        answer = job.encode(outcome, request)
+        # A shared call counts once in the sum: each of its requests observes its share.
+        job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
+        return answer
+
+    return answer_many(jobs, decode, encode)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SEED",
     "PoolOutcome",
     "PoolRequest",
+    "answer_many",
     "check_input",
     "device_faults",
     "pool_many",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 Mode = Literal["eval", "train"]
+J = TypeVar("J")  # a protocol's job (see answer_many)
+C = TypeVar("C")  # what that protocol's encode needs of its decoded request
 _SMALL = 1 << 16  # elements: inputs up to this size are checked with numpy (see check_input)
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
@@ -324,3 +327,34 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
                 results[index] = checked.outcome(output, elapsed_ms, checked.params())
     return cast(list[PoolOutcome | Exception], results)  # every slot was filled above
+
+
+def answer_many(
+    jobs: Sequence[J],
+    decode: Callable[[J], tuple[C, PoolRequest]],
+    encode: Callable[[J, C, PoolOutcome], Any],
+) -> list[Any]:
+    """The batch path of every protocol (``/pool``, ``/v2``, gRPC), in a worker thread: ``decode`` each job
+    into its request (plus what ``encode`` needs of it), :func:`pool_many` them all (same-question requests
+    share one call), then ``encode`` each outcome. Each job gets its answer, or the exception that becomes
+    its error (poolcore's ``ValueError``/``TypeError`` as a 422)."""
+    answers: list[Any] = [None] * len(jobs)
+    decoded: list[tuple[int, C]] = []
+    requests: list[PoolRequest] = []
+    for index, job in enumerate(jobs):
+        try:
+            context, request = decode(job)
+        except Exception as error:
+            answers[index] = error
+            continue
+        decoded.append((index, context))
+        requests.append(request)
+    for (index, context), outcome in zip(decoded, pool_many(requests), strict=True):
+        try:
+            if isinstance(outcome, Exception):
+                with poolcore_errors():
+                    raise outcome
+            answers[index] = encode(jobs[index], context, outcome)
+        except Exception as error:
+            answers[index] = error
+    return answers

@@ -27,7 +27,7 @@ from ..errors import ServiceUnavailable
 from ..limits import WorkLimits
 from ..metrics import Metrics
 from ..params import gather, split_run_options
-from ..pooling import PoolOutcome, PoolRequest, pool_many, poolcore_errors
+from ..pooling import PoolOutcome, PoolRequest, answer_many
 from ..workers import CallerGone
 
 __all__ = ["pool", "pool_routes"]
@@ -76,37 +76,20 @@ def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
 def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
     """decode → pool (same-question requests in one call) → encode, in a worker thread; each job gets its
     response or the exception that becomes its error response."""
-    answers: list[Response | Exception | None] = [None] * len(jobs)
-    decoded: list[tuple[int, Kind]] = []
-    requests: list[PoolRequest] = []
-    for index, job in enumerate(jobs):
-        try:
-            kind, request = _decode(job)
-        except Exception as error:
-            answers[index] = error
-            continue
-        decoded.append((index, kind))
-        requests.append(request)
-    outcomes = pool_many(requests)
     # Outcomes of one shared call share their params dict (pool_many), and with it every header.
     shared: dict[int, list[tuple[bytes, bytes]]] = {}
-    for (index, kind), outcome in zip(decoded, outcomes, strict=True):
-        job = jobs[index]
-        try:
-            if isinstance(outcome, Exception):
-                with poolcore_errors():
-                    raise outcome
-            response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
-            headers = shared.get(id(outcome.params))
-            if headers is None:
-                headers = shared[id(outcome.params)] = _run_headers(outcome)
-            response.raw_headers.extend(headers)
-            # A shared call counts once in the sum: each of its requests observes its share.
-            job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
-            answers[index] = response
-        except Exception as error:
-            answers[index] = error
-    return [answer if answer is not None else RuntimeError("unanswered") for answer in answers]
+
+    def encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
+        response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
+        headers = shared.get(id(outcome.params))
+        if headers is None:
+            headers = shared[id(outcome.params)] = _run_headers(outcome)
+        response.raw_headers.extend(headers)
+        # A shared call counts once in the sum: each of its requests observes its share.
+        job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
+        return response
+
+    return answer_many(jobs, _decode, encode)
 
 
 async def pool(request: Request) -> Response:

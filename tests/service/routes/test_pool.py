@@ -19,10 +19,10 @@ from PIL import Image
 
 import poolcore
 import poolcore.registry
+import service.pooling as pooling_module
 from poolcore.basic import MaxParams, max_pool
 from service.app import create_app
 from service.codecs import npy as npy_codec
-from service.routes import pool as pool_route
 
 from ..bad_inputs import CASES, BadCase, send
 from ..support import default_params, npy_bytes, png_bytes, query_string, reference, test_settings
@@ -348,7 +348,7 @@ class TestErrorBoundary:
         def boom(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(pool_route, "pool_many", boom)
+        monkeypatch.setattr(pooling_module, "pool_many", boom)
         with TestClient(create_app(test_settings())) as client, caplog.at_level(logging.ERROR, "poolserve"):
             r = client.post(
                 "/pool/avg",
@@ -367,7 +367,7 @@ class TestErrorBoundary:
         inside: list[int] = []  # requests inside pool_many, one entry per call
         threads: set[str] = set()
         lock = threading.Lock()
-        real = pool_route.pool_many
+        real = pooling_module.pool_many
 
         def blocking(requests: Any) -> Any:
             with lock:
@@ -376,7 +376,7 @@ class TestErrorBoundary:
             release.wait(30)
             return real(requests)
 
-        monkeypatch.setattr(pool_route, "pool_many", blocking)
+        monkeypatch.setattr(pooling_module, "pool_many", blocking)  # the batch path of every route
         with TestClient(create_app(test_settings(max_concurrency=2))) as client:
             body = {"data": X.tolist(), "params": {"kernel_size": 2}}
             results: list[int] = []
