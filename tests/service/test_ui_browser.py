@@ -227,9 +227,15 @@ def test_image_tab_pools_an_uploaded_image(page: tuple[Any, Network]) -> None:
     pg.locator("#image-guide").get_by_text(poolcore.get_spec("max").description).wait_for()
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("4")
     pg.locator("#image-param-stride textarea, #image-param-stride input").first.fill("2")
+    # The tab starts with a computed example: wait for this run's summary and a new, loaded output image.
+    before = pg.evaluate("() => document.querySelector('#image-output img')?.src ?? null")
     pg.locator("#image-run").click()
-    pg.locator("#image-output img").wait_for()
-    pg.wait_for_function("() => document.querySelector('#image-output img')?.naturalWidth > 0")
+    pg.locator("#image-info").get_by_text("3×47×47").wait_for()
+    pg.wait_for_function(
+        "(before) => { const img = document.querySelector('#image-output img');"
+        " return !!img && img.src !== before && img.complete && img.naturalWidth > 0; }",
+        arg=before,
+    )
     (out,) = _img_sizes(pg, "#image-output img")
     (inp,) = _img_sizes(pg, "#image-input img")
     # (96 - 4) // 2 + 1 = 47 pooled pixels, shown at the input's display size.
