@@ -71,10 +71,16 @@ test: install-test browser lint typecheck pytest
 bench: install
 	$(PY) bench/ops.py
 
-# The service benchmark (bench/service.py): HTTP against in-process, on a real uvicorn on loopback.
+# The service benchmark (bench/service.py): poolserve against a plain FastAPI endpoint and LitServe, driven
+# by wrk (a Debian package, installed here when missing; without it the benchmark says so and skips).
 .PHONY: bench-service
-bench-service: install-test  # tritonclient (test extras) for the Open Inference Protocol rows
-	$(PY) bench/service.py
+bench-service: install-test  # tritonclient (test extras) for the --oip rows
+	$(PIP) -e '.[service,test,bench]'
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk missing and cannot apt-get it (not root or no apt-get): install wrk to run the benchmark"; fi; }
+	$(PY) bench/service.py $(ARGS)
 
 # Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image
 # on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).

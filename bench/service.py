@@ -1,19 +1,30 @@
-"""Benchmark: the HTTP service against the same work done in process, one run, real uvicorn on loopback.
+"""Benchmark: poolserve against what a user would run instead, on this machine, in one run.
 
-    PYTHONPATH=. python bench/service.py [--repeats 40] [--seconds 5]
+    PYTHONPATH=. python bench/service.py [--seconds 8] [--rounds 1] [--oip]
+    make bench-service      # installs wrk (Debian) and LitServe (the bench extras) first
 
-- npy:   1×64×112×112 fp32, avg k2; p50 over HTTP / p50 of np.load + pool + np.save in process (≤ 1.5×).
-         Also the transport floor: the same body posted to /bench/echo, a bare route that reads it as
-         /pool does and answers as many bytes as /pool (no decode, pool or encode), as a ratio to the
-         same baseline; HTTP − floor is what the service adds on top of moving the bytes.
-- json:  1×3×224×224 fp32, avg k2; p50 over HTTP / p50 of orjson.loads + np.asarray + pool + orjson.dumps
-         in process (≤ 2×).
-- small: 1×1×8×8 JSON, 16 concurrent keep-alive clients; req/s of /pool/avg / req/s of a bare route
-         returning a constant in the same server (≥ 0.6×). The bare routes exist only with
-         POOLSERVE_BENCH_ROUTES=true, which this script sets for its own server.
-- oip:   the npy case's request through tritonclient with binary data, over HTTP (/v2/models/avg/infer)
-         and over gRPC (POOLSERVE_GRPC_PORT, which this script sets too); p50 of each / p50 of the same
-         request through /pool with npy, timed in turn in the same run (≤ 1.2× each).
+The peers (``bench/peers/``), each started here as its own server process on loopback:
+
+- ``plain``: the FastAPI endpoint a user writes in ten minutes (async route, ``await request.body()``,
+  orjson / ``np.load``, ``F.avg_pool2d`` inline on the event loop, orjson / ``np.save`` back);
+- ``litserve``: LitServe's documented JSON API, one worker (JSON only, so no npy rows).
+
+All three run on uvicorn with httptools and uvloop (uvicorn[standard]), one process. ``wrk`` (an outside
+load generator, one thread) drives each in turn with the same request bytes, ``--seconds`` per case and
+server; every server's answer is first checked against ``F.avg_pool2d`` in process. Cases and targets
+(poolserve against the plain endpoint, in the same run):
+
+| case                                 | target                                    |
+|--------------------------------------|-------------------------------------------|
+| small JSON 1×1×8×8, 16 connections   | req/s ≥ 1.0×, p99 ≤ 2× the plain endpoint's |
+| JSON 1×3×224×224, 1 connection       | req/s ≥ 1.0×                              |
+| npy 1×64×112×112, 1 connection       | req/s ≥ 1.5×                              |
+| npy 1×64×112×112, 4 connections      | req/s ≥ 1.2×; ``/health`` p99 < 100 ms    |
+
+For the last case a second wrk asks ``GET /health`` over one connection while the 4 connections pool:
+the p99 of those answers is printed for poolserve and for the plain endpoint (whose event loop is busy
+pooling). ``--oip`` adds the Open Inference Protocol rows: the npy request through tritonclient (binary
+data) over HTTP and gRPC, as p50 ratios to the same request to ``/pool`` with npy (target ≤ 1.2× each).
 
 Timings on a shared machine are noisy: the load average is printed with the results.
 """
@@ -21,85 +32,221 @@ Timings on a shared machine are noisy: the load average is printed with the resu
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import importlib.util
 import io
 import os
+import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 import torch
-
-import poolcore
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVERS = ("poolserve", "plain", "litserve")
+PEERS = SERVERS[1:]
 
 
-@contextmanager
-def server(torch_threads: int) -> Iterator[tuple[str, int, int]]:
-    """uvicorn on a loopback socket bound here (port 0) and handed over with --fd; the Open Inference
-    Protocol's gRPC service on a free port (the last of the three values)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # Accepted sockets inherit TCP_NODELAY (uvicorn's --fd socket is not known to be TCP, so asyncio
-    # would not set it), as they have it when uvicorn binds --host/--port itself.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    port = sock.getsockname()[1]
-    with socket.socket() as probe:  # a free port for gRPC (closed again: grpc binds it itself)
+def _free_port() -> int:
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        grpc_port = probe.getsockname()[1]
-    env = {
+        return int(probe.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "GRADIO_ANALYTICS_ENABLED": "False",
-        "POOLSERVE_BENCH_ROUTES": "true",
-        "POOLSERVE_DEVICE": os.environ.get("POOLSERVE_DEVICE", "cpu"),
-        "POOLSERVE_TORCH_THREADS": str(torch_threads),
-        "POOLSERVE_GRPC_PORT": str(grpc_port),
+        **extra,
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "service.app:app",
-        "--fd",
-        str(sock.fileno()),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, pass_fds=(sock.fileno(),))
-    sock.close()
-    base = f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _process(
+    name: str, cmd: list[str], env: dict[str, str], base: str, ready: str, **popen: object
+) -> Iterator[None]:
+    # A session of its own: LitServe's worker processes go down with the server (one signal to the group).
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"uvicorn exited with {proc.returncode}")
+                raise SystemExit(f"{name} exited with {proc.returncode}")
             try:
-                if httpx.get(f"{base}/ready", timeout=2, trust_env=False).status_code == 200:
+                if httpx.get(f"{base}{ready}", timeout=2, trust_env=False).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 180 s")
+                raise SystemExit(f"{name} not ready after 180 s")
             time.sleep(0.2)
-        yield base, port, grpc_port
+        yield
     finally:
-        proc.terminate()
-        try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # what is left of the group
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def poolserve(torch_threads: int) -> Iterator[tuple[str, int, int]]:
+    """poolserve's own server (``python -m service --fd``, the guarded protocol and all) on a loopback
+    socket bound here, and the Open Inference Protocol's gRPC service on a free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Accepted sockets inherit TCP_NODELAY (asyncio does not set it on an --fd socket it can't tell is
+    # TCP), as they have it when the server binds a host and port itself.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    grpc_port = _free_port()
+    env = _env(
+        POOLSERVE_DEVICE=os.environ.get("POOLSERVE_DEVICE", "cpu"),
+        POOLSERVE_TORCH_THREADS=str(torch_threads),
+        POOLSERVE_GRPC_PORT=str(grpc_port),
+    )
+    cmd = [sys.executable, "-m", "service", "--fd", str(sock.fileno()), "--log-level", "warning"]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with _process("poolserve", cmd, env, base, "/ready", pass_fds=(sock.fileno(),)):
+            sock.close()
+            yield base, port, grpc_port
+    finally:
+        sock.close()
+
+
+@contextmanager
+def plain() -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bench.peers.plain_fastapi:app", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with _process("plain", [*cmd, "--log-level", "warning"], _env(), base, "/health"):
+        yield base
+
+
+@contextmanager
+def litserve() -> Iterator[str]:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, str(ROOT / "bench" / "peers" / "litserve_api.py"), str(port)]
+    with _process("litserve", cmd, _env(), base, "/health"):
+        yield base
+
+
+# wrk's Lua: the request from files named in the environment; the summary as one JSON line.
+WRK_SCRIPT = """
+local function read(path)
+  local f = assert(io.open(path, "rb")); local s = f:read("*a"); f:close(); return s
+end
+if os.getenv("WRK_BODY") then
+  wrk.method = "POST"
+  wrk.body = read(os.getenv("WRK_BODY"))
+  wrk.headers["Content-Type"] = os.getenv("WRK_TYPE")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "us": %d, "p50": %d, "p99": %d, "errors": %d, "non2xx": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def wrk(
+    url: str, connections: int, seconds: float, script: Path, body: Path | None, content_type: str = ""
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "WRK_TYPE": content_type}
+    if body is not None:
+        env["WRK_BODY"] = str(body)
+    else:
+        env.pop("WRK_BODY", None)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), url]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def result(proc: subprocess.Popen[str], what: str) -> Run:
+    out, _ = proc.communicate()
+    match = re.search(r"^WRK (\{.*\})$", out, re.M)
+    if match is None:
+        raise SystemExit(f"wrk gave no summary for {what}:\n{out}")
+    summary = orjson.loads(match.group(1))
+    if summary["errors"] or summary["non2xx"]:
+        raise SystemExit(f"{what}: {summary['errors']} socket errors, {summary['non2xx']} non-2xx answers")
+    return Run(summary["requests"] / (summary["us"] / 1e6), summary["p50"] / 1e3, summary["p99"] / 1e3)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shape: tuple[int, ...]
+    wire: str  # "json" or "npy"
+    connections: int
+    min_ratio: float  # req/s against the plain endpoint's
+    max_p99_ratio: float | None = None  # p99 against the plain endpoint's
+    health: bool = False  # also ask /health under this load
+
+    def body(self) -> tuple[bytes, str, np.ndarray]:
+        x = np.random.default_rng(0).standard_normal(self.shape).astype(np.float32)
+        if self.wire == "npy":
+            buf = io.BytesIO()
+            np.save(buf, x)
+            return buf.getvalue(), "application/x-npy", x
+        doc = {"data": x, "params": {"kernel_size": 2}}
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), "application/json", x
+
+
+CASES = (
+    Case("small JSON 1×1×8×8, 16 conns", (1, 1, 8, 8), "json", 16, 1.0, max_p99_ratio=2.0),
+    Case("JSON 1×3×224×224, 1 conn", (1, 3, 224, 224), "json", 1, 1.0),
+    Case("npy 1×64×112×112, 1 conn", (1, 64, 112, 112), "npy", 1, 1.5),
+    Case("npy 1×64×112×112, 4 conns", (1, 64, 112, 112), "npy", 4, 1.2, health=True),
+)
+HEALTH_P99_MS = 100.0
+
+
+def _path(server: str, case: Case) -> str:
+    if server == "litserve":
+        return "/predict"
+    return "/pool/avg?kernel_size=2" if case.wire == "npy" else "/pool/avg"
+
+
+def _check_answer(server: str, url: str, body: bytes, content_type: str, x: np.ndarray) -> None:
+    """Each server must give torch's answer before it is timed."""
+    r = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=30, trust_env=False)
+    if r.status_code != 200:
+        raise SystemExit(f"{server}: {r.status_code} {r.text[:200]}")
+    got = (
+        np.load(io.BytesIO(r.content))
+        if content_type == "application/x-npy"
+        else np.asarray(r.json()["data"])
+    )
+    expected = F.avg_pool2d(torch.from_numpy(x), 2).numpy()
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-6, atol=1e-6):
+        raise SystemExit(f"{server}: wrong answer for {x.shape}")
 
 
 class RawClient:
@@ -196,61 +343,6 @@ def paired_p50s(
     return tuple(statistics.median(spent) for spent in times)
 
 
-def npy_case(client: RawClient, repeats: int) -> tuple[float, float, float]:
-    """p50 over HTTP, in process, and of the transport floor: the same body posted to /bench/echo, which
-    reads it as /pool does and answers as many bytes as /pool's answer, with no work in between."""
-    x = np.random.default_rng(0).standard_normal((1, 64, 112, 112)).astype(np.float32)
-    buf = io.BytesIO()
-    np.save(buf, x)
-    body = buf.getvalue()
-
-    def in_process() -> bytes:
-        a = np.load(io.BytesIO(body), allow_pickle=False)
-        with torch.inference_mode():
-            y = poolcore.pool(torch.from_numpy(a), "avg", kernel_size=2)
-        out = io.BytesIO()
-        np.save(out, y.numpy())
-        return out.getvalue()
-
-    def over_http() -> bytes:
-        return client.post("/pool/avg?kernel_size=2", body, "application/x-npy")
-
-    expected = in_process()
-    if over_http() != expected:
-        raise SystemExit("npy: HTTP and in-process results differ")
-    echo_path = f"/bench/echo?size={len(expected)}"
-
-    def floor() -> bytes:
-        return client.post(echo_path, body, "application/x-npy")
-
-    if len(floor()) != len(expected):
-        raise SystemExit("npy: /bench/echo answered the wrong number of bytes")
-    http, local, transport = paired_p50s(over_http, in_process, floor, repeats=repeats)
-    return http, local, transport
-
-
-def json_case(client: RawClient, repeats: int) -> tuple[float, float]:
-    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    body = orjson.dumps({"data": x, "params": {"kernel_size": 2}}, option=orjson.OPT_SERIALIZE_NUMPY)
-
-    def in_process() -> bytes:
-        doc = orjson.loads(body)
-        a = np.asarray(doc["data"]).astype(np.float32)  # faster than asarray(..., dtype=float32)
-        with torch.inference_mode():
-            y = poolcore.pool(torch.from_numpy(a), "avg", **doc["params"])
-        return orjson.dumps(
-            {"shape": list(y.shape), "dtype": "float32", "data": y.numpy()}, option=orjson.OPT_SERIALIZE_NUMPY
-        )
-
-    def over_http() -> bytes:
-        return client.post("/pool/avg", body, "application/json")
-
-    if orjson.loads(over_http())["data"] != orjson.loads(in_process())["data"]:
-        raise SystemExit("json: HTTP and in-process results differ")
-    http, local = paired_p50s(over_http, in_process, repeats=repeats)
-    return http, local
-
-
 def oip_case(client: RawClient, port: int, grpc_port: int, repeats: int) -> tuple[float, float, float]:
     """p50 of the npy case's request through /pool (npy), and through tritonclient with binary data over
     HTTP and over gRPC, timed in turn."""
@@ -292,151 +384,149 @@ def oip_case(client: RawClient, port: int, grpc_port: int, repeats: int) -> tupl
     return pool, http, grpc
 
 
-async def _hammer(port: int, path: str, body: bytes, clients: int, seconds: float) -> float:
-    """``clients`` keep-alive connections, each sending one request after another; returns req/s.
-
-    A minimal HTTP/1.1 client on asyncio streams, so the load generator costs little CPU next to the
-    server it measures.
-    """
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    stop = time.perf_counter() + seconds
-    counts = [0] * clients
-
-    async def one(i: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < stop:
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise SystemExit(f"{path}: {head[:40]!r}")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                counts[i] += 1
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(clients)))
-    return sum(counts) / (time.perf_counter() - start)
+def measure(
+    bases: dict[str, str], seconds: float, rounds: int, workdir: Path
+) -> tuple[dict[tuple[str, str], list[Run]], dict[str, list[Run]]]:
+    """Every case on every server that speaks its wire format, server after server, ``rounds`` times."""
+    script = workdir / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
+    runs: dict[tuple[str, str], list[Run]] = {}
+    health: dict[str, list[Run]] = {}
+    for case in CASES:
+        body, content_type, x = case.body()
+        body_file = workdir / f"{case.wire}-{'x'.join(map(str, case.shape))}"
+        body_file.write_bytes(body)
+        servers = [s for s in bases if case.wire == "json" or s != "litserve"]
+        for server in servers:
+            url = bases[server] + _path(server, case)
+            _check_answer(server, url, body, content_type, x)
+            result(wrk(url, case.connections, 1, script, body_file, content_type), f"{server} warm-up")
+        for _ in range(rounds):
+            for server in servers:
+                url = bases[server] + _path(server, case)
+                load = wrk(url, case.connections, seconds, script, body_file, content_type)
+                if case.health and server != "litserve":
+                    time.sleep(0.5)  # the load is on before the first /health request
+                    probe = wrk(bases[server] + "/health", 1, max(1.0, seconds - 1), script, None)
+                    health.setdefault(server, []).append(result(probe, f"{server} /health"))
+                runs.setdefault((case.name, server), []).append(result(load, f"{server} {case.name}"))
+    return runs, health
 
 
-def small_case(port: int, seconds: float) -> tuple[float, float]:
-    """Throughput of /pool/avg and /bench/constant, in alternating one-second slices (same load)."""
-    x = np.random.default_rng(2).standard_normal((1, 1, 8, 8)).astype(np.float32)
-    body = orjson.dumps({"data": x, "params": {"kernel_size": 2}}, option=orjson.OPT_SERIALIZE_NUMPY)
-    asyncio.run(_hammer(port, "/bench/constant", body, 16, 0.5))  # warm-up
-    asyncio.run(_hammer(port, "/pool/avg", body, 16, 0.5))
-    pool, constant = [], []
-    for _ in range(max(1, round(seconds))):
-        pool.append(asyncio.run(_hammer(port, "/pool/avg", body, 16, 1.0)))
-        constant.append(asyncio.run(_hammer(port, "/bench/constant", body, 16, 1.0)))
-    return statistics.mean(pool), statistics.mean(constant)
+def _span(values: list[float], fmt: str) -> str:
+    low, high = min(values), max(values)
+    return format(low, fmt) if format(low, fmt) == format(high, fmt) else f"{low:{fmt}}–{high:{fmt}}"
+
+
+def report(runs: dict[tuple[str, str], list[Run]], health: dict[str, list[Run]], servers: list[str]) -> None:
+    def cell(case: Case, server: str, pick: Callable[[Run], float], fmt: str) -> str:
+        found = runs.get((case.name, server))
+        return _span([pick(r) for r in found], fmt) if found else "—"
+
+    header = (
+        f"{'case':30} {'req/s ' + ' / '.join(servers):>34} {'p50 ms':>20} {'p99 ms':>22} "
+        f"{'÷best peer':>11} {'p99÷plain':>10}  {'target':22} result  {'/health p99 ms':>16}"
+    )
+    print(header)
+    for case in CASES:
+        rps = {
+            s: statistics.median(r.rps for r in runs[(case.name, s)])
+            for s in servers
+            if (case.name, s) in runs
+        }
+        p99 = {
+            s: statistics.median(r.p99_ms for r in runs[(case.name, s)])
+            for s in servers
+            if (case.name, s) in runs
+        }
+        best_peer = max((s for s in rps if s != "poolserve"), key=lambda s: rps[s])
+        ratio = rps["poolserve"] / rps[best_peer]
+        plain_ratio = rps["poolserve"] / rps["plain"]
+        p99_ratio = p99["poolserve"] / p99["plain"]
+        ok = plain_ratio >= case.min_ratio
+        target = f"≥ {case.min_ratio:g}× plain"
+        if case.max_p99_ratio is not None:
+            ok = ok and p99_ratio <= case.max_p99_ratio
+            target += f", p99 ≤ {case.max_p99_ratio:g}×"
+        health_cell = ""
+        if case.health:
+            hp99 = {s: statistics.median(r.p99_ms for r in health[s]) for s in health}
+            ok = ok and hp99["poolserve"] < HEALTH_P99_MS
+            target += f", /health < {HEALTH_P99_MS:g}"
+            health_cell = " / ".join(f"{hp99[s]:.1f}" for s in servers if s in hp99)
+        print(
+            f"{case.name:30} {' / '.join(cell(case, s, lambda r: r.rps, '.0f') for s in servers):>34} "
+            f"{' / '.join(cell(case, s, lambda r: r.p50_ms, '.1f') for s in servers):>20} "
+            f"{' / '.join(cell(case, s, lambda r: r.p99_ms, '.1f') for s in servers):>22} "
+            f"{ratio:>10.2f}× {p99_ratio:>9.2f}×  {target:22} {'PASS' if ok else 'MISS':6} {health_cell:>16}"
+        )
+    print(
+        f"columns: {' / '.join(servers)}; ÷best peer = poolserve's req/s over the fastest peer's (medians);"
+    )
+    print("targets are against the plain endpoint; /health p99: a second wrk asking GET /health on one")
+    print("connection while the case's load runs (poolserve / plain); ranges over rounds where they differ")
+
+
+def oip_rows(port: int, grpc_port: int, repeats: int) -> None:
+    client = RawClient(port)
+    try:
+        pool, http, grpc = oip_case(client, port, grpc_port, repeats)
+    finally:
+        client.close()
+    print(f"{'oip (tritonclient, binary data)':32} {'p50 ms':>8} {'÷ /pool npy':>12}  target  result")
+    for name, value in (("/pool npy", pool), ("oip http", http), ("oip grpc", grpc)):
+        ratio = value / pool
+        verdict = "" if name == "/pool npy" else ("PASS" if ratio <= 1.2 else "MISS")
+        print(f"{name:32} {value * 1e3:>8.2f} {ratio:>11.2f}×  {'≤ 1.2×' if verdict else '':6}  {verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=40, help="timed requests per latency case")
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds of each throughput run")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds of wrk per case and server")
+    parser.add_argument("--rounds", type=int, default=1, help="times each case runs on each server")
+    parser.add_argument("--oip", action="store_true", help="add the Open Inference Protocol rows")
+    parser.add_argument("--repeats", type=int, default=40, help="timed requests per --oip case")
     parser.add_argument(
         "--torch-threads",
         type=int,
         default=torch.get_num_threads(),
-        help="torch threads for the server (POOLSERVE_TORCH_THREADS) and the in-process baseline alike "
-        "(default: torch's default here)",
+        help="poolserve's POOLSERVE_TORCH_THREADS (default: torch's default; the peers use torch's default)",
     )
+    parser.add_argument("--servers", default=",".join(SERVERS), help="a subset of " + ",".join(SERVERS))
     args = parser.parse_args()
-    torch.set_num_threads(args.torch_threads)
+    if shutil.which("wrk") is None:
+        print(
+            "bench/service.py: skipped: wrk is not installed (`apt-get install wrk`, or `make bench-service`)"
+        )
+        return
+    servers = [s for s in SERVERS if s in args.servers.split(",")]
+    if "poolserve" not in servers or "plain" not in servers:
+        raise SystemExit("--servers must include poolserve and plain (the targets are against plain)")
+    if "litserve" in servers and importlib.util.find_spec("litserve") is None:
+        print("litserve is not installed (pip install -e '.[bench]'): its column is left out")
+        servers.remove("litserve")
     load_before = os.getloadavg()
-    with server(args.torch_threads) as (_, port, grpc_port):
-        client = RawClient(port)
-        try:
-            client.timings = []
-            npy_http, npy_local, npy_floor = npy_case(client, args.repeats)
-            npy_split = client.breakdown()
-            json_http, json_local = json_case(client, max(10, args.repeats // 2))
-            json_split = client.breakdown()
-            oip_pool, oip_http, oip_grpc = oip_case(client, port, grpc_port, args.repeats)
-            client.timings = []
-        finally:
-            client.close()
-        pool_rps, constant_rps = small_case(port, args.seconds)
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        base, port, grpc_port = stack.enter_context(poolserve(args.torch_threads))
+        bases = {"poolserve": base, "plain": stack.enter_context(plain())}
+        if "litserve" in servers:
+            bases["litserve"] = stack.enter_context(litserve())
+        runs, health = measure(bases, args.seconds, args.rounds, Path(tmp))
+        if args.oip:
+            oip_rows(port, grpc_port, args.repeats)
     load_after = os.getloadavg()
-
-    rows = [
-        (
-            "npy 1×64×112×112 avg k2",
-            f"{npy_http * 1e3:.2f} ms",
-            f"{npy_local * 1e3:.2f} ms",
-            npy_http / npy_local,
-            "≤ 1.5×",
-            npy_http / npy_local <= 1.5,
-        ),
-        (
-            "json 1×3×224×224 avg k2",
-            f"{json_http * 1e3:.2f} ms",
-            f"{json_local * 1e3:.2f} ms",
-            json_http / json_local,
-            "≤ 2×",
-            json_http / json_local <= 2.0,
-        ),
-        (
-            "small 1×1×8×8, 16 clients",
-            f"{pool_rps:.0f} req/s",
-            f"{constant_rps:.0f} req/s",
-            pool_rps / constant_rps,
-            "≥ 0.6×",
-            pool_rps / constant_rps >= 0.6,
-        ),
-        # The Open Inference Protocol (issue 11): tritonclient, binary data, against /pool with npy.
-        (
-            "oip http 1×64×112×112 avg k2",
-            f"{oip_http * 1e3:.2f} ms",
-            f"{oip_pool * 1e3:.2f} ms",
-            oip_http / oip_pool,
-            "≤ 1.2×",
-            oip_http / oip_pool <= 1.2,
-        ),
-        (
-            "oip grpc 1×64×112×112 avg k2",
-            f"{oip_grpc * 1e3:.2f} ms",
-            f"{oip_pool * 1e3:.2f} ms",
-            oip_grpc / oip_pool,
-            "≤ 1.2×",
-            oip_grpc / oip_pool <= 1.2,
-        ),
-    ]
-    threads = torch.get_num_threads()
-    # uvicorn picks httptools and uvloop (uvicorn[standard]) when importable, else h11 and asyncio.
-    parser_name = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop_name = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    print(f"poolserve service benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} threads")
-    print(f"uvicorn: {parser_name} parser, {loop_name} loop, 1 worker")
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    print(f"poolserve service benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, {wrk_version}")
+    print(
+        f"{args.seconds:g} s per case and server, {args.rounds} round(s); "
+        f"poolserve torch threads {args.torch_threads}"
+    )
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min): shared machine, noisy"
     )
-    print(f"{'case':28} {'HTTP':>14} {'baseline':>14} {'ratio':>7}  {'target':>7}  result")
-    for name, http, local, ratio, target, ok in rows:
-        print(f"{name:28} {http:>14} {local:>14} {ratio:>6.2f}×  {target:>7}  {'PASS' if ok else 'MISS'}")
-    floor_name = "npy transport floor (bare route, same bytes)"
-    print(f"{floor_name:45} {npy_floor * 1e3:>8.2f} ms {npy_floor / npy_local:>6.2f}× of the baseline")
-    print(f"{'npy overhead above floor (HTTP − floor)':45} {(npy_http - npy_floor) * 1e3:>8.2f} ms")
-    print(f"npy  {npy_split}")
-    print(f"json {json_split}")
-    print("(read = body received by the app; run = decode + pool + encode in a worker thread, queueing")
-    print("included; pool = the operator alone; the rest of HTTP is the transport and the client)")
-    print("baselines: npy = np.load + pool + np.save in process (p50); json = orjson.loads + np.asarray")
-    print("+ pool + orjson.dumps in process (p50); small = a bare route returning a constant, same server")
-    print("npy transport floor = /bench/echo: the body read like /pool's, as many zero bytes answered")
-    print("oip = tritonclient (binary data) over HTTP and gRPC; baseline: the same request to /pool with npy")
+    report(runs, health, servers)
 
 
 if __name__ == "__main__":
