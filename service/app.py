@@ -16,14 +16,11 @@ import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 
-from .body import read_body
 from .codecs import Limits
 from .config import Settings, get_settings
 from .docs import pool_operation
-from .errors import BadRequest, install_error_handlers
+from .errors import install_error_handlers
 from .gc_tuning import freeze_heap, unfreeze_heap
 from .limits import WorkLimits
 from .memory import reuse_freed_memory
@@ -94,16 +91,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.device = resolve_device(settings.device)
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
         app.state.work_limits = WorkLimits.of(settings)
-        # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once.
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
+        # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once,
+        # sharing torch's intra-op threads between them.
         workers = TorchWorkers(
-            settings.max_concurrency, max_queue=settings.max_queue, queue_timeout=settings.request_timeout
+            settings.max_concurrency,
+            max_queue=settings.max_queue,
+            queue_timeout=settings.request_timeout,
+            intra_op_threads=settings.torch_threads,
         )
         app.state.workers = workers
         app.state.metrics.watch_queue(workers.pending)
         if settings.reuse_freed_memory:
             reuse_freed_memory()  # process-wide, like torch_threads
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
         await workers.run(_warm_up, app.state.device)
         grpc_server = None
         if settings.grpc_port is not None:
@@ -135,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         'lists every method with its parameters. Errors are `{"detail": "..."}`.',
         version="0.1.0",
         lifespan=lifespan,
+        # Off unless asked for: FastAPI checks for configured providers on every request (config.py).
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.ready = False
@@ -157,28 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # The routes themselves, not include_router: FastAPI dispatches an included router through a wrapper
     # on every request, which cost a small /pool request about a fifth of its event-loop time.
-    app.router.routes.extend([*pool_routes(), *v2_routes(), *info_router().routes])
+    # First in the list, ahead of the docs pages FastAPI added: the router tries routes in order.
+    app.router.routes[:0] = [*pool_routes(), *v2_routes(), *info_router().routes]
     _document_pool_route(app, settings)
-    if settings.bench_routes:
-
-        @app.post("/bench/constant", include_in_schema=False)
-        async def bench_constant() -> Response:
-            """Baseline for bench/service.py: a bare route returning a constant."""
-            return Response(b'{"ok":true}', media_type="application/json")
-
-        @app.post("/bench/echo", include_in_schema=False)
-        async def bench_echo(request: Request) -> Response:
-            """Transport floor for bench/service.py: the body read as /pool reads it, then ``size`` zero
-            bytes back (0 ≤ size ≤ the body's length), with no decoding, pooling or encoding."""
-            body = await read_body(request)
-            text = request.query_params.get("size", "")
-            size = int(text) if text.isdecimal() else -1
-            if not 0 <= size <= len(body):
-                raise BadRequest(
-                    f"size must be an integer from 0 to {len(body)}, the body's length (got {text!r})"
-                )
-            return Response(bytes(size), media_type="application/x-npy")
-
     return mount_ui(app)
 
 

@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     )
     torch_threads: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
-        description="torch intra-op threads per request (torch.set_num_threads); unset keeps torch's "
-        "default. On CPU, 1 with max_concurrency near the core count avoids thread oversubscription.",
+        description="torch intra-op threads (torch.set_num_threads) shared by the requests running at "
+        "once: one large request gets them all, two get half each, a small one (under 64 KiB) one. "
+        "Unset: torch's default, the core count.",
     )
     reuse_freed_memory: bool = Field(
         default=True,
@@ -119,10 +120,12 @@ class Settings(BaseSettings):
         description="Address the gRPC service binds (0.0.0.0 in a container, like the HTTP --host).",
     )
     # -- end of issue 11's settings --
-    bench_routes: bool = Field(
+    opentelemetry: bool = Field(
         default=False,
-        description="Add /bench/constant and /bench/echo, the baseline routes of bench/service.py (not for "
-        "production).",
+        description="FastAPI's native OpenTelemetry spans, metrics and logs, sent to the providers you "
+        "configure (opentelemetry-instrument, OTEL_*). Off by default: poolserve's own metrics are at "
+        "/metrics, and FastAPI looks the providers up on every request, a tenth of a small request's time "
+        "on the event loop.",
     )
 
     @property

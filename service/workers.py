@@ -36,11 +36,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import torch
+
 from .errors import ServiceUnavailable
 
 __all__ = [
     "BATCH_BYTES",
     "MAX_BATCH",
+    "SMALL_JOB_BYTES",
     "WATCH_AFTER",
     "BatchFn",
     "CallerGone",
@@ -58,6 +61,10 @@ BatchFn = Callable[[Sequence[I]], Sequence[Any]]
 
 MAX_BATCH = 64  # jobs one thread takes at once
 BATCH_BYTES = 256 * 1024  # a thread stops taking more once the jobs it took carry this much input
+# Jobs carrying less input than this run on one intra-op thread: an operator on a few kilobytes finishes
+# before a second thread would have joined (torch's pooling kernels parallelise whatever the size, and
+# the team's start and end cost more than the work; on a busy machine, milliseconds).
+SMALL_JOB_BYTES = 64 * 1024
 
 
 class QueueFull(ServiceUnavailable):
@@ -178,10 +185,16 @@ class TorchWorkers:
         *,
         max_queue: int | None = None,
         queue_timeout: float | None = None,
+        intra_op_threads: int | None = None,
         name: str = "poolserve-torch",
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1 (got {threads})")
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be at least 1 (got {intra_op_threads})")
+        # torch's intra-op threads (OpenMP) for all running jobs together: torch's own default, the
+        # core count, unless given. Each worker sets its share per batch (set_num_threads is per thread).
+        self._intra_op = intra_op_threads or torch.get_num_threads()
         if max_queue is not None and max_queue < 0:
             raise ValueError(f"max_queue must be at least 0 (got {max_queue})")
         if queue_timeout is not None and not queue_timeout > 0:
@@ -333,17 +346,30 @@ class TorchWorkers:
         """Under the lock: wake the most recently idle thread."""
         self._idle.pop().set()
 
-    def _take(self, idle: threading.Event) -> list[_Job[Any]] | None:
-        """The next job and the small ones queued behind it; None once closed and drained."""
+    def _take(self, idle: threading.Event) -> tuple[list[_Job[Any]], int] | None:
+        """The next job and the small ones queued behind it, with their intra-op thread count; None once
+        closed and drained."""
         while True:
             with self._lock:
                 if self._jobs:
-                    return self._pop_batch()
+                    jobs = self._pop_batch()
+                    return jobs, self.intra_op_share(jobs)
                 if self._closed:
                     return None
                 idle.clear()
                 self._idle.append(idle)
             idle.wait()
+
+    def intra_op_share(self, jobs: Sequence[_Job[Any]]) -> int:
+        """Under the lock, for a batch just taken: the intra-op threads it runs with. The jobs running and
+        those about to (queued, up to a thread each) share them, so that four large requests on a 2-core
+        machine run on one thread each rather than eight threads fighting for two cores, and a lone one
+        gets them all; a small batch takes one (see SMALL_JOB_BYTES)."""
+        size = sum(job.size for job in jobs)
+        if 0 < size < SMALL_JOB_BYTES:
+            return 1
+        sharing = min(len(self._threads), self._busy + len(self._jobs))
+        return max(1, self._intra_op // max(1, sharing))
 
     def _pop_batch(self) -> list[_Job[Any]]:
         """Under the lock: the first job, and the small ones of the same batch function right behind it.
@@ -371,7 +397,12 @@ class TorchWorkers:
 
     def _work(self) -> None:
         idle = threading.Event()
-        while (jobs := self._take(idle)) is not None:
+        intra_op = torch.get_num_threads()
+        while (taken := self._take(idle)) is not None:
+            jobs, share = taken
+            if share != intra_op:
+                torch.set_num_threads(share)  # this thread's OpenMP team size
+                intra_op = share
             groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
             done: list[tuple[list[_Job[Any]], list[Any]]] = []
             for job in jobs:

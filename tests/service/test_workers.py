@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+import torch
 
 from service.workers import (
     BATCH_BYTES,
     MAX_BATCH,
+    SMALL_JOB_BYTES,
     WATCH_AFTER,
     CallerGone,
     QueueFull,
@@ -456,3 +458,36 @@ def test_queue_settings_are_checked() -> None:
         TorchWorkers(1, max_queue=-1)
     with pytest.raises(ValueError, match="queue_timeout must be positive"):
         TorchWorkers(1, queue_timeout=0)
+
+
+def test_running_jobs_share_the_intra_op_threads_and_small_ones_take_one() -> None:
+    """torch's intra-op thread count as each job sees it: a lone large job has them all, two large jobs
+    running together half each, a small job one (set_num_threads is per thread, so this is what the
+    operator in that job runs with)."""
+    workers = TorchWorkers(2, intra_op_threads=4)
+    both_running = threading.Barrier(2, timeout=10)
+
+    def threads_seen(items: Sequence[bool]) -> list[int]:
+        if items[0]:  # wait for the other large job, so that both run at once
+            both_running.wait()
+        return [torch.get_num_threads()] * len(items)
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        alone = await workers.run_batched(threads_seen, False, SMALL_JOB_BYTES * 4)
+        small = await workers.run_batched(threads_seen, False, 100)
+        together = await asyncio.gather(
+            *(workers.run_batched(threads_seen, True, BATCH_BYTES) for _ in range(2))
+        )
+        return alone, small, list(together)
+
+    try:
+        alone, small, together = asyncio.run(scenario())
+    finally:
+        workers.close()
+        workers.join(10)
+    assert (alone, small, together) == (4, 1, [2, 2])
+
+
+def test_intra_op_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="intra_op_threads must be at least 1 \\(got 0\\)"):
+        TorchWorkers(1, intra_op_threads=0)
