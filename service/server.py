@@ -143,15 +143,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _close_early_answers(cycle: Any) -> None:
         """An answer that starts before its request's body has fully arrived carries ``Connection:
         close`` (the connection closes after it, see on_response_complete), so the client does not send
-        its next request on a connection that is about to close. The app's task has not started yet:
-        it looks ``cycle.send`` up when it does."""
+        its next request on a connection that is about to close. And a response with a Content-Length
+        leaves in one write, head and body together (see _HeadHolder). The app's task has not started
+        yet: it looks ``cycle.send`` and ``cycle.transport`` up when it does."""
         send = cycle.send
+        holder = cycle.transport = _HeadHolder(cycle.transport)
 
         async def send_closing_early(message: Any) -> None:
-            if message["type"] == "http.response.start" and cycle.more_body:
-                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+            if message["type"] != "http.response.start":
+                try:
+                    await send(message)  # the body's first write takes the head along
+                finally:
+                    holder.flush()  # a HEAD response writes no body
+                return
+            headers = message.get("headers", [])
+            if cycle.more_body:
+                headers = [h for h in headers if h[0].lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
+            # Only a response of known length: a stream's head goes out at once, whenever its body comes.
+            if any(name.lower() == b"content-length" for name, _ in headers):
+                holder.hold()
+            try:
+                await send(message)
+            finally:
+                holder.holding = False
 
         cycle.send = send_closing_early
 
@@ -217,6 +232,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+
+
+class _HeadHolder:
+    """The transport a response cycle writes to: after :meth:`hold`, the next write (uvicorn's response
+    head) is kept back and sent with the write after it (the body), so that a small response leaves in
+    one ``send`` and one TCP segment rather than two; on the 2-core benchmark machine the second
+    syscall and the client's second wake-up cost about a tenth of a small request."""
+
+    JOIN_LIMIT = 64 * 1024  # larger bodies go in their own write: copying them would cost more
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.holding = False
+        self.head: bytes | None = None
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def write(self, data: bytes) -> None:
+        if self.holding:
+            self.holding, self.head = False, data
+            return
+        if self.head is not None:
+            head, self.head = self.head, None
+            if len(data) <= self.JOIN_LIMIT:
+                data = head + data
+            else:
+                self.transport.write(head)
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        self.holding = False
+        if self.head is not None:
+            head, self.head = self.head, None
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the transport's own
+        return getattr(self.transport, name)
 
 
 class DrainingServer(uvicorn.Server):

@@ -7,16 +7,20 @@ timeout (1 s here), so a busy machine does not fail them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+
+from service.server import GuardedHttpToolsProtocol
 
 from .support import LiveServer, live_server_process, npy_bytes
 
@@ -280,3 +284,77 @@ class TestDrain:
             client.close()
             assert _status(response) == 200
             assert live.process.wait(timeout=20) == 0
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Cycle:
+    """What uvicorn's response cycle does with the transport: the head written on http.response.start,
+    each body chunk on http.response.body (none for HEAD)."""
+
+    def __init__(self, method: str = "GET") -> None:
+        self.transport: Any = _RecordingTransport()
+        self.more_body = False
+        self.method = method
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in message["headers"])
+            )
+        elif self.method != "HEAD":
+            self.transport.write(message["body"])
+
+
+def _respond(cycle: _Cycle, headers: list[tuple[bytes, bytes]], *chunks: bytes) -> list[bytes]:
+    recorder = cycle.transport
+    GuardedHttpToolsProtocol._close_early_answers(cycle)
+
+    async def run() -> None:
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": headers})
+        for index, chunk in enumerate(chunks):
+            await cycle.send(
+                {"type": "http.response.body", "body": chunk, "more_body": index < len(chunks) - 1}
+            )
+
+    asyncio.run(run())
+    return recorder.writes
+
+
+class TestOneWritePerResponse:
+    """A response of known length leaves in one write (one send, one TCP segment), head and body."""
+
+    def test_head_and_small_body_are_one_write(self) -> None:
+        writes = _respond(_Cycle(), [(b"content-length", b"5")], b"hello")
+        assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nhello"]
+
+    def test_a_large_body_is_not_copied_to_join_it(self) -> None:
+        body = bytes(256 * 1024)
+        writes = _respond(_Cycle(), [(b"content-length", str(len(body)).encode())], body)
+        assert [len(w) for w in writes] == [len(b"HTTP/1.1 200 OK\r\ncontent-length: 262144\r\n"), len(body)]
+
+    def test_a_head_request_still_gets_its_head(self) -> None:
+        writes = _respond(_Cycle("HEAD"), [(b"content-length", b"5")], b"")
+        assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"]
+
+    def test_a_stream_sends_its_head_at_once(self) -> None:
+        """No Content-Length (server-sent events, say): the head must not wait for the first event."""
+        cycle = _Cycle()
+        recorder = cycle.transport
+        GuardedHttpToolsProtocol._close_early_answers(cycle)
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+        asyncio.run(cycle.send(start))
+        assert recorder.writes == [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"]
