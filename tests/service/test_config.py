@@ -15,7 +15,7 @@ def test_defaults() -> None:
     assert s.device == "auto"
     assert s.max_body_bytes == 64 * 1024 * 1024
     assert s.max_elements == 2**24
-    assert s.bench_routes is False
+    assert s.opentelemetry is False
 
 
 def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

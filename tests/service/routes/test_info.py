@@ -105,37 +105,6 @@ def test_many_apps_each_with_own_metrics() -> None:
     assert len({id(a.state.metrics.registry) for a in apps}) == 3
 
 
-@pytest.mark.parametrize("enabled", [False, True])
-def test_bench_route_only_when_enabled(enabled: bool) -> None:
-    with TestClient(create_app(test_settings(bench_routes=enabled))) as c:
-        r = c.post("/bench/constant", json={"data": [1.0]})
-        assert r.status_code == (200 if enabled else 404)
-        assert "/bench/constant" not in c.get("/openapi.json").json()["paths"]
-
-
-@pytest.mark.parametrize("enabled", [False, True])
-def test_bench_echo_only_when_enabled(enabled: bool) -> None:
-    """``size`` zero bytes back for any body, read with a Content-Length or chunked."""
-    body = bytes(range(256)) * 40
-    with TestClient(create_app(test_settings(bench_routes=enabled))) as c:
-        r = c.post("/bench/echo?size=1000", content=body)
-        assert r.status_code == (200 if enabled else 404)
-        assert "/bench/echo" not in c.get("/openapi.json").json()["paths"]
-        if not enabled:
-            return
-        assert r.content == b"\0" * 1000
-        chunked = c.post("/bench/echo?size=10240", content=iter([body[:5000], body[5000:]]))
-        assert chunked.status_code == 200 and chunked.content == b"\0" * len(body)
-        assert c.post("/bench/echo?size=0", content=b"").content == b""
-
-
-@pytest.mark.parametrize("query", ["", "?size=", "?size=-1", "?size=1.5", "?size=x", "?size=11"])
-def test_bench_echo_bad_size(query: str) -> None:
-    with TestClient(create_app(test_settings(bench_routes=True))) as c:
-        r = c.post(f"/bench/echo{query}", content=b"0123456789")
-        assert r.status_code == 400 and "from 0 to 10" in r.json()["detail"]
-
-
 def test_request_id_echoed_or_made(client: TestClient) -> None:
     assert client.get("/health", headers={"x-request-id": "abc-1"}).headers["x-request-id"] == "abc-1"
     made = client.get("/health", headers={"x-request-id": "bad id\x7f"}).headers["x-request-id"]
@@ -158,3 +127,27 @@ def test_docs_pages_load_only_local_assets(client: TestClient, page: str) -> Non
     for url in urls:
         assert url.startswith("/"), f"{page} loads {url} from elsewhere"
         assert client.get(url).status_code == 200, url
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_opentelemetry_providers_are_looked_up_only_when_enabled(
+    enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI's native telemetry checks the global OpenTelemetry providers on every request unless told
+    not to; POOLSERVE_OPENTELEMETRY (off by default) decides."""
+    from opentelemetry import trace
+
+    lookups = 0
+    original = trace.get_tracer_provider
+
+    def counting() -> trace.TracerProvider:
+        nonlocal lookups
+        lookups += 1
+        return original()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counting)
+    with TestClient(create_app(test_settings(opentelemetry=enabled))) as c:
+        before = lookups
+        for _ in range(3):
+            assert c.get("/health").status_code == 200
+        assert (lookups - before >= 3) is enabled
