@@ -82,17 +82,20 @@ def check_input(x: Tensor) -> None:
         raise ValueError(f"input must be a real floating-point tensor (got dtype {x.dtype})")
     if x.numel() == 0:
         return  # the operator names the empty dimension
+    if not _all_finite(x):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"input must be finite ({bad} values are NaN or infinite)")
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether a non-empty floating tensor holds no NaN or infinity."""
     if x.numel() <= _SMALL and x.device.type == "cpu" and x.dtype in _NUMPY_FLOATS:
         # numpy keeps the GIL for a small array: each torch call here would hand the GIL to the event
         # loop and wait to get it back, which costs a small request more than the check itself.
-        finite = bool(np.isfinite(x.numpy()).all())
-    else:
-        # One min/max pass (NaN propagates, ±inf shows) instead of materialising isfinite's mask.
-        low, high = (float(v) for v in torch.aminmax(x))
-        finite = math.isfinite(low) and math.isfinite(high)
-    if not finite:
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"input must be finite ({bad} values are NaN or infinite)")
+        return bool(np.isfinite(x.numpy()).all())
+    # One min/max pass (NaN propagates, ±inf shows) instead of materialising isfinite's mask.
+    low, high = (float(v) for v in torch.aminmax(x))
+    return math.isfinite(low) and math.isfinite(high)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def _resolve(spec: MethodSpec, params: Mapping[str, Any] | None) -> tuple[dict[s
 def _check_output(output: Tensor, method: str) -> Tensor:
     """A finite input can still give a result its dtype cannot hold (lp's sum over float16 near 65504):
     a ``ValueError`` (422) naming the cause, never an answer with NaN, inf or JSON ``null`` in it."""
-    if output.numel() and output.is_floating_point() and not bool(torch.isfinite(output).all()):
+    if output.numel() and output.is_floating_point() and not _all_finite(output):
         bad = int((~torch.isfinite(output)).sum())
         raise ValueError(
             f"the result of {method} is not finite: {bad} values overflow {str(output.dtype)[6:]} (largest "
