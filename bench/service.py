@@ -26,6 +26,7 @@ the p99 of those answers is printed for poolserve and for the plain endpoint (wh
 pooling). ``--oip`` adds the Open Inference Protocol rows: the npy request through tritonclient (binary
 data) over HTTP and gRPC, as p50 ratios to the same request to ``/pool`` with npy (target ≤ 1.2× each).
 
+``--busy N`` runs N processes that spin on a core each throughout, for a machine doing other work.
 Timings on a shared machine are noisy: the load average is printed with the results.
 """
 
@@ -105,9 +106,10 @@ def _process(
 
 
 @contextmanager
-def poolserve(torch_threads: int) -> Iterator[tuple[str, int, int]]:
+def poolserve(torch_threads: int | None, grpc: bool) -> Iterator[tuple[str, int, int]]:
     """poolserve's own server (``python -m service --fd``, the guarded protocol and all) on a loopback
-    socket bound here, and the Open Inference Protocol's gRPC service on a free port."""
+    socket bound here, with its default settings like the peers; with ``grpc``, the Open Inference
+    Protocol's gRPC service too, on a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Accepted sockets inherit TCP_NODELAY (asyncio does not set it on an --fd socket it can't tell is
     # TCP), as they have it when the server binds a host and port itself.
@@ -116,11 +118,11 @@ def poolserve(torch_threads: int) -> Iterator[tuple[str, int, int]]:
     sock.listen(1024)
     port = sock.getsockname()[1]
     grpc_port = _free_port()
-    env = _env(
-        POOLSERVE_DEVICE=os.environ.get("POOLSERVE_DEVICE", "cpu"),
-        POOLSERVE_TORCH_THREADS=str(torch_threads),
-        POOLSERVE_GRPC_PORT=str(grpc_port),
-    )
+    env = _env(POOLSERVE_DEVICE=os.environ.get("POOLSERVE_DEVICE", "cpu"))
+    if torch_threads is not None:
+        env["POOLSERVE_TORCH_THREADS"] = str(torch_threads)
+    if grpc:
+        env["POOLSERVE_GRPC_PORT"] = str(grpc_port)
     cmd = [sys.executable, "-m", "service", "--fd", str(sock.fileno()), "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
     try:
@@ -491,10 +493,16 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads",
         type=int,
-        default=torch.get_num_threads(),
-        help="poolserve's POOLSERVE_TORCH_THREADS (default: torch's default; the peers use torch's default)",
+        help="poolserve's POOLSERVE_TORCH_THREADS (default: unset, torch's default, as for the peers)",
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="a subset of " + ",".join(SERVERS))
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="processes that spin on a core each for the whole run: a machine that is doing other work, "
+        "as a production host usually is (default 0)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print(
@@ -509,7 +517,11 @@ def main() -> None:
         servers.remove("litserve")
     load_before = os.getloadavg()
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        base, port, grpc_port = stack.enter_context(poolserve(args.torch_threads))
+        for _ in range(args.busy):
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            stack.callback(spinner.wait)
+            stack.callback(spinner.kill)
+        base, port, grpc_port = stack.enter_context(poolserve(args.torch_threads, grpc=args.oip))
         bases = {"poolserve": base, "plain": stack.enter_context(plain())}
         if "litserve" in servers:
             bases["litserve"] = stack.enter_context(litserve())
@@ -520,8 +532,9 @@ def main() -> None:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     print(f"poolserve service benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, {wrk_version}")
     print(
-        f"{args.seconds:g} s per case and server, {args.rounds} round(s); "
-        f"poolserve torch threads {args.torch_threads}"
+        f"{args.seconds:g} s per case and server, {args.rounds} round(s), {args.busy} busy process(es); "
+        f"poolserve torch threads {args.torch_threads or 'default'} "
+        f"(torch's default here: {torch.get_num_threads()})"
     )
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min): shared machine, noisy"
