@@ -57,7 +57,6 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -537,8 +536,23 @@ def _train_traced(x: Tensor, w: Window, generator: torch.Generator | None) -> Te
         t = _guarded_t(rand(*x.shape[:2], 1), cum[..., -1:])
         index = (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1)
         return flat.gather(-1, index).view(shape)
-    views = _padded_views(x, w, x.dtype) if w.kernel_size is not None else list(w.offsets(x))
-    return _select(views, rand(shape))
+    if w.kernel_size is None:
+        _refuse_dynamic_adaptive_export(w)
+        return _select(list(w.offsets(x)), rand(shape))
+    return _select(_padded_views(x, w, x.dtype), rand(shape))
+
+
+def _refuse_dynamic_adaptive_export(w: Window) -> None:
+    """The walk over a non-global adaptive bin has one step per offset of the widest bin, a number that
+    depends on the input size: ``torch.export`` with dynamic sizes would fail on a guard deep inside
+    torch (or bake in the example's bins), so it is refused here. torch.compile recompiles instead."""
+    if torch.compiler.is_exporting() and any(isinstance(n, torch.SymInt) for n in w.in_size):
+        raise RuntimeError(
+            "stochastic pooling in training mode with a non-global output_size "
+            f"({tuple(w.out_size)}) cannot be exported with dynamic input sizes: the number of positions "
+            "in a bin depends on the input size; export in eval mode, export with static input sizes, "
+            "or use a kernel window or output_size=1"
+        )
 
 
 def _select(views: list[Tensor], u: Tensor) -> Tensor:
@@ -604,24 +618,29 @@ def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
     """The K strided offset views of a kernel window over the whole batch (for the compiled and exported
     paths, where inductor turns them into strided loads of one fused loop).
 
-    Views come from ``Tensor.unfold`` on the padded input, whose window count torch derives with the same
-    formula as :func:`poolcore.windows.make_window`, and the padding depends on the window arguments only
-    (ceil mode reads at most ``s - 1`` past the right padding): dynamic shapes trace without guards.
+    Views come from ``Tensor.unfold`` on the padded input, whose window count is the very expression
+    :func:`poolcore.windows.make_window` gives (ceil mode: ``min(p + s - 1, k - 1)`` zeros on the right),
+    and the padding depends on the window arguments only: dynamic shapes trace without guards.
     """
     k, s, p = w.kernel_size or (), w.stride, w.padding
     n = len(k)
     pads: list[int] = []
     for d in reversed(range(n)):
-        pads += [p[d], p[d] + (s[d] - 1 if w.ceil_mode else 0)]
+        pads += [p[d], min(p[d] + s[d] - 1, k[d] - 1) if w.ceil_mode else p[d]]
     xp = (F.pad(x, pads) if any(pads) else x).to(cdt)
     for d in range(n):
         xp = xp.unfold(2 + d, k[d], s[d])  # appends the window dim: spatial dim d stays at 2 + d
-    if w.ceil_mode:
-        for d in range(n):
-            xp = xp.narrow(2 + d, 0, w.out_size[d])
-    # xp: (B, C, *out_size, *kernel_size)
-    index: list[Any] = [Ellipsis]
-    return [xp[tuple(index + list(o))] for o in itertools.product(*[range(kd) for kd in k])]
+    # xp: (B, C, *out_size, *kernel_size). Select the last kernel dim first: every intermediate view then
+    # ends in a kernel dim of stride > 1 (plainly not contiguous), where xp[..., i, j] would first make
+    # (B, C, *out_size, k_w) views whose contiguity depends on the sizes (k == s and W even): a guard that
+    # specialises W under torch.export.
+    views = []
+    for o in itertools.product(*[range(kd) for kd in k]):
+        v = xp
+        for j in reversed(o):
+            v = v.select(-1, j)
+        views.append(v)
+    return views
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
@@ -710,7 +729,9 @@ _DOC_ARGS = r"""
     ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
     ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
     Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy
-    ONNX exporter and TorchScript are refused, except for global windows.
+    ONNX exporter and TorchScript are refused, except for global windows. ``torch.export`` in training
+    mode takes dynamic sizes too, except with a non-global ``output_size`` (refused: the walk's length
+    depends on the input size).
 
     Args:
         kernel_size: the size of the window (give this or ``output_size``).
