@@ -194,10 +194,21 @@ def _positions(
     return flat, valid
 
 
-def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
-    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total)."""
+# The largest double below 1: for a normal double S > 0, S * _BELOW_ONE rounds to nextafter(S, 0) (S - S/2^53
+# lies more than half an ulp below S, and less than one; for a power of two, exactly on the next double).
+_BELOW_ONE = 1.0 - 2.0**-53
+
+
+def _guarded_t(u: Tensor, total: Tensor, normal: bool = False) -> Tensor:
+    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total).
+
+    ``normal``: every non-zero total is a normal double, as a float64 sum of float32 or half values
+    always is; then one multiplication gives ``nextafter(total, 0)``, at a third of nextafter's cost."""
     u.mul_(total)
-    return torch.minimum(u, torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device)), out=u)
+    below = (
+        total * _BELOW_ONE if normal else torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device))
+    )
+    return torch.minimum(u, below, out=u)
 
 
 # ---- blocks of work ---------------------------------------------------------------------------------------
@@ -361,6 +372,7 @@ def _train_walk(
     # Everything in float64: the views are converted once per block (with the stride-phase copy), so every
     # op after that is same-dtype and vectorised (mixed float32/float64 ops take a slow casting loop).
     cdt = _F64
+    normal = x.dtype != _F64  # float64 sums of float32/half values: zero or normal (see _guarded_t)
     # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
     # one), t, the mask and the result, and with autograd the index arithmetic.
     per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
@@ -392,30 +404,35 @@ def _train_walk(
             else:
                 dst = blk.output(out)
                 res = dst if dst.dtype == cdt else scratch("res", dims, cdt)
-                res.copy_(views[0])
-                step = res.lerp_
+                # The first step reads views[0] in place of a copy of it in res.
+                step = functools.partial(_lerp_step, res, views[0], [True])
             if k <= _KEEP_PREFIXES:
                 # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
-                work = scratch("prefix", (k, *dims), _F64)
-                prefix = [work[0].copy_(views[0])]
+                # c_0 is views[0] itself (float64 already): no copy.
+                work = scratch("prefix", (k - 1, *dims), _F64)
+                prefix = [views[0]]
                 for j in range(1, k):
-                    prefix.append(torch.add(prefix[j - 1], views[j], out=work[j]))
-                t = _guarded_t(t, prefix[-1])
+                    prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1]))
+                t = _guarded_t(t, prefix[-1], normal)
                 for j in range(1, k):
                     step(views[j], torch.le(prefix[j - 1], t, out=mask))
                 del work, prefix
             else:
                 # Many offsets: one running prefix, two passes with the same additions in the same order
-                # (so the first pass's total is exactly the second pass's last prefix).
-                c = scratch("prefix", dims, _F64).copy_(views[0])
-                for v in views[1:]:
+                # (so the first pass's total is exactly the second pass's last prefix). c_0 is views[0]
+                # itself and c_1 is written by the first addition: no copies.
+                c = torch.add(views[0], views[1], out=scratch("prefix", dims, _F64))
+                for v in views[2:]:
                     c.add_(v)
-                t = _guarded_t(t, c)
-                c.copy_(views[0])
-                for v in views[1:]:
+                t = _guarded_t(t, c, normal)
+                step(views[1], torch.le(views[0], t, out=mask))
+                torch.add(views[0], views[1], out=c)
+                for v in views[2:]:
                     step(v, torch.le(c, t, out=mask))
                     c.add_(v)
                 del c
+            if not need_index and k == 1:
+                res.copy_(views[0])
             if need_index:
                 del t, mask, views
                 sub = blk.sub
@@ -436,6 +453,16 @@ def _train_walk(
 
 def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
     count.add_(mask)
+
+
+def _lerp_step(res: Tensor, first: Tensor, pending: list[bool], value: Tensor, mask: Tensor) -> None:
+    """``res = lerp(res, value, mask)``, where the first call reads ``first`` in place of a copy of it
+    in ``res`` (lerp with a 0/1 weight is exact, so the result is the same)."""
+    if pending[0]:
+        pending[0] = False
+        torch.lerp(first, value, mask, out=res)
+    else:
+        res.lerp_(value, mask)
 
 
 def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool) -> Tensor:
