@@ -628,15 +628,28 @@ def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = Tru
     chunk = blocks[0].b - blocks[0].a
     shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad)
     k = math.prod(w.kernel_size)
+    scratch = _Scratch(x.device)
     for blk in blocks:
         split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
         views = split(blk.input(planes))
-        sums = views[0].clone()
-        squares = views[0] * views[0]
+        if grad:
+            sums, squares = views[0].clone(), views[0] * views[0]
+        else:  # reused buffers, and the first addition writes the sums (no copy of views[0])
+            dims = tuple(views[0].shape)
+            squares = torch.mul(views[0], views[0], out=scratch("squares", dims, cdt))
+            sums = scratch("sums", dims, cdt)
+            if k > 1:
+                torch.add(views[0], views[1], out=sums)
+            else:
+                sums.copy_(views[0])
         for j in range(1, k):
-            sums.add_(views[j])
+            if grad or j > 1:
+                sums.add_(views[j])
             squares.addcmul_(views[j], views[j])
-        blk.output(out).copy_(_safe_ratio(squares, sums))
+        if grad:
+            blk.output(out).copy_(_safe_ratio(squares, sums))
+        else:  # _safe_ratio, written into the output
+            torch.div(squares, sums.add_(sums == 0), out=blk.output(out))
     return out.view(*x.shape[:2], *w.out_size)
 
 
