@@ -100,8 +100,9 @@ def _onednn_op(
     x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], ceil_mode: bool
 ) -> tuple[Tensor, Tensor]:
     """The eager path's oneDNN max and mean, group by group of planes, as one op that torch.compile
-    calls rather than traces: inductor's own max and mean of these windows were 1.5-4x slower on CPU
-    (measured at 4x64x112x112, one thread). The combination with λ stays in the compiled graph."""
+    calls rather than traces, for the windows inductor does not reduce well (:func:`_separable`; padded
+    and ceil-mode ones): its own max and mean of 3/2 windows were 1.5-4x slower on CPU (measured at
+    4x64x112x112, one thread). The combination with λ stays in the compiled graph."""
     b, c = x.shape[:2]
     spatial = x.shape[2:]
     flat = x.reshape(1, b * c, *spatial)
@@ -150,17 +151,23 @@ def _unfolds(window: Window) -> bool:
     )
 
 
+def _separable(window: Window) -> bool:
+    """Whether inductor reduces the window fastest one dim at a time. Measured on CPU (one thread), so it
+    is for every window tried (kernel 2, 5 and 7; strides 1 and 2; 3/3), often faster than oneDNN too,
+    except 3 at a stride above 1: there inductor fuses the passes into one unrolled scalar loop, and
+    oneDNN (or, with autograd, one joint reduction) is faster."""
+    return not all(k == 3 and s > 1 for k, s in zip(window.kernel_size or (), window.stride))
+
+
 def _max_avg_unfolded(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     """Max and mean of each window from ``unfold`` views (no copy); floor mode without padding, so every
     window lies inside the input, as ``unfold`` requires.
 
     Max and sum are separable, so they are reduced one spatial dim at a time (``k`` loads per output and
-    dim instead of ``k^d``). Measured on CPU (one thread), that is faster than one joint reduction for
-    every window tried (kernel 2, 5 and 7; strides 1 and 2; 3/3) except 3 at a stride above 1: there
-    inductor fuses the passes into one unrolled scalar loop, where the joint reduction is vectorised."""
+    dim instead of ``k^d``), except where :func:`_separable` says otherwise."""
     n = len(window.in_size)
     kernel, stride = window.kernel_size or (), window.stride
-    if all(k == 3 and s > 1 for k, s in zip(kernel, stride)):
+    if not _separable(window):
         u = x
         for d, (k, s) in enumerate(zip(kernel, stride)):
             u = u.unfold(x.dim() - n + d, k, s)
@@ -243,7 +250,7 @@ def _mixed(
         if lam is not None:
             drawn.append(lam)
         if not _use_onednn(b, w):
-            if _onednn_compiled(b, w):
+            if _onednn_compiled(b, w) and not (_unfolds(w) and _separable(w)):
                 k, s, p = list(w.kernel_size or ()), list(w.stride), list(w.padding)
                 mx, av = torch.ops.poolcore.onednn_max_avg(b, k, s, p, w.ceil_mode)
                 if lam is None:  # as the eager path below: lerp takes NaN from the mean

@@ -150,9 +150,9 @@ def test_compiled_mixed_keeps_sampling_frequencies() -> None:
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_compiled_mixed_draws_torchs_generator(training: bool) -> None:
     """Compiled mixed pooling on CPU draws λ from torch's own generator (inductor's Philox rand cost a
-    scalar Philox call per output, 5x torch's) and pools with the eager path's oneDNN kernels (inductor's
-    max and mean were 1.5-4x slower): for a seed it gives the eager module's output bit for bit, NaN and
-    all -inf windows included."""
+    scalar Philox call per output, 5x torch's) and pools 3/2 windows with the eager path's oneDNN
+    kernels (inductor's max and mean were 1.5-4x slower): for a seed it gives the eager module's output
+    bit for bit, NaN and all -inf windows included."""
     module = poolcore.nn.MixedPool2d(3, 2, p_max=0.5).train(training)
     compiled = harness.compile_full(module)
     x = torch.randn(2, 4, 13, 12, generator=torch.Generator().manual_seed(8))
