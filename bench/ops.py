@@ -86,6 +86,7 @@ def _baseline_module() -> Any:
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         module.__package__ = "poolcore"
+        sys.modules[spec.name] = module  # dataclasses look their module up there while the class is built
         exec(compile(source, f"{rev}:poolcore/stochastic.py", "exec"), module.__dict__)
         BASELINE["module"] = module
     return BASELINE["module"]

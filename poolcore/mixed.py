@@ -5,6 +5,10 @@ gradient follows the branch that was drawn. Outside training the functional retu
 ``p_max·max + (1 − p_max)·avg``; the modules can instead apply the paper's rule (the pooling type that
 training drew more often), counted in buffers.
 
+λ comes from torch's default generator (or ``generator=``), also under ``torch.compile`` on CPU, so a
+compiled module draws the same λ as the eager one for a seed; under export (and compiled on CUDA) it is
+``torch.rand`` in the graph.
+
 The average is over the window's **real** positions (``count_include_pad=False``): the paper has no
 padding, and the max branch ignores padding too, so both branches see the same positions. With
 ``padding=0`` and ``ceil_mode=False`` this is exactly ``F.avg_pool2d``.
@@ -13,7 +17,7 @@ padding, and the max branch ignores padding too, so both branches see the same p
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +54,10 @@ def _check_mixed(p_max: float, scope: str) -> float:
     return float(p_max)
 
 
+# Whether torch was built with oneDNN: a property of the build (dynamo cannot trace the query itself).
+_HAS_MKLDNN = torch.backends.mkldnn.is_available()
+
+
 def _use_onednn(x: Tensor, window: Window) -> bool:
     """oneDNN pools without computing argmax indices, which is what makes max the slow half of the
     pair on CPU; it has no autograd, so it is only used when no gradient is needed."""
@@ -67,18 +75,80 @@ def _onednn_max_avg(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     """Max and real-position mean of each kernel-form window through oneDNN: torch's values, except
     that oneDNN's max skips NaN (the mean does not, see below)."""
     k, s, p = list(window.kernel_size or ()), list(window.stride), list(window.padding)
+    return _onednn_pools(x, k, s, p, window.ceil_mode)
+
+
+def _onednn_pools(
+    x: Tensor, k: list[int], s: list[int], p: list[int], ceil_mode: bool
+) -> tuple[Tensor, Tensor]:
     xm = x.contiguous().to_mkldnn()
-    if len(window.in_size) == 2:
-        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], window.ceil_mode)
-        av = F.avg_pool2d(xm, k, s, p, window.ceil_mode, False)
+    if len(k) == 2:
+        mx = torch.mkldnn_max_pool2d(xm, k, s, p, [1, 1], ceil_mode)
+        av = F.avg_pool2d(xm, k, s, p, ceil_mode, False)
     else:
-        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], window.ceil_mode)
-        av = F.avg_pool3d(xm, k, s, p, window.ceil_mode, False)
+        mx = torch.mkldnn_max_pool3d(xm, k, s, p, [1, 1, 1], ceil_mode)
+        av = F.avg_pool3d(xm, k, s, p, ceil_mode, False)
     mx, av = mx.to_dense(), av.to_dense()
     # oneDNN starts its max at the lowest finite float, so an all −inf window comes back as that; its
     # mean is −inf exactly when the window holds −inf and no +inf or NaN.
     mx.masked_fill_((mx == torch.finfo(mx.dtype).min) & (av == -math.inf), -math.inf)
     return mx, av
+
+
+# The two ops torch.compile calls rather than traces. Defined through torch.library.Library: its dispatch
+# costs about 10 us a call, where torch.library.custom_op's Python wrapping cost 40-100 us (a tenth of a
+# small call).
+_LIB = torch.library.Library("poolcore", "FRAGMENT")
+_LIB.define(
+    "onednn_max_avg(Tensor x, int[] kernel_size, int[] stride, int[] padding, bool ceil_mode) "
+    "-> (Tensor, Tensor)"
+)
+_LIB.define("rand(SymInt[] shape, Device device) -> Tensor", tags=(torch.Tag.nondeterministic_seeded,))
+
+
+def _onednn_op(
+    x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> tuple[Tensor, Tensor]:
+    """The eager path's oneDNN max and mean, group by group of planes, as one op that torch.compile
+    calls rather than traces, for the windows inductor does not reduce well (:func:`_separable`; padded
+    and ceil-mode ones): its own max and mean of 3/2 windows were 1.5-4x slower on CPU (measured at
+    4x64x112x112, one thread). The combination with λ stays in the compiled graph."""
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    flat = x.reshape(1, b * c, *spatial)
+    per = max(1, (1 << 22) // max(1, math.prod(spatial)))  # the chunk size of Window.map_planes
+    maxes, means = [], []
+    for start in range(0, b * c, per):
+        mx, av = _onednn_pools(flat[:, start : start + per], kernel_size, stride, padding, ceil_mode)
+        maxes.append(mx)
+        means.append(av)
+    mx, av = (torch.cat(t, 1) if len(t) > 1 else t[0] for t in (maxes, means))
+    return mx.reshape(b, c, *mx.shape[2:]), av.reshape(b, c, *av.shape[2:])
+
+
+_LIB.impl("onednn_max_avg", _onednn_op, "CPU")
+
+
+@torch.library.register_fake("poolcore::onednn_max_avg")
+def _onednn_op_fake(
+    x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> tuple[Tensor, Tensor]:
+    pool: Any = F.avg_pool2d if len(kernel_size) == 2 else F.avg_pool3d
+    shape = pool(x, kernel_size, stride, padding, ceil_mode).shape  # torch's own output size
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+def _onednn_compiled(x: Tensor, window: Window) -> bool:
+    """Under torch.compile (not export): the oneDNN pools through ``_onednn_op``, where eager takes them."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and window.kernel_size is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and _HAS_MKLDNN
+    )
 
 
 def _unfolds(window: Window) -> bool:
@@ -94,15 +164,51 @@ def _unfolds(window: Window) -> bool:
     )
 
 
+def _separable(window: Window) -> bool:
+    """Whether inductor reduces the window fastest one dim at a time. Measured on CPU (one thread), so it
+    is for every window tried (kernel 2, 5 and 7; strides 1 and 2; 3/3), often faster than oneDNN too,
+    except 3 at a stride above 1: there inductor fuses the passes into one unrolled scalar loop, and
+    oneDNN (or, with autograd, one joint reduction) is faster."""
+    return not all(k == 3 and s > 1 for k, s in zip(window.kernel_size or (), window.stride))
+
+
 def _max_avg_unfolded(x: Tensor, window: Window) -> tuple[Tensor, Tensor]:
     """Max and mean of each window from ``unfold`` views (no copy); floor mode without padding, so every
-    window lies inside the input, as ``unfold`` requires."""
+    window lies inside the input, as ``unfold`` requires.
+
+    Max and sum are separable, so they are reduced one spatial dim at a time (``k`` loads per output and
+    dim instead of ``k^d``), except where :func:`_separable` says otherwise."""
     n = len(window.in_size)
-    u = x
-    for d, (k, s) in enumerate(zip(window.kernel_size or (), window.stride)):
-        u = u.unfold(x.dim() - n + d, k, s)
-    reduce = tuple(range(-n, 0))
-    return u.amax(reduce), u.mean(reduce)
+    kernel, stride = window.kernel_size or (), window.stride
+    if not _separable(window):
+        u = x
+        for d, (k, s) in enumerate(zip(kernel, stride)):
+            u = u.unfold(x.dim() - n + d, k, s)
+        reduce = tuple(range(-n, 0))
+        return u.amax(reduce), u.mean(reduce)
+    mx = total = x
+    for d, (k, s) in enumerate(zip(kernel, stride)):
+        dim = x.dim() - n + d
+        mx, total = mx.unfold(dim, k, s).amax(-1), total.unfold(dim, k, s).sum(-1)
+    return mx, total / math.prod(kernel)
+
+
+def _rand(shape: list[int], device: torch.device) -> Tensor:
+    """``torch.rand(shape)`` (float32) from torch's default generator, opaque to torch.compile.
+
+    Inductor replaces ``torch.rand`` with its own Philox stream, which on CPU costs one scalar Philox
+    call per element: 5x torch's own generator, and most of a compiled mixed-pooling call. As an opaque
+    op the draw runs torch's kernel, so a compiled module also draws the very λ of the eager one for a
+    seed. The tag keeps it from being merged with another call or recomputed in backward."""
+    return torch.rand(shape, device=device, dtype=torch.float32)
+
+
+_LIB.impl("rand", _rand, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("poolcore::rand")
+def _rand_fake(shape: list[int], device: torch.device) -> Tensor:
+    return torch.empty(shape, device=device, dtype=torch.float32)
 
 
 def _draw(
@@ -116,6 +222,8 @@ def _draw(
         shape = (shape[0], *(1,) * (n + 1))
     # Uniforms in float32 whatever the input dtype, so P(λ=1) is p_max to 2**-24 and 0/1 are exact.
     if generator is None:  # torch.rand(..., generator=None) needs concrete sizes under dynamic compile
+        if device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return torch.ops.poolcore.rand(list(shape), device) < p_max  # torch's generator: see _rand
         return torch.rand(shape, device=device, dtype=torch.float32) < p_max
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < p_max
 
@@ -157,6 +265,12 @@ def _mixed(
         if lam is not None:
             drawn.append(lam)
         if not _use_onednn(b, w):
+            if _onednn_compiled(b, w) and not (_unfolds(w) and _separable(w)):
+                k, s, p = list(w.kernel_size or ()), list(w.stride), list(w.padding)
+                mx, av = torch.ops.poolcore.onednn_max_avg(b, k, s, p, w.ceil_mode)
+                if lam is None:  # as the eager path below: lerp takes NaN from the mean
+                    return _expectation(av, mx, p_max if weight is None else weight.to(mx.dtype))
+                return torch.where(lam & (av == av), mx, av)
             if _unfolds(w):
                 mx, av = _max_avg_unfolded(b, w)
                 return _combine(mx, av, lam, p_max, weight)

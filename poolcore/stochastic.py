@@ -57,7 +57,6 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,10 +194,21 @@ def _positions(
     return flat, valid
 
 
-def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
-    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total)."""
+# The largest double below 1: for a normal double S > 0, S * _BELOW_ONE rounds to nextafter(S, 0) (S - S/2^53
+# lies more than half an ulp below S, and less than one; for a power of two, exactly on the next double).
+_BELOW_ONE = 1.0 - 2.0**-53
+
+
+def _guarded_t(u: Tensor, total: Tensor, normal: bool = False) -> Tensor:
+    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total).
+
+    ``normal``: every non-zero total is a normal double, as a float64 sum of float32 or half values
+    always is; then one multiplication gives ``nextafter(total, 0)``, at a third of nextafter's cost."""
     u.mul_(total)
-    return torch.minimum(u, torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device)), out=u)
+    below = (
+        total * _BELOW_ONE if normal else torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device))
+    )
+    return torch.minimum(u, below, out=u)
 
 
 # ---- blocks of work ---------------------------------------------------------------------------------------
@@ -362,6 +372,7 @@ def _train_walk(
     # Everything in float64: the views are converted once per block (with the stride-phase copy), so every
     # op after that is same-dtype and vectorised (mixed float32/float64 ops take a slow casting loop).
     cdt = _F64
+    normal = x.dtype != _F64  # float64 sums of float32/half values: zero or normal (see _guarded_t)
     # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
     # one), t, the mask and the result, and with autograd the index arithmetic.
     per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
@@ -393,30 +404,35 @@ def _train_walk(
             else:
                 dst = blk.output(out)
                 res = dst if dst.dtype == cdt else scratch("res", dims, cdt)
-                res.copy_(views[0])
-                step = res.lerp_
+                # The first step reads views[0] in place of a copy of it in res.
+                step = functools.partial(_lerp_step, res, views[0], [True])
             if k <= _KEEP_PREFIXES:
                 # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
-                work = scratch("prefix", (k, *dims), _F64)
-                prefix = [work[0].copy_(views[0])]
+                # c_0 is views[0] itself (float64 already): no copy.
+                work = scratch("prefix", (k - 1, *dims), _F64)
+                prefix = [views[0]]
                 for j in range(1, k):
-                    prefix.append(torch.add(prefix[j - 1], views[j], out=work[j]))
-                t = _guarded_t(t, prefix[-1])
+                    prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1]))
+                t = _guarded_t(t, prefix[-1], normal)
                 for j in range(1, k):
                     step(views[j], torch.le(prefix[j - 1], t, out=mask))
                 del work, prefix
             else:
                 # Many offsets: one running prefix, two passes with the same additions in the same order
-                # (so the first pass's total is exactly the second pass's last prefix).
-                c = scratch("prefix", dims, _F64).copy_(views[0])
-                for v in views[1:]:
+                # (so the first pass's total is exactly the second pass's last prefix). c_0 is views[0]
+                # itself and c_1 is written by the first addition: no copies.
+                c = torch.add(views[0], views[1], out=scratch("prefix", dims, _F64))
+                for v in views[2:]:
                     c.add_(v)
-                t = _guarded_t(t, c)
-                c.copy_(views[0])
-                for v in views[1:]:
+                t = _guarded_t(t, c, normal)
+                step(views[1], torch.le(views[0], t, out=mask))
+                torch.add(views[0], views[1], out=c)
+                for v in views[2:]:
                     step(v, torch.le(c, t, out=mask))
                     c.add_(v)
                 del c
+            if not need_index and k == 1:
+                res.copy_(views[0])
             if need_index:
                 del t, mask, views
                 sub = blk.sub
@@ -437,6 +453,16 @@ def _train_walk(
 
 def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
     count.add_(mask)
+
+
+def _lerp_step(res: Tensor, first: Tensor, pending: list[bool], value: Tensor, mask: Tensor) -> None:
+    """``res = lerp(res, value, mask)``, where the first call reads ``first`` in place of a copy of it
+    in ``res`` (lerp with a 0/1 weight is exact, so the result is the same)."""
+    if pending[0]:
+        pending[0] = False
+        torch.lerp(first, value, mask, out=res)
+    else:
+        res.lerp_(value, mask)
 
 
 def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool) -> Tensor:
@@ -537,8 +563,23 @@ def _train_traced(x: Tensor, w: Window, generator: torch.Generator | None) -> Te
         t = _guarded_t(rand(*x.shape[:2], 1), cum[..., -1:])
         index = (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1)
         return flat.gather(-1, index).view(shape)
-    views = _padded_views(x, w, x.dtype) if w.kernel_size is not None else list(w.offsets(x))
-    return _select(views, rand(shape))
+    if w.kernel_size is None:
+        _refuse_dynamic_adaptive_export(w)
+        return _select(list(w.offsets(x)), rand(shape))
+    return _select(_padded_views(x, w, x.dtype), rand(shape))
+
+
+def _refuse_dynamic_adaptive_export(w: Window) -> None:
+    """The walk over a non-global adaptive bin has one step per offset of the widest bin, a number that
+    depends on the input size: ``torch.export`` with dynamic sizes would fail on a guard deep inside
+    torch (or bake in the example's bins), so it is refused here. torch.compile recompiles instead."""
+    if torch.compiler.is_exporting() and any(isinstance(n, torch.SymInt) for n in w.in_size):
+        raise RuntimeError(
+            "stochastic pooling in training mode with a non-global output_size "
+            f"({tuple(w.out_size)}) cannot be exported with dynamic input sizes: the number of positions "
+            "in a bin depends on the input size; export in eval mode, export with static input sizes, "
+            "or use a kernel window or output_size=1"
+        )
 
 
 def _select(views: list[Tensor], u: Tensor) -> Tensor:
@@ -587,15 +628,28 @@ def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = Tru
     chunk = blocks[0].b - blocks[0].a
     shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad)
     k = math.prod(w.kernel_size)
+    scratch = _Scratch(x.device)
     for blk in blocks:
         split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
         views = split(blk.input(planes))
-        sums = views[0].clone()
-        squares = views[0] * views[0]
+        if grad:
+            sums, squares = views[0].clone(), views[0] * views[0]
+        else:  # reused buffers, and the first addition writes the sums (no copy of views[0])
+            dims = tuple(views[0].shape)
+            squares = torch.mul(views[0], views[0], out=scratch("squares", dims, cdt))
+            sums = scratch("sums", dims, cdt)
+            if k > 1:
+                torch.add(views[0], views[1], out=sums)
+            else:
+                sums.copy_(views[0])
         for j in range(1, k):
-            sums.add_(views[j])
+            if grad or j > 1:
+                sums.add_(views[j])
             squares.addcmul_(views[j], views[j])
-        blk.output(out).copy_(_safe_ratio(squares, sums))
+        if grad:
+            blk.output(out).copy_(_safe_ratio(squares, sums))
+        else:  # _safe_ratio, written into the output
+            torch.div(squares, sums.add_(sums == 0), out=blk.output(out))
     return out.view(*x.shape[:2], *w.out_size)
 
 
@@ -604,24 +658,29 @@ def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
     """The K strided offset views of a kernel window over the whole batch (for the compiled and exported
     paths, where inductor turns them into strided loads of one fused loop).
 
-    Views come from ``Tensor.unfold`` on the padded input, whose window count torch derives with the same
-    formula as :func:`poolcore.windows.make_window`, and the padding depends on the window arguments only
-    (ceil mode reads at most ``s - 1`` past the right padding): dynamic shapes trace without guards.
+    Views come from ``Tensor.unfold`` on the padded input, whose window count is the very expression
+    :func:`poolcore.windows.make_window` gives (ceil mode: ``min(p + s - 1, k - 1)`` zeros on the right),
+    and the padding depends on the window arguments only: dynamic shapes trace without guards.
     """
     k, s, p = w.kernel_size or (), w.stride, w.padding
     n = len(k)
     pads: list[int] = []
     for d in reversed(range(n)):
-        pads += [p[d], p[d] + (s[d] - 1 if w.ceil_mode else 0)]
+        pads += [p[d], min(p[d] + s[d] - 1, k[d] - 1) if w.ceil_mode else p[d]]
     xp = (F.pad(x, pads) if any(pads) else x).to(cdt)
     for d in range(n):
         xp = xp.unfold(2 + d, k[d], s[d])  # appends the window dim: spatial dim d stays at 2 + d
-    if w.ceil_mode:
-        for d in range(n):
-            xp = xp.narrow(2 + d, 0, w.out_size[d])
-    # xp: (B, C, *out_size, *kernel_size)
-    index: list[Any] = [Ellipsis]
-    return [xp[tuple(index + list(o))] for o in itertools.product(*[range(kd) for kd in k])]
+    # xp: (B, C, *out_size, *kernel_size). Select the last kernel dim first: every intermediate view then
+    # ends in a kernel dim of stride > 1 (plainly not contiguous), where xp[..., i, j] would first make
+    # (B, C, *out_size, k_w) views whose contiguity depends on the sizes (k == s and W even): a guard that
+    # specialises W under torch.export.
+    views = []
+    for o in itertools.product(*[range(kd) for kd in k]):
+        v = xp
+        for j in reversed(o):
+            v = v.select(-1, j)
+        views.append(v)
+    return views
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
@@ -710,7 +769,9 @@ _DOC_ARGS = r"""
     ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
     ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
     Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy
-    ONNX exporter and TorchScript are refused, except for global windows.
+    ONNX exporter and TorchScript are refused, except for global windows. ``torch.export`` in training
+    mode takes dynamic sizes too, except with a non-global ``output_size`` (refused: the walk's length
+    depends on the input size).
 
     Args:
         kernel_size: the size of the window (give this or ``output_size``).

@@ -133,10 +133,13 @@ def _kernel_out(length: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     """torch's output length (``pooling_output_shape``), including the ceil_mode rule that the last window
     must start inside the input or its left padding."""
     span = length + 2 * p - k
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= length + p:
-        out -= 1
-    return out
+    if not ceil_mode:
+        return span // s + 1
+    # torch's count is min(ceil(span / s) + 1, (length + p - 1) // s + 1): ceil mode, but the last window
+    # must start inside the input or its left padding. Which term is the smaller depends on the window
+    # arguments only (the first iff s + p <= k), so no test on the length: no guard when it is symbolic
+    # (export). Each term is the count unfold gives after p + s - 1, resp. k - 1, zeros on the right.
+    return (span + s - 1) // s + 1 if s + p <= k else (length + p - 1) // s + 1
 
 
 @dataclass(frozen=True)

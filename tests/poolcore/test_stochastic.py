@@ -638,6 +638,15 @@ DEPLOY_CASES = [
     pytest.param(StochasticPool2d(3, 2, 1), (2, 3, 10, 9), 4, id="2d-k3s2p1"),
     pytest.param(StochasticPool2d(7, 1), (2, 3, 12, 11), 8, id="2d-k7s1"),
     pytest.param(StochasticPool2d(output_size=1), (2, 3, 10, 9), 4, id="2d-global"),
+    # k == s: the unfold views were contiguous for even sizes, a guard that specialised W's parity.
+    pytest.param(StochasticPool2d(2, 2), (2, 3, 10, 9), 4, id="2d-k2s2"),
+    # Min 6: below, a 3/3 output can be 1 wide, which torch.export specialises even for torch's own
+    # max_pool2d (test_upstream_export_specialises_an_output_of_one).
+    pytest.param(StochasticPool2d(3, 3), (2, 3, 10, 9), 6, id="2d-k3s3"),
+    # Ceil mode: the output count had a test on the size (a guard); now it is unfold's own count.
+    pytest.param(StochasticPool2d(3, 2, ceil_mode=True), (2, 3, 10, 9), 4, id="2d-k3s2-ceil"),
+    pytest.param(StochasticPool2d(2, 3, ceil_mode=True), (2, 3, 10, 9), 4, id="2d-k2s3-ceil"),
+    pytest.param(StochasticPool2d(output_size=(5, 7)), (2, 3, 10, 9), 4, id="2d-adaptive-5x7"),
     pytest.param(StochasticPool1d(3, 2), (2, 3, 12), 5, id="1d-k3s2"),
     pytest.param(StochasticPool3d(3, 2, 1), (2, 2, 6, 7, 8), 4, id="3d-k3s2p1"),
 ]
@@ -679,6 +688,11 @@ class TestDeploy:
         ep = harness.export_dynamic(module.eval(), x, min_size)
         for t in inputs:
             torch.testing.assert_close(ep.module()(t), module(t), **harness.EVAL_TOLERANCE)
+        if module.output_size not in (None, 1):  # a non-global adaptive walk: refused, never baked in
+            with pytest.raises(RuntimeError, match="cannot be exported with dynamic input sizes"):
+                harness.export_dynamic(module.train(), x, min_size)
+            module.eval()
+            return
         ep_train = harness.export_dynamic(module.train(), x, min_size)
         for t in inputs:
             y = ep_train.module()(t)
@@ -726,6 +740,24 @@ class TestDeploy:
             # Each output is one of the input's values: train mode samples, it does not average.
             assert bool(torch.isin(y, t).all())
         module.eval()
+
+    def test_adaptive_train_exports_with_static_sizes(self) -> None:
+        # Only dynamic sizes are refused: with static ones the walk's length is known.
+        module, x = StochasticPool2d(output_size=(5, 7)).train(), _relu_input((2, 3, 10, 9))
+        y = torch.export.export(module, (x,)).module()(x)
+        assert y.shape == (2, 3, 5, 7) and bool(torch.isin(y, x).all())
+
+    def test_upstream_export_specialises_an_output_of_one(self) -> None:
+        """Upstream limit: torch.export guards on whether an output dim is 1, even for torch's own
+        max_pool2d, so 3/3 windows export with min size 6 (outputs of 2 or more). When this fails,
+        lower the 2d-k3s3 case's min size to 4."""
+
+        class MaxPool3(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return F.max_pool2d(x, 3)
+
+        with pytest.raises(Exception, match=r"// 3\) != 1"):
+            harness.export_dynamic(MaxPool3(), _relu_input((2, 3, 10, 9)), 4)
 
     def test_compile_train_frequencies(self) -> None:
         # Sampling semantics survive compilation: the seed window's frequencies under torch.compile.
