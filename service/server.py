@@ -162,7 +162,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             # Only a response of known length: a stream's head goes out at once, whenever its body comes.
             if any(name.lower() == b"content-length" for name, _ in headers):
-                holder.hold()
+                holder.holding = True
             try:
                 await send(message)
             finally:
@@ -235,7 +235,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _HeadHolder:
-    """The transport a response cycle writes to: after :meth:`hold`, the next write (uvicorn's response
+    """The transport a response cycle writes to: while ``holding``, the next write (uvicorn's response
     head) is kept back and sent with the write after it (the body), so that a small response leaves in
     one ``send`` and one TCP segment rather than two; on the 2-core benchmark machine the second
     syscall and the client's second wake-up cost about a tenth of a small request."""
@@ -246,9 +246,6 @@ class _HeadHolder:
         self.transport = transport
         self.holding = False
         self.head: bytes | None = None
-
-    def hold(self) -> None:
-        self.holding = True
 
     def write(self, data: bytes) -> None:
         if self.holding:

@@ -13,7 +13,9 @@ requests the costs that are per hand-off, not per request, are shared:
 - the most recently idle thread is woken first, so one warm thread (CPU caches, its OpenMP team) keeps
   the work rather than every thread in turn;
 - every hand-off of the GIL between the loop and a worker costs both of them; a batch has a few per
-  operator call instead of a few per request.
+  operator call instead of a few per request;
+- torch's intra-op threads are shared by the batches running and queued (``set_num_threads`` is per
+  thread), and a batch under :data:`SMALL_JOB_BYTES` runs on one.
 
 A job whose caller was cancelled before the job started is dropped; one that has started runs to the end
 (a thread cannot be interrupted), so the bound on concurrent work holds whatever callers do.
@@ -353,14 +355,14 @@ class TorchWorkers:
             with self._lock:
                 if self._jobs:
                     jobs = self._pop_batch()
-                    return jobs, self.intra_op_share(jobs)
+                    return jobs, self._intra_op_share(jobs)
                 if self._closed:
                     return None
                 idle.clear()
                 self._idle.append(idle)
             idle.wait()
 
-    def intra_op_share(self, jobs: Sequence[_Job[Any]]) -> int:
+    def _intra_op_share(self, jobs: Sequence[_Job[Any]]) -> int:
         """Under the lock, for a batch just taken: the intra-op threads it runs with. The jobs running and
         those about to (queued, up to a thread each) share them, so that four large requests on a 2-core
         machine run on one thread each rather than eight threads fighting for two cores, and a lone one
