@@ -22,6 +22,7 @@ from .config import Settings, get_settings
 from .docs import pool_operation
 from .errors import install_error_handlers
 from .gc_tuning import freeze_heap, unfreeze_heap
+from .keys import AuthThrottle
 from .limits import WorkLimits
 from .memory import reuse_freed_memory
 from .metrics import Metrics
@@ -142,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.metrics = Metrics()
+    # One throttle on key guessing for every protocol: HTTP, the page's login and gRPC (service.keys).
+    app.state.auth_throttle = AuthThrottle(on_refused=app.state.metrics.auth_throttled.inc)
     install_error_handlers(app)
     app.add_middleware(
         ServiceMiddleware,

@@ -120,6 +120,50 @@ class Settings(BaseSettings):
         description="Address the gRPC service binds (0.0.0.0 in a container, like the HTTP --host).",
     )
     # -- end of issue 11's settings --
+    # -- limits of security round 2: gRPC streams, responses, connections, the page, logging --
+    grpc_max_streams: Annotated[int, Field(ge=1)] = Field(
+        default=100,
+        description="Most concurrent gRPC streams per connection, advertised as HTTP/2 "
+        "SETTINGS_MAX_CONCURRENT_STREAMS.",
+    )
+    grpc_idle_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=300.0, description="Seconds a gRPC connection may stay idle before it is closed."
+    )
+    grpc_max_buffered_bytes: Annotated[int, Field(ge=1)] = Field(
+        default=256 * 1024 * 1024,
+        description="Most bytes buffered, across all gRPC connections, for messages still arriving; a "
+        "message that would pass it is refused with RESOURCE_EXHAUSTED.",
+    )
+    max_response_bytes: Annotated[int, Field(ge=1)] = Field(
+        default=64 * 1024 * 1024,
+        description="Largest answer, decided from the output's shape and the encoding before encoding; "
+        "over it: 413 (ask for .npy, or pool with a larger window).",
+    )
+    max_jpeg_scans: Annotated[int, Field(ge=1)] = Field(
+        default=64,
+        description="Most scans (SOS markers) a JPEG may hold; each progressive scan costs a pass over "
+        "the whole image when decoding, so more is refused with 422 before decoding.",
+    )
+    max_connections: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Most open HTTP connections (the page's event streams included); at the cap the "
+        "oldest idle connection is closed to admit a new one. Unset: the process's file limit (raised "
+        "to its hard limit at start) less headroom for files and gRPC.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For names the client "
+        "(for the key-guessing throttle and the upload-cache share). Unset: the connection's peer is the "
+        "client.",
+    )
+    ui_session_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=12 * 3600.0, description="Seconds a login to the page lasts."
+    )
+    log_level: str = Field(default="INFO", description="Log level of poolserve's and uvicorn's lines.")
+    log_format: str = Field(
+        default="text", description="text (one readable line per event) or json (one JSON object per line)."
+    )
+    # -- end of security round 2's settings --
     opentelemetry: bool = Field(
         default=False,
         description="FastAPI's native OpenTelemetry spans, metrics and logs, sent to the providers you "

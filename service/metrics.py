@@ -79,6 +79,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.auth_throttled = Counter(
+            "poolserve_auth_throttled",
+            "Requests refused (429, gRPC RESOURCE_EXHAUSTED) because their client address sent too many wrong "
+            "API keys within a minute, on any protocol.",
+            registry=self.registry,
+        )
         # Labelled children by (metric, labels): ``labels()`` validates and locks on every call, and the
         # label values are a bounded set (route labels, registry names, status codes).
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
