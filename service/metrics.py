@@ -81,8 +81,8 @@ class Metrics:
         )
         self.auth_throttled = Counter(
             "poolserve_auth_throttled",
-            "Requests refused (429, gRPC RESOURCE_EXHAUSTED) because their client address sent too many wrong "
-            "API keys within a minute, on any protocol.",
+            "Requests refused (429, gRPC RESOURCE_EXHAUSTED) because their client address sent too many "
+            "wrong API keys within a minute, on any protocol.",
             registry=self.registry,
         )
         # Labelled children by (metric, labels): ``labels()`` validates and locks on every call, and the
