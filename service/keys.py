@@ -33,9 +33,7 @@ class KeyProblem:
     wrong_key: bool
 
 
-MISSING = KeyProblem(
-    "this route needs an API key: send Authorization: Bearer <key>", REALM, wrong_key=False
-)
+MISSING = KeyProblem("this route needs an API key: send Authorization: Bearer <key>", REALM, wrong_key=False)
 MALFORMED = KeyProblem(
     "the Authorization header must be Bearer <key>", REALM + ', error="invalid_request"', wrong_key=False
 )
