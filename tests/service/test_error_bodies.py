@@ -256,9 +256,18 @@ def test_unknown_parameters_counted_first_three_named(client: TestClient) -> Non
     assert names[3] not in message
 
 
-def test_two_unknown_parameters_named_as_before(client: TestClient) -> None:
-    message = _pool(client, {"kernel_size": 2, "foo": 1, "bar": 2}).json()["detail"]
-    assert message == "invalid parameters for 'avg': foo: unknown parameter; bar: unknown parameter"
+def test_three_unknown_parameters_named_as_before(client: TestClient) -> None:
+    message = _pool(client, {"kernel_size": 2, "foo": 1, "bar": 2, "baz": 3}).json()["detail"]
+    each = "foo: unknown parameter; bar: unknown parameter; baz: unknown parameter"
+    assert message == f"invalid parameters for 'avg': {each}"
+
+
+def test_four_unknown_parameters_counted(client: TestClient) -> None:
+    params = {"kernel_size": 0, "foo": 1, "bar": 2, "baz": 3, "qux": 4}
+    message = _pool(client, params).json()["detail"]
+    assert message.startswith("invalid parameters for 'avg': ")
+    assert "4 unknown parameters (foo, bar, baz, …)" in message and "qux" not in message
+    assert "kernel_size: " in message  # a known parameter's own error is still given
 
 
 def test_normal_messages_unchanged(client: TestClient) -> None:
