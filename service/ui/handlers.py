@@ -115,9 +115,9 @@ def guard(fn: Callable[[], Any]) -> Any:
         raise PageError(error.status_code, error.detail) from None
     except poolcore.UnknownMethodError as error:
         raise PageError(404, str(error)) from None
-    except Exception as error:  # the route's error boundary: log it, show nothing internal
+    except Exception:  # the route's error boundary: log it, show nothing internal
         log.exception("unexpected error in the UI")
-        raise PageError(500, f"internal error ({type(error).__name__}); see the server log") from None
+        raise PageError(500, "internal error; see the server log") from None
 
 
 def _pool(

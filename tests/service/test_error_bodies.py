@@ -365,6 +365,18 @@ def test_page_error_is_clipped() -> None:
     assert len(error.message.encode()) < MAX_ERROR_BYTES
 
 
+def test_page_internal_error_names_no_class() -> None:
+    from service.ui.handlers import PageError, guard
+
+    def broken() -> None:
+        raise KeyError("internal")
+
+    with pytest.raises(PageError) as caught:
+        guard(broken)
+    assert caught.value.status == 500 and not LEAKS.search(caught.value.message), caught.value.message
+    assert "KeyError" not in caught.value.message
+
+
 # -- gRPC over a real socket ------------------------------------------------------------------------
 
 _GRPC_SERVICE = "/inference.GRPCInferenceService/"
