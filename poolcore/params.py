@@ -17,6 +17,7 @@ __all__ = ["MAX_INT", "AdaptiveParams", "GlobalParams", "WindowParams", "format_
 # The largest window argument (kernel_size, stride, padding, output_size entry): torch's pooling kernels
 # take these as C ints, and a stride of 2**32 ends the process with SIGFPE in max_pool.
 MAX_INT = 2**31 - 1
+_NAMED = 3  # unknown parameters an error names; the rest are counted
 PositiveInt = Annotated[int, Field(ge=1, le=MAX_INT)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_INT)]
 # One entry per spatial dimension: at most 3 (a longer tuple would only be echoed back in an error).
@@ -116,12 +117,19 @@ def format_validation_error(method: str, error: ValidationError) -> str:
     for detail in error.errors():
         field = str(detail["loc"][0]) if detail["loc"] else ""
         by_field.setdefault(field, []).append(dict(detail))
+    # Unknown names are counted past the first few: a request of thousands must not draw an error that
+    # lists them all.
+    unknown = [field for field, items in by_field.items() if items[0]["type"] == "extra_forbidden"]
     parts = []
     for field, items in by_field.items():
         specific = [i for i in items if not i["type"].endswith(("_type", "_parsing"))]
         item = (specific or items)[0]
         if item["type"] == "extra_forbidden":
-            parts.append(f"{_shorten(field)}: unknown parameter")
+            if len(unknown) <= _NAMED:
+                parts.append(f"{_shorten(field)}: unknown parameter")
+            elif field == unknown[0]:
+                named = ", ".join(_shorten(name) for name in unknown[:_NAMED])
+                parts.append(f"{len(unknown)} unknown parameters ({named}, …)")
             continue
         msg = item["msg"].removeprefix("Value error, ")
         parts.append(f"{_shorten(field)}: {msg} (got {_shorten(item['input'])})" if field else msg)

@@ -8,6 +8,10 @@ logged, generic 500 (see :mod:`service.middleware`).
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
+
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,12 +28,20 @@ __all__ = [
     "ServiceUnavailable",
     "Unprocessable",
     "UnsupportedMediaType",
+    "clip",
+    "clip_detail",
+    "clip_status",
+    "error_body",
     "error_response",
     "install_error_handlers",
     "shorten",
 ]
 
 _SHOWN = 64  # characters of a client's value that a message repeats
+# An error body (JSON) or gRPC status details stay under this many bytes, whatever the request was.
+MAX_ERROR_BYTES = 4096
+# A heap address in a library's message (``<ast.Call object at 0x7f…>``): says nothing to a client.
+_ADDRESS = re.compile(r"\s*(?:object )?at 0x[0-9a-fA-F]{6,}")
 
 
 class ServiceError(Exception):
@@ -62,16 +74,73 @@ class Unprocessable(ServiceError):
     status_code = 422
 
 
+def clip(text: str) -> str:
+    """``text`` cut to its first 64 characters plus "…"."""
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
 def shorten(value: object) -> str:
     """``repr(value)`` cut to its first 64 characters plus "…": a message names what the client sent
     without echoing a large body back."""
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit on int to str
+        if not isinstance(value, int):
+            return "<a value that cannot be shown>"
+        return f"<an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1} digits>"
+    except Exception:  # a caller's object whose repr fails: the message must still be written
+        return "<a value that cannot be shown>"
+    return clip(text)
+
+
+def _clip_to(text: str, limit: int, size: Callable[[str], int]) -> str:
+    """``text`` without heap addresses, cut (with "…") so that ``size`` of it is at most ``limit``."""
+    text = _ADDRESS.sub("", text)
+    # Every character is at least one byte, so no more than ``limit`` of them fit.
+    if len(text) <= limit and size(text) <= limit:
+        return text
+    low, high = 0, min(len(text), limit)  # the longest prefix that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        if size(text[:middle] + "…") <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…"
+
+
+def _json_size(text: str) -> int:
+    return len(orjson.dumps(text))
+
+
+def _status_size(text: str) -> int:
+    """Bytes of gRPC status details on the wire: UTF-8, percent-encoded outside printable ASCII."""
+    data = text.encode("utf-8", "replace")
+    return len(data) + 2 * sum(1 for b in data if b < 0x20 or b > 0x7E or b == 0x25)
+
+
+def clip_detail(detail: str, key: str = "detail", *, reserve: int = 0) -> str:
+    """``detail`` cut so that the error body ``{key: detail}`` is under :data:`MAX_ERROR_BYTES`, less
+    ``reserve`` bytes for what a renderer adds: the last line of defence, behind the clipping of each
+    client value (:func:`shorten`)."""
+    # The body less the quoted string's own two quotes, which _json_size counts.
+    room = MAX_ERROR_BYTES - 1 - reserve - (len(orjson.dumps({key: ""})) - 2)
+    return _clip_to(detail, room, _json_size)
+
+
+def clip_status(message: str) -> str:
+    """``message`` cut so that it is under :data:`MAX_ERROR_BYTES` as gRPC status details."""
+    return _clip_to(message, MAX_ERROR_BYTES - 1, _status_size)
+
+
+def error_body(key: str, detail: str) -> bytes:
+    """The JSON error body ``{key: detail}``, under :data:`MAX_ERROR_BYTES` (see :func:`clip_detail`)."""
+    return orjson.dumps({key: clip_detail(detail, key)})
 
 
 def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps({"detail": detail}),
+        error_body("detail", detail),
         status_code=status_code,
         media_type="application/json",
         headers=headers,

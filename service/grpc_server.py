@@ -23,11 +23,12 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy as np
+from google.protobuf.message import DecodeError
 from starlette.datastructures import State
 
 from .codecs import Limits, oip
 from .config import Settings
-from .errors import BadRequest
+from .errors import BadRequest, clip_status, shorten
 from .inference import (
     MODEL_VERSION,
     InferJob,
@@ -78,7 +79,7 @@ def _parameters(parameters: Any) -> dict[str, Any]:
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
         if choice is None:
-            raise BadRequest(f"parameter {key!r} has no value")
+            raise BadRequest(f"parameter {shorten(key)} has no value")
         values[key] = getattr(parameter, choice)
     return values
 
@@ -89,8 +90,7 @@ def decode_request(request: pb2.ModelInferRequest, limits: Limits) -> oip.Decode
     if len(inputs) != 1:
         if not inputs:
             raise BadRequest("the request has no inputs: send one input tensor")
-        names = ", ".join(repr(i.name) for i in inputs)
-        raise BadRequest(f"a pooling model takes one input tensor (got {len(inputs)}: {names})")
+        raise oip.several_inputs(len(inputs), [shorten(i.name) for i in inputs[:3]])
     tensor_msg = inputs[0]
     shape = list(tensor_msg.shape)
     raw = request.raw_input_contents
@@ -116,7 +116,7 @@ def decode_request(request: pb2.ModelInferRequest, limits: Limits) -> oip.Decode
     for output in request.outputs:
         if output.name != oip.OUTPUT_NAME:
             raise BadRequest(
-                f"unknown output {output.name!r}: a pooling model has one output, {oip.OUTPUT_NAME!r}"
+                f"unknown output {shorten(output.name)}: a pooling model has one output, {oip.OUTPUT_NAME!r}"
             )
     return oip.Decoded(tensor, params, mode, seed, request.id or None)
 
@@ -187,6 +187,8 @@ class GrpcInferenceServicer:
             try:
                 if not open_:
                     self._check_key(context)
+                if call.message is None:  # see deserialize
+                    raise BadRequest(f"the request is not a {rpc} request message (protobuf)")
                 answer = await method(call, label)
                 data: bytes = answer if isinstance(answer, bytes) else answer.SerializeToString()
                 sent = len(data)
@@ -196,14 +198,19 @@ class GrpcInferenceServicer:
                     status, message = 401, str(error)
                 else:
                     status, message = error_status(error)
-                await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+                await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), clip_status(message))
                 raise  # not reached: abort raises
             finally:
                 elapsed = time.perf_counter() - start
                 self.state.metrics.observe(_SERVICE + rpc, label[0], status, elapsed, call.size, sent)
 
         def deserialize(data: bytes) -> _Rpc:
-            return _Rpc(len(data), request_type.FromString(data))
+            # An unreadable message is answered by the behaviour, as INVALID_ARGUMENT in our words: grpc
+            # would answer UNKNOWN, naming protobuf's exception class.
+            try:
+                return _Rpc(len(data), request_type.FromString(data))
+            except DecodeError:
+                return _Rpc(len(data), None)
 
         # No response serializer: the behaviour answers serialized bytes.
         return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=deserialize)

@@ -19,7 +19,7 @@ import poolcore
 from poolcore.registry import ALIASES, MethodSpec
 
 from .codecs import oip
-from .errors import ServiceError
+from .errors import ServiceError, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits
 from .metrics import Metrics
 from .pooling import PoolOutcome, PoolRequest, answer_many
@@ -58,10 +58,10 @@ def model_spec(name: str, version: str | None = None) -> MethodSpec:
         spec = poolcore.get_spec(name)
     except poolcore.UnknownMethodError:
         known = ", ".join([*poolcore.methods(), *ALIASES])
-        raise NotFound(f"unknown model {name!r}; the models are: {known}") from None
+        raise NotFound(f"unknown model {shorten(name)}; the models are: {known}") from None
     if version not in (None, "", MODEL_VERSION):
         raise NotFound(
-            f"model {spec.name!r} has no version {version!r} (its one version is {MODEL_VERSION!r})"
+            f"model {spec.name!r} has no version {shorten(version)} (its one version is {MODEL_VERSION!r})"
         )
     return spec
 

@@ -20,11 +20,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge
+from .errors import PayloadTooLarge, error_body, shorten
 from .metrics import Metrics, route_label
 
 __all__ = ["OPEN_PATHS", "SECURITY_HEADERS", "BodyTooLarge", "ServiceMiddleware", "needs_key"]
@@ -130,7 +129,7 @@ class ServiceMiddleware:
         async def reply(code: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
             # The Open Inference Protocol's routes (/v2...) write errors as {"error": ...} (issue 11).
             key = "error" if scope["path"] == "/v2" or scope["path"].startswith("/v2/") else "detail"
-            body = orjson.dumps({key: detail})
+            body = error_body(key, detail)  # under 4 KiB, whatever the detail
             await tracked_send(
                 {
                     "type": "http.response.start",
@@ -156,7 +155,7 @@ class ServiceMiddleware:
                 except ValueError:
                     length = -1
                 if length < 0:
-                    await reply(400, f"invalid Content-Length {content_length.decode('latin-1')!r}")
+                    await reply(400, f"invalid Content-Length {shorten(content_length.decode('latin-1'))}")
                     return
                 if length > limit:
                     await reply(413, f"request body of {length} bytes is over the limit of {limit} bytes")

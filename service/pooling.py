@@ -26,7 +26,7 @@ import poolcore
 from poolcore.registry import MethodSpec
 from poolcore.windows import infer_dims
 
-from .errors import ServiceUnavailable, Unprocessable
+from .errors import ServiceUnavailable, Unprocessable, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits, check_work
 
 __all__ = [
@@ -144,10 +144,10 @@ class _Checked:
 def _check(request: PoolRequest) -> _Checked:
     mode, seed = request.mode, request.seed
     if mode not in ("eval", "train"):
-        raise ValueError(f"mode must be 'eval' or 'train' (got {mode!r})")
+        raise ValueError(f"mode must be 'eval' or 'train' (got {shorten(mode)})")
     bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
     if seed is not None and bad_seed:
-        raise ValueError(f"seed must be an integer from 0 to 2**63-1 (got {seed!r})")
+        raise ValueError(f"seed must be an integer from 0 to 2**63-1 (got {shorten(seed)})")
     spec = poolcore.get_spec(request.method)
     resolved, resolved_key = _resolve(spec, request.params)
     check_input(request.x)

@@ -44,13 +44,14 @@ def check_elements(shape: tuple[int, ...], limits: Limits) -> None:
     for size in shape:
         if int(size) > limits.max_elements:
             raise PayloadTooLarge(
-                f"input dimension of length {size} (shape {tuple(shape)}) is over the limit of "
-                f"{limits.max_elements} elements"
+                f"input dimension of length {shorten(int(size))} (shape {shorten(tuple(shape))}) is over the "
+                f"limit of {limits.max_elements} elements"
             )
         count *= int(size)
     if count > limits.max_elements:
         raise PayloadTooLarge(
-            f"input has {count} elements (shape {tuple(shape)}), over the limit of {limits.max_elements}"
+            f"input has {shorten(count)} elements (shape {shorten(tuple(shape))}), over the limit of "
+            f"{limits.max_elements}"
         )
 
 

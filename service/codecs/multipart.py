@@ -3,8 +3,8 @@ other form fields (strings, parsed like the query string)."""
 
 from __future__ import annotations
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 
 from ..errors import BadRequest, Unprocessable, UnsupportedMediaType, shorten
 from . import image, json, npy
@@ -27,6 +27,11 @@ def split_parts(
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("malformed multipart/form-data: the Content-Type has no boundary")
+    if len(boundary) > MAX_BOUNDARY_LENGTH:  # the parser's own limit, which it raises as a plain error
+        raise BadRequest(
+            f"malformed multipart/form-data: the boundary is {len(boundary)} characters long, over the "
+            f"limit of {MAX_BOUNDARY_LENGTH}"
+        )
     parts: list[tuple[str, str | None, str | None, bytes]] = []
     headers: dict[bytes, bytes] = {}
     field_name = b""
@@ -74,22 +79,22 @@ def split_parts(
             )
         )
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_end": on_end,
-        },
-    )
     try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_end": on_end,
+            },
+        )
         parser.write(bytes(body) if isinstance(body, bytearray) else body)
         parser.finalize()
-    except MultipartParseError as error:
+    except FormParserError as error:  # the parser's errors, the boundary's included: the client's fault
         raise BadRequest(f"malformed multipart/form-data: {error}") from None
     if not ended:
         raise BadRequest("malformed multipart/form-data: the body ends before the closing boundary")

@@ -24,13 +24,27 @@ from numpy.lib import format as npformat
 from starlette.responses import Response
 from torch import Tensor
 
-from ..errors import BadRequest, Unprocessable
+from ..errors import BadRequest, Unprocessable, clip, shorten
 from .base import Limits, check_elements
 
 __all__ = ["decode", "encode"]
 
 _MAX_HEADER = 10_000  # numpy's own default cap on header length
 _FLOAT_SIZES = (2, 4, 8)  # float16/32/64: the float types torch has (not longdouble)
+_HEADER_KEYS = "the keys 'descr', 'fortran_order' and 'shape'"
+# What numpy's header errors mean, by how its message starts. Its text is not passed on: it can quote the
+# whole header, or name a parser's node with its heap address (``<ast.Call object at 0x7f…>``).
+_HEADER_PROBLEMS = (
+    ("the magic string is not correct", "the body does not start with the .npy magic string"),
+    ("EOF", "the body ends inside the .npy header"),
+    ("Header info length", f"the header is over the limit of {_MAX_HEADER} bytes"),
+    ("Header is not a dictionary", f"the header must be a dict with {_HEADER_KEYS}"),
+    ("Header does not contain the correct keys", f"the header must have exactly {_HEADER_KEYS}"),
+    ("descr is not a valid dtype descriptor", "the header's descr is not a dtype"),
+    ("shape is not valid", "the header's shape is not a tuple of integers"),
+    ("fortran_order is not a valid bool", "the header's fortran_order is not True or False"),
+)
+_UNREADABLE = f"the header is not a Python dict literal with {_HEADER_KEYS}"
 
 
 class _Reader:
@@ -65,27 +79,28 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
         raise
     except (ValueError, OSError, SyntaxError, TypeError, TokenError) as error:
         # TokenError: numpy tokenizes the header dict, and an unclosed bracket is not a SyntaxError.
-        raise BadRequest(f"malformed .npy: {error}") from None
+        raise BadRequest(f"malformed .npy: {_header_problem(error)}") from None
+    named = clip(str(dtype))  # a structured dtype can be as long as the header
     if dtype.hasobject:
-        raise Unprocessable(f"object arrays are refused (.npy dtype {dtype}); send numbers")
+        raise Unprocessable(f"object arrays are refused (.npy dtype {named}); send numbers")
     if dtype.kind == "c":
-        raise Unprocessable(f"complex arrays are not supported (.npy dtype {dtype}); send real numbers")
+        raise Unprocessable(f"complex arrays are not supported (.npy dtype {named}); send real numbers")
     if dtype.kind not in "iuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise Unprocessable(f"the .npy dtype must be a real integer or float type (got {dtype})")
+        raise Unprocessable(f"the .npy dtype must be a real integer or float type (got {named})")
     if dtype.kind == "f" and dtype.itemsize not in _FLOAT_SIZES:
-        raise Unprocessable(f"the .npy float type must be float16, float32 or float64 (got {dtype})")
+        raise Unprocessable(f"the .npy float type must be float16, float32 or float64 (got {named})")
     if not 1 <= len(shape) <= 5:
-        raise Unprocessable(f"input must have rank 1 to 5 (got rank {len(shape)}, shape {shape})")
+        raise Unprocessable(f"input must have rank 1 to 5 (got rank {len(shape)}, shape {shorten(shape)})")
     if any(size < 0 for size in shape):
-        raise BadRequest(f"malformed .npy: the header's shape {shape} has a negative dimension")
+        raise BadRequest(f"malformed .npy: the header's shape {shorten(shape)} has a negative dimension")
     count = math.prod(shape)
     expected = count * dtype.itemsize
     offset = stream.tell()
     available = memoryview(body).nbytes - offset
     if expected != available:
         raise BadRequest(
-            f"malformed .npy: header says shape {shape} of {dtype} ({expected} bytes) "
-            f"but {available} bytes follow it"
+            f"malformed .npy: header says shape {shorten(shape)} of {dtype} ({shorten(expected)} "
+            f"bytes) but {available} bytes follow it"
         )
     check_elements(shape, limits)  # each dimension too: an empty array may claim a 2**62-long one
     # A view of the body: writable if the body is, aligned if the header's padding keeps it so.
@@ -100,6 +115,15 @@ def decode(body: bytes | bytearray | memoryview, limits: Limits) -> Tensor:
     else:
         array = np.array(view, dtype=dtype.newbyteorder("="), order="C")
     return torch.from_numpy(array)
+
+
+def _header_problem(error: Exception) -> str:
+    """What is wrong with a .npy header, in our words (see _HEADER_PROBLEMS)."""
+    text = str(error)
+    for start, problem in _HEADER_PROBLEMS:
+        if text.startswith(start):
+            return problem
+    return _UNREADABLE
 
 
 def _header(array: np.ndarray) -> bytes:

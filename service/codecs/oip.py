@@ -27,7 +27,7 @@ import orjson
 import torch
 from torch import Tensor
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge, shorten
 from ..params import parse_text, split_run_options
 from . import json as json_codec
 from .base import Limits, check_elements
@@ -46,6 +46,7 @@ __all__ = [
     "parameter_value",
     "reported_parameters",
     "run_options",
+    "several_inputs",
 ]
 
 INPUT_NAME = "input"
@@ -64,6 +65,7 @@ DATATYPES: dict[str, np.dtype] = {
 _OUTPUT_TYPES = {torch.float16: "FP16", torch.float32: "FP32", torch.float64: "FP64"}
 # Request parameters that belong to the protocol, not to the method.
 _PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
+_NAMED = 3  # inputs a message names
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,31 @@ class RestOutput:
     header_length: int | None
 
 
+def several_inputs(count: int, shown: Sequence[str]) -> BadRequest:
+    """The error for a request of ``count`` inputs, naming the first few (``shown``, as the message
+    writes them): a request of thousands must not draw an error that lists them all."""
+    names = ", ".join(shown[:_NAMED]) + (", …" if count > _NAMED else "")
+    return BadRequest(f"a pooling model takes one input tensor (got {count}: {names})")
+
+
 def _dtype(datatype: Any) -> np.dtype:
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise BadRequest(
-            f"unsupported datatype {datatype!r}; the input may be one of: {', '.join(DATATYPES)}"
+            f"unsupported datatype {shorten(datatype)}; the input may be one of: {', '.join(DATATYPES)}"
         )
     return dtype
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
-        raise BadRequest(f"the input's shape must be a list of integers (got {shape!r})")
+        raise BadRequest(f"the input's shape must be a list of integers (got {shorten(shape)})")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise BadRequest(f"the input's shape must be non-negative integers (got {list(shape)})")
+        raise BadRequest(f"the input's shape must be non-negative integers (got {shorten(list(shape))})")
     if not 1 <= len(shape) <= 5:
-        raise BadRequest(f"the input must have rank 1 to 5 (got rank {len(shape)}, shape {list(shape)})")
+        raise BadRequest(
+            f"the input must have rank 1 to 5 (got rank {len(shape)}, shape {shorten(list(shape))})"
+        )
     return tuple(int(s) for s in shape)
 
 
@@ -186,7 +197,7 @@ def _header_length(header: str | None, body_size: int, max_json_bytes: int) -> i
         return None
     text = header.strip()
     if not text.isdecimal():
-        raise BadRequest(f"Inference-Header-Content-Length must be a byte count (got {header!r})")
+        raise BadRequest(f"Inference-Header-Content-Length must be a byte count (got {shorten(header)})")
     length = int(text)
     if length > body_size:
         raise BadRequest(
@@ -223,15 +234,15 @@ def decode_rest(body: bytes | bytearray, header: str | None, limits: Limits, max
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('the request has no "inputs": send one input tensor')
     if len(inputs) != 1:
-        names = ", ".join(repr(i.get("name")) if isinstance(i, dict) else "?" for i in inputs)
-        raise BadRequest(f"a pooling model takes one input tensor (got {len(inputs)}: {names})")
+        names = [shorten(i.get("name")) if isinstance(i, dict) else "?" for i in inputs[:_NAMED]]
+        raise several_inputs(len(inputs), names)
     tensor_doc = _object(inputs[0], "an input")
     tensor_params = _object(tensor_doc.get("parameters"), "an input's parameters")
     datatype, shape = tensor_doc.get("datatype"), tensor_doc.get("shape")
     size = tensor_params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRequest(f"binary_data_size must be a byte count (got {size!r})")
+            raise BadRequest(f"binary_data_size must be a byte count (got {shorten(size)})")
         if size != len(binary):
             raise BadRequest(
                 f"the input's binary_data_size is {size} bytes, but {len(binary)} bytes follow the "
@@ -256,7 +267,9 @@ def decode_rest(body: bytes | bytearray, header: str | None, limits: Limits, max
         for output in outputs:
             name = _object(output, "a requested output").get("name")
             if name != OUTPUT_NAME:
-                raise BadRequest(f"unknown output {name!r}: a pooling model has one output, {OUTPUT_NAME!r}")
+                raise BadRequest(
+                    f"unknown output {shorten(name)}: a pooling model has one output, {OUTPUT_NAME!r}"
+                )
             flag = _object(output.get("parameters"), "an output's parameters").get("binary_data")
             if flag is not None:
                 binary_output = flag is True

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..body import read_body
 from ..codecs import oip
+from ..errors import error_body
 from ..inference import (
     InferJob,
     error_status,
@@ -45,7 +46,7 @@ def _json(doc: Any, status: int = 200) -> Response:
 def _error(error: BaseException, request: Request) -> Response:
     status, message = error_status(error, request.scope.get("state", {}).get("request_id"))
     headers = getattr(error, "headers", None)  # e.g. Retry-After on a 503
-    response = _json({"error": message}, status)
+    response = Response(error_body("error", message), status_code=status, media_type="application/json")
     if isinstance(headers, dict):
         response.headers.update(headers)
     return response

@@ -31,6 +31,7 @@ import orjson
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import error_body
 from .cache import CacheFull, UICache, UploadTooLarge
 
 __all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker"]
@@ -475,7 +476,7 @@ async def _respond(scope: Scope, send: Send, refused: _Refused) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": refused.detail[:120]})
         return
-    body = orjson.dumps({"detail": refused.detail})
+    body = error_body("detail", refused.detail)  # under 4 KiB, whatever the detail
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers]
     await send({"type": "http.response.start", "status": refused.status, "headers": headers})

@@ -25,7 +25,7 @@ from ..codecs import Limits
 from ..codecs import image as image_codec
 from ..codecs.base import check_elements
 from ..config import Settings
-from ..errors import ServiceError
+from ..errors import ServiceError, clip_detail
 from ..limits import WorkLimits
 from ..pooling import PoolOutcome, poolcore_errors, run_pool
 from ..workers import TorchWorkers
@@ -53,6 +53,7 @@ class PageError(Exception):
     """An error to show in the page: the HTTP status the route would answer and the service's message."""
 
     def __init__(self, status: int, message: str) -> None:
+        message = clip_detail(message, reserve=64)  # under 4 KiB with markdown()'s "**Error 422**: "
         super().__init__(message)
         self.status = status
         self.message = message
@@ -114,9 +115,9 @@ def guard(fn: Callable[[], Any]) -> Any:
         raise PageError(error.status_code, error.detail) from None
     except poolcore.UnknownMethodError as error:
         raise PageError(404, str(error)) from None
-    except Exception as error:  # the route's error boundary: log it, show nothing internal
+    except Exception:  # the route's error boundary: log it, show nothing internal
         log.exception("unexpected error in the UI")
-        raise PageError(500, f"internal error ({type(error).__name__}); see the server log") from None
+        raise PageError(500, "internal error; see the server log") from None
 
 
 def _pool(

@@ -107,3 +107,20 @@ def test_long_field_names_are_cut() -> None:
     with pytest.raises(Unprocessable, match="more than once") as error:
         multipart.decode(body, CT, LIMITS)
     assert len(str(error.value)) < 200
+
+
+def _with_boundary(boundary: str) -> tuple[bytes, str]:
+    body = _form(("file", "x.npy", None, npy_bytes(X))).replace(BOUNDARY.encode(), boundary.encode())
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_boundary_at_the_parsers_limit() -> None:
+    body, content_type = _with_boundary("b" * 256)
+    assert multipart.decode(body, content_type, LIMITS).kind == "npy"
+
+
+def test_boundary_past_the_parsers_limit_is_400() -> None:
+    """The parser refuses a boundary over 256 characters with a plain error, which was a 500."""
+    body, content_type = _with_boundary("b" * 257)
+    with pytest.raises(BadRequest, match="boundary is 257 characters long, over the limit of 256"):
+        multipart.decode(body, content_type, LIMITS)

@@ -175,3 +175,32 @@ def test_empty_array_with_a_huge_dimension_is_413() -> None:
     with pytest.raises(PayloadTooLarge, match="length 4611686018427387904"):
         npy.decode(_header(f"(1, {2**62}, 0)"), LIMITS)
     assert npy.decode(_header("(1, 3, 0)"), LIMITS).shape == (1, 3, 0)  # the operator names it
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("{'descr': f(), 'fortran_order': False, 'shape': (1,)}", "is not a Python dict literal"),
+        ("{'descr': (lambda: 0), 'fortran_order': False, 'shape': (1,)}", "is not a Python dict literal"),
+        ("{'descr': '<f4', 'shape': (1,)}", "must have exactly the keys"),
+        ("{'descr': 'zzz', 'fortran_order': False, 'shape': (1,)}", "descr is not a dtype"),
+        ("{'descr': '<f4', 'fortran_order': 3, 'shape': (1,)}", "fortran_order is not True or False"),
+    ],
+)
+def test_header_errors_in_our_words(header: str, problem: str) -> None:
+    """numpy's own text names an AST node with its heap address, or quotes the header back."""
+    head = header.encode("latin-1")
+    head += b" " * (63 - (10 + len(head)) % 64) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head
+    with pytest.raises(BadRequest) as caught:
+        npy.decode(body, LIMITS)
+    message = caught.value.detail
+    assert message.startswith("malformed .npy: ") and problem in message, message
+    assert "0x" not in message and "ast." not in message and "Error" not in message
+
+
+def test_a_long_shape_is_cut() -> None:
+    """A 4,000-digit dimension passes numpy's header checks; the message shows 64 characters of it."""
+    with pytest.raises(BadRequest, match="header says shape") as caught:
+        npy.decode(_header("(" + "9" * 4000 + ",)"), LIMITS)
+    assert len(caught.value.detail) < 300

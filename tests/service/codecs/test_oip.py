@@ -126,3 +126,18 @@ class TestRest:
     def test_json_header_limit(self) -> None:
         with pytest.raises(PayloadTooLarge, match="JSON header of 100 bytes is over the limit of 50"):
             oip.decode_rest(bytearray(200), "100", LIMITS, 50)
+
+
+def test_several_inputs_named_up_to_three() -> None:
+    two = str(oip.several_inputs(2, ["'a'", "'b'"]))
+    assert two == "a pooling model takes one input tensor (got 2: 'a', 'b')"
+    many = str(oip.several_inputs(5000, ["'a'", "'b'", "'c'", "'d'"]))
+    assert many == "a pooling model takes one input tensor (got 5000: 'a', 'b', 'c', …)"
+
+
+@pytest.mark.parametrize("value", ["F" * 100_000, [1] * 100_000])
+def test_long_datatype_or_shape_is_cut(value: Any) -> None:
+    datatype, shape = (value, [1]) if isinstance(value, str) else ("FP32", value)
+    with pytest.raises(BadRequest) as caught:
+        oip.from_raw(b"", datatype, shape, LIMITS)
+    assert len(caught.value.detail) < 300
