@@ -30,7 +30,7 @@ def test_the_python_floor_is_what_mypy_and_ruff_check() -> None:
     assert f"sys.version_info < ({major}, {minor})" in makefile
 
 
-@pytest.mark.skipif(os.environ.get("CI") != "true", reason="CI's interpreter is the claim; yours may be newer")
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="CI runs the claimed floor; yours may be newer")
 def test_the_suite_runs_on_the_claimed_floor() -> None:
     """CI runs the suite on the floor itself, so nothing newer slips in unseen (a 3.10 claim once hid a
     TimeoutError that only 3.11 catches)."""
