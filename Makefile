@@ -17,8 +17,8 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 # The virtual environment, made with the first python3 on PATH once it is known to be new enough.
 .venv/bin/python3:
-	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
-	  echo "poolserve needs Python 3.10 or newer; python3 is $$(python3 --version 2>&1 || echo missing)." >&2; \
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "poolserve needs Python 3.11 or newer; python3 is $$(python3 --version 2>&1 || echo missing)." >&2; \
 	  echo "Install a newer Python (or activate a virtual environment that has one) and run make again." >&2; \
 	  exit 1; }
 	@echo "making .venv/ (python3 -m venv): poolserve and its dependencies are installed there"
@@ -28,13 +28,21 @@ export GRADIO_ANALYTICS_ENABLED := False
 	      && python3 -m venv .venv; \
 	  else rm -rf .venv; echo "python3 -m venv failed: install your distribution's python3-venv package" >&2; exit 1; fi; }
 
+# Each install leaves a stamp in the environment, so a later `make serve` skips pip (half a minute of
+# re-checking an unchanged install) unless pyproject.toml changed since. The stamp lives in the
+# environment, so switching environments installs afresh.
+ENV_DIR := $(shell $(PY) -c 'import sys; print(sys.prefix)' 2>/dev/null || echo .venv)
+STAMP = $(ENV_DIR)/.poolserve-installed
+
 install: $(VENV)
-	$(PIP) $(TORCH)
-	$(PIP) -e '.[service]'
+	@if [ -f "$(STAMP)-service" ] && [ "$(STAMP)-service" -nt pyproject.toml ]; then \
+	  echo "poolserve is installed in $(ENV_DIR) and pyproject.toml is unchanged: skipping pip"; \
+	else $(PIP) $(TORCH) && $(PIP) -e '.[service]' && touch "$(STAMP)-service"; fi
 
 install-test: $(VENV)
-	$(PIP) $(TORCH)
-	$(PIP) -e '.[service,test]'
+	@if [ -f "$(STAMP)-test" ] && [ "$(STAMP)-test" -nt pyproject.toml ]; then \
+	  echo "the test dependencies are installed in $(ENV_DIR) and pyproject.toml is unchanged: skipping pip"; \
+	else $(PIP) $(TORCH) && $(PIP) -e '.[service,test]' && touch "$(STAMP)-test" "$(STAMP)-service"; fi
 
 # Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded at run time), and
 # axe-core (the WCAG checker they inject) from npm into the git-ignored .browser-deps/.
@@ -42,19 +50,23 @@ AXE := .browser-deps/node_modules/axe-core/axe.min.js
 browser: $(AXE)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium with apt-get, for the browser tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and cannot apt-get it: browser tests will skip"; fi; }
 
 $(AXE):
 	@command -v npm >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's nodejs and npm with apt-get, for axe-core (the accessibility checks)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
 	  else echo "npm missing and cannot apt-get it: the accessibility checks will skip"; fi; }
 	@if command -v npm >/dev/null 2>&1; then \
 	  npm install --prefix .browser-deps --no-audit --no-fund --no-save --silent axe-core@4; fi
 
+HOST ?= 127.0.0.1
+PORT ?= 8000
 serve: install
-	$(PY) -m service
+	$(PY) -m service --host $(HOST) --port $(PORT)
 
 lint:
 	$(PY) -m ruff check poolcore service tests bench

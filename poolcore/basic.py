@@ -6,6 +6,7 @@ windows in 1d/2d/3d, so the registry can offer ``avg`` and ``max`` beside the ot
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import Tensor
 
 from .params import WindowParams
@@ -15,7 +16,9 @@ __all__ = ["AvgParams", "MaxParams", "avg_pool", "max_pool"]
 
 
 class AvgParams(WindowParams):
-    count_include_pad: bool = True
+    count_include_pad: bool = Field(
+        True, description="Count the zero padding in each window's mean, as torch's avg_pool does."
+    )
 
 
 class MaxParams(WindowParams):

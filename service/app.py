@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .codecs import Limits
 from .config import Settings, get_settings
-from .docs import pool_operation
+from .docs import pool_operation, v2_paths
 from .errors import install_error_handlers
 from .gc_tuning import freeze_heap, unfreeze_heap
 from .keys import AuthThrottle
@@ -67,7 +67,11 @@ def _document_pool_route(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            schema["paths"] = {"/pool/{method}": {"post": pool_operation()}, **schema.get("paths", {})}
+            schema["paths"] = {
+                "/pool/{method}": {"post": pool_operation()},
+                **schema.get("paths", {}),
+                **v2_paths(),
+            }
             if settings.api_key_list:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "POOLSERVE_API_KEYS"}

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 import poolcore
 
+from .codecs import oip
 from .codecs.json import DTYPES
-from .pooling import MAX_SEED, run_pool
+from .pooling import MAX_SEED
 
-__all__ = ["ERRORS", "TRANSPORT_ERRORS", "error_responses", "pool_operation", "query_parameters"]
+__all__ = [
+    "ERRORS",
+    "TRANSPORT_ERRORS",
+    "error_responses",
+    "pool_operation",
+    "query_parameters",
+    "v2_paths",
+]
 
 _BASE = "http://127.0.0.1:8000"
 _ERROR = {
@@ -102,17 +108,68 @@ def _strip(schema: dict[str, Any], *, text: bool) -> dict[str, Any]:
 def _fields(*, text: bool) -> dict[str, tuple[dict[str, Any], str, list[str]]]:
     """Every parameter any method takes: (its wire schema, the union over the methods that take it; its
     description; those methods)."""
-    found: dict[str, tuple[list[dict[str, Any]], str, list[str]]] = {}
+    found: dict[str, tuple[list[dict[str, Any]], list[str], list[str]]] = {}
     for name in poolcore.methods():
         for field, info in poolcore.get_spec(name).params.model_json_schema()["properties"].items():
-            schemas, _, names = found.setdefault(field, ([], info.get("description", ""), []))
+            schemas, descriptions, names = found.setdefault(field, ([], [], []))
             wire = _strip(info, text=text)
             schemas.extend(v for v in wire.get("anyOf", [wire]) if v not in schemas)
+            descriptions.append(info.get("description", ""))
             names.append(name)
     return {
-        field: (schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, description, names)
-        for field, (schemas, description, names) in found.items()
+        field: (
+            schemas[0] if len(schemas) == 1 else {"anyOf": schemas},
+            _describe(descriptions, names),
+            names,
+        )
+        for field, (schemas, descriptions, names) in found.items()
     }
+
+
+def _describe(descriptions: list[str], names: list[str]) -> str:
+    """One description where every method says the same, else each method's own, by name."""
+    if len(set(descriptions)) == 1:
+        return descriptions[0]
+    return " ".join(f"{name}: {text}" for name, text in zip(names, descriptions) if text)
+
+
+def _defaults(field: str) -> dict[str, Any]:
+    """Each method's default of ``field`` (methods where it is required are left out)."""
+    defaults = {}
+    for name in poolcore.methods():
+        info = poolcore.get_spec(name).params.model_fields.get(field)
+        if info is not None and not info.is_required():
+            default = info.get_default(call_default_factory=True)
+            defaults[name] = list(default) if isinstance(default, tuple) else default
+    return defaults
+
+
+def _as_text(value: Any) -> str:
+    """A default as the query string writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def _text_form(schema: dict[str, Any]) -> str:
+    """How a value of ``schema`` is written in the query string or a form field."""
+    variants = schema.get("anyOf", [schema])
+    arrays = [v for v in variants if v.get("type") == "array"]
+    if arrays:
+        items = arrays[0]["items"].get("anyOf", [arrays[0]["items"]])
+        if any(item.get("enum") == ["null"] for item in items):
+            return "One value, or one per spatial dim: `7`, `5,7`; `null` keeps that dim's size (`null,7`)."
+        return "One value, or one per spatial dim: `2` or `2,3`."
+    enums = [v["enum"] for v in variants if "enum" in v and v["enum"] != ["null"]]
+    if enums:
+        return "One of: " + ", ".join(f"`{v}`" for v in enums[0]) + "."
+    if any(v.get("type") == "boolean" for v in variants):
+        return "`true` or `false`."
+    return ""
 
 
 # None written as text (query string, form fields): a parameter's default.
@@ -153,18 +210,35 @@ def query_parameters() -> list[dict[str, Any]]:
         },
     ]
     for field, (schema, description, names) in _fields(text=True).items():
-        params.append(
-            {
-                "name": field,
-                "in": "query",
-                "required": False,
-                "schema": schema,
-                "style": "form",
-                "explode": False,
-                "description": f"{description} Written as text: `2`, `2,3`, `null,7`, `true`. "
-                f"Methods: {', '.join(names)}.",
-            }
-        )
+        defaults = _defaults(field)
+        parameter: dict[str, Any] = {
+            "name": field,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "style": "form",
+            "explode": False,
+        }
+        if len({repr(v) for v in defaults.values()}) == 1 and len(defaults) == len(names):
+            default = next(iter(defaults.values()))
+            default_text = f"Default: `{_as_text(default)}`."
+            if default is not None:
+                parameter["schema"] = {
+                    **schema,
+                    "default": _as_text(default) if isinstance(default, list) else default,
+                }
+        elif defaults:
+            default_text = (
+                "Default: " + ", ".join(f"`{_as_text(v)}` ({n})" for n, v in defaults.items()) + "."
+            )
+        else:
+            default_text = "Required."
+        if len(defaults) < len(names) and defaults:
+            required = [n for n in names if n not in defaults]
+            default_text += f" Required by {', '.join(required)}."
+        parts = [description, _text_form(schema), default_text, f"Methods: {', '.join(names)}."]
+        parameter["description"] = " ".join(part for part in parts if part)
+        params.append(parameter)
     return params
 
 
@@ -179,17 +253,27 @@ def _nested(leaf: dict[str, Any], *, min_items: int) -> dict[str, Any]:
     return {"anyOf": ranks}
 
 
+_EXAMPLE = [[[[1.0, 2.0, 0.5, 0.0], [3.0, 4.0, 1.5, 1.0], [0.0, 1.0, 2.0, 2.0], [1.0, 0.0, 2.0, 6.0]]]]
+
+
 def _example_run() -> tuple[list, dict[str, Any]]:
-    data = [[[[1.0, 2.0, 0.5, 0.0], [3.0, 4.0, 1.5, 1.0], [0.0, 1.0, 2.0, 2.0], [1.0, 0.0, 2.0, 6.0]]]]
-    outcome = run_pool(torch.tensor(data), "avg", {"kernel_size": 2})
+    """The JSON example, ``avg`` with ``kernel_size=2``: each output the mean of its 2×2 window, worked out
+    here (the schema is built without running an operator; a test checks the server answers this)."""
+    (plane,) = _EXAMPLE[0]
+    means = [
+        [sum(plane[2 * i + a][2 * j + b] for a in (0, 1) for b in (0, 1)) / 4 for j in range(2)]
+        for i in range(2)
+    ]
+    # The resolved parameters as the server reports them: the registry's defaults (pydantic only).
+    params = {**poolcore.get_spec("avg").resolve({"kernel_size": 2}), "mode": "eval", "seed": None}
     response = {
-        "method": outcome.method,
-        "params": outcome.params,
-        "shape": list(outcome.output.shape),
+        "method": "avg",
+        "params": params,
+        "shape": [1, 1, 2, 2],
         "dtype": "float32",
-        "data": outcome.output.tolist(),
+        "data": [[means]],
     }
-    return data, response
+    return _EXAMPLE, response
 
 
 def pool_operation() -> dict[str, Any]:
@@ -211,6 +295,13 @@ def pool_operation() -> dict[str, Any]:
         "--data-binary @photo.png -o pooled.png\n```\nThe image becomes float32 C×H×W in [0, 1] "
         "(L, RGB or RGBA kept); the PNG result is clamped to [0, 1]. Add `-H 'Accept: application/json'` "
         "for the numbers.",
+    }
+    jpeg_example = {
+        "summary": "A JPEG photo, pooled to a smaller image",
+        "description": f"```\ncurl -s -X POST '{_BASE}/pool/avg?kernel_size=8' -H 'Content-Type: image/jpeg' "
+        "--data-binary @photo.jpg -o pooled.png\n```\nA JPEG becomes float32 C×H×W in [0, 1] (grey or "
+        "RGB); the answer is a PNG unless Accept asks for JSON or .npy. A truncated JPEG, or one of more "
+        "scans than POOLSERVE_MAX_JPEG_SCANS, is refused with 422 before it is decoded.",
     }
     multipart_example = {
         "summary": "A file upload, parameters as form fields",
@@ -276,7 +367,7 @@ def pool_operation() -> dict[str, Any]:
             "application/x-npy": {"schema": binary, "examples": {"npy": npy_example}},
             "application/octet-stream": {"schema": binary, "examples": {"npy": npy_example}},
             "image/png": {"schema": binary, "examples": {"png": image_example}},
-            "image/jpeg": {"schema": binary, "examples": {"jpeg": image_example}},
+            "image/jpeg": {"schema": binary, "examples": {"jpeg": jpeg_example}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -342,3 +433,204 @@ def pool_operation() -> dict[str, Any]:
         "requestBody": request_body,
         "responses": responses,
     }
+
+
+# -- The Open Inference Protocol (KServe v2) over REST: documented beside /pool, errors as {"error": ...} --
+
+_OIP_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string", "description": "What was wrong, naming the value."}},
+    "required": ["error"],
+}
+
+
+def _oip_errors(*codes: int) -> dict[str, dict[str, Any]]:
+    """The protocol's error responses: 400 stands for every invalid request (/pool's 422 included)."""
+    texts = {
+        400: "Invalid request: its JSON, a tensor, a parameter the method refuses.",
+        401: "No or wrong API key, when POOLSERVE_API_KEYS is set.",
+        404: "Unknown model (method) or version.",
+        413: "Body, elements, output or answer over a limit (see GET /methods).",
+        503: "Not ready, shutting down, queue full or a device fault: try again after Retry-After.",
+    }
+    return {
+        str(code): {"description": texts[code], "content": {"application/json": {"schema": _OIP_ERROR}}}
+        for code in codes
+    }
+
+
+def _oip_tensor(*, request: bool) -> dict[str, Any]:
+    datatypes = {"type": "string", "enum": list(oip.DATATYPES)} if request else {"type": "string"}
+    properties: dict[str, Any] = {
+        "name": {"type": "string", "description": f"`{oip.INPUT_NAME}` in, `{oip.OUTPUT_NAME}` out."},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 5},
+        "datatype": datatypes,
+        "parameters": {
+            "anyOf": [{"type": "object"}, _NULL],
+            "description": "binary_data_size with the binary extension.",
+        },
+        "data": {"type": "array", "description": "The elements in row-major order, flat or nested."},
+    }
+    return {"type": "object", "required": ["name", "shape", "datatype"], "properties": properties}
+
+
+def v2_paths() -> dict[str, Any]:
+    """OpenAPI paths of the protocol's REST routes (service/routes/v2.py): every method is a model."""
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": poolcore.methods()},
+        "description": "The model: a registered method or preset (see GET /methods).",
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": ["1"]},
+        "description": "The model version; each method has one, `1`.",
+    }
+    tags = ["inference protocol"]
+
+    def ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    boolean = {"type": "boolean"}
+    infer_request = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"anyOf": [{"type": "string"}, _NULL], "description": "Echoed in the response."},
+            "parameters": {
+                "anyOf": [{"type": "object"}, _NULL],
+                "description": "The method's parameters (GET /methods) plus mode and seed, as scalars: a "
+                'tuple is text (`"2,3"`); binary_data_output asks for the binary extension.',
+            },
+            "inputs": {"type": "array", "items": _oip_tensor(request=True), "minItems": 1, "maxItems": 1},
+            "outputs": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "enum": [oip.OUTPUT_NAME]},
+                                "parameters": {"anyOf": [{"type": "object"}, _NULL]},
+                            },
+                        },
+                    },
+                    _NULL,
+                ],
+            },
+        },
+    }
+    infer_response = {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "description": "The resolved parameters, mode and seed."},
+            "outputs": {"type": "array", "items": _oip_tensor(request=False)},
+        },
+    }
+    example = {
+        "inputs": [
+            {
+                "name": oip.INPUT_NAME,
+                "shape": [1, 1, 4, 4],
+                "datatype": "FP32",
+                "data": [value for row in _EXAMPLE[0][0] for value in row],
+            }
+        ],
+        "parameters": {"kernel_size": 2},
+    }
+    metadata = {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": {"type": "object"}},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "tags": tags,
+                "summary": "Server metadata",
+                "responses": {
+                    "200": ok("The server's name, version and protocol extensions.", {"type": "object"}),
+                    **_oip_errors(401),
+                },
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "tags": tags,
+                "summary": "Liveness (no API key needed)",
+                "responses": {
+                    "200": ok("The process answers.", {"type": "object", "properties": {"live": boolean}})
+                },
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "tags": tags,
+                "summary": "Readiness (no API key needed)",
+                "responses": {
+                    "200": ok("Ready to serve.", {"type": "object", "properties": {"ready": boolean}}),
+                    "503": ok("Starting or draining.", {"type": "object", "properties": {"ready": boolean}}),
+                },
+            }
+        },
+    }
+    for prefix, parameters in (
+        ("/v2/models/{name}", [name]),
+        ("/v2/models/{name}/versions/{version}", [name, version]),
+    ):
+        paths[prefix] = {
+            "get": {
+                "tags": tags,
+                "summary": "Model metadata: the method's tensors and datatypes",
+                "parameters": parameters,
+                "responses": {"200": ok("The model's metadata.", metadata), **_oip_errors(401, 404)},
+            }
+        }
+        paths[f"{prefix}/ready"] = {
+            "get": {
+                "tags": tags,
+                "summary": "Model readiness",
+                "parameters": parameters,
+                "responses": {
+                    "200": ok(
+                        "Ready.",
+                        {"type": "object", "properties": {"name": {"type": "string"}, "ready": boolean}},
+                    ),
+                    "503": ok("Not ready.", {"type": "object"}),
+                    **_oip_errors(401, 404),
+                },
+            }
+        }
+        paths[f"{prefix}/infer"] = {
+            "post": {
+                "tags": tags,
+                "summary": "Pool with the model's method (the protocol's infer)",
+                "description": "JSON, or the binary tensor extension (Inference-Header-Content-Length) both "
+                "ways; runs like POST /pool/{method}. See docs/inference-protocol.md.",
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": infer_request, "example": example}},
+                },
+                "responses": {
+                    "200": ok("The pooled tensor as the protocol's output.", infer_response),
+                    **_oip_errors(400, 401, 404, 413, 503),
+                },
+            }
+        }
+    return paths

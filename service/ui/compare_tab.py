@@ -16,11 +16,14 @@ import poolcore
 from . import snippets
 from .controls import parse_text
 from .handlers import PageError, Runtime, compare_params, pool_image
-from .imaging import example_labels, example_paths
+from .imaging import example_labels, example_paths, local_example
 from .panel import PRIVATE, api_function, base_url, parse_seed, seed_text, shape_text
 from .tiles import VIEWS, caption, display_scale, reference_of, shared_gain, tile
 
-__all__ = ["compare_tab"]
+__all__ = ["START_VIEW", "compare_tab"]
+
+# The view the tab opens on: single windows, large enough to see how each method summarises them.
+START_VIEW = "zoomed crop"
 
 
 def _calls(
@@ -59,7 +62,7 @@ def _compare(
         seed_value = parse_seed(seed)
     except PageError as error:
         return [[], error.markdown(), _calls(kernel_text, output_text, mode, seed_text(seed))]
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     used_calls = _calls(kernel_text, output_text, mode, seed_value)
     results: dict[str, Any] = {}
     for method, request_params in used_calls.items():
@@ -75,7 +78,7 @@ def _compare(
                 seed=seed_value,
             )
         except PageError as error:
-            problems.append(f"- `{method}`: {error.markdown()}")
+            problems.append((method, error.markdown()))
             if error.status == 400:
                 break
             continue
@@ -107,8 +110,19 @@ def _compare(
         label = caption([method, shape_text(outcome.output.shape), f"{outcome.elapsed_ms:.2f} ms", *notes])
         items.append((picture, label))
     text = f"{len(items)} of {len(used_calls)} methods ran"
-    text += " — problems:\n" + "\n".join(problems) if problems else "."
+    text += " — problems:\n" + "\n".join(_grouped(problems)) if problems else "."
     return [items, text, used_calls]
+
+
+def _grouped(problems: list[tuple[str, str]]) -> list[str]:
+    """One line per distinct message, naming every method that got it (a kernel of 0 is one mistake, not
+    one per method)."""
+    by_message: dict[str, list[str]] = {}
+    for method, message in problems:
+        # The same mistake names each method in its message: said once, for all of them.
+        shared = message.replace(f"for '{method}'", "for these methods")
+        by_message.setdefault(shared, []).append(f"`{method}`")
+    return [f"- {', '.join(methods)}: {message}" for message, methods in by_message.items()]
 
 
 def tiles_html(items: Any) -> str:
@@ -140,7 +154,7 @@ def display(method: str, outcome: Any) -> Any:
 def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     any_training = any(poolcore.get_spec(m).takes_training for m in poolcore.methods())
     any_random = any(poolcore.get_spec(m).random for m in poolcore.methods())
-    with gr.Row():
+    with gr.Row(elem_classes=["pool-row"]):
         with gr.Column(scale=1, min_width=300):
             gr.Markdown(
                 "Every registered method on one input. Methods with sliding windows use **kernel_size**; "
@@ -177,23 +191,26 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
                     info="blank: drawn per run",
                     elem_id="compare-seed",
                 )
-            view = gr.Radio(list(VIEWS), value=VIEWS[0], label="View", elem_id="compare-view")
+            view = gr.Radio(list(VIEWS), value=START_VIEW, label="View", elem_id="compare-view")
             run = gr.Button("Pool with every method", variant="primary", elem_id="compare-run")
-        # Nothing empty on first load: the gradient example (smooth, so the methods differ), compared when
-        # the page loads (not while the app is built: every registered operator runs here).
-        start_image = next((p for p in example_paths() if "gradient" in p), example_paths()[0])
-        with gr.Column(scale=2):
-            source = gr.Image(
-                start_image,
-                label="Input",
-                type="filepath",
-                image_mode=None,
-                format="png",
-                height=360,
-                sources=["upload", "clipboard"],
-                elem_id="compare-input",
-                alt_text="the input image",
-                elem_classes=["pool-view"],
+        # Nothing empty on first load: the cells example (bright peaks on black, where max, mean and the
+        # power means part ways; on a smooth gradient every method looks the same), compared when the page
+        # loads (not while the app is built: every registered operator runs here).
+        start_image = next((p for p in example_paths() if "cells" in p), example_paths()[0])
+        with gr.Column(scale=2, elem_classes=["pool-views"]):
+            source = local_example(
+                gr.Image(
+                    None,
+                    label="Input",
+                    type="filepath",
+                    image_mode=None,
+                    format="png",
+                    height=240,
+                    sources=["upload", "clipboard"],
+                    elem_id="compare-input",
+                    alt_text="the input image",
+                    elem_classes=["pool-view", "compare-source"],
+                )
             )
             gr.Examples(
                 [[p] for p in example_paths()],
@@ -201,19 +218,20 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
                 label="Example images",
                 example_labels=example_labels(),
             )
-    # The tiles as the page shows them: figures with their captions below (Gradio's gallery puts captions
-    # over the images, or hides them). The gallery is what the API returns: (image, caption) pairs.
-    tiles = gr.HTML(elem_id="compare-tiles")
-    gallery = gr.Gallery(
-        visible=False,
-        label="Pooled by every method (true size, shown upscaled with nearest neighbour)",
-        columns=5,
-        object_fit="contain",
-        format="png",
-        height="auto",
-        elem_id="compare-gallery",
-    )
-    summary = gr.Markdown(label="Summary", elem_id="compare-info")
+            # The tiles as the page shows them: figures with their captions below (Gradio's gallery puts
+            # captions over the images, or hides them). The gallery is what the API returns: (image,
+            # caption) pairs.
+            tiles = gr.HTML(elem_id="compare-tiles")
+            gallery = gr.Gallery(
+                visible=False,
+                label="Pooled by every method (true size, shown upscaled with nearest neighbour)",
+                columns=5,
+                object_fit="contain",
+                format="png",
+                height="auto",
+                elem_id="compare-gallery",
+            )
+            summary = gr.Markdown(label="Summary", elem_id="compare-info")
     used = gr.State({})  # the calls as run, seeds included, for the snippet (a State is not in the API)
     with gr.Accordion("API snippet: the same calls over HTTP", open=True):
         snippet = gr.Markdown(elem_id="compare-snippet", elem_classes=["snippet"])
@@ -242,12 +260,20 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
     event.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
         tiles_html, [gallery], tiles, **PRIVATE
     )
-    loaded = blocks.load(
-        run_fn, [source, kernel, output, mode, seed, view], [gallery, summary, used], api_visibility="private"
+    # A new view or input shows at once: the tiles never stand for another view than the one selected.
+    changed = gr.on(
+        [view.change, source.change],
+        run_fn,
+        [source, kernel, output, mode, seed, view],
+        [gallery, summary, used],
+        api_visibility="private",
     )
-    loaded.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
+    changed.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
         tiles_html, [gallery], tiles, **PRIVATE
     )
+    # The starting input is put in on load (a starting value would make it the API's default input, whose
+    # URL Gradio swaps for an outside one); its change event compares it.
+    blocks.load(lambda: start_image, None, source, **PRIVATE)
     gr.on(
         [origin.change, kernel.change, output.change, mode.change, seed.change],
         snippet_fn,

@@ -42,6 +42,10 @@ WindowForm = Literal["kernel", "adaptive"]
 KERNEL_ONLY = frozenset({"kernel_size", "stride", "padding", "ceil_mode"})
 # ... and this one to the adaptive form.
 ADAPTIVE_ONLY = frozenset({"output_size"})
+# The window's own size: no default, the form needs it (blank is a 422, so the help must not say "default").
+WINDOW_SIZES = frozenset({"kernel_size", "output_size"})
+# Upper bounds at or past this are overflow guards, not limits a person chooses: not shown.
+MAX_SHOWN = 2**31 - 1
 # The page always sends 2-D inputs (C×H×W images, 1×H×W matrices), so the spatial rank is never a choice.
 HIDDEN = frozenset({"dims"})
 
@@ -80,7 +84,7 @@ class Field:
             parts.append(f"≥ {_num(self.minimum)}")
         if self.exclusive_minimum is not None:
             parts.append(f"> {_num(self.exclusive_minimum)}")
-        if self.maximum is not None:
+        if self.maximum is not None and self.maximum < MAX_SHOWN:  # not the 2^31-1 guard on every int
             parts.append(f"≤ {_num(self.maximum)}")
         if self.exclusive_maximum is not None:
             parts.append(f"< {_num(self.exclusive_maximum)}")
@@ -98,6 +102,8 @@ class Field:
             bits.append("required")
         elif self.default is not None and self.kind not in ("bool",):
             bits.append(f"default {format_value(self.default)}")
+        elif self.name in WINDOW_SIZES:
+            bits.append("required for this window form")
         elif self.default is None and self.kind in ("int", "float", "size", "text"):
             bits.append("blank for the default")
         return "; ".join(bits)

@@ -9,26 +9,27 @@ import gradio as gr
 
 import poolcore
 
+from ..codecs.image import to_image
 from . import snippets
 from .handlers import PageError, Runtime, pool_image
-from .imaging import example_labels, example_paths
+from .imaging import example_labels, example_paths, local_example
 from .panel import PRIVATE, ControlPanel, api_function, base_url, outcome_markdown, parse_seed, seed_text
+from .tiles import channel_values, display_scale, is_global
 
-__all__ = ["IMAGE_WINDOW", "image_tab"]
+__all__ = ["IMAGE_WINDOW", "STALE", "image_tab"]
 
 # Starting values for window fields that have no default of their own (adaptive presets require one).
 IMAGE_WINDOW = {"kernel_size": "4", "output_size": "16"}
+# Shown above the summary once a control changed since the result was computed.
+STALE = "**Out of date**: the settings changed since this result. Press **Pool** to pool again."
 
 
-def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
+def image_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     panel = ControlPanel("image", IMAGE_WINDOW)
     default = poolcore.methods()[0]
-    with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+    with gr.Row(elem_classes=["pool-row"]):
+        with gr.Column(scale=1, min_width=300, elem_classes=["pool-controls"]):
             panel.render(default)
-            with gr.Row():
-                run = gr.Button("Pool", variant="primary", elem_id="image-run")
-                again = gr.Button("Sample again", visible=False, elem_id="image-again")
             panel.render_guide(default)
 
         def run_fn(image: str | None, *args: Any) -> list[Any]:
@@ -40,33 +41,41 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
             except PageError as error:
                 return [None, error.markdown(), "" if seed is None else str(seed)]
             used = res.outcome.params.get("seed")
-            return [
-                res.image,
-                outcome_markdown(res.input_shape, res.outcome),
-                str(used) if used is not None else ("" if seed is None else str(seed)),
-            ]
+            summary = outcome_markdown(res.input_shape, res.outcome)
+            picture = res.image
+            if is_global(res.outcome.output[0] if res.outcome.output.dim() == 4 else res.outcome.output):
+                summary += f"\n\nOne value per channel: {channel_values(res.outcome.output)}"
+            scale = display_scale(res.outcome.method, res.outcome.params)
+            if scale != 1.0:
+                # Sum-form lp grows with the window (n^(1/p) times a flat input): shown divided by it, as
+                # Compare shows it, instead of clamped to white. The numbers over HTTP are not divided.
+                picture = to_image(res.outcome.output / scale)
+                summary += f"\n\nShown ÷ n^(1/p) = ÷ {scale:.3g}: the sum form grows with the window."
+            return [picture, summary, str(used) if used is not None else ("" if seed is None else str(seed))]
 
-        # Nothing empty on first load: the first example, pooled with the starting controls.
+        # Nothing empty on first load: the first example, pooled with the starting controls when the page
+        # loads (not while the app is built, which must stay cheap).
         start_image = example_paths()[0]
-        start = run_fn(start_image, *(c.value for c in panel.inputs()), "eval", "")
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, elem_classes=["pool-views"]):
             with gr.Row(equal_height=True):
                 # The file as uploaded (image_mode=None: Gradio converts nothing), for the service's codec.
-                source = gr.Image(
-                    start_image,
-                    label="Input",
-                    type="filepath",
-                    image_mode=None,
-                    format="png",
-                    sources=["upload", "clipboard"],
-                    height=360,
-                    elem_id="image-input",
-                    alt_text="the input image",
-                    elem_classes=["pool-view"],
+                source = local_example(
+                    gr.Image(
+                        None,
+                        label="Input",
+                        type="filepath",
+                        image_mode=None,
+                        format="png",
+                        sources=["upload", "clipboard"],
+                        height=360,
+                        elem_id="image-input",
+                        alt_text="the input image",
+                        elem_classes=["pool-view"],
+                    )
                 )
                 result = gr.Image(
-                    start[0],
-                    label="Output (true size, shown upscaled with nearest neighbour)",
+                    None,
+                    label="Output (true size)",
                     type="pil",
                     format="png",
                     interactive=False,
@@ -75,8 +84,11 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                     alt_text="the pooled image",  # the name of Gradio's fullscreen button around it
                     elem_classes=["pool-view"],
                 )
+            with gr.Row():
+                run = gr.Button("Pool", variant="primary", elem_id="image-run")
+                again = gr.Button("Sample again", visible=False, elem_id="image-again")
             info = gr.Markdown(
-                start[1],
+                "",
                 label="Summary",
                 elem_id="image-info",
             )
@@ -111,6 +123,20 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
     )
     again.click(again_fn, inputs, outputs, api_name="sample_image", api_visibility="private")
     panel.wire(again)
+    # A new image or method pools again at once; any other change marks the result out of date, so the
+    # page never shows a result as if it were for settings it was not computed with.
+    # The first example is put in on load (a starting value would make it the API's default input, whose
+    # URL Gradio swaps for an outside one); its change event pools it.
+    blocks.load(lambda: start_image, None, source, **PRIVATE)
+    source.change(run_fn, inputs, outputs, api_visibility="private")
+    panel.method_changed.then(run_fn, inputs, outputs, api_visibility="private")
+    gr.on(
+        [c.input for c in [*panel.inputs()[1:], panel.mode, panel.seed]],  # type: ignore[attr-defined]
+        _mark_stale,
+        info,
+        info,
+        **PRIVATE,
+    )
     gr.on(
         [origin.change, *panel.changes()],
         snippet_fn,
@@ -118,3 +144,8 @@ def image_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         snippet,
         **PRIVATE,
     )
+
+
+def _mark_stale(summary: str | None) -> str:
+    summary = summary or ""
+    return summary if summary.startswith(STALE) else f"{STALE}\n\n{summary}"

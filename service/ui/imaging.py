@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ASSETS", "example_labels", "example_paths"]
+import gradio as gr
+
+__all__ = ["ASSETS", "example_labels", "example_paths", "local_example"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -20,3 +22,14 @@ def example_paths() -> list[str]:
 def example_labels() -> list[str]:
     """The examples' names, in :func:`example_paths` order (their buttons' accessible names)."""
     return [Path(p).stem for p in example_paths()]
+
+
+def local_example(image: gr.Image) -> gr.Image:
+    """``image`` with an API example that is one of our own files, by name. Gradio's own is a picture on
+    GitHub, which ``Client.view_api()`` would show, and nothing of the page may point outside the server.
+    Set on the instance: a subclass of a Gradio component makes Gradio write a ``.pyi`` beside its module."""
+    name = Path(example_paths()[0]).name
+    payload = {"path": name, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+    vars(image)["example_payload"] = lambda: payload
+    vars(image)["example_value"] = lambda: name
+    return image

@@ -25,18 +25,18 @@ def build_blocks(runtime: Runtime) -> gr.Blocks:
     """The whole page; handlers read the device and limits from ``runtime`` when they run."""
     with gr.Blocks(title="poolserve", analytics_enabled=False) as blocks:
         gr.Markdown(
-            "# poolserve\nSee what each pooling method does, and read how it works. Every control comes "
-            "from the method registry; every run calls the same in-process function as "
-            "`POST /pool/{method}`."
+            "# poolserve\nPooling shrinks an image or feature map by summarising each small window with one "
+            "number: the largest value, the mean, or something in between. Try each method from the papers "
+            "on your own image, compare them side by side, and see one window computed step by step."
         )
         # The browser's own origin, for the snippets; filled in by the page itself on load.
         origin = gr.Textbox(visible=False, elem_id="origin")
         blocks.load(None, None, origin, js="() => window.location.origin")
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
-                image_tab(origin, runtime)
+                image_tab(blocks, origin, runtime)
             with gr.Tab("Compare", id="compare"):
                 compare_tab(blocks, origin, runtime)
             with gr.Tab("Tensor", id="tensor"):
-                tensor_tab(origin, runtime)
+                tensor_tab(blocks, origin, runtime)
     return blocks

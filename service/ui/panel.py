@@ -119,6 +119,7 @@ class ControlPanel:
     fields: list[Field] = field(init=False)
     mode: gr.Radio = field(init=False)
     seed: gr.Textbox = field(init=False)
+    method_changed: Any = field(init=False)  # the method-change event, for a tab to chain a run on
 
     def render(self, default_method: str) -> None:
         """The picker and its parameters; the guide goes where :meth:`render_guide` is called."""
@@ -267,8 +268,9 @@ class ControlPanel:
             elif fld.kind not in ("bool", "choice"):
                 update["placeholder"] = self._placeholder(fld)
             updates.append(gr.update(**update))
+        # A method that trains keeps the mode chosen (eval at first); one that doesn't runs in eval.
         updates.append(
-            gr.update(visible=spec.takes_training, value="eval" if not spec.takes_training else None)
+            gr.update(visible=True) if spec.takes_training else gr.update(visible=False, value="eval")
         )
         updates.append(gr.update(visible=spec.random))
         return updates
@@ -287,7 +289,9 @@ class ControlPanel:
     def wire(self, again: gr.Button) -> None:
         """Method and window-form changes update the fields; ``again`` ("Sample again") shows only in
         train mode for a random method."""
-        self.method.change(self.on_method, self.inputs(), self.method_outputs(), **PRIVATE)
+        self.method_changed = self.method.change(
+            self.on_method, self.inputs(), self.method_outputs(), **PRIVATE
+        )
         self.form.change(self.on_form, [self.method, self.form], list(self.widgets.values()), **PRIVATE)
         gr.on(
             [self.method.change, self.mode.change], _again_visible, [self.method, self.mode], again, **PRIVATE

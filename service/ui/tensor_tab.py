@@ -170,11 +170,7 @@ def _pool_matrix(runtime: Runtime, panel: ControlPanel, rows: Any, args: Sequenc
     ]
 
 
-def _value(update: Any) -> Any:
-    return update.get("value") if isinstance(update, dict) else None
-
-
-def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
+def tensor_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     names = poolcore.methods()
     default = "stochastic" if "stochastic" in names else names[0]
     panel = ControlPanel("tensor", TENSOR_WINDOW)
@@ -202,18 +198,17 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 run = gr.Button("Pool", variant="primary", elem_id="tensor-run")
                 again = gr.Button("Sample again", visible=False, elem_id="tensor-again")
             panel.render_guide(default)
-        # Nothing empty on first load: the example window, pooled and explained, is the starting state.
-        start = _pool_matrix(runtime, panel, SEED_MATRIX, [*(c.value for c in panel.inputs()), "eval", ""])
-        walk_start = _explain(runtime, start[3], "0,0", DEFAULT_DRAWS)
+        # Nothing empty on first load: the example window is pooled and explained when the page loads (not
+        # while the app is built, which must stay cheap).
         with gr.Column(scale=1):
             result = gr.Dataframe(
-                value=start[0],
+                value=None,
                 label="Pooled result (click a cell to walk through its window)",
                 interactive=False,
                 type="array",
                 elem_id="tensor-output",
             )
-            info = gr.Markdown(start[1], label="Summary", elem_id="tensor-info")
+            info = gr.Markdown("", label="Summary", elem_id="tensor-info")
             cell = gr.Textbox(
                 "0,0",
                 label="Output cell to walk through",
@@ -221,25 +216,25 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
                 max_lines=1,
                 elem_id="tensor-cell",
             )
-            walk = gr.HTML(walk_start[0], elem_id="tensor-walk")
-            probabilities = gr.HTML(
-                _value(walk_start[1]), visible=is_stochastic(default), elem_id="tensor-probabilities"
-            )
+            walk = gr.HTML("", elem_id="tensor-walk")
+            probabilities = gr.HTML("", visible=is_stochastic(default), elem_id="tensor-probabilities")
             plot = gr.BarPlot(
                 x="position",
                 y="share",
                 color="series",
-                title="How often each position was drawn, next to its exact probability",
+                label="How often each position was drawn, next to its exact probability",
+                show_label=True,
+                title="Drawn share vs probability",
                 x_title="window position",
                 y_title="share of draws",
-                x_label_angle=-45,
+                x_label_angle=-90,
                 sort=None,
                 height=360,
-                value=_value(walk_start[2]),
+                value=None,
                 visible=is_stochastic(default),
                 elem_id="tensor-plot",
             )
-    last = gr.State(start[3])  # the last run, for the walk-through (a State is not in the API)
+    last = gr.State(None)  # the last run, for the walk-through (a State is not in the API)
     with gr.Accordion("API snippet: the same call over HTTP", open=True):
         snippet = gr.Markdown(elem_id="tensor-snippet", elem_classes=["snippet"])
 
@@ -286,6 +281,9 @@ def tensor_tab(origin: gr.Textbox, runtime: Runtime) -> None:
         explain_fn, explained, shown, api_visibility="private"
     )
     again.click(again_fn, inputs, outputs, api_name="sample_tensor", api_visibility="private").then(
+        explain_fn, explained, shown, api_visibility="private"
+    )
+    blocks.load(run_fn, inputs, outputs, api_visibility="private").then(
         explain_fn, explained, shown, api_visibility="private"
     )
     panel.wire(again)

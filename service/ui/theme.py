@@ -33,19 +33,24 @@ THEME = gr.themes.Default(
 CSS = """
 .pool-view img { width: 100% !important; height: 300px !important; max-height: 300px !important;
                  object-fit: contain; image-rendering: pixelated; }
+.compare-source img { height: 200px !important; max-height: 200px !important; }
 /* Text blocks grow with their text: a block that scrolls must be focusable (axe's
    scrollable-region-focusable), and Gradio's pending state briefly makes these scroll. */
 #image-info, #compare-info, #tensor-info, #image-guide, #tensor-guide { overflow: visible !important; }
 /* Gradio's progress text ("processing | 0.4s") is grey on white at 3.2:1: darker. */
 .meta-text, .meta-text-center, .progress-text { color: #4b5563 !important; }
 /* Compare tiles: five a row, the caption below its image, long captions wrap. */
-#compare-tiles .tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+#compare-tiles .tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
     gap: 12px; }
 #compare-tiles figure { margin: 0; }
 #compare-tiles img { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
     border: 1px solid #767676; box-sizing: border-box;
-    background: repeating-conic-gradient(#ddd 0% 25%, #fff 0% 50%) 50% / 16px 16px; }
+    background: #f3f4f6; }
 #compare-tiles figcaption { font-size: 0.85em; line-height: 1.3; overflow-wrap: anywhere; margin-top: 4px; }
+/* A display formula wider than its column scrolls inside it instead of being cut off. */
+.katex-display { overflow-x: auto; overflow-y: hidden; padding-bottom: 2px; }
+/* On a phone the columns stack: the image comes first, the controls after it. */
+@media (max-width: 640px) { .pool-row { flex-direction: column; } .pool-views { order: -1; } }
 /* Snippets scroll inside their box instead of widening the page. */
 .snippet pre, .snippet code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 .snippet pre { max-width: 100%; overflow-x: auto; }

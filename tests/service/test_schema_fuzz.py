@@ -71,7 +71,17 @@ _CHECKS = {
                     "expected-statuses": ["2xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
                 }
             },
-        }
+        },
+        # The inference protocol's infer: the same relations as /pool (plus a tensor's data against its
+        # shape and datatype), and the protocol answers them with 400 where /pool says 422.
+        {
+            "include-path-regex": "^/v2/models/.*infer$",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "413", "429", "5xx"]
+                }
+            },
+        },
     ],
 }
 _KEY = "fuzz-key-0123456789"

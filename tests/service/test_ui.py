@@ -574,3 +574,79 @@ def _wait_for(condition: Any, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")
         time.sleep(0.005)
+
+
+# ---- what the page says, and when ----------------------------------------------------------------------
+def test_help_texts_say_only_what_helps() -> None:
+    """No overflow guard (≤ 2147483647) on every box; the window's size is required, not "blank for the
+    default" (blank is a 422); every field has a description of its own."""
+    for method in poolcore.methods():
+        for fld in controls.fields_of(method):
+            assert "2147483647" not in fld.info(), (method, fld.name)
+            assert fld.description, (method, fld.name)
+            if fld.name in ("kernel_size", "output_size"):
+                assert "blank for the default" not in fld.info(), (method, fld.name)
+    stride = next(f for f in controls.fields_of("avg") if f.name == "stride")
+    assert "blank for the default" in stride.info()  # blank stride is kernel_size: that one is true
+    with pytest.raises(Exception):  # noqa: B017 - whatever the route raises, blank kernel_size is refused
+        run_pool(torch.ones(1, 1, 4, 4), "avg", {})
+
+
+def test_building_the_page_runs_no_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's first values come from load events: building it (at app start-up) pools nothing."""
+    import service.ui.handlers as handlers
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an operator ran while the page was built")
+
+    monkeypatch.setattr(handlers, "run_pool", refuse)
+    build_blocks(runtime())
+
+
+def test_a_method_that_trains_keeps_the_mode_shown(blocks: gr.Blocks) -> None:
+    """Switching to stochastic or mixed shows the mode radio with a choice made (eval at first), never
+    with neither selected; a method that does not train runs in eval."""
+    fn = next(
+        f
+        for f in blocks.fns.values()
+        if f.fn is not None
+        and f.fn.__name__ == "on_method"
+        and any(c.elem_id == "image-mode" for c in f.outputs)
+    )
+    panel = fn.fn.__self__  # type: ignore[union-attr]
+    for method in poolcore.methods():
+        updates = panel.on_method(method, "kernel", *(w.value for w in panel.widgets.values()))
+        mode = updates[-2]
+        if poolcore.get_spec(method).takes_training:
+            assert mode.get("visible") is True and mode.get("value", "kept") is not None, method
+        else:
+            assert mode == {"__type__": "update", "visible": False, "value": "eval"}, method
+
+
+def test_image_tab_shows_lp_scaled_and_global_values(blocks: gr.Blocks) -> None:
+    """Sum-form lp is shown divided by n^(1/p) and says so (not blown out to white); a global result
+    names its per-channel values, checked against torch's own means."""
+    path = ASSETS / "cells.png"
+    image, info, _ = event(
+        blocks, "pool_image", image_input=str(path), image_method="lp", image_param_kernel_size="4"
+    )
+    x = reference_tensor(path).unsqueeze(0)
+    expected = F.lp_pool2d(x, 2.0, 4)[0] / 4.0  # n = 16 inputs per window, p = 2: n^(1/p) = 4
+    torch.testing.assert_close(
+        reference_from_image(_value(image)), (expected.clamp(0, 1) * 255).round() / 255, atol=1 / 255, rtol=0
+    )
+    assert "÷ n^(1/p) = ÷ 4" in _value(info)
+    _, info, _ = event(blocks, "pool_image", image_input=str(path), image_method="global_avg")
+    means = x[0].mean(dim=(1, 2)).tolist()
+    assert f"R {means[0]:.3f} G {means[1]:.3f} B {means[2]:.3f}" in _value(info)
+
+
+def test_compare_reports_a_shared_mistake_once(blocks: gr.Blocks) -> None:
+    _, text, _ = event(
+        blocks, "compare", compare_input=str(ASSETS / "checkerboard.png"), compare_kernel_size="0"
+    )
+    text = _value(text)
+    problem_lines = [line for line in text.splitlines() if line.startswith("- ")]
+    sliding = [m for m in poolcore.methods() if "kernel" in controls.window_forms(m)]
+    assert len(problem_lines) == 1, text
+    assert all(f"`{m}`" in problem_lines[0] for m in sliding)

@@ -135,3 +135,12 @@ def test_readme_snippet_runs_as_written(base: str, monkeypatch: pytest.MonkeyPat
     lines = out.getvalue().splitlines()
     assert any(line.startswith("**input** 3×96×96 → **output** 3×24×24") for line in lines)
     assert lines[-2:] == [str(poolcore.methods()), "[[1.652]]"]
+
+
+def test_the_api_page_points_nowhere_outside(client: Any, base: str) -> None:
+    """``view_api()`` shows an example for each input; none may be a URL of another host (Gradio's own
+    default image example is a GitHub URL)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        text = client.view_api(print_info=False, return_format="str")
+    urls = re.findall(r"https?://[^\s'\")]+", text)
+    assert all(url.startswith(base) for url in urls), urls

@@ -151,3 +151,71 @@ def test_opentelemetry_providers_are_looked_up_only_when_enabled(
         for _ in range(3):
             assert c.get("/health").status_code == 200
         assert (lookups - before >= 3) is enabled
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    """/docs lists every route a client calls: /pool, the info routes and the inference protocol's."""
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        "/pool/{method}",
+        "/methods",
+        "/health",
+        "/ready",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        expected |= {prefix, f"{prefix}/ready", f"{prefix}/infer"}
+    assert expected <= set(paths)
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert infer["responses"]["400"]["content"]["application/json"]["schema"]["required"] == ["error"]
+
+
+def test_the_documented_v2_example_is_true(client: TestClient) -> None:
+    """The infer example pools to what /pool's documented example answers."""
+    doc = client.get("/openapi.json").json()
+    infer = doc["paths"]["/v2/models/{name}/infer"]["post"]
+    request = infer["requestBody"]["content"]["application/json"]["example"]
+    answer = client.post("/v2/models/avg/infer", json=request)
+    assert answer.status_code == 200, answer.text
+    pooled = doc["paths"]["/pool/{method}"]["post"]["responses"]["200"]["content"]["application/json"]
+    expected = [v for row in pooled["example"]["data"][0][0] for v in row]
+    assert answer.json()["outputs"][0]["data"] == expected
+
+
+def test_each_query_parameter_says_its_own_form_and_default(client: TestClient) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/pool/{method}"]["post"]
+    described = {p["name"]: p for p in op["parameters"]}
+    # No one sentence pasted onto every parameter.
+    for name, parameter in described.items():
+        assert "Written as text" not in parameter["description"], name
+    assert "`true` or `false`" in described["ceil_mode"]["description"]
+    assert "`true` or `false`" not in described["kernel_size"]["description"]
+    assert "`2,3`" in described["kernel_size"]["description"]
+    assert "`null,7`" in described["output_size"]["description"]
+    # Defaults: one shared default in the schema; per-method defaults named by method.
+    assert described["padding"]["schema"]["default"] == 0
+    assert "`2.0` (lp)" in described["p"]["description"] and "`3.0` (gem)" in described["p"]["description"]
+    assert "lp:" in described["p"]["description"] and "gem:" in described["p"]["description"]
+    assert described["count_include_pad"]["description"].split(".")[0]  # a description of its own
+    assert "`region`" in described["scope"]["description"]
+
+
+def test_the_jpeg_example_is_its_own(client: TestClient) -> None:
+    content = client.get("/openapi.json").json()["paths"]["/pool/{method}"]["post"]["requestBody"]["content"]
+    png, jpeg = content["image/png"]["examples"]["png"], content["image/jpeg"]["examples"]["jpeg"]
+    assert png != jpeg and "image/jpeg" in jpeg["description"]
+
+
+def test_building_the_schema_runs_no_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/openapi.json is built on the event loop: its examples are static, so no pooling runs there."""
+    import service.pooling
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an operator ran while building the schema")
+
+    monkeypatch.setattr(service.pooling, "run_pool", refuse)
+    monkeypatch.setattr("service.docs.run_pool", refuse, raising=False)  # a name bound at import
+    app = create_app(test_settings())
+    assert "/pool/{method}" in app.openapi()["paths"]
