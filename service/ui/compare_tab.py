@@ -273,7 +273,9 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
     )
     # The starting input is put in on load (a starting value would make it the API's default input, whose
     # URL Gradio swaps for an outside one); its change event compares it.
-    blocks.load(lambda: start_image, None, source, **PRIVATE)
+    blocks.load(
+        lambda: start_image, None, source, api_visibility="private"
+    )  # queued: unqueued events get file URLs without the mount path
     gr.on(
         [origin.change, kernel.change, output.change, mode.change, seed.change],
         snippet_fn,

@@ -127,7 +127,9 @@ def image_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     # page never shows a result as if it were for settings it was not computed with.
     # The first example is put in on load (a starting value would make it the API's default input, whose
     # URL Gradio swaps for an outside one); its change event pools it.
-    blocks.load(lambda: start_image, None, source, **PRIVATE)
+    blocks.load(
+        lambda: start_image, None, source, api_visibility="private"
+    )  # queued: unqueued events get file URLs without the mount path
     source.change(run_fn, inputs, outputs, api_visibility="private")
     panel.method_changed.then(run_fn, inputs, outputs, api_visibility="private")
     gr.on(

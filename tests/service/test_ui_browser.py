@@ -408,10 +408,16 @@ def test_compare_views(page: tuple[Any, Network]) -> None:
     pg.get_by_role("tab", name="Compare").click()
     tiles = pg.locator("#compare-tiles")
     tiles.locator("figure").first.wait_for()
+    # The tab opens on the cells in the zoomed crop; a new view or input shows without pressing the button.
+    tiles.get_by_text("centre 8×8 of 24×24").first.wait_for()
+    pg.locator("#compare-input input[type=file]").set_input_files(str(ASSETS / "gradient.png"))
+    tiles.get_by_text("R 0.500 G 0.500 B 0.500").wait_for()  # gradient.png's means
+    pg.locator("#compare-view").get_by_label("pooled").check()
+    pg.wait_for_function("() => !document.querySelector('#compare-tiles').innerText.includes('centre 8')")
     n = len(poolcore.methods())
     assert tiles.locator("figure").count() == n
     text = tiles.inner_text()
-    assert "÷ n^(1/p) = ÷ 4" in text and "R 0.500 G 0.500 B 0.500" in text  # gradient.png's means
+    assert "÷ n^(1/p) = ÷ 4" in text and "R 0.500 G 0.500 B 0.500" in text
     # Captions sit below their images, inside the tile, never over them.
     overlaps = pg.evaluate(
         """() => [...document.querySelectorAll('#compare-tiles figure')].filter(f => {
@@ -426,8 +432,7 @@ def test_compare_views(page: tuple[Any, Network]) -> None:
         ("zoomed crop", "centre 8×8 of 16×16", "ui-compare-crop"),
         ("difference from avg", "max − avg", "ui-compare-difference"),
     ):
-        pg.locator("#compare-view").get_by_label(view).check()
-        pg.locator("#compare-run").click()
+        pg.locator("#compare-view").get_by_label(view).check()  # no button press: the view shows
         tiles.get_by_text(marker).first.wait_for()
         _shot(pg, name)
     # Snippets stay inside their box.
@@ -468,3 +473,79 @@ def test_tensor_walkthrough(page: tuple[Any, Network]) -> None:
     assert "p = a / Σa = a / 10" in walk.inner_text()
     assert pg.locator("#tensor-walk td.drawn").count() >= 1
     _shot(pg, "ui-tensor-train-draw")
+
+
+# ---- no stale or misleading state; both widths ----------------------------------------------------------
+def _summary_changes(pg: Any, selector: str, before: str) -> str:
+    pg.wait_for_function(
+        "([s, b]) => { const e = document.querySelector(s); return !!e && e.innerText.trim() !== b"
+        " && !e.innerText.includes('Out of date') && e.innerText.includes('output'); }",
+        arg=[selector, before],
+    )
+    return str(pg.locator(selector).inner_text())
+
+
+def test_image_tab_never_shows_a_stale_result(page: tuple[Any, Network]) -> None:
+    """A new image or method pools again by itself; any other change marks the result out of date until
+    Pool is pressed; a method that trains shows the mode it will run in."""
+    pg, _ = page
+    info = "#image-info"
+    pg.locator(info).get_by_text("3×24×24").wait_for()  # the first example, pooled on load
+    before = pg.locator(info).inner_text().strip()
+    pg.locator("#image-input input[type=file]").set_input_files(str(ASSETS / "checkerboard.png"))
+    text = _summary_changes(pg, info, before)
+    assert "1×16×16" in text  # checkerboard: one channel, 64 // 4
+    _pick(pg, "image-method", "max")
+    text = _summary_changes(pg, info, text.strip())
+    assert "max" in text and "1×16×16" in text
+    pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("8")
+    pg.locator(info).get_by_text("Out of date").wait_for()
+    pg.locator("#image-run").click()
+    text = _summary_changes(pg, info, pg.locator(info).inner_text().strip())
+    assert "1×8×8" in text
+    _pick(pg, "image-method", "stochastic")
+    mode = pg.locator("#image-mode")
+    mode.wait_for()
+    assert mode.get_by_label("eval").is_checked()  # a choice made, never neither
+    _shot(pg, "ui-image-stale")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])
+def test_each_tab_at_desktop_and_phone_width(browser: Any, server: Server, width: int, height: int) -> None:
+    """Each tab at a desktop and a phone width, screenshots saved: the Image tab's Pool button and first
+    image sit in the first screen, formulas and snippets stay inside their boxes."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(f"{server.base}/ui/")
+        pg.locator("#image-output img").wait_for()
+        _settled(pg)
+        image_top = pg.evaluate(
+            "() => document.querySelector('#image-input img').getBoundingClientRect().top"
+        )
+        assert image_top < height, image_top
+        if width >= 1280:
+            bottom = pg.evaluate("() => document.querySelector('#image-run').getBoundingClientRect().bottom")
+            assert bottom <= height, bottom
+        # A display formula wider than its column scrolls inside it; nothing widens the page.
+        overflow = pg.evaluate(
+            "() => [...document.querySelectorAll('#image-guide .katex-display')]"
+            ".map(e => getComputedStyle(e).overflowX)"
+        )
+        assert overflow and all(o == "auto" for o in overflow), overflow
+        assert pg.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        pg.screenshot(path=str(_artifact(f"ui-image-{width}")))
+        for tab, ready in (("Compare", "#compare-tiles figure"), ("Tensor", "#tensor-walk-body")):
+            pg.get_by_role("tab", name=tab).click()
+            pg.locator(ready).first.wait_for()
+            _settled(pg)
+            assert pg.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), tab
+            pg.screenshot(path=str(_artifact(f"ui-{tab.lower()}-{width}")), full_page=True)
+    finally:
+        context.close()
+
+
+def _artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS / f"{name}.png"
