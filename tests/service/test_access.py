@@ -15,7 +15,7 @@ from service.middleware import SECURITY_HEADERS
 
 from .support import npy_bytes, test_settings
 
-KEYS = ("k-first-3f9a", "k-second-77c1")
+KEYS = ("k-first-3f9a-0123456", "k-second-77c1-0123456")
 X = npy_bytes(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
 NPY = {"content-type": "application/x-npy"}
 
