@@ -158,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         metrics=app.state.metrics,
         api_keys=settings.api_key_list,
+        throttle=app.state.auth_throttle,
+        trusted_proxies=settings.trusted_proxy_list,
     )
     if settings.cors_origin_list:
         # Outside ServiceMiddleware (added later, so it wraps it): preflights carry no API key.
