@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         default="",
-        description="Comma-separated origins allowed by CORS (`*` for any). Unset: no CORS headers.",
+        description="Comma-separated origins allowed by CORS (`*` for any). Unset: no CORS headers. The "
+        "origins listed (not `*`) may also write to the page (/ui), besides the server's own.",
     )
     ui_cache_bytes: Annotated[int, Field(ge=0)] = Field(
         default=1024**3,
@@ -164,7 +165,9 @@ class Settings(BaseSettings):
         "client.",
     )
     ui_session_seconds: Annotated[float, Field(gt=0)] = Field(
-        default=12 * 3600.0, description="Seconds a login to the page lasts."
+        default=12 * 3600.0,
+        description="Seconds a login to the page lasts (also its cookie's Max-Age); then the page asks "
+        "for the key again.",
     )
     log_level: str = Field(default="INFO", description="Log level of poolserve's and uvicorn's lines.")
     log_format: str = Field(

@@ -22,7 +22,8 @@
   Gradio's ``None``, which is for pages in other sites' iframes, and the page forbids framing) with a
   ``Max-Age`` of the session's length.
 - **Cross-site writes** (issue 17, finding 10). A write (POST, PUT, PATCH, DELETE) whose ``Origin`` is
-  neither the server's own (the request's scheme and ``Host``) nor in ``POOLSERVE_CORS_ORIGINS`` gets 403.
+  neither the server's own (the request's scheme, or a trusted proxy's ``X-Forwarded-Proto``, and ``Host``)
+  nor in ``POOLSERVE_CORS_ORIGINS`` gets 403.
   A write without ``Origin`` passes: scripts and ``gradio_client`` send none, and browsers always do.
 """
 
@@ -343,9 +344,13 @@ class UIGuard:
         origin = _header(scope, b"origin")
         if origin is None:
             return
-        own = f"{scope.get('scheme', 'http')}://{_header(scope, b'host') or ''}".lower()
+        host = (_header(scope, b"host") or "").lower()
+        schemes = {str(scope.get("scheme", "http"))}
+        peer = (scope.get("client") or (None,))[0]
+        if peer in self.trusted_proxies:  # a TLS proxy that uvicorn was not told to trust says https
+            schemes.add((_header(scope, b"x-forwarded-proto") or "").split(",")[0].strip())
         seen = origin.strip().rstrip("/").lower()
-        if seen != own and seen not in self.origins:
+        if seen not in {f"{scheme.lower()}://{host}" for scheme in schemes} and seen not in self.origins:
             raise _Refused(
                 403,
                 f"cross-site write refused: Origin {_shown(origin)} is neither this server's nor listed in "

@@ -870,6 +870,18 @@ def test_a_cross_site_write_to_the_page_is_refused(cache_dir: Path) -> None:
         )  # reads
 
 
+def test_the_page_behind_a_trusted_tls_proxy_takes_its_own_writes(cache_dir: Path) -> None:
+    png = (ASSETS / "cells.png").read_bytes()
+    for trusted, expected in [("testclient", 200), ("", 403)]:  # TestClient's peer plays the proxy
+        with TestClient(create_app(test_settings(trusted_proxies=trusted))) as client:
+            upload = client.post(
+                "/ui/gradio_api/upload",
+                files={"files": ("x.png", png, "image/png")},
+                headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"},
+            )
+            assert upload.status_code == expected, trusted
+
+
 def test_a_login_ends_after_the_session_time(cache_dir: Path) -> None:
     app = create_app(test_settings(api_keys=",".join(KEYS), ui_session_seconds=60))
     guard = _guard(app)
