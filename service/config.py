@@ -211,8 +211,8 @@ class Settings(BaseSettings):
         short = [str(i) for i, key in enumerate(keys, 1) if len(key) < MIN_KEY_LENGTH]
         if short:
             raise ValueError(
-                f"POOLSERVE_API_KEYS: every key needs at least {MIN_KEY_LENGTH} characters "
-                f"(key number {', '.join(short)} of {len(keys)} is shorter)"
+                f"POOLSERVE_API_KEYS: every key needs at least {MIN_KEY_LENGTH} characters (shorter: "
+                f"{'the key' if len(short) == 1 else 'the keys'} at {', '.join(short)} of {len(keys)})"
             )
         return value
 

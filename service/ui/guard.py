@@ -317,7 +317,7 @@ class UIGuard:
                 kept = [
                     a for a in attributes if a.split(b"=")[0].strip().lower() not in (b"samesite", b"max-age")
                 ]
-                kept += [b"SameSite=Lax", b"Max-Age=%d" % int(self.session_seconds)]
+                kept += [b"SameSite=Lax", b"Max-Age=%d" % max(1, round(self.session_seconds))]
                 value = b"; ".join([pair, *kept])
             out.append((name, value))
         self._forget_expired(now)
