@@ -121,6 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         frozen = freeze_heap()  # the start-up heap, out of the cycle collector's walks (see gc_tuning)
         app.state.ready = True
         log.info("poolserve ready on %s (%d start-up objects frozen)", app.state.device, frozen)
+        # Whether keys are on, and how many; never the keys themselves.
+        if settings.api_key_list:
+            log.info(
+                "API keys on: %d key(s); every route but the probes needs one", len(settings.api_key_list)
+            )
+        else:
+            log.info("API keys off: every route is open (POOLSERVE_API_KEYS is empty)")
         try:
             yield
         finally:
@@ -155,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         metrics=app.state.metrics,
         api_keys=settings.api_key_list,
+        throttle=app.state.auth_throttle,
+        trusted_proxies=settings.trusted_proxy_list,
     )
     if settings.cors_origin_list:
         # Outside ServiceMiddleware (added later, so it wraps it): preflights carry no API key.

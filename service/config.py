@@ -12,13 +12,19 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["MIN_KEY_LENGTH", "Settings", "get_settings"]
+
+MIN_KEY_LENGTH = 16  # characters of an API key: short ones can be guessed, throttle or not
 
 
 class Settings(BaseSettings):
     """Every knob of the service; each field is also ``POOLSERVE_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="POOLSERVE_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a start-up error must not print POOLSERVE_API_KEYS; the validators below name
+    # the offending value themselves where it is not a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="POOLSERVE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
     max_body_bytes: Annotated[int, Field(ge=1)] = Field(
@@ -86,8 +92,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         default="",
         repr=False,
-        description="Comma-separated API keys. When set, every route but the health probes needs "
-        "`Authorization: Bearer <key>`; the UI asks for a key as its password. Unset: no authentication.",
+        description="Comma-separated API keys, each of 16 characters or more. When set, every route but "
+        "the health probes needs `Authorization: Bearer <key>`; the UI asks for a key as its password. "
+        "Empty: no authentication. A value that holds no key (only commas or blanks) stops start-up.",
     )
     max_queue: Annotated[int, Field(ge=0)] = Field(
         default=256,
@@ -100,7 +107,8 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         default="",
-        description="Comma-separated origins allowed by CORS (`*` for any). Unset: no CORS headers.",
+        description="Comma-separated origins allowed by CORS (`*` for any). Unset: no CORS headers. The "
+        "origins listed (not `*`) may also write to the page (/ui), besides the server's own.",
     )
     ui_cache_bytes: Annotated[int, Field(ge=0)] = Field(
         default=1024**3,
@@ -157,7 +165,9 @@ class Settings(BaseSettings):
         "client.",
     )
     ui_session_seconds: Annotated[float, Field(gt=0)] = Field(
-        default=12 * 3600.0, description="Seconds a login to the page lasts."
+        default=12 * 3600.0,
+        description="Seconds a login to the page lasts (also its cookie's Max-Age); then the page asks "
+        "for the key again.",
     )
     log_level: str = Field(default="INFO", description="Log level of poolserve's and uvicorn's lines.")
     log_format: str = Field(
@@ -180,6 +190,31 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
         return _split(self.cors_origins)
+
+    @property
+    def trusted_proxy_list(self) -> tuple[str, ...]:
+        """Addresses of the reverse proxies whose X-Forwarded-For is believed; empty: none."""
+        return _split(self.trusted_proxies)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_form(cls, value: str) -> str:
+        # Empty is "keys off" (compose passes an unset variable as ""); anything else must hold keys, so a
+        # stray "," or " " cannot turn authentication off unnoticed. The keys never enter the message.
+        if value == "":
+            return value
+        keys = _split(value)
+        if not keys:
+            raise ValueError(
+                "POOLSERVE_API_KEYS holds no key (only commas or blanks); leave it empty to turn keys off"
+            )
+        short = [str(i) for i, key in enumerate(keys, 1) if len(key) < MIN_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"POOLSERVE_API_KEYS: every key needs at least {MIN_KEY_LENGTH} characters (shorter: "
+                f"{'the key' if len(short) == 1 else 'the keys'} at {', '.join(short)} of {len(keys)})"
+            )
+        return value
 
     @field_validator("device")
     @classmethod

@@ -2,8 +2,10 @@
 headers, metrics, and the last line of the error boundary (a logged, generic 500 for anything unexpected).
 
 API keys (``POOLSERVE_API_KEYS``): when set, every request but the health probes needs
-``Authorization: Bearer <key>``, compared in constant time against every key. ``/ui`` is left to the
+``Authorization: Bearer <key>``, checked by :func:`service.keys.key_problem`. ``/ui`` is left to the
 Gradio page's own login (the key is the password), which guards the page and all of its API routes.
+Wrong keys are counted per client address (:class:`service.keys.AuthThrottle`); an address locked out
+gets 429 with ``Retry-After``, even with a right key. The probes are never throttled.
 
 uvicorn has no body limit of its own, so bytes are counted as they arrive: a Content-Length over the
 limit is answered 413 before any body is read, and a body that grows past it (chunked, or lying about
@@ -12,7 +14,6 @@ its length) is cut off with a 413 as soon as it does.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import random
 import re
@@ -24,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import PayloadTooLarge, error_body, shorten
+from .keys import AuthThrottle, client_address, encode_keys, key_problem
 from .metrics import Metrics, route_label
 
 __all__ = ["OPEN_PATHS", "SECURITY_HEADERS", "BodyTooLarge", "ServiceMiddleware", "needs_key"]
@@ -50,21 +52,10 @@ def needs_key(path: str) -> bool:
 
 
 def _key_problem(authorization: bytes | None, keys: tuple[bytes, ...]) -> tuple[str, bytes] | None:
-    """Why ``authorization`` does not carry one of ``keys`` (the detail and the WWW-Authenticate header),
-    or None when it does. Every key is compared, in constant time, whatever the first comparisons gave."""
-    if authorization is None:
-        return "this route needs an API key: send Authorization: Bearer <key>", b'Bearer realm="poolserve"'
-    scheme, _, token = authorization.partition(b" ")
-    if scheme.lower() != b"bearer" or not token.strip():
-        detail = "the Authorization header must be Bearer <key>"
-        return detail, b'Bearer realm="poolserve", error="invalid_request"'
-    token = token.strip()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token, key)
-    if matched:
-        return None
-    return "invalid API key", b'Bearer realm="poolserve", error="invalid_token"'
+    """:func:`service.keys.key_problem` in its former shape (detail, challenge), kept only for the gRPC
+    server until it calls ``service.keys`` itself; HTTP no longer uses it."""
+    problem = key_problem(authorization, keys)
+    return None if problem is None else (problem.detail, problem.challenge.encode())
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -73,12 +64,21 @@ class BodyTooLarge(PayloadTooLarge):
 
 class ServiceMiddleware:
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, api_keys: Iterable[str] = ()
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        api_keys: Iterable[str] = (),
+        throttle: AuthThrottle | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.api_keys = tuple(key.encode() for key in api_keys)
+        self.api_keys = encode_keys(api_keys)
+        self.throttle = throttle
+        self.trusted_proxies = frozenset(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,6 +86,7 @@ class ServiceMiddleware:
             return
         start = time.perf_counter()
         request_id, content_length, authorization = None, None, None
+        forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 text = value.decode("latin-1")
@@ -94,6 +95,8 @@ class ServiceMiddleware:
                 content_length = value
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
         # 128 random bits as 32 hex digits, like uuid4().hex, but from the module PRNG (reseeded after
         # fork): an id needs to be unique, not secret, and os.urandom is a syscall on the event loop.
         request_id = request_id or f"{random.getrandbits(128):032x}"
@@ -145,9 +148,21 @@ class ServiceMiddleware:
 
         try:
             if self.api_keys and scope["method"] != "OPTIONS" and needs_key(scope["path"]):
-                problem = _key_problem(authorization, self.api_keys)
+                peer = (scope.get("client") or (None,))[0]
+                client = client_address(peer, ",".join(forwarded), self.trusted_proxies)
+                wait = self.throttle.retry_after(client) if self.throttle is not None else None
+                if wait is not None:
+                    log.warning("request %s from %s: refused, too many wrong API keys", request_id, client)
+                    detail = f"too many wrong API keys from this address; retry after {wait} s"
+                    await reply(429, detail, [(b"retry-after", b"%d" % wait)])
+                    return
+                problem = key_problem(authorization, self.api_keys)
                 if problem is not None:
-                    await reply(401, problem[0], [(b"www-authenticate", problem[1])])
+                    if problem.wrong_key:
+                        log.warning("request %s from %s: wrong API key refused", request_id, client)
+                        if self.throttle is not None:
+                            self.throttle.failed(client)
+                    await reply(401, problem.detail, [(b"www-authenticate", problem.challenge.encode())])
                     return
             if content_length is not None:
                 try:

@@ -95,6 +95,11 @@ def mount_ui(app: FastAPI) -> FastAPI:
         keys=keys,
         served=[str(ASSETS)],
         max_json_bytes=getattr(settings, "max_json_bytes", 8 * 1024 * 1024),
+        # The same throttle on key guessing as HTTP and gRPC (service.keys), and issue 17's page settings.
+        throttle=getattr(app.state, "auth_throttle", None),
+        trusted_proxies=getattr(settings, "trusted_proxy_list", ()),
+        origins=getattr(settings, "cors_origin_list", ()),
+        session_seconds=getattr(settings, "ui_session_seconds", 12 * 3600.0),
     )
     app.state.ui_cache = cache
 

@@ -5,9 +5,12 @@ renames it to ``<hash>/<name>``; the page's results and the examples land in ``<
 files of that layout are counted and evicted, so a ``GRADIO_TEMP_DIR`` pointed at a shared directory never
 loses anything else.
 
-``UICache.reserve(n)`` makes room for an upload of ``n`` bytes before it is read (oldest files first) and
-refuses one that cannot fit; ``sweep()`` drops expired files and trims the directory back to its limit; a
-background thread sweeps every ``interval`` seconds for the results Gradio writes on its own.
+``UICache.reserve(n, client)`` holds room for an upload of ``n`` bytes before it is read and refuses one
+that cannot fit; it evicts nothing. Files are evicted (oldest first) only for bytes that actually arrive
+(:meth:`UICache.arrived`), so announcing uploads and sending nothing cannot empty the cache (issue 17,
+finding 7). One client address holds at most an eighth of the cache in reservations. ``sweep()`` drops
+expired files and trims the directory back to its limit; a background thread sweeps every ``interval``
+seconds for the results Gradio writes on its own.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CacheFull", "Entry", "UICache", "UploadTooLarge"]
+__all__ = ["CacheFull", "ClientShareFull", "Entry", "UICache", "Upload", "UploadTooLarge"]
 
 log = logging.getLogger("poolserve")
 
@@ -36,6 +39,19 @@ class UploadTooLarge(Exception):
 
 class CacheFull(Exception):
     """No room now: what is left is pinned or held by uploads still arriving."""
+
+
+class ClientShareFull(CacheFull):
+    """This client's uploads still arriving already hold its share of the cache."""
+
+
+@dataclass(eq=False)
+class Upload:
+    """Room held for one upload while it arrives: its announced size, its client, the bytes received."""
+
+    size: int
+    client: str | None
+    arrived: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,12 @@ class UICache:
         # Files the page itself needs for as long as it runs (the examples copied in at build time).
         self.pinned = frozenset(os.path.realpath(p) for p in pinned)
         self.on_evict = on_evict
-        self._reserved = 0
+        self.client_share = max_bytes // 8  # most bytes one client's arriving uploads may hold
+        self._reserved = 0  # announced bytes of the uploads still arriving
+        self._arrived = 0  # bytes of them received so far: the only bytes that may evict files
+        self._unswept = 0  # bytes received since the last sweep
+        self._step = max(1, min(1024 * 1024, max_bytes // 64))  # received bytes between two sweeps
+        self._held: dict[str, int] = {}  # announced bytes per client
         self._last_sweep = -1e9
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,10 +115,10 @@ class UICache:
         return sum(e.size for e in self.entries())
 
     def sweep(self, *, now: float | None = None) -> int:
-        """Drop expired files, then the oldest until the directory and the pending uploads fit the limit.
-        Returns the bytes left."""
+        """Drop expired files, then the oldest until the directory and the bytes received of uploads still
+        arriving fit the limit. Returns the bytes left."""
         with self._lock:
-            return self._sweep(now, need=0)
+            return self._sweep(now)
 
     def sweep_soon(self) -> None:
         """:meth:`sweep`, unless one ran less than a second ago (after requests that may have written a
@@ -105,23 +126,29 @@ class UICache:
         if time.monotonic() - self._last_sweep >= 1.0:
             self.sweep()
 
-    def _sweep(self, now: float | None, need: int) -> int:
+    def _sweep(self, now: float | None) -> int:
         self._last_sweep = time.monotonic()
         now = time.time() if now is None else now
         entries = self.entries()
-        used = sum(e.size for e in entries)
+        # Uploads land in top-level tmp files while they arrive. Those hold at most the bytes received so
+        # far; more means leftovers of uploads that failed, which count too.
+        landing = sum(e.size for e in entries if e.path.parent == self.directory)
+        stored = sum(e.size for e in entries) - landing
         for entry in entries:  # oldest first
             expired = now - entry.stamp > self.max_age
-            over = used + self._reserved + need > self.max_bytes
+            over = stored + max(landing, self._arrived) > self.max_bytes
             if not (expired or over):
                 break
-            if str(entry.path) in self.pinned or os.path.realpath(entry.path) in self.pinned:
+            if self._is_pinned(entry.path):
                 continue
             if self._remove(entry.path):
-                used -= entry.size
+                if entry.path.parent == self.directory:
+                    landing -= entry.size
+                else:
+                    stored -= entry.size
                 if self.on_evict is not None:
                     self.on_evict(str(entry.path))
-        return used
+        return stored + landing
 
     def _remove(self, path: Path) -> bool:
         try:
@@ -137,30 +164,72 @@ class UICache:
         return True
 
     # ---- uploads ----------------------------------------------------------------------------------------
-    def reserve(self, size: int) -> None:
-        """Make room for ``size`` more bytes and hold it until :meth:`release`.
+    def reserve(self, size: int, client: str | None = None) -> Upload:
+        """Hold room for an upload of ``size`` bytes from ``client`` until :meth:`release`; evicts nothing.
 
-        Raises :class:`UploadTooLarge` when ``size`` alone is over the limit, :class:`CacheFull` when the
-        pinned files and the uploads still arriving leave too little room."""
+        Raises :class:`UploadTooLarge` when ``size`` alone is over the limit (or over a client's share),
+        :class:`ClientShareFull` when ``client``'s uploads still arriving hold its share, and
+        :class:`CacheFull` when the pinned files and the uploads still arriving leave too little room.
+        ``client`` None: no share (the cache used on its own)."""
         if size > self.max_bytes:
             raise UploadTooLarge(
                 f"upload of {size} bytes is over the UI cache limit of {self.max_bytes} bytes "
                 "(POOLSERVE_UI_CACHE_BYTES)"
             )
+        if client is not None and size > self.client_share:
+            raise UploadTooLarge(
+                f"upload of {size} bytes is over one client's share of the UI cache, {self.client_share} "
+                "bytes (POOLSERVE_UI_CACHE_BYTES / 8)"
+            )
         with self._lock:
-            used = self._sweep(None, need=size)
-            if used + self._reserved + size > self.max_bytes:
+            held = self._held.get(client, 0) if client is not None else 0
+            if client is not None and held + size > self.client_share:
+                raise ClientShareFull(
+                    f"client {client} holds {held} bytes of uploads arriving; {size} more would pass its "
+                    f"share of {self.client_share}"
+                )
+            pinned = sum(e.size for e in self.entries() if self._is_pinned(e.path))
+            if pinned + self._reserved + size > self.max_bytes:
                 raise CacheFull(
-                    f"the UI cache is full ({used} bytes stored, {self._reserved} bytes of uploads arriving, "
-                    f"limit {self.max_bytes}); try again shortly"
+                    f"the UI cache is full ({pinned} bytes pinned, {self._reserved} bytes of uploads "
+                    f"arriving, limit {self.max_bytes}); try again shortly"
                 )
             self._reserved += size
+            if client is not None:
+                self._held[client] = held + size
+            return Upload(size, client)
 
-    def release(self, size: int) -> None:
+    def arrived(self, upload: Upload, size: int) -> bool:
+        """Count ``size`` bytes received for ``upload`` (never more than it announced). Returns whether a
+        :meth:`make_room` is due; cheap, no file I/O."""
+        with self._lock:
+            size = max(0, min(size, upload.size - upload.arrived))
+            upload.arrived += size
+            self._arrived += size
+            self._unswept += size
+            if self._unswept < self._step:
+                return False
+            self._unswept = 0
+            return True
+
+    def make_room(self) -> None:
+        """Evict the oldest files for the bytes received so far (see :meth:`arrived`)."""
+        with self._lock:
+            self._sweep(None)
+
+    def release(self, upload: Upload) -> None:
         """The upload is on disk (or failed): stop holding its room, and trim back to the limit."""
         with self._lock:
-            self._reserved -= size
-            self._sweep(None, need=0)
+            self._reserved -= upload.size
+            self._arrived -= upload.arrived
+            if upload.client is not None:
+                left = self._held.pop(upload.client, 0) - upload.size
+                if left > 0:
+                    self._held[upload.client] = left
+            self._sweep(None)
+
+    def _is_pinned(self, path: Path) -> bool:
+        return str(path) in self.pinned or os.path.realpath(path) in self.pinned
 
     # ---- the background cleaner -----------------------------------------------------------------------
     @property

@@ -7,22 +7,35 @@
   objects, and one whose path is not a file in the upload directory is refused with 403 before Gradio sees
   it. ``/gradio_api/file=`` serves only the upload directory and the page's own assets; ``/proxy=`` and
   remote URLs are refused. Only ``/gradio_api/upload`` takes multipart bodies.
-- **Cache size** (finding 5). An upload must state its length; it is refused with 413 when it alone is over
-  ``POOLSERVE_UI_CACHE_BYTES``, and room is made for it (oldest files first) before it is read.
+- **Cache size** (finding 5; issue 17, finding 7). An upload must state its length; it is refused with 413
+  when it alone is over ``POOLSERVE_UI_CACHE_BYTES`` or over one client's share (an eighth), with 429 while
+  that client's uploads still arriving hold its share, and with 503 while others hold the rest. Files are
+  evicted only for bytes that arrive. No answer tells how full the cache is.
 - **Unknown functions** (finding 12). An ``fn_index`` or API name the page does not have gets 404 here;
   Gradio answers both with a 500.
 - **API keys**. With ``POOLSERVE_API_KEYS`` set, every route but the login page and its static files needs
-  Gradio's login cookie or ``Authorization: Bearer <key>``; the rest get 401.
+  Gradio's login cookie or ``Authorization: Bearer <key>``; the rest get 401. Keys are checked by
+  :func:`service.keys.key_problem`; wrong ones, at the login or in a Bearer header, are counted per client
+  address by :class:`service.keys.AuthThrottle`, and an address locked out gets 429 (issue 17, finding 9).
+- **Sessions** (issue 17, finding 10). Gradio's login tokens never expire; the guard notes when each was
+  issued and forgets it after ``POOLSERVE_UI_SESSION_SECONDS``. The login cookies are ``SameSite=Lax`` (not
+  Gradio's ``None``, which is for pages in other sites' iframes, and the page forbids framing) with a
+  ``Max-Age`` of the session's length.
+- **Cross-site writes** (issue 17, finding 10). A write (POST, PUT, PATCH, DELETE) whose ``Origin`` is
+  neither the server's own (the request's scheme, or a trusted proxy's ``X-Forwarded-Proto``, and ``Host``)
+  nor in ``POOLSERVE_CORS_ORIGINS`` gets 403.
+  A write without ``Origin`` passes: scripts and ``gradio_client`` send none, and browsers always do.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import anyio.to_thread
@@ -32,7 +45,8 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import error_body
-from .cache import CacheFull, UICache, UploadTooLarge
+from ..keys import AuthThrottle, client_address, encode_keys, key_problem
+from .cache import CacheFull, ClientShareFull, UICache, UploadTooLarge
 
 __all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker"]
 
@@ -65,6 +79,12 @@ _UPLOAD = ("/gradio_api/upload", "/gradio_api/upload/")
 _API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 _NO_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
 _NAME_SHOWN = 60  # characters of a client-supplied name or path echoed in a message
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_TOKEN_COOKIE = b"access-token-"  # Gradio's login cookies: access-token[-unsecure]-<app's cookie id>
+
+# Set by the guard around Gradio's login route, which calls the ``auth`` callable with a user name and a
+# password only: how that callable reports a wrong key for the request's client address.
+_ON_WRONG_KEY: ContextVar[Callable[[], None] | None] = ContextVar("poolserve_on_wrong_key", default=None)
 
 
 def close_upstream_hole(blocks: gr.Blocks) -> None:
@@ -78,17 +98,18 @@ def close_upstream_hole(blocks: gr.Blocks) -> None:
 
 
 def key_checker(keys: Iterable[str]) -> Callable[[str, str], bool]:
-    """Gradio's ``auth`` callable: any user name; the password must be one of ``keys``.
-
-    Every key is compared, in constant time, whatever matched first."""
-    encoded = [key.encode() for key in keys]
+    """Gradio's ``auth`` callable: any user name; the password must be one of ``keys``
+    (:func:`service.keys.key_problem`, every key compared in constant time). A wrong one is reported to
+    the guard, which counts it against the client's address."""
+    encoded = encode_keys(keys)
 
     def check(username: str, password: str) -> bool:
-        given = password.encode()
-        found = False
-        for key in encoded:
-            found |= hmac.compare_digest(given, key)
-        return found
+        problem = key_problem(b"Bearer " + password.encode("utf-8", "replace"), encoded)
+        if problem is not None and problem.wrong_key:
+            report = _ON_WRONG_KEY.get()
+            if report is not None:
+                report()
+        return problem is None
 
     return check
 
@@ -136,13 +157,23 @@ class UIGuard:
         keys: Iterable[str] = (),
         served: Iterable[str] = (),
         max_json_bytes: int,
+        throttle: AuthThrottle | None = None,
+        trusted_proxies: Iterable[str] = (),
+        origins: Iterable[str] = (),
+        session_seconds: float = 12 * 3600.0,
     ) -> None:
         self.app = app
         self.blocks = blocks
         self.gradio_app = gradio_app
         self.cache = cache
-        self.check_key = key_checker(keys)
-        self.auth = bool(tuple(keys))
+        self.keys = encode_keys(keys)
+        self.auth = bool(self.keys)
+        self.throttle = throttle
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self.origins = frozenset(o.strip().rstrip("/").lower() for o in origins)
+        self.session_seconds = session_seconds
+        self.clock: Callable[[], float] = time.monotonic  # tests pass time with a clock of their own
+        self._issued: dict[str, float] = {}  # login token -> when it was issued (self.clock)
         self.uploads = os.path.realpath(gradio_app.uploaded_file_dir)
         self.served = [self.uploads, *(os.path.realpath(d) for d in served)]
         self.max_json_bytes = max_json_bytes
@@ -155,6 +186,14 @@ class UIGuard:
         path = _route_path(scope)
         method = scope.get("method", "GET")
         try:
+            if scope["type"] == "http" and method in _WRITES:
+                self._check_origin(scope)
+            login = method == "POST" and path.rstrip("/") == "/login"
+            if self.auth and (login or not _public(method, path) or _header(scope, b"authorization")):
+                self._check_throttle(scope)
+            if self.auth and login:
+                await self._log_in(scope, receive, send)
+                return
             if self.auth and not _public(method, path):
                 scope = self._authenticated(scope)
             elif self.auth and path == "/" and self._login(scope) is None:
@@ -213,15 +252,111 @@ class UIGuard:
                 authorization = value.decode("latin-1")
         for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
             token = cookies.get(name)
-            if token and token in tokens:
+            if token and token in tokens and self._session_open(token):
                 return scope
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() == "bearer" and self.check_key("", key.strip()):
+        if not authorization:
+            return None
+        problem = key_problem(authorization, self.keys)
+        if problem is None:
             tokens[self._bearer_token] = BEARER_USER  # again after a /logout dropped it
             cookie = f"access-token-unsecure-{cookie_id}={self._bearer_token}".encode()
             headers = [(n, v) for n, v in headers if n != b"cookie"] + [(b"cookie", cookie)]
             return {**scope, "headers": headers}
+        if problem.wrong_key:
+            self._wrong_key(scope, "UI request")
         return None
+
+    # ---- the throttle on guessing, sessions, origins ----------------------------------------------------
+    def _client(self, scope: Scope) -> str:
+        peer = (scope.get("client") or (None,))[0]
+        forwarded = [v.decode("latin-1") for n, v in scope.get("headers", []) if n == b"x-forwarded-for"]
+        return client_address(peer, ",".join(forwarded), self.trusted_proxies)
+
+    def _check_throttle(self, scope: Scope) -> None:
+        """429 while the client's address is locked out for guessing keys (HTTP's rule, service.keys)."""
+        if self.throttle is None:
+            return
+        client = self._client(scope)
+        wait = self.throttle.retry_after(client)
+        if wait is not None:
+            log.warning("UI request %s from %s: refused, too many wrong API keys", _request_id(scope), client)
+            raise _Refused(
+                429,
+                f"too many wrong API keys from this address; retry after {wait} s",
+                [("Retry-After", str(wait))],
+            )
+
+    def _wrong_key(self, scope: Scope, what: str) -> None:
+        client = self._client(scope)
+        log.warning("%s %s from %s: wrong API key refused", what, _request_id(scope), client)
+        if self.throttle is not None:
+            self.throttle.failed(client)
+
+    async def _log_in(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login, with wrong keys counted and its session cookies noted and made Lax."""
+
+        async def issued(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": self._session_cookies(message.get("headers", []))}
+            await send(message)
+
+        reset = _ON_WRONG_KEY.set(lambda: self._wrong_key(scope, "UI login"))
+        try:
+            await self.app(scope, receive, issued)
+        finally:
+            _ON_WRONG_KEY.reset(reset)
+
+    def _session_cookies(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The login response's headers, its token cookies noted as issued now and rewritten: SameSite=Lax
+        and a Max-Age of the session's length."""
+        out = []
+        now = self.clock()
+        for name, value in headers:
+            if name.lower() == b"set-cookie" and value.startswith(_TOKEN_COOKIE):
+                pair, *attributes = (part.strip() for part in value.split(b";"))
+                self._issued[pair.partition(b"=")[2].decode("latin-1")] = now
+                kept = [
+                    a for a in attributes if a.split(b"=")[0].strip().lower() not in (b"samesite", b"max-age")
+                ]
+                kept += [b"SameSite=Lax", b"Max-Age=%d" % max(1, round(self.session_seconds))]
+                value = b"; ".join([pair, *kept])
+            out.append((name, value))
+        self._forget_expired(now)
+        return out
+
+    def _session_open(self, token: str) -> bool:
+        """Whether the login ``token`` was issued here less than ``session_seconds`` ago; an expired or
+        unknown one is dropped from Gradio's tokens, so Gradio refuses it too."""
+        issued = self._issued.get(token)
+        if issued is not None and self.clock() - issued < self.session_seconds:
+            return True
+        self._issued.pop(token, None)
+        if token != self._bearer_token:
+            self.gradio_app.tokens.pop(token, None)
+        return False
+
+    def _forget_expired(self, now: float) -> None:
+        for token in [t for t, issued in self._issued.items() if now - issued >= self.session_seconds]:
+            del self._issued[token]
+            self.gradio_app.tokens.pop(token, None)
+
+    def _check_origin(self, scope: Scope) -> None:
+        """403 for a write from another site: its Origin is neither this server's nor a CORS origin."""
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return
+        host = (_header(scope, b"host") or "").lower()
+        schemes = {str(scope.get("scheme", "http"))}
+        peer = (scope.get("client") or (None,))[0]
+        if peer in self.trusted_proxies:  # a TLS proxy that uvicorn was not told to trust says https
+            schemes.add((_header(scope, b"x-forwarded-proto") or "").split(",")[0].strip())
+        seen = origin.strip().rstrip("/").lower()
+        if seen not in {f"{scheme.lower()}://{host}" for scheme in schemes} and seen not in self.origins:
+            raise _Refused(
+                403,
+                f"cross-site write refused: Origin {_shown(origin)} is neither this server's nor listed in "
+                "POOLSERVE_CORS_ORIGINS",
+            )
 
     async def _login_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Gradio's login page without the API description it embeds (endpoint and parameter names are
@@ -401,16 +536,38 @@ class UIGuard:
         length = _content_length(scope)
         if length is None:
             raise _Refused(411, "uploads to the UI must state their Content-Length")
+        client = self._client(scope)
         try:
-            await anyio.to_thread.run_sync(self.cache.reserve, length)
+            upload = await anyio.to_thread.run_sync(self.cache.reserve, length, client)
         except UploadTooLarge as error:
-            raise _Refused(413, str(error)) from None
+            # The answer names the setting, never the cache's sizes (issue 17, finding 7).
+            log.info("UI upload %s from %s refused: %s", _request_id(scope), client, error)
+            whole = length > self.cache.max_bytes
+            limit = "the UI cache limit" if whole else "one client's share of the UI cache"
+            setting = "POOLSERVE_UI_CACHE_BYTES" if whole else "POOLSERVE_UI_CACHE_BYTES / 8"
+            raise _Refused(413, f"upload of {length} bytes is over {limit} ({setting})") from None
+        except ClientShareFull as error:
+            log.warning("UI upload %s from %s refused: %s", _request_id(scope), client, error)
+            detail = (
+                "this client's uploads still arriving hold its share of the UI cache; try again when done"
+            )
+            raise _Refused(429, detail, [("Retry-After", "5")]) from None
         except CacheFull as error:
-            raise _Refused(503, str(error), [("Retry-After", "5")]) from None
+            log.warning("UI upload %s from %s refused: %s", _request_id(scope), client, error)
+            raise _Refused(503, "the UI cache is busy; try again shortly", [("Retry-After", "5")]) from None
+
+        async def counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and self.cache.arrived(
+                upload, len(message.get("body", b""))
+            ):
+                await anyio.to_thread.run_sync(self.cache.make_room)  # for the bytes that came, no more
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, counted, send)
         finally:
-            await anyio.to_thread.run_sync(self.cache.release, length)
+            await anyio.to_thread.run_sync(self.cache.release, upload)
 
 
 def _route_path(scope: Scope) -> str:
@@ -426,6 +583,10 @@ def _public(method: str, path: str) -> bool:
     if method == "HEAD":
         method = "GET"
     return (method, path) in _PUBLIC_EXACT or (method == "GET" and path.startswith(_PUBLIC_PREFIXES))
+
+
+def _request_id(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", "-"))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

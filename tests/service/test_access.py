@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -15,7 +16,7 @@ from service.middleware import SECURITY_HEADERS
 
 from .support import npy_bytes, test_settings
 
-KEYS = ("k-first-3f9a", "k-second-77c1")
+KEYS = ("k-first-3f9a-0123456", "k-second-77c1-0123456")
 X = npy_bytes(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
 NPY = {"content-type": "application/x-npy"}
 
@@ -161,3 +162,99 @@ class TestCors:
                 "/methods", headers={"origin": "https://evil.example", "authorization": f"Bearer {KEYS[0]}"}
             )
             assert "access-control-allow-origin" not in other.headers
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _throttled_app(**overrides: str) -> tuple[FastAPI, FakeClock]:
+    app = create_app(test_settings(api_keys=",".join(KEYS), **overrides))
+    clock = FakeClock()
+    app.state.auth_throttle.clock = clock  # the lock-out's minute passes when the test says so
+    return app, clock
+
+
+def _throttled(app: FastAPI) -> float:
+    return app.state.metrics.registry.get_sample_value("poolserve_auth_throttled_total") or 0.0
+
+
+WRONG = {"authorization": "Bearer wrong-key-0123456789"}
+RIGHT = {"authorization": f"Bearer {KEYS[0]}"}
+
+
+class TestKeyThrottle:
+    """Issue 17, finding 9: after 20 wrong keys from one address within a minute, 429 for a minute."""
+
+    def test_20_wrong_keys_lock_the_address_out_even_with_a_right_key(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        app, clock = _throttled_app()
+        caplog.set_level(logging.WARNING, logger="poolserve")
+        with TestClient(app) as client:
+            for _ in range(19):
+                assert client.get("/methods", headers=WRONG).status_code == 401
+            assert client.get("/methods", headers=RIGHT).status_code == 200  # 19: still open
+            assert client.get("/methods", headers=WRONG).status_code == 401  # the 20th
+            assert _throttled(app) == 0
+            refused = client.get("/methods", headers=RIGHT)  # the 21st request: locked out
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "60"
+            assert refused.json() == {"detail": "too many wrong API keys from this address; retry after 60 s"}
+            assert (
+                client.post("/pool/avg?kernel_size=2", content=X, headers={**NPY, **RIGHT}).status_code == 429
+            )
+            assert client.get("/metrics").status_code == 429  # no key at all: locked too
+            assert _throttled(app) == 3
+            clock.now += 30
+            assert client.get("/methods", headers=RIGHT).headers["retry-after"] == "30"
+            clock.now += 30
+            assert client.get("/methods", headers=RIGHT).status_code == 200  # the minute is over
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum("wrong API key refused" in r.getMessage() for r in warnings) == 20
+        assert sum("too many wrong API keys" in r.getMessage() for r in warnings) == 4
+        request_id = refused.headers["x-request-id"]
+        assert any(request_id in r.getMessage() and "testclient" in r.getMessage() for r in warnings)
+        assert KEYS[0] not in caplog.text and "wrong-key-0123456789" not in caplog.text
+
+    def test_probes_are_exempt(self) -> None:
+        app, _ = _throttled_app()
+        with TestClient(app) as client:
+            for _ in range(25):
+                client.get("/methods", headers=WRONG)
+            assert client.get("/methods", headers=RIGHT).status_code == 429
+            for path in ("/health", "/ready", "/v2/health/live", "/v2/health/ready"):
+                assert client.get(path, headers=WRONG).status_code == 200, path
+
+    def test_missing_or_malformed_keys_do_not_count(self) -> None:
+        app, _ = _throttled_app()
+        with TestClient(app) as client:
+            for _ in range(15):
+                assert client.get("/methods").status_code == 401
+                assert (
+                    client.get("/methods", headers={"authorization": f"Basic {KEYS[0]}"}).status_code == 401
+                )
+            assert client.get("/methods", headers=RIGHT).status_code == 200
+            assert _throttled(app) == 0
+
+    def test_the_client_behind_a_trusted_proxy_is_locked_not_the_proxy(self) -> None:
+        # TestClient's peer address is "testclient"; here it plays the trusted reverse proxy.
+        app, _ = _throttled_app(trusted_proxies="testclient")
+        with TestClient(app) as client:
+            guesser, other = {"x-forwarded-for": "203.0.113.9"}, {"x-forwarded-for": "198.51.100.4"}
+            for _ in range(20):
+                client.get("/methods", headers={**WRONG, **guesser})
+            assert client.get("/methods", headers={**RIGHT, **guesser}).status_code == 429
+            assert client.get("/methods", headers={**RIGHT, **other}).status_code == 200
+
+    def test_a_forged_forwarded_for_does_not_escape_the_lock(self) -> None:
+        app, _ = _throttled_app()  # no trusted proxies: the header is the client's own claim
+        with TestClient(app) as client:
+            for i in range(20):
+                client.get("/methods", headers={**WRONG, "x-forwarded-for": f"203.0.113.{i}"})
+            r = client.get("/methods", headers={**RIGHT, "x-forwarded-for": "198.51.100.4"})
+            assert r.status_code == 429

@@ -14,17 +14,20 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.routing import Mount
+from starlette.types import Message
 
 from service.app import create_app
 from service.ui import PATH
@@ -338,13 +341,13 @@ def _upload(client: TestClient, name: str, size: int, seed: int) -> Any:
 
 
 def test_upload_cache_never_exceeds_its_limit(cache_dir: Path) -> None:
-    limit = 200_000
+    limit = 500_000  # one client's share, an eighth, takes one 60 kB upload at a time
     app = create_app(test_settings(ui_cache_bytes=limit))
     with TestClient(app) as client:
         pinned = _dir_bytes(cache_dir)  # the page's examples, copied in when it was built
         assert 0 < pinned < limit
         paths = []
-        for i in range(8):  # 8 × 60 kB, well over the limit in all
+        for i in range(16):  # 16 × 60 kB, well over the limit in all
             response = _upload(client, f"blob{i}.bin", 60_000, seed=i)
             assert response.status_code == 200, response.text
             paths.append(response.json()[0])
@@ -414,10 +417,10 @@ def test_room_held_for_arriving_uploads_is_not_given_twice(tmp_path: Path) -> No
     from service.ui.cache import CacheFull, UICache, UploadTooLarge
 
     cache = UICache(tmp_path, max_bytes=100, max_age=60)
-    cache.reserve(60)  # an upload still arriving
+    held = cache.reserve(60)  # an upload still arriving
     with pytest.raises(CacheFull, match="60 bytes of uploads arriving"):
         cache.reserve(60)
-    cache.release(60)
+    cache.release(held)
     cache.reserve(60)
     with pytest.raises(UploadTooLarge, match="upload of 101 bytes is over the UI cache limit of 100"):
         cache.reserve(101)
@@ -606,3 +609,303 @@ def test_a_browser_gets_the_login_form_and_the_key_opens_the_page() -> None:
             browser.close()
     assert not errors, errors
     assert all("/ui/" in url for url in refused), refused
+
+
+# ---- issue 17, finding 7: announcements must not empty the upload cache ------------------------------------
+def test_announced_uploads_evict_nothing_and_received_bytes_evict_only_their_size(tmp_path: Path) -> None:
+    from service.ui.cache import CacheFull, ClientShareFull, UICache, UploadTooLarge
+
+    stored = []
+    for i in range(4):  # 4 × 200 bytes of earlier uploads, oldest first
+        directory = tmp_path / (f"{i}" * 64)
+        directory.mkdir()
+        stored.append(directory / "file.bin")
+        stored[-1].write_bytes(bytes(200))
+    cache = UICache(tmp_path, max_bytes=1000, max_age=1e9)
+    assert cache.client_share == 125
+    # 10 clients announce 100 bytes each: the whole limit is promised, and nothing is evicted for it.
+    held = [cache.reserve(100, client=f"10.0.0.{i}") for i in range(10)]
+    assert all(p.exists() for p in stored)
+    with pytest.raises(CacheFull):
+        cache.reserve(1, client="10.0.0.99")  # no more room to promise
+    with pytest.raises(ClientShareFull):
+        cache.reserve(25 + 1, client="10.0.0.0")  # its share is 125, it holds 100
+    with pytest.raises(UploadTooLarge, match="share"):
+        cache.reserve(126, client="10.0.0.42")
+    assert all(p.exists() for p in stored)
+    for upload in held[:2]:  # 200 bytes arrive: 800 stored + 200 received fit the limit
+        assert cache.arrived(upload, 100)
+        cache.make_room()
+    assert all(p.exists() for p in stored)
+    assert cache.arrived(held[2], 10**6)  # counted up to what it announced, 100: now 1100 > 1000
+    cache.make_room()
+    assert [p.exists() for p in stored] == [False, True, True, True]  # the oldest, and only it
+    for upload in held:
+        cache.release(upload)
+    assert cache.reserve(100, client="10.0.0.0")  # its share is free again
+
+
+ANNOUNCED = 90_000  # each held announcement: under one client's share (limit / 8) and the limit / 9
+
+
+def _asgi_upload(
+    app: FastAPI,
+    client: tuple[str, int],
+    body: bytes,
+    content_type: str,
+    *,
+    hold: Callable[[], Awaitable[Any]] | None = None,
+    replies: list[bytes] | None = None,
+) -> Callable[[], Awaitable[int]]:
+    """An upload driven through the ASGI app directly, from ``client``, so that its body can be held back:
+    with ``hold``, it announces ANNOUNCED bytes and sends none until ``hold`` returns, then goes away.
+    The coroutine function answers the status (0: no answer); answer bodies go to ``replies``."""
+
+    async def run() -> int:
+        status = 0
+        first = True
+
+        async def receive() -> Message:
+            nonlocal first
+            if first and hold is None:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            if hold is not None:
+                await hold()
+            else:
+                await anyio.sleep_forever()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and replies is not None:
+                replies.append(message.get("body", b""))
+
+        length = ANNOUNCED if hold is not None else len(body)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/ui/gradio_api/upload",
+            "raw_path": b"/ui/gradio_api/upload",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(length).encode()),
+            ],
+            "client": client,
+            "server": ("testserver", 80),
+        }
+        await app(scope, receive, send)
+        return status
+
+    return run
+
+
+def test_announcements_alone_cannot_empty_the_upload_cache(cache_dir: Path) -> None:
+    """The measured attack: sockets announce uploads and send nothing. Before: files were evicted for the
+    announced bytes, then every upload got 503, whose message gave the exact free room."""
+    limit = 800_000
+    app = create_app(test_settings(ui_cache_bytes=limit))
+    with TestClient(app) as client:
+        victims: list[Path] = []
+        while _dir_bytes(cache_dir) + 2 * 60_000 <= limit:  # other users' uploads fill the cache
+            response = _upload(client, f"victim{len(victims)}.bin", 60_000, seed=len(victims))
+            assert response.status_code == 200, response.text
+            victims.append(Path(response.json()[0]))
+        assert len(victims) >= 5
+        replies: list[bytes] = []
+
+        async def attack() -> tuple[list[int], bool]:
+            gate = anyio.Event()
+            statuses: list[int] = []
+            holding = 0
+
+            async def hold() -> None:
+                nonlocal holding
+                holding += 1
+                await gate.wait()
+
+            async def one(address: str, port: int) -> None:
+                kind = "multipart/form-data; boundary=x"
+                run = _asgi_upload(app, (address, port), b"", kind, hold=hold, replies=replies)
+                statuses.append(await run())
+
+            async with anyio.create_task_group() as group:
+                for i in range(17):  # 17 sockets from one address ...
+                    group.start_soon(one, "203.0.113.9", 40000 + i)
+                for i in range(17):  # ... and one socket from each of 17 addresses
+                    group.start_soon(one, f"198.51.100.{i}", 40000)
+                with anyio.fail_after(60):  # generous; the refused ones answer at once
+                    while len(statuses) + holding < 34:
+                        await anyio.sleep(0.02)
+                intact = all(p.exists() for p in victims)  # while the announcements hold their room
+                gate.set()
+            return statuses, intact
+
+        statuses, intact = client.portal.call(attack)  # type: ignore[union-attr]
+        assert intact, "announcements evicted files"
+        assert statuses.count(429) == 16  # the first announcement took that address's share
+        assert 503 in statuses  # the 17 addresses together hold all the room there is
+        texts = [r.decode() for r in replies if r]
+        assert texts and not any(re.search(r"[0-9]", t) for t in texts), texts  # no sizes revealed
+        assert all(p.exists() for p in victims)
+        # Once they have gone, uploads work again.
+        request = httpx.Request(
+            "POST", "http://testserver/ui/gradio_api/upload", files={"files": ("a", b"1")}
+        )
+        run = _asgi_upload(app, ("192.0.2.1", 1), request.read(), request.headers["content-type"])
+        assert client.portal.call(run) == 200  # type: ignore[union-attr]
+        assert _dir_bytes(cache_dir) <= limit
+
+
+# ---- issue 17, finding 9: guessing keys at the page's login ------------------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _guard(app: FastAPI) -> Any:
+    return next(r for r in app.router.routes if isinstance(r, Mount) and r.path == PATH).app
+
+
+def _throttled(app: FastAPI) -> float:
+    return app.state.metrics.registry.get_sample_value("poolserve_auth_throttled_total") or 0.0
+
+
+def test_the_login_locks_an_address_out_after_20_wrong_keys(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(test_settings(api_keys=",".join(KEYS)))
+    clock = _Clock()
+    app.state.auth_throttle.clock = clock
+    caplog.set_level(logging.WARNING, logger="poolserve")
+    with TestClient(app) as client:
+        for _ in range(10):  # a missing password is not a guess
+            assert client.post("/ui/login", data={"username": "me", "password": ""}).status_code in (400, 422)
+        for i in range(19):
+            assert (
+                client.post("/ui/login", data={"username": "me", "password": f"guess-{i}"}).status_code == 400
+            )
+        assert client.post("/ui/login", data={"username": "me", "password": KEYS[0]}).status_code == 200
+        assert client.post("/ui/login", data={"username": "me", "password": "guess-20"}).status_code == 400
+        assert _throttled(app) == 0
+        client.cookies.clear()
+        refused = client.post("/ui/login", data={"username": "me", "password": KEYS[0]})  # the 21st
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "60"
+        assert "too many wrong API keys" in refused.json()["detail"]
+        assert "set-cookie" not in refused.headers
+        bearer = {"Authorization": f"Bearer {KEYS[1]}"}
+        assert client.get("/ui/config", headers=bearer).status_code == 429  # a right Bearer key too
+        assert client.get("/methods", headers=bearer).status_code == 429  # and the HTTP routes
+        assert client.get("/health").status_code == 200  # probes are exempt
+        assert client.get("/ui/").status_code == 200  # the login form itself is public
+        assert _throttled(app) == 3
+        clock.now += 60
+        assert client.post("/ui/login", data={"username": "me", "password": KEYS[0]}).status_code == 200
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert text.count("UI login") == 20 and "wrong API key refused" in text
+    assert refused.headers["x-request-id"] in text
+    assert not any(k in text for k in KEYS) and "guess-1" not in text
+
+
+def test_wrong_keys_count_across_the_page_and_http(cache_dir: Path) -> None:
+    app = create_app(test_settings(api_keys=",".join(KEYS)))
+    app.state.auth_throttle.clock = _Clock()
+    with TestClient(app) as client:
+        wrong = {"Authorization": "Bearer wrong-key-0123456789"}
+        for i in range(20):  # 20 wrong keys, taking turns at the three ways in
+            if i % 3 == 0:
+                assert (
+                    client.post("/ui/login", data={"username": "me", "password": "nope"}).status_code == 400
+                )
+            elif i % 3 == 1:
+                assert client.get("/ui/config", headers=wrong).status_code == 401
+            else:
+                assert client.get("/methods", headers=wrong).status_code == 401
+        login = client.post("/ui/login", data={"username": "me", "password": KEYS[0]})
+        assert login.status_code == 429  # the 21st request
+
+
+# ---- issue 17, finding 10: cross-site writes, sessions that end --------------------------------------------
+def test_a_cross_site_write_to_the_page_is_refused(cache_dir: Path) -> None:
+    settings = test_settings(api_keys=",".join(KEYS), cors_origins="https://app.example")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/ui/login", data={"username": "me", "password": KEYS[0]}).status_code == 200
+        png = (ASSETS / "cells.png").read_bytes()
+        for origin in [
+            "https://evil.example",
+            "http://testserver.evil.example",
+            "null",
+            "https://testserver",
+        ]:
+            upload = client.post(
+                "/ui/gradio_api/upload",
+                files={"files": ("x.png", png, "image/png")},
+                headers={"Origin": origin},
+            )
+            assert upload.status_code == 403, origin
+            assert "cross-site write refused" in upload.json()["detail"]
+            login = client.post(
+                "/ui/login", data={"username": "me", "password": KEYS[0]}, headers={"Origin": origin}
+            )
+            assert login.status_code == 403
+        assert not any(p.name == "x.png" for p in _files_under(cache_dir))
+        for headers in [{"Origin": "http://testserver"}, {"Origin": "https://app.example"}, {}]:
+            upload = client.post(
+                "/ui/gradio_api/upload", files={"files": ("y.png", png, "image/png")}, headers=headers
+            )
+            assert upload.status_code == 200, headers
+        assert (
+            client.get("/ui/config", headers={"Origin": "https://evil.example"}).status_code == 200
+        )  # reads
+
+
+def test_the_page_behind_a_trusted_tls_proxy_takes_its_own_writes(cache_dir: Path) -> None:
+    png = (ASSETS / "cells.png").read_bytes()
+    for trusted, expected in [("testclient", 200), ("", 403)]:  # TestClient's peer plays the proxy
+        with TestClient(create_app(test_settings(trusted_proxies=trusted))) as client:
+            upload = client.post(
+                "/ui/gradio_api/upload",
+                files={"files": ("x.png", png, "image/png")},
+                headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"},
+            )
+            assert upload.status_code == expected, trusted
+
+
+def test_a_login_ends_after_the_session_time(cache_dir: Path) -> None:
+    app = create_app(test_settings(api_keys=",".join(KEYS), ui_session_seconds=60))
+    guard = _guard(app)
+    clock = _Clock()
+    guard.clock = clock
+    with TestClient(app) as client:
+        login = client.post("/ui/login", data={"username": "me", "password": KEYS[0]})
+        assert login.status_code == 200
+        cookies = login.headers.get_list("set-cookie")
+        assert len(cookies) == 2
+        for cookie in cookies:
+            attributes = [a.strip().lower() for a in cookie.split(";")]
+            assert "samesite=lax" in attributes and "max-age=60" in attributes, cookie
+            assert "samesite=none" not in attributes
+        clock.now += 59
+        assert client.get("/ui/config").status_code == 200
+        clock.now += 1
+        assert client.get("/ui/config").status_code == 401  # the session is over: log in again
+        assert '"auth_required":true' in client.get("/ui/").text.replace(" ", "")
+        assert not guard._issued and guard._bearer_token not in guard.gradio_app.tokens
+        assert list(guard.gradio_app.tokens) == []  # Gradio forgot the token too
+        assert client.post("/ui/login", data={"username": "me", "password": KEYS[0]}).status_code == 200
+        assert client.get("/ui/config").status_code == 200
+        client.headers["Authorization"] = f"Bearer {KEYS[1]}"  # a Bearer key is checked every time
+        client.cookies.clear()
+        clock.now += 3600
+        assert client.get("/ui/config").status_code == 200

@@ -124,14 +124,15 @@ class TestDiscovery:
         assert "no version '2'" in _error(r, 404)
 
     def test_api_keys_leave_health_open(self) -> None:
-        with TestClient(create_app(test_settings(api_keys="k1"))) as c:
+        key = "k1-0123456789abcdef"
+        with TestClient(create_app(test_settings(api_keys=key))) as c:
             assert c.get("/v2/health/live").status_code == 200
             assert c.get("/v2/health/ready").status_code == 200
             for path in ("/v2", "/v2/models/avg", "/v2/models/avg/ready"):
                 assert "API key" in _error(c.get(path), 401)
             body = {**_request(X), "parameters": {"kernel_size": 2}}
             assert "API key" in _error(c.post("/v2/models/avg/infer", json=body), 401)
-            r = c.post("/v2/models/avg/infer", json=body, headers={"authorization": "Bearer k1"})
+            r = c.post("/v2/models/avg/infer", json=body, headers={"authorization": f"Bearer {key}"})
             assert r.status_code == 200
 
 
