@@ -1,5 +1,6 @@
-"""The gRPC side's limits against a real server (``poolserve`` in a subprocess, gRPC on a free loopback
-port, API keys on), with memory measured as the server's VmRSS (issue 17, findings 1, 2 and 9):
+"""The gRPC side's limits (:mod:`service.grpc_limits` on its own, then a real server: ``poolserve`` in a
+subprocess, gRPC on a free loopback port, API keys on), with memory measured as the server's VmRSS
+(issue 17, findings 1, 2 and 9):
 
 - a call without a valid key is refused from its metadata, before its message is read;
 - streams per connection are capped (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), idle connections close, a
@@ -13,6 +14,7 @@ clients here speak bare HTTP/2 (``raw_h2``). Every load goes to 127.0.0.1 only, 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -26,10 +28,10 @@ import httpx
 import pytest
 from tritonclient.grpc import service_pb2
 
+from service.grpc_limits import ArrivalRoom, peer_host
+
 from .raw_h2 import RawH2, grpc_prefix
 from .support import LiveServer, live_server_process
-
-pytestmark = pytest.mark.slow
 
 KEY = "k-limits-0123456789"
 RIGHT = (("authorization", f"Bearer {KEY}"),)
@@ -37,6 +39,83 @@ MiB = 1 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 METADATA = "/inference.GRPCInferenceService/ServerMetadata"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:50051", "127.0.0.1"),
+        ("ipv6:[::1]:50051", "::1"),
+        ("ipv6:%5B2001:db8::7%5D:443", "2001:db8::7"),
+        ("unix:/run/poolserve.sock", "unix:/run/poolserve.sock"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_peer_host(peer: str | None, host: str | None) -> None:
+    assert peer_host(peer) == host
+
+
+class TestArrivalRoom:
+    def test_at_and_past_the_capacity(self) -> None:
+        async def run() -> None:
+            room = ArrivalRoom(8)
+            await room.reserve(4)
+            await room.reserve(4)  # at the capacity
+            third = asyncio.create_task(room.reserve(4))  # past it: waits
+            await asyncio.sleep(0.01)
+            assert not third.done() and room.used == 8
+            room.release(4)
+            await asyncio.wait_for(third, 1)
+            assert room.used == 8
+
+        asyncio.run(run())
+
+    def test_first_come_first_served(self) -> None:
+        async def run() -> None:
+            room = ArrivalRoom(8)
+            await room.reserve(6)
+            big = asyncio.create_task(room.reserve(8))
+            await asyncio.sleep(0)
+            small = asyncio.create_task(room.reserve(1))  # would fit, but comes second
+            await asyncio.sleep(0.01)
+            assert not big.done() and not small.done()
+            room.release(6)
+            await asyncio.wait_for(big, 1)
+            assert not small.done()
+            room.release(8)
+            await asyncio.wait_for(small, 1)
+            assert room.used == 1
+
+        asyncio.run(run())
+
+    def test_a_wait_given_up_takes_nothing(self) -> None:
+        async def run() -> None:
+            room = ArrivalRoom(8)
+            await room.reserve(8)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(room.reserve(8), 0.01)
+            later = asyncio.create_task(room.reserve(8))
+            await asyncio.sleep(0)
+            room.release(8)
+            await asyncio.wait_for(later, 1)  # the abandoned waiter took nothing and is not in the way
+            assert room.used == 8
+
+        asyncio.run(run())
+
+    def test_granted_as_the_wait_is_given_up(self) -> None:
+        async def run() -> None:
+            room = ArrivalRoom(8)
+            await room.reserve(8)
+            waiter = asyncio.create_task(room.reserve(8))
+            await asyncio.sleep(0)
+            room.release(8)  # grants the waiter's turn...
+            waiter.cancel()  # ...which is cancelled before it runs again
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            assert room.used == 0
+
+        asyncio.run(run())
 
 
 def _free_port() -> int:
@@ -150,6 +229,7 @@ def _infer_message(size: int) -> bytes:
     return request.SerializeToString()
 
 
+@pytest.mark.slow
 def test_no_key_is_refused_before_the_message_is_read(big: Grpc) -> None:
     """Finding 1: 16 ModelInfer calls of 60 MiB without metadata, four at a time: every one gets
     UNAUTHENTICATED, RSS grows by less than 256 MiB, and is back within 64 MiB of the start 5 s later."""
@@ -176,6 +256,7 @@ def test_no_key_is_refused_before_the_message_is_read(big: Grpc) -> None:
     assert left < 64, f"RSS still {left:.0f} MiB above the start 5 s later"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connections", [1, 3])
 def test_a_thousand_streams_that_never_finish(big: Grpc, connections: int) -> None:
     """Finding 2: one connection (and then three) opens 1,000 streams, each sending 800 KB of a message
@@ -220,6 +301,7 @@ def test_a_thousand_streams_that_never_finish(big: Grpc, connections: int) -> No
     assert left < 128, f"RSS still {left:.0f} MiB above the start after the client closed"
 
 
+@pytest.mark.slow
 def test_streams_per_connection_are_capped(small: Grpc) -> None:
     """POOLSERVE_GRPC_MAX_STREAMS is advertised, and a stream past it is refused while those at it stay."""
     client = RawH2("127.0.0.1", small.port)
@@ -239,6 +321,7 @@ def test_streams_per_connection_are_capped(small: Grpc) -> None:
         client.close()
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed(small: Grpc) -> None:
     """A connection with no call for POOLSERVE_GRPC_IDLE_SECONDS (2 s here) is closed by the server."""
     client = RawH2("127.0.0.1", small.port)
@@ -251,6 +334,7 @@ def test_idle_connections_are_closed(small: Grpc) -> None:
         client.close()
 
 
+@pytest.mark.slow
 def test_a_message_that_does_not_arrive_is_cancelled(small: Grpc) -> None:
     """A call whose message does not come within the body timeout ends with DEADLINE_EXCEEDED naming it,
     whether the message never started or stopped half-way."""
@@ -277,6 +361,7 @@ def test_a_message_that_does_not_arrive_is_cancelled(small: Grpc) -> None:
         client.close()
 
 
+@pytest.mark.slow
 def test_bytes_still_arriving_are_bounded(small: Grpc) -> None:
     """Room for two 4 MiB messages arriving at once (8 MiB, across connections): with one held
     half-sent, a call succeeds; with two held, another is refused with RESOURCE_EXHAUSTED; once they
@@ -307,6 +392,7 @@ def test_bytes_still_arriving_are_bounded(small: Grpc) -> None:
     assert small.call(METADATA, b"", timeout=30) is not None
 
 
+@pytest.mark.slow
 def test_wrong_keys_are_throttled(small: Grpc) -> None:
     """Finding 9: 19 wrong keys from a client leave it free to use a right one; the 20th locks it out: a
     right key then gets RESOURCE_EXHAUSTED with retry-after in the trailing metadata, and the refusal is
