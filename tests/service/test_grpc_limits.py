@@ -15,7 +15,10 @@ clients here speak bare HTTP/2 (``raw_h2``). Every load goes to 127.0.0.1 only, 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +34,7 @@ from tritonclient.grpc import service_pb2
 from service.grpc_limits import ArrivalRoom, peer_host
 
 from .raw_h2 import RawH2, grpc_prefix
-from .support import LiveServer, live_server_process
+from .support import ROOT, LiveServer, live_server_process
 
 KEY = "k-limits-0123456789"
 RIGHT = (("authorization", f"Bearer {KEY}"),)
@@ -421,3 +424,55 @@ def test_wrong_keys_are_throttled(small: Grpc) -> None:
         f"{small.live.url}/metrics", headers={"authorization": f"Bearer {KEY}"}, trust_env=False
     ).text
     assert "poolserve_auth_throttled_total 1.0" in metrics
+
+
+@pytest.mark.slow
+def test_refusals_and_cancellations_are_logged(tmp_path: Path) -> None:
+    """A warning names the RPC and the client for each refused key and each call ended by a limit."""
+    http_port, grpc_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "POOLSERVE_DEVICE": "cpu",
+        "POOLSERVE_GRPC_PORT": str(grpc_port),
+        "POOLSERVE_API_KEYS": KEY,
+        "POOLSERVE_BODY_TIMEOUT": "1",
+    }
+    command = [sys.executable, "-m", "service", "--port", str(http_port), "--log-level", "warning"]
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                url = f"http://127.0.0.1:{http_port}/ready"
+                if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            metadata = channel.unary_unary(METADATA)
+            for sent in ((), (("authorization", "Bearer not-the-key-0000"),)):
+                with pytest.raises(grpc.RpcError):
+                    metadata(b"", metadata=sent, timeout=30)
+
+            def never() -> Iterator[bytes]:
+                time.sleep(4)
+                yield b""
+
+            with pytest.raises(grpc.RpcError):
+                channel.stream_unary(INFER)(never(), metadata=RIGHT, timeout=30)
+    finally:
+        process.terminate()
+        process.wait(30)
+    lines = log_path.read_text()
+    assert "gRPC ServerMetadata from 127.0.0.1 refused: this route needs an API key" in lines
+    assert "gRPC ServerMetadata from 127.0.0.1 refused: invalid API key" in lines
+    assert "gRPC ModelInfer from ipv4:127.0.0.1:" in lines
+    assert "cancelled: its message did not arrive in time" in lines
+    assert KEY not in lines
