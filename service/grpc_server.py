@@ -267,7 +267,8 @@ class GrpcInferenceServicer:
         bound how long the message takes and how much room it holds while it arrives."""
         method = getattr(self, rpc)
 
-        async def behavior(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+        async def behavior(_messages: Any, context: grpc.aio.ServicerContext) -> bytes:
+            # The message is read with context.read() (in _receive), under its limits, not from _messages.
             start = time.perf_counter()
             deadline = asyncio.get_running_loop().time() + self.body_timeout
             status, size, sent, label = 200, 0, 0, [""]  # label: the pooling method, once known
