@@ -135,12 +135,15 @@ class Settings(BaseSettings):
         "SETTINGS_MAX_CONCURRENT_STREAMS.",
     )
     grpc_idle_seconds: Annotated[float, Field(gt=0)] = Field(
-        default=300.0, description="Seconds a gRPC connection may stay idle before it is closed."
+        default=300.0,
+        description="Seconds a gRPC connection may stay without a call before it is closed (HTTP/2 GOAWAY).",
     )
     grpc_max_buffered_bytes: Annotated[int, Field(ge=1)] = Field(
         default=256 * 1024 * 1024,
-        description="Most bytes buffered, across all gRPC connections, for messages still arriving; a "
-        "message that would pass it is refused with RESOURCE_EXHAUSTED.",
+        description="Most bytes buffered, across all gRPC connections, for messages still arriving. A "
+        "message is read only once max_body_bytes (the most it can be) of this is reserved for it, so "
+        "this over max_body_bytes messages arrive at once; a call that gets no room within a second is "
+        "refused with RESOURCE_EXHAUSTED.",
     )
     max_response_bytes: Annotated[int, Field(ge=1)] = Field(
         default=64 * 1024 * 1024,

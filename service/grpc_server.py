@@ -5,9 +5,28 @@
 It shares everything with the REST routes (:mod:`service.routes.v2`): the models and errors of
 :mod:`service.inference`, the torch worker threads and their batching (``app.state.workers``), the limits
 (a message over ``max_body_bytes`` is refused by gRPC itself), the metrics (route label: the RPC's path)
-and the API keys: ``authorization: Bearer <key>`` metadata, compared as the HTTP middleware compares
-them; ServerLive and ServerReady stay open, as the HTTP probes do. The app's lifespan starts it and, at
-shutdown, stops it gracefully: new RPCs are refused and those in flight finish first.
+and the API keys: ``authorization: Bearer <key>`` metadata, checked by :func:`service.keys.key_problem`
+and throttled by the app's one ``AuthThrottle`` (20 wrong keys from a client address within a minute:
+RESOURCE_EXHAUSTED with ``retry-after`` trailing metadata for a minute); ServerLive and ServerReady stay
+open, as the HTTP probes do. The app's lifespan starts it and, at shutdown, stops it gracefully: new RPCs
+are refused and those in flight finish first.
+
+What a client can make the server hold while its messages arrive:
+
+- a call is refused from its metadata (key, throttle) before its message is read: every method is served
+  as a stream-request handler, since grpc reads a unary call's whole message before its handler runs;
+- ``POOLSERVE_GRPC_MAX_STREAMS`` streams a connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; grpc
+  resets streams past it); a connection with no call for ``POOLSERVE_GRPC_IDLE_SECONDS`` is closed;
+- a message not in within ``POOLSERVE_BODY_TIMEOUT`` of its call's start ends the call
+  (DEADLINE_EXCEEDED), which frees what grpc buffered of it;
+- a message is read only once ``max_body_bytes`` (the most it can be) is reserved out of
+  ``POOLSERVE_GRPC_MAX_BUFFERED_BYTES`` for all connections; a call that gets no room within a second
+  is refused with RESOURCE_EXHAUSTED. Until it is read, a stream's HTTP/2 window stays at 64 KiB (BDP
+  probing is off; with it grpc opens every stream to 8 MiB, read or not).
+
+So the bytes buffered for arriving messages are at most ``POOLSERVE_GRPC_MAX_BUFFERED_BYTES`` for those
+being read, plus 64 KiB for each stream not yet read: ``POOLSERVE_GRPC_MAX_STREAMS`` × 64 KiB = 6.25 MiB
+a connection by default. That second term grows with the number of connections, which gRPC does not cap.
 
 The messages in :mod:`service.oip_grpc` are generated from the protocol's ``.proto`` and checked in (see
 that package); this module is imported only when the port is set, because protobuf keeps one registry of
@@ -16,6 +35,7 @@ message names per process and other OIP stubs (tritonclient's, kserve's) define 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -29,6 +49,7 @@ from starlette.datastructures import State
 from .codecs import Limits, oip
 from .config import Settings
 from .errors import BadRequest, clip_status, shorten
+from .grpc_limits import ArrivalRoom, peer_host
 from .inference import (
     MODEL_VERSION,
     InferJob,
@@ -39,7 +60,7 @@ from .inference import (
     model_spec,
     server_metadata,
 )
-from .middleware import _key_problem
+from .keys import client_address, encode_keys, key_problem
 from .oip_grpc import open_inference_grpc_pb2 as pb2
 from .pooling import PoolOutcome
 
@@ -58,6 +79,10 @@ _CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+# How long a call waits for room for its message before RESOURCE_EXHAUSTED: long enough for a burst of
+# small messages, each holding its room for a moment, to take turns; short enough that clients held up by
+# messages arriving slowly learn so at once rather than at their message's deadline.
+_ROOM_WAIT = 1.0
 # Which field of InferTensorContents holds each datatype's numbers (FP16 has none: raw bytes only).
 _CONTENTS = {
     "FP32": "fp32_contents",
@@ -70,8 +95,17 @@ _CONTENTS = {
 }
 
 
-class _Unauthenticated(Exception):
-    status_code = 401
+class _Refused(Exception):
+    """A call stopped by the transport's own checks (its key, the throttle, the limits on arriving
+    messages): the HTTP status it counts as in the metrics, its gRPC code and trailing metadata."""
+
+    def __init__(
+        self, status: int, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.trailing = trailing
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:
@@ -163,46 +197,105 @@ class GrpcInferenceServicer:
 
     def __init__(self, state: State, settings: Settings) -> None:
         self.state = state
-        self.keys = tuple(key.encode() for key in settings.api_key_list)
+        self.keys = encode_keys(settings.api_key_list)
+        self.trusted_proxies = tuple(p.strip() for p in settings.trusted_proxies.split(",") if p.strip())
+        self.body_timeout = settings.body_timeout
+        # Each read reserves the largest message allowed, or all the room when that is less (then one
+        # message arrives at a time, and the bound is max_body_bytes).
+        self.message_room = min(settings.max_body_bytes, settings.grpc_max_buffered_bytes)
+        self.room = ArrivalRoom(settings.grpc_max_buffered_bytes)
 
-    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+    def _check_key(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        """Refuse the call from its metadata alone, before its message is read: a client locked out for
+        guessing (even with a right key), then a missing, malformed or wrong key."""
         if not self.keys:
             return
-        authorization = None
+        metadata: dict[str, str | bytes] = {}
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value.encode() if isinstance(value, str) else value
-        problem = _key_problem(authorization, self.keys)
-        if problem is not None:
-            raise _Unauthenticated(problem[0])
+            if key in ("authorization", "x-forwarded-for"):
+                metadata[key] = value
+        forwarded = metadata.get("x-forwarded-for")
+        if isinstance(forwarded, bytes):
+            forwarded = forwarded.decode("latin-1")
+        client = client_address(peer_host(context.peer()), forwarded, self.trusted_proxies)
+        throttle = self.state.auth_throttle
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            log.warning("gRPC %s from %s refused: locked out for %s s", rpc, client, wait)
+            message = f"too many wrong API keys from this address: retry after {wait} s"
+            raise _Refused(429, grpc.StatusCode.RESOURCE_EXHAUSTED, message, (("retry-after", str(wait)),))
+        problem = key_problem(metadata.get("authorization"), self.keys)
+        if problem is None:
+            return
+        if problem.wrong_key:
+            throttle.failed(client)
+        log.warning("gRPC %s from %s refused: %s", rpc, client, problem.detail)
+        raise _Refused(401, grpc.StatusCode.UNAUTHENTICATED, problem.detail)
+
+    async def _receive(self, rpc: str, context: grpc.aio.ServicerContext, deadline: float) -> _Rpc:
+        """The call's message, read once there is room for it, all within the body timeout; past it the
+        call is ended, which frees what grpc buffered of the message."""
+        loop = asyncio.get_running_loop()
+        try:
+            wait = min(_ROOM_WAIT, deadline - loop.time())
+            await asyncio.wait_for(self.room.reserve(self.message_room), wait)
+        except TimeoutError:
+            log.warning("gRPC %s from %s cancelled: no room for its message", rpc, context.peer())
+            message = (
+                f"no room for the message: messages arriving may hold {self.room.capacity} bytes in all "
+                "(POOLSERVE_GRPC_MAX_BUFFERED_BYTES), and that room is taken; retry later"
+            )
+            raise _Refused(503, grpc.StatusCode.RESOURCE_EXHAUSTED, message) from None
+        try:
+            call: _Rpc = await asyncio.wait_for(context.read(), deadline - loop.time())
+        except TimeoutError:
+            log.warning("gRPC %s from %s cancelled: its message did not arrive in time", rpc, context.peer())
+            message = f"the message did not arrive within {self.body_timeout:g} s"
+            raise _Refused(408, grpc.StatusCode.DEADLINE_EXCEEDED, message) from None
+        finally:
+            self.room.release(self.message_room)
+        if call is grpc.aio.EOF:
+            raise _Refused(400, grpc.StatusCode.INVALID_ARGUMENT, "the call carries no message")
+        return call
 
     def handler(self, rpc: str, request_type: Any, *, open_: bool = False) -> grpc.RpcMethodHandler:
-        """The method handler of ``rpc``: the API key check (unless ``open_``), the metrics, and our
-        errors as gRPC status codes with their messages, around the method of that name."""
+        """The method handler of ``rpc``: the API key check (unless ``open_``), the message's arrival, the
+        metrics, and our errors as gRPC status codes with their messages, around the method of that name.
+
+        Served as a stream-request handler, whatever the protocol says (the wire is the same): grpc reads
+        a unary call's message before its handler runs, and this one must look at the metadata first, and
+        bound how long the message takes and how much room it holds while it arrives."""
         method = getattr(self, rpc)
 
-        async def behavior(call: _Rpc, context: grpc.aio.ServicerContext) -> bytes:
+        async def behavior(_messages: Any, context: grpc.aio.ServicerContext) -> bytes:
+            # The message is read with context.read() (in _receive), under its limits, not from _messages.
             start = time.perf_counter()
-            status, sent, label = 200, 0, [""]  # label: the pooling method, once known
+            deadline = asyncio.get_running_loop().time() + self.body_timeout
+            status, size, sent, label = 200, 0, 0, [""]  # label: the pooling method, once known
             try:
                 if not open_:
-                    self._check_key(context)
+                    self._check_key(rpc, context)
+                call = await self._receive(rpc, context, deadline)
+                size = call.size
                 if call.message is None:  # see deserialize
                     raise BadRequest(f"the request is not a {rpc} request message (protobuf)")
                 answer = await method(call, label)
                 data: bytes = answer if isinstance(answer, bytes) else answer.SerializeToString()
                 sent = len(data)
                 return data
+            except _Refused as refused:
+                status = refused.status
+                await context.abort(
+                    refused.code, clip_status(str(refused)), trailing_metadata=refused.trailing
+                )
+                raise  # not reached: abort raises
             except Exception as error:
-                if isinstance(error, _Unauthenticated):
-                    status, message = 401, str(error)
-                else:
-                    status, message = error_status(error)
+                status, message = error_status(error)
                 await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), clip_status(message))
                 raise  # not reached: abort raises
             finally:
                 elapsed = time.perf_counter() - start
-                self.state.metrics.observe(_SERVICE + rpc, label[0], status, elapsed, call.size, sent)
+                self.state.metrics.observe(_SERVICE + rpc, label[0], status, elapsed, size, sent)
 
         def deserialize(data: bytes) -> _Rpc:
             # An unreadable message is answered by the behaviour, as INVALID_ARGUMENT in our words: grpc
@@ -213,7 +306,7 @@ class GrpcInferenceServicer:
                 return _Rpc(len(data), None)
 
         # No response serializer: the behaviour answers serialized bytes.
-        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=deserialize)
+        return grpc.stream_unary_rpc_method_handler(behavior, request_deserializer=deserialize)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         table = {
@@ -282,6 +375,13 @@ async def start_grpc(state: State, settings: Settings) -> GrpcServer:
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
+            # Advertised as SETTINGS_MAX_CONCURRENT_STREAMS; grpc refuses streams past it.
+            ("grpc.max_concurrent_streams", settings.grpc_max_streams),
+            ("grpc.max_connection_idle_ms", max(1, round(settings.grpc_idle_seconds * 1000))),
+            # Without BDP probing a stream's window stays at HTTP/2's 64 KiB until its message is read
+            # (then grpc opens it to the message's size): with probing it grows to 8 MiB and more on
+            # every stream, read or not, and 100 idle streams could hold 800 MiB a connection.
+            ("grpc.http2.bdp_probe", 0),
         ]
     )
     server.add_generic_rpc_handlers((GrpcInferenceServicer(state, settings).handlers(),))

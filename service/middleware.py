@@ -51,13 +51,6 @@ def needs_key(path: str) -> bool:
     return path not in OPEN_PATHS and path != UI_PREFIX and not path.startswith(UI_PREFIX + "/")
 
 
-def _key_problem(authorization: bytes | None, keys: tuple[bytes, ...]) -> tuple[str, bytes] | None:
-    """:func:`service.keys.key_problem` in its former shape (detail, challenge), kept only for the gRPC
-    server until it calls ``service.keys`` itself; HTTP no longer uses it."""
-    problem = key_problem(authorization, keys)
-    return None if problem is None else (problem.detail, problem.challenge.encode())
-
-
 class BodyTooLarge(PayloadTooLarge):
     """Raised from ``receive`` when the body passes the limit mid-stream."""
 
