@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
-        app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
+        app.state.limits = Limits(settings.max_elements, settings.max_image_pixels, settings.max_jpeg_scans)
         app.state.work_limits = WorkLimits.of(settings)
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
