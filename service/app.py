@@ -100,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_concurrency,
             max_queue=settings.max_queue,
             queue_timeout=settings.request_timeout,
+            # A request still running this long is answered 503 and its thread replaced (it may be stuck
+            # in C code); see service.workers.
+            run_timeout=settings.request_timeout,
+            max_stuck=settings.max_stuck_workers,
             intra_op_threads=settings.torch_threads,
         )
         app.state.workers = workers
