@@ -38,6 +38,7 @@ from .inference import (
     model_spec,
     server_metadata,
 )
+from .limits import RESPONSE_FRAMING, check_response
 from .middleware import _key_problem
 from .oip_grpc import open_inference_grpc_pb2 as pb2
 from .pooling import PoolOutcome
@@ -242,10 +243,17 @@ class GrpcInferenceServicer:
         spec = model_spec(request.model_name, request.model_version)
         label[0] = spec.name
         state = self.state
+
+        def encode(outcome: PoolOutcome, decoded: oip.Decoded) -> bytes:
+            rest = {"id": decoded.request_id, "parameters": oip.reported_parameters(outcome.params)}
+            # 413 (RESOURCE_EXHAUSTED) before encoding
+            check_response(outcome.output, "raw", state.work_limits, rest, RESPONSE_FRAMING)
+            return encode_response(outcome, decoded).SerializeToString()
+
         job = InferJob(
             spec.name,
             lambda: decode_request(request, state.limits),
-            lambda outcome, decoded: encode_response(outcome, decoded).SerializeToString(),
+            encode,
             state.device,
             state.metrics,
             state.work_limits,
