@@ -22,9 +22,9 @@ from PIL import Image
 
 import service.pooling
 from service.app import create_app
-from service.ui.handlers import PageError, Runtime, pool_tensor
+from service.ui.handlers import PageError, Runtime, pool_image, pool_tensor
 
-from .image_bombs import repeated_scan_jpeg
+from .image_bombs import jpeg_bytes, repeated_scan_jpeg
 from .support import test_settings
 from .test_shedding import metric
 
@@ -120,3 +120,16 @@ def test_four_scan_bombs_in_flight_leave_room_for_a_small_request() -> None:
             status, detail, elapsed = future.result(30)
             assert status == 422 and "more than 64 scans" in detail
             assert elapsed < 2.0
+
+
+def test_the_pages_uploads_meet_the_scan_limit() -> None:
+    """The page decodes uploads with the same codec and the app's limits (POOLSERVE_MAX_JPEG_SCANS)."""
+    bomb = repeated_scan_jpeg(jpeg_bytes((16, 16), progressive=True), 5)  # 10 + 5 scans
+    app = create_app(test_settings(max_jpeg_scans=14))
+    with TestClient(app):
+        runtime = Runtime.of_state(app.state)
+        with pytest.raises(PageError) as caught:
+            pool_image(runtime, bomb, "avg", {"kernel_size": 2})
+        assert caught.value.status == 422 and "more than 14 scans" in caught.value.message
+        fits = repeated_scan_jpeg(jpeg_bytes((16, 16), progressive=True), 4)
+        assert pool_image(runtime, fits, "avg", {"kernel_size": 2}).input_shape == (3, 16, 16)
