@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.ready = False
         app.state.device = resolve_device(settings.device)
-        app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
+        app.state.limits = Limits(settings.max_elements, settings.max_image_pixels, settings.max_jpeg_scans)
         app.state.work_limits = WorkLimits.of(settings)
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
@@ -104,6 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_concurrency,
             max_queue=settings.max_queue,
             queue_timeout=settings.request_timeout,
+            # A request still running this long is answered 503 and its thread replaced (it may be stuck
+            # in C code); see service.workers.
+            run_timeout=settings.request_timeout,
+            max_stuck=settings.max_stuck_workers,
             intra_op_threads=settings.torch_threads,
         )
         app.state.workers = workers

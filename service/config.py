@@ -102,8 +102,15 @@ class Settings(BaseSettings):
     )
     request_timeout: Annotated[float, Field(gt=0)] = Field(
         default=30.0,
-        description="Seconds a request may wait for a torch worker; past that it gets 503 instead of a late "
-        "answer.",
+        description="Seconds a request may wait for a torch worker, and again seconds it may run in one; "
+        "past either it gets 503 instead of a late answer (a worker still running is replaced, its result "
+        "dropped).",
+    )
+    max_stuck_workers: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Worker threads that may be stuck at once on requests past request_timeout while a "
+        "replacement takes new work (a thread in C code can't be stopped). Past it a stuck thread is not "
+        "replaced and capacity drops until one finishes. Unset: max_concurrency.",
     )
     cors_origins: str = Field(
         default="",

@@ -61,6 +61,7 @@ from .inference import (
     server_metadata,
 )
 from .keys import client_address, encode_keys, key_problem
+from .limits import RESPONSE_FRAMING, check_response
 from .oip_grpc import open_inference_grpc_pb2 as pb2
 from .pooling import PoolOutcome
 
@@ -342,10 +343,17 @@ class GrpcInferenceServicer:
         spec = model_spec(request.model_name, request.model_version)
         label[0] = spec.name
         state = self.state
+
+        def encode(outcome: PoolOutcome, decoded: oip.Decoded) -> bytes:
+            rest = {"id": decoded.request_id, "parameters": oip.reported_parameters(outcome.params)}
+            # 413 (RESOURCE_EXHAUSTED) before encoding
+            check_response(outcome.output, "raw", state.work_limits, rest, RESPONSE_FRAMING)
+            return encode_response(outcome, decoded).SerializeToString()
+
         job = InferJob(
             spec.name,
             lambda: decode_request(request, state.limits),
-            lambda outcome, decoded: encode_response(outcome, decoded).SerializeToString(),
+            encode,
             state.device,
             state.metrics,
             state.work_limits,

@@ -4,29 +4,42 @@ Both are worked out from the request's shape and window before anything is alloc
 window geometry (:func:`poolcore.windows.make_window`), so a 2×2 input can't ask for a 20000×20000 output
 and a stochastic training request can't make poolcore build gigabytes of per-window tensors. Over either
 limit the answer is 413, naming the limit.
+
+The answer is bounded the same way: :func:`check_response` works out, from the output's shape and dtype
+and the encoding asked for, how large the answer can be before anything is encoded (exactly for .npy and
+raw tensor bytes, an upper bound for JSON and PNG), and refuses one over ``max_response_bytes`` with 413.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+import orjson
 import torch
+from numpy.lib import format as npformat
 
 from poolcore import lp, stochastic
 from poolcore.registry import MethodSpec
 from poolcore.windows import Window, infer_dims, make_window
 
+from .codecs import json as json_codec
 from .config import Settings
 from .errors import PayloadTooLarge
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "RESPONSE_FRAMING",
+    "Encoding",
     "WorkLimits",
+    "check_response",
     "check_work",
     "output_window",
+    "response_bytes",
     "stochastic_train_scratch",
     "window_visits",
 ]
@@ -38,11 +51,13 @@ _DEFAULTS = Settings.model_fields
 class WorkLimits:
     """``max_elements``: the largest output (the same limit as the input's); ``max_scratch_elements``:
     the most working memory beyond input and output, in 4-byte units (see :func:`stochastic_train_scratch`);
-    ``max_work``: the most window visits (see :func:`window_visits`). The defaults are the service's."""
+    ``max_work``: the most window visits (see :func:`window_visits`); ``max_response_bytes``: the largest
+    answer (see :func:`check_response`). The defaults are the service's."""
 
     max_elements: int = _DEFAULTS["max_elements"].default
     max_scratch_elements: int = _DEFAULTS["max_scratch_elements"].default
     max_work: int = _DEFAULTS["max_work"].default
+    max_response_bytes: int = _DEFAULTS["max_response_bytes"].default
 
     @classmethod
     def of(cls, settings: Any) -> WorkLimits:
@@ -52,7 +67,8 @@ class WorkLimits:
     @classmethod
     def lookup(cls, setting: Callable[[str], Any]) -> WorkLimits:
         """From ``setting(name)``; a limit it gives None for keeps the service's default."""
-        values = {name: setting(name) for name in ("max_elements", "max_scratch_elements", "max_work")}
+        names = ("max_elements", "max_scratch_elements", "max_work", "max_response_bytes")
+        values = {name: setting(name) for name in names}
         return cls(**{name: int(value) for name, value in values.items() if value is not None})
 
 
@@ -158,3 +174,86 @@ def _spatial(window: Window, resolved: Mapping[str, Any], shape: tuple[int, ...]
         len(shape), resolved.get("kernel_size"), resolved.get("output_size"), resolved.get("dims")
     )
     return tuple(window.out_size[len(window.out_size) - dims :])
+
+
+# How an answer carries the output: JSON numbers (/pool's nested lists; the Open Inference Protocol's flat
+# list is "json_flat"), .npy, PNG, or the tensor's raw bytes (the protocol's binary extension and gRPC).
+Encoding = Literal["json", "json_flat", "npy", "png", "raw"]
+_NAMES: dict[str, str] = {
+    "json": "JSON",
+    "json_flat": "JSON",
+    "npy": ".npy",
+    "png": "PNG",
+    "raw": "raw tensor bytes",
+}
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype an output of ``dtype`` is written as (bfloat16 as float32, as the .npy codec does)."""
+    return torch.empty(0, dtype=torch.float32 if dtype == torch.bfloat16 else dtype).numpy().dtype
+
+
+def _png_bound(shape: tuple[int, ...]) -> int | None:
+    """An upper bound on the PNG the image codec writes for an output of ``shape`` (8 bits per sample,
+    deflate at level 1), or None where the output is no image (the codec then refuses it with 406)."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[0] == 1:
+        dims.pop(0)
+    if len(dims) == 2:
+        dims.insert(0, 1)
+    if len(dims) != 3 or dims[0] not in (1, 3, 4):
+        return None
+    channels, height, width = dims
+    raw = height * (1 + width * channels)  # a filter byte per row
+    # zlib's deflateBound (stored blocks at worst) with its wrapper; PNG's signature, IHDR and IEND; 12
+    # bytes per IDAT chunk, of which Pillow writes one per 64 KiB at most, counted per 4 KiB to be safe.
+    deflated = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13 + 6
+    return deflated + 8 + 25 + 12 + 12 * (deflated // 4096 + 1)
+
+
+def response_bytes(
+    shape: tuple[int, ...], dtype: torch.dtype, encoding: Encoding, rest: dict[str, Any] | None = None
+) -> int | None:
+    """The bytes of an answer carrying an output of ``shape`` and ``dtype`` in ``encoding``, worked out
+    without encoding it: exact for .npy and raw bytes, an upper bound for JSON (``rest``: the document
+    besides the numbers) and PNG. None where ``encoding`` can't carry the output (PNG of a non-image)."""
+    if encoding in ("json", "json_flat"):
+        return json_codec.size_bound(shape, dtype, nested=encoding == "json", rest=rest)
+    if encoding == "png":
+        return _png_bound(shape)
+    numpy_dtype = _numpy_dtype(dtype)
+    data = math.prod(shape) * numpy_dtype.itemsize
+    if encoding == "raw":  # beside a JSON header (the protocol's binary extension) or a message's fields
+        return data + (len(orjson.dumps(rest)) if rest is not None else 0)
+    header = io.BytesIO()
+    descr = {"descr": npformat.dtype_to_descr(numpy_dtype), "fortran_order": False, "shape": tuple(shape)}
+    npformat.write_array_header_1_0(header, descr)
+    return len(header.getvalue()) + data
+
+
+# Bytes an Open Inference Protocol answer holds besides the tensor, its id and its parameters (model name
+# and version, the output's name, datatype and shape, and the keys or protobuf tags around them) at most.
+RESPONSE_FRAMING = 512
+
+
+def check_response(
+    output: torch.Tensor,
+    encoding: Encoding,
+    limits: WorkLimits,
+    rest: dict[str, Any] | None = None,
+    overhead: int = 0,
+) -> None:
+    """413 for an answer that would be over ``limits.max_response_bytes``, before it is encoded;
+    ``overhead``: bytes the answer carries besides the output and ``rest`` (a protocol's framing)."""
+    shape, limit = tuple(output.shape), limits.max_response_bytes
+    size = response_bytes(shape, output.dtype, encoding, rest)
+    if size is None or size + overhead <= limit:
+        return
+    advice = "pool with a larger window or smaller output_size"
+    if encoding != "npy" and encoding != "raw":
+        advice = "ask for .npy (Accept: application/x-npy) or " + advice
+    raise PayloadTooLarge(
+        f"the answer would be up to {size + overhead} bytes of {_NAMES[encoding]} (output shape {shape}, "
+        f"{str(output.dtype).removeprefix('torch.')}), over the limit of {limit} bytes "
+        f"(POOLSERVE_MAX_RESPONSE_BYTES); {advice}"
+    )

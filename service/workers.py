@@ -20,6 +20,15 @@ requests the costs that are per hand-off, not per request, are shared:
 A job whose caller was cancelled before the job started is dropped; one that has started runs to the end
 (a thread cannot be interrupted), so the bound on concurrent work holds whatever callers do.
 
+With ``run_timeout`` set, a batch still running that many seconds after a thread took it is abandoned: its
+callers get :class:`RunTimeout` (a 503) at once and its result, whenever it comes, is dropped. The thread
+itself can't be stopped (it may be stuck in C code), so a replacement thread takes new work in its place
+and the pool keeps its capacity; the stuck thread exits when it finishes, or takes its place back if the
+pool is short. At most ``max_stuck`` threads (default: ``threads``) are replaced at once; past that, a
+thread that runs out of time is not replaced, so the pool shrinks until stuck threads finish (if all are
+stuck, queued requests get :class:`QueueTimeout`), and the process never runs more than ``threads +
+max_stuck`` worker threads.
+
 The queue is bounded too: with ``max_queue`` set, a job that would wait behind that many others is refused
 (:class:`QueueFull`), and one still waiting after ``queue_timeout`` seconds is taken out of the queue and
 its caller told so (:class:`QueueTimeout`); both are 503s with ``Retry-After``, as is a job offered after
@@ -32,7 +41,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -51,9 +63,12 @@ __all__ = [
     "CallerGone",
     "QueueFull",
     "QueueTimeout",
+    "RunTimeout",
     "TorchWorkers",
     "WorkersClosed",
 ]
+
+log = logging.getLogger("poolserve")
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - the item type of a batch function
@@ -81,6 +96,13 @@ class QueueTimeout(ServiceUnavailable):
     reason = "queue_timeout"
 
 
+class RunTimeout(ServiceUnavailable):
+    """The job ran ``run_timeout`` seconds in a thread without finishing; its caller was answered and its
+    result will be dropped."""
+
+    reason = "run_timeout"
+
+
 class WorkersClosed(ServiceUnavailable):
     """The workers are shut down (the server is stopping)."""
 
@@ -104,9 +126,23 @@ class _Job(Generic[I]):
     def claim(self) -> bool:
         """Whether the job should still run: its caller has not given up on it."""
         if isinstance(self.future, concurrent.futures.Future):
-            return self.future.set_running_or_notify_cancel()
+            try:
+                return self.future.set_running_or_notify_cancel()
+            except RuntimeError:  # answered already: its time ran out before it started
+                return False
         # Read from a worker thread: at worst a job cancelled right now runs, and its result is dropped.
         return not self.future.cancelled()
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker thread and, under the lock, the batch it runs."""
+
+    idle: threading.Event
+    thread: threading.Thread | None = None
+    jobs: list[_Job[Any]] | None = None  # the batch it runs, None while it waits for one
+    deadline: float = math.inf  # time.monotonic() by which that batch must finish (run_timeout)
+    abandoned: bool = False  # the batch ran past its deadline: its callers were answered, the thread replaced
 
 
 # A queued job's caller is watched (``gone``) once the job has waited this long: most jobs are taken
@@ -188,10 +224,16 @@ class TorchWorkers:
         max_queue: int | None = None,
         queue_timeout: float | None = None,
         intra_op_threads: int | None = None,
+        run_timeout: float | None = None,
+        max_stuck: int | None = None,
         name: str = "poolserve-torch",
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1 (got {threads})")
+        if run_timeout is not None and not run_timeout > 0:
+            raise ValueError(f"run_timeout must be positive (got {run_timeout})")
+        if max_stuck is not None and max_stuck < 0:
+            raise ValueError(f"max_stuck must be at least 0 (got {max_stuck})")
         if intra_op_threads is not None and intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be at least 1 (got {intra_op_threads})")
         # torch's intra-op threads (OpenMP) for all running jobs together: torch's own default, the
@@ -211,16 +253,42 @@ class TorchWorkers:
         self._busy = 0  # threads running jobs, from taking them to handing their results back
         self._closed = False
         self._wakes: set[asyncio.AbstractEventLoop] = set()  # loops with a _wake due (see run_batched)
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}_{index}", daemon=True)
-            for index in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._threads = threads  # as asked for
+        self._size = threads  # threads taking work: those abandoned past run_timeout don't count
+        self._run_timeout = run_timeout
+        self._max_stuck = threads if max_stuck is None else max_stuck
+        self._stuck = 0  # abandoned threads still running their batch
+        self._started = 0
+        self._workers: list[_Worker] = []  # every live thread, stuck ones included
+        with self._lock:
+            for _ in range(threads):
+                self._start_worker()
+        self._watchdog: threading.Thread | None = None
+        self._watch_wake = threading.Event()
+        self._watch_sleeping = False  # the watchdog waits for a batch to start (see _pop_batch)
+        if run_timeout is not None:
+            self._watchdog = threading.Thread(target=self._watch, name=f"{name}_watchdog", daemon=True)
+            self._watchdog.start()
 
     @property
     def threads(self) -> int:
-        return len(self._threads)
+        return self._threads
+
+    def stuck(self) -> int:
+        """Threads abandoned past ``run_timeout`` whose batch is still running."""
+        with self._lock:
+            return self._stuck
+
+    def _start_worker(self) -> None:
+        """Under the lock: one more thread taking work."""
+        worker = _Worker(threading.Event())
+        worker.thread = threading.Thread(
+            target=self._work, args=(worker,), name=f"{self._name}_{self._started}", daemon=True
+        )
+        self._started += 1
+        self._workers.append(worker)
+        worker.thread.start()
 
     def pending(self) -> int:
         """Jobs waiting for a thread (not counting those running)."""
@@ -302,10 +370,23 @@ class TorchWorkers:
             self._closed = True
             while self._idle:
                 self._wake_one()
+        self._watch_wake.set()
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in self._threads:
-            thread.join(timeout)
+        """Wait for the threads to exit, all together for at most ``timeout`` seconds; a thread stuck past
+        ``run_timeout`` is not waited for (it is a daemon thread, left to finish on its own)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            assert worker.thread is not None
+            while worker.thread.is_alive() and not worker.abandoned:
+                left = 0.1 if end is None else min(0.1, end - time.monotonic())
+                if left <= 0:
+                    return
+                worker.thread.join(left)
+        if self._watchdog is not None:
+            self._watchdog.join(None if end is None else max(0.0, end - time.monotonic()))
 
     def _put(self, job: _Job[Any], *, wake: bool = True) -> None:
         with self._lock:
@@ -313,7 +394,7 @@ class TorchWorkers:
                 raise WorkersClosed("the server is shutting down; retry on another instance")
             # Threads not running a job take queued ones at once (run_batched wakes them once per loop
             # pass): that many queued jobs are not waiting.
-            free = len(self._threads) - self._busy
+            free = self._size - self._busy
             if self._max_queue is not None and len(self._jobs) >= self._max_queue + free:
                 raise QueueFull(
                     f"the server is busy: {len(self._jobs)} requests are already waiting for a worker "
@@ -348,13 +429,20 @@ class TorchWorkers:
         """Under the lock: wake the most recently idle thread."""
         self._idle.pop().set()
 
-    def _take(self, idle: threading.Event) -> tuple[list[_Job[Any]], int] | None:
+    def _take(self, worker: _Worker) -> tuple[list[_Job[Any]], int] | None:
         """The next job and the small ones queued behind it, with their intra-op thread count; None once
         closed and drained."""
+        idle = worker.idle
         while True:
             with self._lock:
                 if self._jobs:
                     jobs = self._pop_batch()
+                    worker.jobs = jobs
+                    if self._run_timeout is not None:
+                        worker.deadline = time.monotonic() + self._run_timeout
+                        if self._watch_sleeping:  # it waits for no deadline: it has one now
+                            self._watch_sleeping = False
+                            self._watch_wake.set()
                     return jobs, self._intra_op_share(jobs)
                 if self._closed:
                     return None
@@ -370,7 +458,7 @@ class TorchWorkers:
         size = sum(job.size for job in jobs)
         if 0 < size < SMALL_JOB_BYTES:
             return 1
-        sharing = min(len(self._threads), self._busy + len(self._jobs))
+        sharing = min(self._size, self._busy + len(self._jobs))
         return max(1, self._intra_op // max(1, sharing))
 
     def _pop_batch(self) -> list[_Job[Any]]:
@@ -397,10 +485,16 @@ class TorchWorkers:
             self._wake_one()  # more left than this thread took: wake another
         return jobs
 
-    def _work(self) -> None:
-        idle = threading.Event()
+    def _work(self, worker: _Worker) -> None:
+        try:
+            self._serve(worker)
+        finally:
+            with self._lock:
+                self._workers.remove(worker)
+
+    def _serve(self, worker: _Worker) -> None:
         intra_op = torch.get_num_threads()
-        while (taken := self._take(idle)) is not None:
+        while (taken := self._take(worker)) is not None:
             jobs, share = taken
             if share != intra_op:
                 torch.set_num_threads(share)  # this thread's OpenMP team size
@@ -419,19 +513,74 @@ class TorchWorkers:
                     results = [error] * len(group)
                 done.append((group, results))
             with self._lock:  # free before the callers hear back, so a caller's next job finds it free
+                worker.jobs, worker.deadline = None, math.inf
+                if worker.abandoned:  # its callers have had their 503: the results are dropped
+                    self._stuck -= 1
+                    if self._size >= self._threads:
+                        return  # a replacement took this thread's place
+                    worker.abandoned = False  # the pool is short (past max_stuck): back to work
+                    self._size += 1
+                    continue
                 self._busy -= 1
             for group, results in done:
                 self._deliver(group, results)
+
+    def _watch(self) -> None:
+        """The watchdog thread (with ``run_timeout``): abandons each batch that runs past its deadline,
+        answers its callers with :class:`RunTimeout`, and starts a thread in its place."""
+        while True:
+            self._watch_wake.clear()  # before looking: a batch taken from now on sets it again
+            expired: list[tuple[_Worker, list[_Job[Any]], bool]] = []
+            with self._lock:
+                now = time.monotonic()
+                nearest = math.inf
+                for worker in self._workers:
+                    if worker.jobs is None or worker.abandoned:
+                        continue
+                    if worker.deadline > now:
+                        nearest = min(nearest, worker.deadline)
+                        continue
+                    worker.abandoned = True
+                    self._busy -= 1
+                    self._stuck += 1
+                    replaced = self._stuck <= self._max_stuck
+                    if replaced:
+                        self._start_worker()
+                    else:
+                        self._size -= 1  # past max_stuck: the pool is one thread short until one finishes
+                    expired.append((worker, worker.jobs, replaced))
+                if self._closed and nearest == math.inf and not self._jobs:
+                    return
+                self._watch_sleeping = nearest == math.inf
+            for worker, jobs, replaced in expired:
+                log.warning(
+                    "worker thread %s ran past the request timeout (%s s) on %s request(s); answered 503, "
+                    "thread %s",
+                    worker.thread.name if worker.thread is not None else "?",
+                    self._run_timeout,
+                    len(jobs),
+                    "replaced" if replaced else "not replaced (too many threads stuck)",
+                )
+                error = RunTimeout(
+                    f"the request ran {self._run_timeout:g} s in a worker without finishing "
+                    "(POOLSERVE_REQUEST_TIMEOUT) and was stopped waiting for; retry later, or send a smaller "
+                    "request"
+                )
+                self._deliver(jobs, [error] * len(jobs))
+            self._watch_wake.wait(None if nearest == math.inf else max(0.0, nearest - time.monotonic()))
 
     @staticmethod
     def _deliver(group: list[_Job[Any]], results: list[Any]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for job, result in zip(group, results, strict=True):
             if isinstance(job.future, concurrent.futures.Future):
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+                if job.future.done():  # answered by the watchdog, or cancelled
+                    continue
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                    if isinstance(result, BaseException):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
             else:
                 by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
         for loop, settled in by_loop.items():

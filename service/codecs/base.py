@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..config import Settings
 from ..errors import NotAcceptable, PayloadTooLarge, shorten
 
 __all__ = ["MEDIA_TYPES", "Decoded", "Kind", "Limits", "check_elements", "negotiate"]
@@ -27,6 +28,7 @@ _ACCEPTED: dict[str, Kind] = {
 class Limits:
     max_elements: int
     max_image_pixels: int
+    max_jpeg_scans: int = Settings.model_fields["max_jpeg_scans"].default
 
 
 @dataclass(frozen=True)

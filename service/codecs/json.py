@@ -6,6 +6,7 @@ which is far slower on images.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import Tensor
 from ..errors import BadRequest, Unprocessable, shorten
 from .base import Decoded, Limits, check_elements
 
-__all__ = ["DTYPES", "decode", "encode"]
+__all__ = ["DTYPES", "decode", "encode", "header", "number_bytes", "size_bound"]
 
 DTYPES: dict[str, np.dtype] = {
     "float16": np.dtype(np.float16),
@@ -96,16 +97,40 @@ def _kind_name(dtype: np.dtype) -> str:
     return names.get(dtype.kind, str(dtype))
 
 
-def encode(output: Tensor, method: str, params: dict[str, Any]) -> Response:
-    array = output.numpy()
-    if array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float32)  # orjson writes float32/float64 arrays natively
-    doc = {
+def number_bytes(dtype: torch.dtype) -> int:
+    """The most bytes orjson writes for one number of an output of ``dtype``, its comma included: the
+    shortest round-trip form, at most 9 significant digits for float32 ("-0.0000012345679", 16 bytes) and
+    17 for float64 ("-2.2250738585072014e-308", 24 bytes); other dtypes are written as float32."""
+    return 25 if dtype == torch.float64 else 17
+
+
+def size_bound(
+    shape: tuple[int, ...], dtype: torch.dtype, *, nested: bool = True, rest: dict[str, Any] | None = None
+) -> int:
+    """An upper bound on the bytes of a JSON answer holding an output of ``shape`` and ``dtype`` as nested
+    lists (flat with ``nested=False``), plus the rest of the document (``rest``, written exactly), without
+    writing the numbers."""
+    count = math.prod(shape)
+    # Every list has two brackets and at most one comma after it: shape (2, 3) is 1 + 2 lists.
+    lists = sum(math.prod(shape[:depth]) for depth in range(len(shape))) if nested else 1
+    text = len(orjson.dumps(rest)) + 16 if rest is not None else 0  # 16: the numbers' key, quoted, and colon
+    return text + count * number_bytes(dtype) + 3 * lists
+
+
+def header(output: Tensor, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The answer's document but for its ``data`` (what :func:`size_bound` takes as ``rest``)."""
+    return {
         "method": method,
         "params": params,
         "shape": list(output.shape),
         "dtype": str(output.dtype).removeprefix("torch."),
-        "data": np.ascontiguousarray(array),
     }
+
+
+def encode(output: Tensor, method: str, params: dict[str, Any]) -> Response:
+    array = output.numpy()
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32)  # orjson writes float32/float64 arrays natively
+    doc = {**header(output, method, params), "data": np.ascontiguousarray(array)}
     body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, media_type="application/json")

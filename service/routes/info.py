@@ -85,6 +85,9 @@ def info_router() -> APIRouter:
                 "max_json_bytes": min(settings.max_json_bytes, settings.max_body_bytes),
                 "max_elements": settings.max_elements,
                 "max_image_pixels": settings.max_image_pixels,
+                "max_jpeg_scans": settings.max_jpeg_scans,
+                # Over it the answer is 413 (decided before encoding): ask for .npy, or pool more.
+                "max_response_bytes": settings.max_response_bytes,
                 "body_timeout_seconds": settings.body_timeout,
             },
         }

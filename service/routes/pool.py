@@ -24,7 +24,7 @@ from .. import codecs
 from ..body import read_body
 from ..codecs import Kind, Limits
 from ..errors import ServiceUnavailable
-from ..limits import WorkLimits
+from ..limits import WorkLimits, check_response
 from ..metrics import Metrics
 from ..params import gather, split_run_options
 from ..pooling import PoolOutcome, PoolRequest, answer_many
@@ -80,6 +80,8 @@ def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
     shared: dict[int, list[tuple[bytes, bytes]]] = {}
 
     def encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
+        rest = codecs.json.header(outcome.output, outcome.method, outcome.params) if kind == "json" else None
+        check_response(outcome.output, kind, job.work, rest)  # 413 before encoding
         response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
         headers = shared.get(id(outcome.params))
         if headers is None:

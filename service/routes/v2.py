@@ -34,6 +34,7 @@ from ..inference import (
     model_spec,
     server_metadata,
 )
+from ..limits import RESPONSE_FRAMING, Encoding, WorkLimits, check_response
 from ..pooling import PoolOutcome
 
 __all__ = ["v2_routes"]
@@ -82,7 +83,11 @@ async def model_ready(request: Request) -> Response:
     return _json({"name": spec.name, "ready": ready_now}, 200 if ready_now else 503)
 
 
-def _encode(outcome: PoolOutcome, decoded: oip.Decoded) -> Response:
+def _encode(limits: WorkLimits, outcome: PoolOutcome, decoded: oip.Decoded) -> Response:
+    # 413 before encoding; names, shape and keys around the tensor take under RESPONSE_FRAMING bytes.
+    rest = {"id": decoded.request_id, "parameters": oip.reported_parameters(outcome.params)}
+    encoding: Encoding = "raw" if decoded.binary_output else "json_flat"
+    check_response(outcome.output, encoding, limits, rest, RESPONSE_FRAMING)
     out = oip.encode_rest(
         outcome.output, outcome.method, outcome.params, decoded.request_id, decoded.binary_output
     )
@@ -101,7 +106,8 @@ async def infer(request: Request) -> Response:
         # JSON alone has the JSON limit; with binary data only its JSON header does (checked in decode).
         body = await read_body(request, None if header is not None else state.settings.max_json_bytes)
         decode = functools.partial(oip.decode_rest, body, header, state.limits, state.settings.max_json_bytes)
-        job = InferJob(spec.name, decode, _encode, state.device, state.metrics, state.work_limits)
+        encode = functools.partial(_encode, state.work_limits)
+        job = InferJob(spec.name, decode, encode, state.device, state.metrics, state.work_limits)
         response: Response = await state.workers.run_batched(infer_batch, job, len(body))
     except ClientDisconnect:
         raise  # the middleware's to log: nobody is left to answer

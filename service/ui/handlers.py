@@ -91,7 +91,7 @@ class Runtime:
             given = self.setting(name)
             return int(Settings.model_fields[name].default if given is None else given)
 
-        return Limits(value("max_elements"), value("max_image_pixels"))
+        return Limits(value("max_elements"), value("max_image_pixels"), value("max_jpeg_scans"))
 
     def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` (torch work) in one of the route's worker threads, under the route's concurrency limit;

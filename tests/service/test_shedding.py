@@ -7,6 +7,7 @@ a real server (Starlette's test client can't disconnect) and one genuinely slow 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.ui.handlers import PageError, Runtime, pool_tensor
+from service.workers import RunTimeout
 
 from .support import live_server, npy_bytes, test_settings
 
@@ -49,7 +51,11 @@ def held(app: FastAPI, count: int = 1) -> Iterator[None]:
         started.set()
         release.wait(30)
 
-    callers = [threading.Thread(target=app.state.workers.call, args=(hold,)) for _ in range(count)]
+    def call() -> None:
+        with contextlib.suppress(RunTimeout):  # held past request_timeout: its caller is answered 503
+            app.state.workers.call(hold)
+
+    callers = [threading.Thread(target=call) for _ in range(count)]
     try:
         callers[0].start()
         assert started.wait(10)  # running: the rest wait in the queue
@@ -82,7 +88,9 @@ def test_beyond_max_queue_requests_get_503_with_retry_after() -> None:
 
 
 def test_a_request_still_queued_after_request_timeout_gets_503_and_never_runs() -> None:
-    app = create_app(test_settings(max_concurrency=1, request_timeout=0.2))
+    # The held job runs past request_timeout too: with no replacement thread allowed (max_stuck_workers=0)
+    # the pool stays full, so the queued request still meets the queue's timeout.
+    app = create_app(test_settings(max_concurrency=1, request_timeout=0.2, max_stuck_workers=0))
     with TestClient(app) as client:
         with held(app):
             response = client.post("/pool/avg", json=SMALL)

@@ -22,6 +22,7 @@ from service.workers import (
     CallerGone,
     QueueFull,
     QueueTimeout,
+    RunTimeout,
     TorchWorkers,
     WorkersClosed,
 )
@@ -491,3 +492,96 @@ def test_running_jobs_share_the_intra_op_threads_and_small_ones_take_one() -> No
 def test_intra_op_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="intra_op_threads must be at least 1 \\(got 0\\)"):
         TorchWorkers(1, intra_op_threads=0)
+
+
+# ---- a job that runs past run_timeout (issue 17, finding 3) ----------------------------------------------
+
+
+def _pool_threads(name: str) -> int:
+    """Live threads of the pool named ``name`` (its watchdog not counted)."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith(f"{name}_") and "watchdog" not in t.name)
+
+
+def test_a_job_running_past_the_run_timeout_gets_503_and_a_new_thread_takes_the_next_job() -> None:
+    """The stuck thread can't be stopped: its caller is answered, a replacement serves the queue, and the
+    result it finally makes is dropped."""
+    workers = TorchWorkers(1, run_timeout=0.2, name="runtimeout-a")
+    gate = Gate()
+    recorder = Recorder()
+    finished: list[str] = []
+
+    def slow(items: Sequence[Any]) -> list[Any]:
+        gate()
+        finished.append("slow")
+        return ["late result" for _ in items]
+
+    async def scenario() -> None:
+        with pytest.raises(RunTimeout, match=r"ran 0.2 s in a worker .*POOLSERVE_REQUEST_TIMEOUT") as caught:
+            await workers.run_batched(slow, None)
+        assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]
+        assert gate.started.is_set() and not gate.release.is_set()  # answered while it still runs
+        assert workers.stuck() == 1
+        assert await workers.run_batched(recorder, 4) == 40  # the replacement thread
+        assert _pool_threads("runtimeout-a") == 2
+        gate.release.set()
+        await asyncio.to_thread(_wait_for, lambda: workers.stuck() == 0, "the stuck thread to finish")
+        await asyncio.to_thread(_wait_for, lambda: _pool_threads("runtimeout-a") == 1, "it to exit")
+        assert await workers.run_batched(recorder, 5) == 50
+
+    try:
+        asyncio.run(scenario())
+        assert finished == ["slow"] and recorder.calls == [[4], [5]]
+    finally:
+        gate.release.set()
+        workers.close()
+        workers.join(10)
+
+
+def test_a_blocking_call_running_past_the_run_timeout_gets_503() -> None:
+    """The page's path (TorchWorkers.call) is cut off the same way."""
+    workers = TorchWorkers(1, run_timeout=0.2, name="runtimeout-b")
+    gate = Gate()
+    try:
+        with pytest.raises(RunTimeout):
+            workers.call(gate)
+        assert workers.call(lambda: 7) == 7
+        gate.release.set()
+        _wait_for(lambda: workers.stuck() == 0, "the stuck thread to finish")
+    finally:
+        gate.release.set()
+        workers.close()
+        workers.join(10)
+
+
+def test_past_max_stuck_threads_are_not_replaced_and_the_pool_recovers_when_one_finishes() -> None:
+    workers = TorchWorkers(1, run_timeout=0.2, max_stuck=1, queue_timeout=0.5, name="runtimeout-c")
+    first, second = Gate(), Gate()
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with pytest.raises(RunTimeout):
+            await workers.run_batched(_call_each_gate(first), None)
+        with pytest.raises(RunTimeout):  # on the replacement: the second stuck thread is not replaced
+            await workers.run_batched(_call_each_gate(second), None)
+        assert workers.stuck() == 2 and _pool_threads("runtimeout-c") == 2  # threads + max_stuck at most
+        with pytest.raises(QueueTimeout):  # no thread free: the queue's own timeout answers
+            await workers.run_batched(recorder, 1)
+        first.release.set()  # its thread finishes and, the pool being short, takes work again
+        assert await workers.run_batched(recorder, 2) == 20
+        assert workers.stuck() == 1 and _pool_threads("runtimeout-c") == 2
+
+    try:
+        asyncio.run(scenario())
+        assert recorder.calls == [[2]]
+    finally:
+        first.release.set()
+        second.release.set()
+        workers.close()
+        workers.join(10)
+
+
+def test_run_timeout_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"run_timeout must be positive \(got 0\)"):
+        TorchWorkers(1, run_timeout=0)
+    with pytest.raises(ValueError, match=r"max_stuck must be at least 0 \(got -1\)"):
+        TorchWorkers(1, max_stuck=-1)

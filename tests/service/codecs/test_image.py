@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -10,9 +11,10 @@ import torch
 from PIL import Image
 
 from service.codecs import Limits, image
-from service.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 from ..bad_inputs import bomb_png
+from ..image_bombs import jpeg_bytes, png_with_rows, repeated_scan_jpeg, truncated_jpeg
 
 LIMITS = Limits(max_elements=1 << 20, max_image_pixels=1 << 16)
 RNG = np.random.default_rng(5)
@@ -58,8 +60,9 @@ def test_pil_own_bomb_guard_is_413() -> None:
 
 
 def test_truncated_image() -> None:
+    """A truncated image is a 422 (issue 17, finding 5; it was a 400 "malformed image" before)."""
     data = _encoded(Image.fromarray(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
-    with pytest.raises(BadRequest, match="malformed image"):
+    with pytest.raises(Unprocessable, match="truncated"):
         image.decode(data[: len(data) // 2], LIMITS)
 
 
@@ -141,3 +144,127 @@ def test_unknown_bytes_are_malformed_and_reach_no_plugin(plugins_opened: list[st
 def test_sniff() -> None:
     assert [image.sniff(_other(fmt)) for fmt in OTHER_FORMATS] == OTHER_FORMATS
     assert image.sniff(b"") is None and image.sniff(b"\x93NUMPY") == "npy"
+
+
+# ---- decoding costs what the pixels justify (issue 17, findings 3 and 5) ------------------------------
+
+# libjpeg's standard progressive script (jcparam.c, jpeg_simple_progression): 10 scans for YCbCr, 6 for
+# one component. Pillow writes it.
+PROGRESSIVE_SCANS = {"RGB": 10, "L": 6}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_scans_at_the_limit_decode_and_one_more_is_refused(mode: str) -> None:
+    data = jpeg_bytes((40, 24), progressive=True, mode=mode)
+    assert data.count(b"\xff\xda") == PROGRESSIVE_SCANS[mode]  # the script as libjpeg documents it
+    bomb = repeated_scan_jpeg(data, 5)
+    scans = PROGRESSIVE_SCANS[mode] + 5
+    at_limit = Limits(max_elements=1 << 20, max_image_pixels=1 << 16, max_jpeg_scans=scans)
+    expected = 3 if mode == "RGB" else 1
+    assert image.decode(bomb, at_limit, "image/jpeg").shape == (expected, 24, 40)
+    past = Limits(max_elements=1 << 20, max_image_pixels=1 << 16, max_jpeg_scans=scans - 1)
+    with pytest.raises(Unprocessable, match=rf"more than {scans - 1} scans \(SOS markers\), over the limit"):
+        image.decode(bomb, past, "image/jpeg")
+    with pytest.raises(Unprocessable, match="scans"):  # the UI's uploads: no media type
+        image.decode(bomb, past)
+
+
+def test_the_default_scan_limit_takes_ordinary_jpegs_and_refuses_the_issues_bomb() -> None:
+    """The issue's bomb: a 4096² progressive JPEG holding one scan 10,000 times (64 s to decode before)."""
+    limits = Limits(max_elements=1 << 24, max_image_pixels=4096 * 4096)
+    assert limits.max_jpeg_scans == 64
+    for progressive in (False, True):
+        data = jpeg_bytes((33, 17), progressive=progressive)
+        expected = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        np.testing.assert_allclose(image.decode(data, limits, "image/jpeg").numpy(), expected, rtol=1e-6)
+    big = io.BytesIO()
+    Image.new("L", (4096, 4096), 128).save(big, format="JPEG", progressive=True)
+    bomb = repeated_scan_jpeg(big.getvalue(), 10_000)
+    with pytest.raises(Unprocessable, match="more than 64 scans"):
+        image.decode(bomb, limits, "image/jpeg")
+
+
+def test_scans_are_counted_by_walking_segments_not_by_searching_bytes() -> None:
+    """A comment holding the bytes of an SOS marker is no scan; fill bytes before a marker are skipped as
+    libjpeg skips them, so they hide no scan either."""
+    data = jpeg_bytes((16, 16), progressive=True)
+    comment = b"\xff\xda" * 100
+    decoy = data[:2] + b"\xff\xfe" + struct.pack(">H", 2 + len(comment)) + comment + data[2:]
+    limits = Limits(max_elements=1 << 20, max_image_pixels=1 << 16, max_jpeg_scans=10)
+    assert image.decode(decoy, limits, "image/jpeg").shape == (3, 16, 16)
+    padded = data[:-2] + b"\xff\xff\xff" + data[data.rindex(b"\xff\xda") : -2] + b"\xff\xd9"
+    with pytest.raises(Unprocessable, match="more than 10 scans"):
+        image.decode(padded, limits, "image/jpeg")
+
+
+def _segments_of(data: bytes) -> int:
+    """Marker segments with a length in a Pillow baseline JPEG: its tables before the one scan, and it."""
+    count, pos = 0, 2
+    while data[pos + 1] != 0xDA:
+        count += 1
+        pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return count + 1
+
+
+def test_marker_segments_at_the_limit_are_walked_and_one_more_is_refused() -> None:
+    data = jpeg_bytes((8, 8), progressive=False)
+    spare = image.MAX_JPEG_SEGMENTS - _segments_of(data)
+    comments = b"\xff\xfe\x00\x02" * spare
+    at_limit = data[:2] + comments + data[2:]
+    assert image.decode(at_limit, LIMITS, "image/jpeg").shape == (3, 8, 8)
+    with pytest.raises(Unprocessable, match=f"more than {image.MAX_JPEG_SEGMENTS} marker segments"):
+        image.decode(data[:2] + comments + b"\xff\xfe\x00\x02" + data[2:], LIMITS, "image/jpeg")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_cut_short_then_ended_is_refused_not_padded(progressive: bool) -> None:
+    """The issue's 335-byte JPEG claiming 4096×4096: libjpeg pads a scan that meets the end marker early."""
+    data = io.BytesIO()
+    Image.new("L", (4096, 4096), 128).save(data, format="JPEG", progressive=progressive)
+    limits = Limits(max_elements=1 << 24, max_image_pixels=4096 * 4096)
+    with pytest.raises(Unprocessable, match="truncated"):
+        image.decode(truncated_jpeg(data.getvalue(), 335), limits, "image/jpeg")
+    with pytest.raises(Unprocessable, match="truncated"):  # cut without an end: Pillow's own short read
+        image.decode(data.getvalue()[:335], limits, "image/jpeg")
+
+
+def test_arithmetic_coded_frames_are_refused() -> None:
+    data = bytearray(jpeg_bytes((8, 8), progressive=False))
+    data[data.index(b"\xff\xc0") + 1] = 0xC9  # SOF9: arithmetic-coded sequential
+    with pytest.raises(Unprocessable, match=r"frame type \(SOF9\) is not accepted"):
+        image.decode(bytes(data), LIMITS, "image/jpeg")
+
+
+def test_a_png_whose_data_ends_early_is_refused_and_one_that_is_complete_decodes() -> None:
+    width, height = 64, 48
+    pixels = RNG.integers(0, 256, (height, width), dtype=np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    out = image.decode(png_with_rows(width, height, rows), LIMITS, "image/png")
+    np.testing.assert_array_equal(out[0].numpy(), pixels / np.float32(255.0))
+    with pytest.raises(Unprocessable, match=f"inflates to {len(rows) - 1} bytes, short of the {len(rows)}"):
+        image.decode(png_with_rows(width, height, rows[:-1]), LIMITS, "image/png")
+    with pytest.raises(Unprocessable, match="truncated"):  # the issue's amplification: half the rows
+        image.decode(png_with_rows(width, height, rows[: len(rows) // 2]), LIMITS, "image/png")
+
+
+def _adam7(pixels: np.ndarray) -> bytes:
+    """PNG's Adam7 passes of 8-bit grey ``pixels``, each row with filter byte 0 (PNG spec, 8.2)."""
+    out = b""
+    # (first column, first row, column step, row step) of each pass
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2)]
+    passes.append((0, 1, 1, 2))
+    for col, row, col_step, row_step in passes:
+        sub = pixels[row::row_step, col::col_step]
+        if sub.size:
+            out += b"".join(b"\x00" + line.tobytes() for line in sub)
+    return out
+
+
+@pytest.mark.parametrize(("width", "height"), [(13, 11), (1, 5), (8, 1)])
+def test_an_interlaced_png_needs_every_pass(width: int, height: int) -> None:
+    pixels = RNG.integers(0, 256, (height, width), dtype=np.uint8)
+    passes = _adam7(pixels)
+    out = image.decode(png_with_rows(width, height, passes, interlaced=True), LIMITS, "image/png")
+    np.testing.assert_array_equal(out[0].numpy(), pixels / np.float32(255.0))
+    with pytest.raises(Unprocessable, match="truncated"):
+        image.decode(png_with_rows(width, height, passes[:-1], interlaced=True), LIMITS, "image/png")
