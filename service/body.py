@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from .errors import BadRequest, PayloadTooLarge
 
-__all__ = ["PART_BYTES", "read_body"]
+__all__ = ["PART_BYTES", "client_gone", "read_body"]
 
 PART_BYTES = 64 * 1024  # chunks smaller than this are merged into parts at least this large
 
@@ -72,3 +72,13 @@ async def read_body(request: Request, limit: int | None = None) -> bytearray:
     if small:
         parts.append(small)
     return bytearray().join(parts)
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has disconnected. The body has been read, so the server's next message for
+    this request is ``http.disconnect`` (uvicorn sends it when the connection drops); Starlette would not
+    cancel the handler, and without this a request whose client gave up would still be run. Every HTTP
+    route that queues work passes it to the workers as ``gone``."""
+    message = await request.receive()
+    if message["type"] != "http.disconnect":  # not a server we know: can't watch (the wait goes on)
+        raise RuntimeError(f"unexpected {message['type']!r} after the request body")

@@ -135,4 +135,4 @@ def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
         job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
         return answer
 
-    return answer_many(jobs, decode, encode)
+    return answer_many(jobs, decode, encode, jobs[0].metrics.observe_stack_fallback if jobs else None)

@@ -79,6 +79,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.stack_fallbacks = Counter(
+            "poolserve_stack_fallbacks",
+            "Shared (stacked) operator calls that failed, whose requests then ran one by one: each is also "
+            "logged with its traceback. Should stay 0.",
+            ["method"],
+            registry=self.registry,
+        )
         self.auth_throttled = Counter(
             "poolserve_auth_throttled",
             "Requests refused (429, gRPC RESOURCE_EXHAUSTED) because their client address sent too many "
@@ -113,6 +120,9 @@ class Metrics:
     def watch_queue(self, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as the queue depth, read at each scrape."""
         self.queue_depth.set_function(depth)
+
+    def observe_stack_fallback(self, method: str) -> None:
+        self._child(self.stack_fallbacks, method).inc()
 
     def observe_shed(self, reason: str) -> None:
         self._child(self.shed, reason).inc()

@@ -9,6 +9,7 @@ each plane on its own), at a fraction of the per-call overhead for small inputs.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
@@ -40,6 +41,8 @@ __all__ = [
     "poolcore_errors",
     "run_pool",
 ]
+
+log = logging.getLogger("poolserve")
 
 Mode = Literal["eval", "train"]
 J = TypeVar("J")  # a protocol's job (see answer_many)
@@ -287,13 +290,17 @@ def run_pool(
     return checked.outcome(output, (time.perf_counter() - start) * 1e3, checked.params())
 
 
-def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
+def pool_many(
+    requests: Sequence[PoolRequest], on_fallback: Callable[[str], None] | None = None
+) -> list[PoolOutcome | Exception]:
     """:func:`run_pool` for each request, in order: its outcome, or the exception ``run_pool`` would raise.
 
     Requests of a stackable method (``MethodSpec.stackable``) that draw no random numbers and agree on
     method, resolved parameters, mode, input shape, dtype and device run as one operator call
     (``elapsed_ms`` is then that call's time, ``batch`` the number of requests it answered). Should such a
-    call fail, its requests run one by one, so each gets its own error.
+    call fail, its requests run one by one, so each gets its own error; the failure is logged with its
+    traceback and reported to ``on_fallback(method)`` (a metric), since a stackable method should never
+    fail where its requests alone would not.
     """
     results: list[PoolOutcome | Exception | None] = [None] * len(requests)
     groups: dict[Hashable, list[tuple[int, _Checked]]] = {}
@@ -306,12 +313,13 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
         key = checked.batch_key()
         groups.setdefault(index if key is None else key, []).append((index, checked))
     for members in groups.values():
+        shared_failure: Exception | None = None
         if len(members) > 1:
             start = time.perf_counter()
             try:
                 outputs = _execute_stacked([checked for _, checked in members])
-            except Exception:
-                pass  # run them one by one below, each raising its own error
+            except Exception as error:
+                shared_failure = error  # run them one by one below, each raising its own error
             else:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
                 # One params dict for the group: equal for all of them, and callers may rely on the identity
@@ -329,6 +337,20 @@ def pool_many(requests: Sequence[PoolRequest]) -> list[PoolOutcome | Exception]:
             else:
                 elapsed_ms = (time.perf_counter() - start) * 1e3
                 results[index] = checked.outcome(output, elapsed_ms, checked.params())
+        if shared_failure is not None and any(
+            not isinstance(results[index], Exception) for index, _ in members
+        ):
+            # The requests ran alone where their shared call failed: a bug in stacking, not the client's
+            # mistake (which fails alone too, and is answered as such).
+            method = members[0][1].spec.name
+            log.warning(
+                "a shared call of %s for %d requests failed where they ran alone",
+                method,
+                len(members),
+                exc_info=shared_failure,
+            )
+            if on_fallback is not None:
+                on_fallback(method)
     return cast(list[PoolOutcome | Exception], results)  # every slot was filled above
 
 
@@ -336,6 +358,7 @@ def answer_many(
     jobs: Sequence[J],
     decode: Callable[[J], tuple[C, PoolRequest]],
     encode: Callable[[J, C, PoolOutcome], Any],
+    on_fallback: Callable[[str], None] | None = None,
 ) -> list[Any]:
     """The batch path of every protocol (``/pool``, ``/v2``, gRPC), in a worker thread: ``decode`` each job
     into its request (plus what ``encode`` needs of it), :func:`pool_many` them all (same-question requests
@@ -352,7 +375,7 @@ def answer_many(
             continue
         decoded.append((index, context))
         requests.append(request)
-    for (index, context), outcome in zip(decoded, pool_many(requests), strict=True):
+    for (index, context), outcome in zip(decoded, pool_many(requests, on_fallback), strict=True):
         try:
             if isinstance(outcome, Exception):
                 with poolcore_errors():

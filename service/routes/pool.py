@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 import poolcore
 
 from .. import codecs
-from ..body import read_body
+from ..body import client_gone, read_body
 from ..codecs import Kind, Limits
 from ..errors import ServiceUnavailable
 from ..limits import WorkLimits, check_response
@@ -91,7 +91,7 @@ def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
         job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
         return response
 
-    return answer_many(jobs, _decode, encode)
+    return answer_many(jobs, _decode, encode, jobs[0].metrics.observe_stack_fallback if jobs else None)
 
 
 async def pool(request: Request) -> Response:
@@ -124,7 +124,7 @@ async def pool(request: Request) -> Response:
     )
     try:
         result: Response = await state.workers.run_batched(
-            _answer_batch, job, len(body), gone=lambda: _client_gone(request)
+            _answer_batch, job, len(body), gone=lambda: client_gone(request)
         )
     except CallerGone:
         state.metrics.observe_shed("client_gone")
@@ -137,15 +137,6 @@ async def pool(request: Request) -> Response:
     timing = f"read;dur={(read - start) * 1e3:.3f}, run;dur={(done - read) * 1e3:.3f}"
     result.raw_headers.append((b"server-timing", timing.encode("latin-1")))
     return result
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns once the client has disconnected. The body has been read, so the server's next message for
-    this request is ``http.disconnect`` (uvicorn sends it when the connection drops); Starlette would not
-    cancel the handler, and without this a request whose client gave up would still be run."""
-    message = await request.receive()
-    if message["type"] != "http.disconnect":  # not a server we know: can't watch (the wait goes on)
-        raise RuntimeError(f"unexpected {message['type']!r} after the request body")
 
 
 def pool_routes() -> list[BaseRoute]:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..body import read_body
+from ..body import client_gone, read_body
 from ..codecs import oip
 from ..errors import error_body
 from ..inference import (
@@ -36,6 +36,7 @@ from ..inference import (
 )
 from ..limits import RESPONSE_FRAMING, Encoding, WorkLimits, check_response
 from ..pooling import PoolOutcome
+from ..workers import CallerGone
 
 __all__ = ["v2_routes"]
 
@@ -108,7 +109,12 @@ async def infer(request: Request) -> Response:
         decode = functools.partial(oip.decode_rest, body, header, state.limits, state.settings.max_json_bytes)
         encode = functools.partial(_encode, state.work_limits)
         job = InferJob(spec.name, decode, encode, state.device, state.metrics, state.work_limits)
-        response: Response = await state.workers.run_batched(infer_batch, job, len(body))
+        response: Response = await state.workers.run_batched(
+            infer_batch, job, len(body), gone=lambda: client_gone(request)
+        )
+    except CallerGone:
+        request.app.state.metrics.observe_shed("client_gone")
+        raise ClientDisconnect() from None  # nobody to answer (the middleware logs a 499)
     except ClientDisconnect:
         raise  # the middleware's to log: nobody is left to answer
     except Exception as error:

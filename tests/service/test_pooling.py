@@ -164,3 +164,43 @@ def test_pool_many_random_train_requests_keep_their_seeds(method: str) -> None:
     first, second, third = (o.output for o in outcomes if isinstance(o, PoolOutcome))
     assert torch.equal(first, run_pool(x, method, params, mode="train", seed=5).output)
     assert torch.equal(first, third) and not torch.equal(first, second)
+
+
+def test_a_shared_call_that_fails_where_alone_succeeds_is_logged_and_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stacking bug (the shared call fails, each request alone succeeds) is never silent: each request
+    still gets its own answer, and the failure is logged with its traceback and reported for the metric.
+    A client's mistake, which fails alone too, is neither."""
+    import service.pooling as pooling
+
+    def broken(checked: object) -> None:
+        raise RuntimeError("stacking broke")
+
+    monkeypatch.setattr(pooling, "_execute_stacked", broken)
+    fallbacks: list[str] = []
+    xs = [torch.full((1, 1, 4, 4), float(i)) for i in range(3)]
+    with caplog.at_level("WARNING", logger="poolserve"):
+        outcomes = pool_many([PoolRequest(x, "avg", {"kernel_size": 2}) for x in xs], fallbacks.append)
+    for x, outcome in zip(xs, outcomes, strict=True):
+        assert isinstance(outcome, PoolOutcome)
+        assert torch.equal(outcome.output, torch.nn.functional.avg_pool2d(x, 2))
+    assert fallbacks == ["avg"]
+    assert any("stacking broke" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+    caplog.clear()
+    fallbacks.clear()
+    small = [torch.full((1, 1, 2, 2), float(i)) for i in range(3)]  # a window larger than the input
+    with caplog.at_level("WARNING", logger="poolserve"):
+        outcomes = pool_many([PoolRequest(x, "avg", {"kernel_size": 3}) for x in small], fallbacks.append)
+    assert all(isinstance(o, ValueError) for o in outcomes)
+    assert fallbacks == [] and not caplog.records
+
+
+def test_the_stack_fallback_metric_is_exported() -> None:
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_stack_fallback("avg")
+    from prometheus_client import generate_latest
+
+    assert 'poolserve_stack_fallbacks_total{method="avg"} 1.0' in generate_latest(metrics.registry).decode()

@@ -137,10 +137,21 @@ def _abandon(url: str, path: str, body: bytes, after: float) -> None:
         time.sleep(after)
 
 
-def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
+# A small max pooling request, as /pool and as the inference protocol's infer: both drop it alike.
+_QUITTERS = {
+    "/pool/max": SMALL,
+    "/v2/models/max/infer": {
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+        "parameters": {"kernel_size": 2},
+    },
+}
+
+
+@pytest.mark.parametrize("path", list(_QUITTERS))
+def test_requests_whose_clients_gave_up_are_dropped_not_run(path: str) -> None:
     """One worker, busy with a slow request; four clients queue small requests behind it and hang up after
     0.3 s. None of the four may run: no operator time is recorded for their method, and the queue is
-    empty again as soon as they have gone."""
+    empty again as soon as they have gone. /pool and /v2 alike."""
     # Average pooling with a 47×47 window at stride 1 over 16 planes of 512²: about 4 s on one thread.
     slow = npy_bytes(np.random.default_rng(0).random((16, 512, 512), dtype=np.float32))
     limits = {"max_body_bytes": 17 << 20, "max_elements": 1 << 22, "max_image_pixels": 1 << 16}
@@ -161,8 +172,8 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run() -> None:
         sent = time.monotonic()
         slow_thread.start()
         time.sleep(0.3)  # its 16 MiB reach the server and a worker starts on it
-        body = httpx.Request("POST", "/", json=SMALL).content
-        quitters = [threading.Thread(target=_abandon, args=(url, "/pool/max", body, 0.3)) for _ in range(4)]
+        body = httpx.Request("POST", "/", json=_QUITTERS[path]).content
+        quitters = [threading.Thread(target=_abandon, args=(url, path, body, 0.3)) for _ in range(4)]
         for quitter in quitters:
             quitter.start()
         for quitter in quitters:
