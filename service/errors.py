@@ -22,6 +22,7 @@ import poolcore
 
 __all__ = [
     "BadRequest",
+    "InvalidInput",
     "NotAcceptable",
     "PayloadTooLarge",
     "ServiceError",
@@ -72,6 +73,12 @@ class UnsupportedMediaType(ServiceError):
 
 class Unprocessable(ServiceError):
     status_code = 422
+
+
+class InvalidInput(Unprocessable, ValueError):
+    """Parameters or input that poolcore or the service's own checks refused, typed where it was found: a
+    422 for a client, a ``ValueError`` for a Python caller of ``run_pool``. A plain ``ValueError`` from
+    anywhere else is a bug, and a 500."""
 
 
 def clip(text: str) -> str:

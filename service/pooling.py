@@ -27,7 +27,7 @@ import poolcore
 from poolcore.registry import MethodSpec
 from poolcore.windows import infer_dims
 
-from .errors import ServiceUnavailable, Unprocessable, shorten
+from .errors import InvalidInput, ServiceError, ServiceUnavailable, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits, check_work
 
 __all__ = [
@@ -54,15 +54,16 @@ MAX_SEED = 2**63 - 1  # seeds are drawn from, and accepted in, [0, 2**63 - 1]
 
 @contextmanager
 def poolcore_errors() -> Iterator[None]:
-    """poolcore's ``ValueError``/``TypeError`` (bad parameters or input, with a message naming them) as a
-    422; ``UnknownMethodError`` passes through (a 404). Only around calls into poolcore: a stray
-    ``ValueError`` elsewhere is a bug, and stays a 500."""
+    """poolcore's ``ValueError``/``TypeError`` (bad parameters or input, with a message naming them) as
+    :class:`InvalidInput` (a 422); ``UnknownMethodError`` passes through (a 404), and so do errors already
+    typed. Only around validation and calls into poolcore: a stray ``ValueError`` elsewhere is a bug, and
+    stays a 500."""
     try:
         yield
-    except poolcore.UnknownMethodError:
+    except (poolcore.UnknownMethodError, ServiceError):
         raise
     except (ValueError, TypeError) as error:
-        raise Unprocessable(str(error)) from None
+        raise InvalidInput(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,12 @@ class _Checked:
 
 
 def _check(request: PoolRequest) -> _Checked:
+    """Every check of a request, before anything is allocated; what fails is the client's mistake."""
+    with poolcore_errors():
+        return _checked(request)
+
+
+def _checked(request: PoolRequest) -> _Checked:
     mode, seed = request.mode, request.seed
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train' (got {shorten(mode)})")
@@ -196,7 +203,7 @@ def _check_output(output: Tensor, method: str) -> Tensor:
     a ``ValueError`` (422) naming the cause, never an answer with NaN, inf or JSON ``null`` in it."""
     if output.numel() and output.is_floating_point() and not _all_finite(output):
         bad = int((~torch.isfinite(output)).sum())
-        raise ValueError(
+        raise InvalidInput(
             f"the result of {method} is not finite: {bad} values overflow {str(output.dtype)[6:]} (largest "
             f"{torch.finfo(output.dtype).max:g}); send float32 or float64 input, smaller values or smaller p"
         )
@@ -242,7 +249,7 @@ def _execute(checked: _Checked) -> Tensor:
     generator = None
     if checked.seed is not None:
         generator = torch.Generator(device=checked.device).manual_seed(checked.seed)
-    with device_faults(checked.device), torch.inference_mode():
+    with device_faults(checked.device), torch.inference_mode(), poolcore_errors():
         x = checked.x.to(checked.device)
         output = checked.spec.run(x, checked.resolved, training=checked.training, generator=generator).cpu()
     return _check_output(output, checked.spec.name)
@@ -256,7 +263,7 @@ def _execute_stacked(group: Sequence[_Checked]) -> list[Tensor]:
     window = first.resolved
     dims = infer_dims(len(shape), window.get("kernel_size"), window.get("output_size"), window.get("dims"))
     spatial = shape[len(shape) - dims :]
-    with device_faults(first.device), torch.inference_mode():
+    with device_faults(first.device), torch.inference_mode(), poolcore_errors():
         planes = torch.stack([c.x for c in group]).to(first.device).reshape(1, -1, *spatial)
         pooled = first.spec.run(planes, {**window, "dims": dims}, training=first.training).cpu()
     _check_output(pooled, first.spec.name)  # else each runs alone, for its own error
@@ -378,8 +385,7 @@ def answer_many(
     for (index, context), outcome in zip(decoded, pool_many(requests, on_fallback), strict=True):
         try:
             if isinstance(outcome, Exception):
-                with poolcore_errors():
-                    raise outcome
+                raise outcome  # typed where it was found: a client's mistake is InvalidInput
             answers[index] = encode(jobs[index], context, outcome)
         except Exception as error:
             answers[index] = error

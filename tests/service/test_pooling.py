@@ -204,3 +204,24 @@ def test_the_stack_fallback_metric_is_exported() -> None:
     from prometheus_client import generate_latest
 
     assert 'poolserve_stack_fallbacks_total{method="avg"} 1.0' in generate_latest(metrics.registry).decode()
+
+
+def test_a_bug_in_service_code_is_not_a_client_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the checks and poolcore's calls turn a ValueError into a 422 (InvalidInput); one raised by
+    service code elsewhere (here, encoding) stays an internal error for the error boundary."""
+    from service.errors import InvalidInput, Unprocessable
+    from service.pooling import answer_many
+
+    with pytest.raises(InvalidInput) as refused:
+        run_pool(torch.ones(1, 1, 2, 2), "avg", {"kernel_size": 3})
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, Unprocessable)
+
+    def decode(job: int) -> tuple[None, PoolRequest]:
+        return None, PoolRequest(torch.ones(1, 1, 4, 4), "avg", {"kernel_size": 2 if job else 9})
+
+    def encode(job: int, context: None, outcome: PoolOutcome) -> object:
+        raise ValueError("a bug in an encoder")
+
+    bug, mistake = answer_many([1, 0], decode, encode)
+    assert type(bug) is ValueError  # not made a 422
+    assert isinstance(mistake, InvalidInput)

@@ -369,12 +369,12 @@ class TestErrorBoundary:
         lock = threading.Lock()
         real = pooling_module.pool_many
 
-        def blocking(requests: Any) -> Any:
+        def blocking(requests: Any, *args: Any) -> Any:
             with lock:
                 inside.append(len(requests))
                 threads.add(threading.current_thread().name)
             release.wait(30)
-            return real(requests)
+            return real(requests, *args)
 
         monkeypatch.setattr(pooling_module, "pool_many", blocking)  # the batch path of every route
         with TestClient(create_app(test_settings(max_concurrency=2))) as client:
