@@ -405,23 +405,29 @@ class TorchWorkers:
             if share != intra_op:
                 torch.set_num_threads(share)  # this thread's OpenMP team size
                 intra_op = share
-            groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
-            done: list[tuple[list[_Job[Any]], list[Any]]] = []
-            for job in jobs:
-                if job.claim():
-                    groups.setdefault(job.batch_fn, []).append(job)
-            for batch_fn, group in groups.items():
-                try:
-                    results = list(batch_fn([job.item for job in group]))
-                    if len(results) != len(group):
-                        raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
-                except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
-                    results = [error] * len(group)
-                done.append((group, results))
-            with self._lock:  # free before the callers hear back, so a caller's next job finds it free
-                self._busy -= 1
-            for group, results in done:
-                self._deliver(group, results)
+            self._run(jobs)
+            # A batch's futures hold its answers (a JSON answer can be hundreds of MiB): nothing of it may
+            # stay in this frame while the thread waits, maybe for hours, for the next batch.
+            del taken, jobs
+
+    def _run(self, jobs: list[_Job[Any]]) -> None:
+        groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
+        done: list[tuple[list[_Job[Any]], list[Any]]] = []
+        for job in jobs:
+            if job.claim():
+                groups.setdefault(job.batch_fn, []).append(job)
+        for batch_fn, group in groups.items():
+            try:
+                results = list(batch_fn([job.item for job in group]))
+                if len(results) != len(group):
+                    raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
+            except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
+                results = [error] * len(group)
+            done.append((group, results))
+        with self._lock:  # free before the callers hear back, so a caller's next job finds it free
+            self._busy -= 1
+        for group, results in done:
+            self._deliver(group, results)
 
     @staticmethod
     def _deliver(group: list[_Job[Any]], results: list[Any]) -> None:
