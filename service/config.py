@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .logs import check_format, check_level
+
 __all__ = ["Settings", "get_settings"]
 
 
@@ -159,9 +161,15 @@ class Settings(BaseSettings):
     ui_session_seconds: Annotated[float, Field(gt=0)] = Field(
         default=12 * 3600.0, description="Seconds a login to the page lasts."
     )
-    log_level: str = Field(default="INFO", description="Log level of poolserve's and uvicorn's lines.")
+    log_level: str = Field(
+        default="INFO",
+        description="Level of poolserve's and uvicorn's log lines: DEBUG, INFO, WARNING, ERROR or CRITICAL "
+        "(other libraries log warnings and worse). `poolserve --log-level` overrides it.",
+    )
     log_format: str = Field(
-        default="text", description="text (one readable line per event) or json (one JSON object per line)."
+        default="text",
+        description="text (one readable line per event) or json (one JSON object per line), for every line "
+        "the server writes, uvicorn's access log included.",
     )
     # -- end of security round 2's settings --
     opentelemetry: bool = Field(
@@ -188,6 +196,16 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_name(cls, value: str) -> str:
+        return check_level(value)
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format_name(cls, value: str) -> str:
+        return check_format(value)
 
 
 def _split(text: str) -> tuple[str, ...]:
