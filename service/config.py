@@ -149,8 +149,10 @@ class Settings(BaseSettings):
     max_connections: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
         description="Most open HTTP connections (the page's event streams included); at the cap the "
-        "oldest idle connection is closed to admit a new one. Unset: the process's file limit (raised "
-        "to its hard limit at start) less headroom for files and gRPC.",
+        "connection idle longest (no head yet, a head or body still arriving, or kept alive), else the "
+        "oldest event stream, is closed to admit a new one, else the new one gets 503. Unset: "
+        "min(4096, N − max(64, N/4)) for the process's file limit N, which poolserve raises to its hard "
+        "limit at start: a quarter stays for gRPC, the page's cache and other files.",
     )
     trusted_proxies: str = Field(
         default="",
