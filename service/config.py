@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .logs import check_format, check_level
+
 __all__ = ["MIN_KEY_LENGTH", "Settings", "get_settings"]
 
 MIN_KEY_LENGTH = 16  # characters of an API key: short ones can be guessed, throttle or not
@@ -165,8 +167,10 @@ class Settings(BaseSettings):
     max_connections: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
         description="Most open HTTP connections (the page's event streams included); at the cap the "
-        "oldest idle connection is closed to admit a new one. Unset: the process's file limit (raised "
-        "to its hard limit at start) less headroom for files and gRPC.",
+        "connection idle longest (no head yet, a head or body still arriving, or kept alive), else the "
+        "oldest event stream, is closed to admit a new one, else the new one gets 503. Unset: "
+        "min(4096, N − max(64, N/4)) for the process's file limit N, which poolserve raises to its hard "
+        "limit at start: a quarter stays for gRPC, the page's cache and other files.",
     )
     trusted_proxies: str = Field(
         default="",
@@ -179,9 +183,15 @@ class Settings(BaseSettings):
         description="Seconds a login to the page lasts (also its cookie's Max-Age); then the page asks "
         "for the key again.",
     )
-    log_level: str = Field(default="INFO", description="Log level of poolserve's and uvicorn's lines.")
+    log_level: str = Field(
+        default="INFO",
+        description="Level of poolserve's and uvicorn's log lines: DEBUG, INFO, WARNING, ERROR or CRITICAL "
+        "(other libraries log warnings and worse). `poolserve --log-level` overrides it.",
+    )
     log_format: str = Field(
-        default="text", description="text (one readable line per event) or json (one JSON object per line)."
+        default="text",
+        description="text (one readable line per event) or json (one JSON object per line), for every line "
+        "the server writes, uvicorn's access log included.",
     )
     # -- end of security round 2's settings --
     opentelemetry: bool = Field(
@@ -233,6 +243,16 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_name(cls, value: str) -> str:
+        return check_level(value)
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format_name(cls, value: str) -> str:
+        return check_format(value)
 
 
 def _split(text: str) -> tuple[str, ...]:

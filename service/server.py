@@ -10,7 +10,21 @@ adds, per connection:
 - a body that has not fully arrived ``body_timeout`` seconds after its head gets 408 (or, once a response
   has started, the connection just closes);
 - a response sent before the request's body was read in full (a 413, say) closes the connection instead
-  of waiting for, and discarding, the rest.
+  of waiting for, and discarding, the rest;
+- a client that takes no bytes of its response for ``body_timeout`` seconds, while more than the
+  transport's high-water mark waits to go out, loses the connection: it is aborted, which drops the
+  unsent response at once (a plain close would wait, for ever, to send it);
+- at most ``max_connections`` connections are open (the page's event streams included): one more closes
+  the connection that has been idle longest (waiting for a head, or for the rest of a body, or kept
+  alive between requests), else the oldest event stream, else it is itself refused with 503. So probes
+  keep answering while a client holds every connection it can;
+- an event stream (``text/event-stream``: the page's heartbeat and queue) lasts at most
+  ``ui_session_seconds``, the life of a login to the page, or until ``scope["state"]["session_expires"]``
+  (a ``time.time()``) when the app sets it; uvicorn already closes it when its client goes.
+
+Each connection closed by a limit is a warning naming the peer and the request id, where there is one
+(service.logs limits how many are written). :func:`serve` raises the process's file limit (soft to hard)
+before it starts: each connection is a file.
 
 Being in the protocol, these hold for every route, the Gradio UI's included, and cost the hot path one
 timer per request. They need this protocol: ``poolserve`` uses it, and plain uvicorn gets it with
@@ -25,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
 from types import FrameType
@@ -35,13 +50,50 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings, get_settings
+from .logs import check_level, flush_dropped, log_config
 
-__all__ = ["DrainingServer", "GuardedHttpToolsProtocol", "serve"]
+__all__ = [
+    "DrainingServer",
+    "GuardedHttpToolsProtocol",
+    "default_max_connections",
+    "raise_file_limit",
+    "serve",
+]
 
 log = logging.getLogger("poolserve")
 
 LINGER_SECONDS = 2.0  # how long a refused client may go on sending before its connection closes
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+# How often, within body_timeout, a stalled response is looked at: it is closed at most a quarter of the
+# timeout late.
+_WRITE_CHECKS = 4
+
+
+def default_max_connections(file_limit: int) -> int:
+    """The connection cap when ``POOLSERVE_MAX_CONNECTIONS`` is unset: the file limit ``N`` less a quarter
+    of it (at least 64) for everything else that needs a file (gRPC's connections, the page's cache,
+    model files, logs), at most 4096, so that heads at their 64 KiB limit stay within 256 MiB; at least 16.
+    """
+    return max(16, min(4096, file_limit - max(64, file_limit // 4)))
+
+
+def raise_file_limit() -> int:
+    """Raise this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit; the new soft
+    limit (the old one where it may not be raised)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as error:
+        log.warning("could not raise the file limit from %d to %d: %s", soft, hard, error)
+        return soft
+    return hard
+
+
+def _file_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class _HeadTooLarge(Exception):
@@ -71,10 +123,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False  # between a complete head and the end of its body
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._max_connections = settings.max_connections or default_max_connections(_file_limit())
+        self._stream_seconds = settings.ui_session_seconds
+        self._since = 0.0  # when the connection last became idle, or its event stream started
+        self._stream = False  # answering with an event stream
+        self._stream_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes waiting to go out when the client last took some
+        self._taken_at = 0.0  # when that was
 
     # -- connection events ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._since = self.loop.time()
+        if len(self.connections) > self._max_connections and not self._make_room():
+            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,12 +159,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
+            log.warning(
+                "closed connection from %s: request head over %d bytes (431)",
+                self._peer,
+                self._max_head,
+                extra={"peer": self._peer},
+            )
             self._reply_and_close(431, f"the request head is over the limit of {self._max_head} bytes")
             return
         super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._since = self.loop.time()
+        self._stream = False
+        if self._stream_timer is not None:
+            self._stream_timer.cancel()
+            self._stream_timer = None
         if self._in_body:
             # Answered without reading the whole body (a 413 before the body, say): close rather than
             # wait for the rest only to throw it away. The answer said so (see _close_early_answers).
@@ -127,10 +201,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         self._raw_head = 0
         self._in_body = True
+        self._since = self.loop.time()
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
         if self.cycle is not None:
-            self._close_early_answers(self.cycle)
+            self._close_early_answers(self.cycle, self._stream_started)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -139,13 +214,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
         super().on_message_complete()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._unsent, self._taken_at = self.transport.get_write_buffer_size(), self.loop.time()
+            self._write_timer = self.loop.call_later(self._body_timeout / _WRITE_CHECKS, self._check_reader)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
     @staticmethod
-    def _close_early_answers(cycle: Any) -> None:
+    def _close_early_answers(cycle: Any, on_stream: Any = None) -> None:
         """An answer that starts before its request's body has fully arrived carries ``Connection:
         close`` (the connection closes after it, see on_response_complete), so the client does not send
         its next request on a connection that is about to close. And a response with a Content-Length
-        leaves in one write, head and body together (see _HeadHolder). The app's task has not started
-        yet: it looks ``cycle.send`` and ``cycle.transport`` up when it does."""
+        leaves in one write, head and body together (see _HeadHolder). ``on_stream(cycle)`` is called
+        when the response is an event stream. The app's task has not started yet: it looks ``cycle.send``
+        and ``cycle.transport`` up when it does."""
         send = cycle.send
         holder = cycle.transport = _HeadHolder(cycle.transport)
 
@@ -163,6 +251,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Only a response of known length: a stream's head goes out at once, whenever its body comes.
             if any(name.lower() == b"content-length" for name, _ in headers):
                 holder.holding = True
+            elif on_stream is not None and any(
+                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                for name, value in headers
+            ):
+                on_stream(cycle)
             try:
                 await send(message)
             finally:
@@ -188,17 +281,135 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._arm_head_timer()  # a pipelined head behind a response still being made: look again later
             return
-        self.transport.close()  # an idle connection, or a head dripping in: nothing to answer yet
+        if self._raw_head:  # a head dripping in (an idle connection is no news: browsers keep spares)
+            log.warning(
+                "closed connection from %s: no complete request head within %g s",
+                self._peer,
+                self._header_timeout,
+                extra={"peer": self._peer},
+            )
+        self.transport.close()  # nothing to answer yet
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
         if not self._in_body or self.transport.is_closing():
             return
+        log.warning(
+            "closed connection from %s, request %s: the body did not arrive within %g s (408)",
+            self._peer,
+            self._request_id,
+            self._body_timeout,
+            extra={"peer": self._peer, "request_id": self._request_id},
+        )
         if self.cycle is not None and not self.cycle.response_started:
             detail = f"the request body did not arrive within {self._body_timeout:g} s"
             self._reply_and_close(408, detail)
         else:
             self.transport.close()
+
+    def _check_reader(self) -> None:
+        """While the response waits for the client: abort the connection once it has taken nothing for
+        ``body_timeout`` s, which frees what was waiting to go out."""
+        self._write_timer = None
+        unsent, now = self.transport.get_write_buffer_size(), self.loop.time()
+        if unsent == 0:
+            return
+        if unsent < self._unsent:
+            self._unsent, self._taken_at = unsent, now
+        elif now - self._taken_at >= self._body_timeout:
+            log.warning(
+                "closed connection from %s, request %s: the client took no response bytes for %g s "
+                "(%d bytes unsent)",
+                self._peer,
+                self._request_id,
+                self._body_timeout,
+                unsent,
+                extra={"peer": self._peer, "request_id": self._request_id},
+            )
+            self._abort()
+            return
+        self._write_timer = self.loop.call_later(self._body_timeout / _WRITE_CHECKS, self._check_reader)
+
+    # -- the connection cap and event streams -----------------------------------------------------
+    def _make_room(self) -> bool:
+        """At the cap: close the connection idle longest, else the oldest event stream, to admit this
+        one; when every other connection is busy, refuse this one with 503. Whether it was admitted."""
+        victim, victim_rank, open_now = None, (2, 0.0), 0
+        for other in self.connections:
+            if not isinstance(other, GuardedHttpToolsProtocol) or other.transport.is_closing():
+                continue
+            open_now += 1
+            rank = other._eviction_rank() if other is not self else None
+            if rank is not None and rank < victim_rank:
+                victim, victim_rank = other, rank
+        if open_now <= self._max_connections:
+            return True  # others are closing already
+        if victim is not None:
+            log.warning(
+                "closed connection from %s, request %s, to admit a new one: %d connections open "
+                "(POOLSERVE_MAX_CONNECTIONS)",
+                victim._peer,
+                victim._request_id,
+                open_now - 1,
+                extra={"peer": victim._peer, "request_id": victim._request_id},
+            )
+            victim._abort()
+            return True
+        log.warning(
+            "refused connection from %s: %d connections open, none idle (POOLSERVE_MAX_CONNECTIONS)",
+            self._peer,
+            open_now - 1,
+            extra={"peer": self._peer},
+        )
+        self._reply_and_close(503, f"the server is at its limit of {self._max_connections} connections")
+        return False
+
+    def _eviction_rank(self) -> tuple[int, float] | None:
+        """(0, since) for an idle connection, (1, since) for an event stream, None for a busy one: a
+        request being worked on or an answer going out."""
+        cycle = self.cycle
+        if self._lingering or self.pipeline:
+            return None
+        if cycle is None or cycle.response_complete or (self._in_body and not cycle.response_started):
+            return (0, self._since)
+        if self._stream:
+            return (1, self._since)
+        return None
+
+    def _stream_started(self, cycle: Any) -> None:
+        if cycle is not self.cycle:
+            return
+        self._stream, self._since = True, self.loop.time()
+        seconds = self._stream_seconds
+        expires = cycle.scope.get("state", {}).get("session_expires")
+        if isinstance(expires, (int, float)):
+            seconds = min(seconds, max(0.0, expires - time.time()))
+        self._stream_timer = self.loop.call_later(seconds, self._stream_ended)
+
+    def _stream_ended(self) -> None:
+        self._stream_timer = None
+        log.info("closed event stream to %s, request %s: its session is over", self._peer, self._request_id)
+        # The app sees a disconnect and stops; what it had sent still goes out first.
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
+
+    @property
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+
+    @property
+    def _request_id(self) -> str:
+        if self.cycle is None:
+            return "-"
+        return str(self.cycle.scope.get("state", {}).get("request_id", "-"))
+
+    def _abort(self) -> None:
+        """Close now, dropping whatever waits to go out; the app sees a disconnect."""
+        self._lingering = True
+        self._cancel_timers()
+        self.transport.abort()
 
     def _reply_and_close(self, status: int, detail: str) -> None:
         body = orjson.dumps({"detail": detail})
@@ -215,23 +426,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # The app sees a disconnect: it stops reading, and uvicorn drops whatever it sends.
             self.cycle.disconnected = True
             self.cycle.message_event.set()
-        log.info("connection from %s closed: %s (%d)", self.client, detail, status)
 
     def _linger(self) -> None:
         """Close after an answer the client may still be sending into: half-close, then discard what
         arrives for a moment. Closing a socket with unread data sends a TCP reset, and the client would
         lose the answer."""
         self._lingering = True
-        self._cancel_timers()
+        self._cancel_timers(writes=False)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(min(LINGER_SECONDS, self._header_timeout), self.transport.close)
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
+    def _cancel_timers(self, *, writes: bool = True) -> None:
+        """Cancel the limits' timers; with ``writes`` false, all but the slow reader's: a connection
+        that is closing still waits for its unsent bytes, for ever unless that timer aborts it."""
+        for timer in (self._head_timer, self._body_timer, self._stream_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._stream_timer = None
+        if writes and self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
 
 class _HeadHolder:
@@ -291,6 +506,8 @@ class DrainingServer(uvicorn.Server):
         log.info("draining for %g s before shutting down: /ready answers 503", self.drain_seconds)
 
     async def on_tick(self, counter: int) -> bool:
+        if counter % 100 == 0:
+            flush_dropped()  # every 10 s (a tick is 0.1 s): the count of a flood that has stopped
         if self._drain_until is not None and time.monotonic() >= self._drain_until:
             self.should_exit = True
         return await super().on_tick(counter)
@@ -308,16 +525,28 @@ def serve(
     *,
     fd: int | None = None,
     workers: int = 1,
-    log_level: str = "info",
+    log_level: str | None = None,
     settings: Settings | None = None,
 ) -> None:
-    """Serve ``service.app:app``: one process with the drain, or ``workers`` processes (no drain)."""
+    """Serve ``service.app:app``: one process with the drain, or ``workers`` processes (no drain).
+    ``log_level`` overrides ``settings.log_level``; lines are written as :mod:`service.logs` says."""
     settings = settings or get_settings()
+    level = check_level(log_level or settings.log_level)
+    # Each connection is a file; worker processes inherit the raised limit.
+    file_limit = raise_file_limit()
+    cap = settings.max_connections or default_max_connections(file_limit)
+    if cap > file_limit - 32:
+        log.warning(
+            "POOLSERVE_MAX_CONNECTIONS=%d leaves little of the file limit (%d) for anything else",
+            cap,
+            file_limit,
+        )
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "fd": fd,
-        "log_level": log_level,
+        "log_level": level.lower(),
+        "log_config": log_config(level, settings.log_format),
         "timeout_keep_alive": 5,
         # In-flight requests get this long to finish at shutdown: their body and their turn in the queue.
         "timeout_graceful_shutdown": int(settings.body_timeout + settings.request_timeout) + 1,

@@ -499,31 +499,41 @@ class TorchWorkers:
             if share != intra_op:
                 torch.set_num_threads(share)  # this thread's OpenMP team size
                 intra_op = share
-            groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
-            done: list[tuple[list[_Job[Any]], list[Any]]] = []
-            for job in jobs:
-                if job.claim():
-                    groups.setdefault(job.batch_fn, []).append(job)
-            for batch_fn, group in groups.items():
-                try:
-                    results = list(batch_fn([job.item for job in group]))
-                    if len(results) != len(group):
-                        raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
-                except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
-                    results = [error] * len(group)
-                done.append((group, results))
-            with self._lock:  # free before the callers hear back, so a caller's next job finds it free
-                worker.jobs, worker.deadline = None, math.inf
-                if worker.abandoned:  # its callers have had their 503: the results are dropped
-                    self._stuck -= 1
-                    if self._size >= self._threads:
-                        return  # a replacement took this thread's place
-                    worker.abandoned = False  # the pool is short (past max_stuck): back to work
-                    self._size += 1
-                    continue
-                self._busy -= 1
-            for group, results in done:
-                self._deliver(group, results)
+            if not self._run(worker, jobs):
+                return  # a replacement took this thread's place
+            # A batch's futures hold its answers (a JSON answer can be hundreds of MiB): nothing of it may
+            # stay in this frame while the thread waits, maybe for hours, for the next batch.
+            del taken, jobs
+
+    def _run(self, worker: _Worker, jobs: list[_Job[Any]]) -> bool:
+        """Run one batch and answer its callers; False when this thread is to end (it was abandoned past
+        the run timeout and a replacement has taken its place)."""
+        groups: dict[BatchFn[Any], list[_Job[Any]]] = {}
+        done: list[tuple[list[_Job[Any]], list[Any]]] = []
+        for job in jobs:
+            if job.claim():
+                groups.setdefault(job.batch_fn, []).append(job)
+        for batch_fn, group in groups.items():
+            try:
+                results = list(batch_fn([job.item for job in group]))
+                if len(results) != len(group):
+                    raise RuntimeError(f"{batch_fn!r} gave {len(results)} results for {len(group)} items")
+            except BaseException as error:  # a bug in batch_fn: every caller in the group gets it
+                results = [error] * len(group)
+            done.append((group, results))
+        with self._lock:  # free before the callers hear back, so a caller's next job finds it free
+            worker.jobs, worker.deadline = None, math.inf
+            if worker.abandoned:  # its callers have had their 503: the results are dropped
+                self._stuck -= 1
+                if self._size >= self._threads:
+                    return False
+                worker.abandoned = False  # the pool is short (past max_stuck): back to work
+                self._size += 1
+                return True
+            self._busy -= 1
+        for group, results in done:
+            self._deliver(group, results)
+        return True
 
     def _watch(self) -> None:
         """The watchdog thread (with ``run_timeout``): abandons each batch that runs past its deadline,

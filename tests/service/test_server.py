@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import signal
 import socket
 import time
@@ -20,9 +22,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.server import GuardedHttpToolsProtocol
+from service.server import GuardedHttpToolsProtocol, default_max_connections
 
-from .support import LiveServer, live_server_process, npy_bytes
+from .launch import Poolserve, poolserve, rss_bytes
+from .support import LiveServer, live_server_process, npy_bytes, png_bytes
 
 TIMEOUT = 1.0  # header_timeout and body_timeout of the server under test
 HEAD_LIMIT = 4096
@@ -358,3 +361,184 @@ class TestOneWritePerResponse:
         }
         asyncio.run(cycle.send(start))
         assert recorder.writes == [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"]
+
+
+def _png(side: int, value: int) -> bytes:
+    """A flat RGB image: a few KiB of PNG whose JSON answer at kernel_size=1 is ~36 bytes a pixel."""
+    return png_bytes(np.full((side, side, 3), value, np.uint8))
+
+
+def _ask(sock: socket.socket, png: bytes) -> None:
+    head = b"POST /pool/avg?kernel_size=1 HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    head += b"Accept: application/json\r\nContent-Length: %d\r\n\r\n" % len(png)
+    sock.sendall(head + png)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_clients_that_stop_reading_lose_their_answers(tmp_path: Path) -> None:
+    """Finding: 6 connections asked for large JSON answers, then never read; RSS rose ~1 GB and stayed.
+    A client that takes no bytes for POOLSERVE_BODY_TIMEOUT loses its connection and the server frees
+    the answer: RSS is back within 128 MiB of the start by BODY_TIMEOUT + 10 s after each answer's first
+    byte reached its client (through `poolserve`, with answers up to 256 MiB allowed)."""
+    body_timeout = 2.0
+    env = {
+        "POOLSERVE_BODY_TIMEOUT": str(body_timeout),
+        "POOLSERVE_MAX_RESPONSE_BYTES": str(256 << 20),
+        "POOLSERVE_MAX_IMAGE_PIXELS": str(2048 * 2048),
+    }
+    png = _png(2048, 1)  # 2048² RGB: an answer of ~150 MB
+    with poolserve(tmp_path, env, args=("--log-level", "warning")) as server:
+        with _connect(server.url) as warm:  # the codecs' first use, outside the figures
+            _ask(warm, _png(16, 1))
+            assert _status(warm.recv(65536)) == 200
+        time.sleep(1.0)
+        pid = server.process.pid
+        start = rss_bytes(pid)
+        socks = [_connect(server.url) for _ in range(6)]
+        try:
+            for sock in socks:
+                sock.settimeout(120)
+                _ask(sock, png)
+            for sock in socks:
+                assert sock.recv(12) == b"HTTP/1.1 200"  # the first bytes; nothing more is read
+            first_bytes = time.monotonic()
+            peak = rss_bytes(pid)
+            deadline = first_bytes + body_timeout + 10
+            while (now := rss_bytes(pid)) - start > 128 << 20 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            elapsed = time.monotonic() - first_bytes
+            print(
+                f"RSS start {start / 2**20:.0f} MiB, with 6 answers waiting {peak / 2**20:.0f} MiB, "
+                f"{elapsed:.1f} s after the last first byte {now / 2**20:.0f} MiB"
+            )
+            assert now - start <= 128 << 20
+            # The server closed each connection before its answer was through.
+            for sock in socks:
+                received = 0
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(1 << 20):
+                        received += len(chunk)
+                assert received < 100 << 20
+        finally:
+            for sock in socks:
+                sock.close()
+        assert httpx.get(f"{server.url}/health", trust_env=False).status_code == 200
+        warnings = [line for line in server.lines() if "took no response bytes for 2 s" in line]
+        assert len(warnings) == 6
+
+
+def test_default_connection_cap() -> None:
+    """The file limit N less max(64, N/4), at most 4096, at least 16."""
+    assert [default_max_connections(n) for n in (40, 80, 256, 384, 1024, 20000, 1 << 20)] == [
+        16,
+        16,
+        192,
+        288,
+        768,
+        4096,
+        4096,
+    ]
+
+
+CAP = 200
+SESSION = 20.0  # POOLSERVE_UI_SESSION_SECONDS of the capped server: an event stream's longest life
+HEARTBEAT = b"GET /ui/gradio_api/heartbeat/%s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Poolserve]:
+    """`poolserve` started under a file limit of soft 256, hard 384, with at most 200 connections."""
+
+    def file_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 384))
+
+    env = {"POOLSERVE_MAX_CONNECTIONS": str(CAP), "POOLSERVE_UI_SESSION_SECONDS": str(SESSION)}
+    tmp = tmp_path_factory.mktemp("capped")
+    with poolserve(tmp, env, args=("--log-level", "warning"), preexec_fn=file_limit) as server:
+        yield server
+
+
+def _open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads the limits from /proc")
+class TestConnectionCap:
+    def test_the_file_limit_is_raised_to_the_hard_limit(self, capped: Poolserve) -> None:
+        limits = Path(f"/proc/{capped.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["384", "384"]
+
+    def test_probes_answer_while_one_client_holds_400_idle_connections(self, capped: Poolserve) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(400):
+                socks.append(_connect(capped.url))
+            start = time.monotonic()
+            health = httpx.get(f"{capped.url}/health", trust_env=False, timeout=2.0)
+            elapsed = time.monotonic() - start
+            print(f"/health with 400 idle connections held: {health.status_code} in {elapsed:.2f} s")
+            assert health.status_code == 200
+            # The oldest were closed to make room; the newest are still open.
+            socks[0].settimeout(SLACK)
+            assert socks[0].recv(1) == b""
+            socks[-1].setblocking(False)
+            with pytest.raises(BlockingIOError):
+                socks[-1].recv(1)
+        finally:
+            for sock in socks:
+                sock.close()
+        # Each close is a warning; 200 in a few seconds are a flood, written 60 to the minute.
+        assert sum("to admit a new one" in line for line in capped.lines()) == 60
+
+    def test_event_streams_count_and_give_way_to_probes(self, capped: Poolserve) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for index in range(CAP):
+                sock = _connect(capped.url)
+                socks.append(sock)
+                sock.sendall(HEARTBEAT % b"cap-%d" % index)
+            opened = time.monotonic()
+            for sock in socks:
+                sock.settimeout(30)
+                assert sock.recv(12) == b"HTTP/1.1 200"
+            if time.monotonic() - opened > SESSION / 2:
+                pytest.skip("opening the streams took too long for their session on this machine")
+            health = httpx.get(f"{capped.url}/health", trust_env=False, timeout=2.0)
+            assert health.status_code == 200
+            # The probe's connection took the oldest stream's place; the newest stream is still open.
+            socks[0].settimeout(SLACK)
+            with contextlib.suppress(ConnectionResetError):
+                while socks[0].recv(65536):
+                    pass
+            socks[-1].setblocking(False)
+            with pytest.raises(BlockingIOError):
+                while socks[-1].recv(65536):
+                    pass
+        finally:
+            for sock in socks:
+                sock.close()
+
+    def test_an_event_stream_closes_when_its_session_is_over(self, capped: Poolserve) -> None:
+        with _connect(capped.url) as sock:
+            sock.sendall(HEARTBEAT % b"no-session")
+            sock.settimeout(SESSION + 2 * SLACK)
+            start = time.monotonic()
+            received = _read_all(sock)
+            elapsed = time.monotonic() - start
+        assert _status(received) == 200 and b"data: ALIVE" in received
+        assert SESSION * 0.9 <= elapsed < SESSION + 2 * SLACK
+
+    def test_an_event_stream_closes_when_its_client_goes(self, capped: Poolserve) -> None:
+        pid = capped.process.pid
+        time.sleep(1.0)
+        before = _open_files(pid)
+        with _connect(capped.url) as sock:
+            sock.sendall(HEARTBEAT % b"leaving")
+            sock.settimeout(30)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            assert _open_files(pid) == before + 1
+        deadline = time.monotonic() + SLACK
+        while _open_files(pid) > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _open_files(pid) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -222,6 +223,26 @@ def test_no_more_than_threads_jobs_run_at_once() -> None:
         workers.close()
         workers.join(10)
     assert len(running) == 6 and len(set(running)) <= 2
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_answer() -> None:
+    """An answer can be hundreds of MiB (a large JSON body): once its caller is done with it, it is freed,
+    not kept alive by the thread that made it while that thread waits, maybe for hours, for more work."""
+
+    class Answer:
+        pass
+
+    workers = TorchWorkers(1)
+
+    async def scenario() -> weakref.ref[Answer]:
+        return weakref.ref(await workers.run(Answer))
+
+    try:
+        answer = asyncio.run(scenario())
+        _wait_for(lambda: answer() is None, "the answer to be freed")  # refcounting: no gc.collect
+    finally:
+        workers.close()
+        workers.join(10)
 
 
 def test_close_finishes_queued_jobs_then_refuses_new_ones() -> None:
