@@ -56,7 +56,9 @@ import dataclasses
 import functools
 import itertools
 import math
+import typing
 from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +66,7 @@ from torch import Tensor
 
 from ._module import PoolNd
 from .params import WindowParams
-from .windows import IntTuple, OptIntTuple, Window, check_float, window_call
+from .windows import IntTuple, OptIntTuple, Window, check_float, infer_dims, window_call
 
 __all__ = [
     "StochasticParams",
@@ -109,25 +111,38 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
-def _check_input(x: Tensor, generator: torch.Generator | None, check_values: bool) -> None:
+def _check_input(x: Tensor, generator: torch.Generator | None, check_values: bool | None) -> None:
     check_float(x, "stochastic")
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(
             "generator must be on the input's device "
             f"(got generator on {generator.device}, input on {x.device})"
         )
-    if not check_values or x.numel() == 0 or _tracing():
-        return  # traced: the check would be a data-dependent branch (a host sync, a guard in export)
-    # One fused pass and one host sync: aminmax propagates NaN into both results.
-    _raise_if_bad(*torch.aminmax(x))
+    if not _checks_values(x, check_values) or x.numel() == 0:
+        return
+    # One fused pass: aminmax propagates NaN into both results.
+    _assert_values(*torch.aminmax(x))
 
 
-def _raise_if_bad(lo: Tensor, hi: Tensor) -> None:
-    if not bool((lo >= 0) & (hi < math.inf)):
-        raise ValueError(
-            "stochastic pooling needs non-negative finite activations (apply ReLU first); "
-            f"got min {lo.item()}, max {hi.item()}"
-        )
+def _checks_values(x: Tensor, check_values: bool | None) -> bool:
+    """Whether the value check runs: ``None`` (the default) checks on the CPU, where reading the result
+    costs no device sync, and skips it elsewhere; ``True`` checks on every device. Never when traced: the
+    check would be a data-dependent branch (a graph break, a guard in export)."""
+    on = check_values if check_values is not None else x.device.type == "cpu"
+    return bool(on) and not _tracing()
+
+
+def _assert_values(lo: Tensor, hi: Tensor) -> None:
+    """Fails on a negative or non-finite bound without reading it on the host: on the CPU
+    ``torch._assert_async`` raises at once (then the message reads the values), on CUDA it is a device
+    assert that does not stop the stream."""
+    try:
+        torch._assert_async((lo >= 0) & (hi < math.inf), _BAD_VALUES)
+    except RuntimeError:
+        raise ValueError(f"{_BAD_VALUES}; got min {lo.item()}, max {hi.item()}") from None
+
+
+_BAD_VALUES = "stochastic pooling needs non-negative finite activations (apply ReLU first)"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -319,23 +334,38 @@ class _Views:
             buf = self._buffers[key] = make((self.chunk, *shape), dtype=self.cdt, device=self.device)
         return buf[:n]
 
+    def _relu(self, buf: Tensor) -> Tensor:
+        # In place on this object's own buffers; out of place under autograd, whose graph holds them.
+        return buf.clamp_min_(0) if self.reuse else buf.clamp_min(0)
+
     def __call__(self, xc: Tensor) -> list[Tensor]:
+        """Negative values read as 0 (the operator's rule: the result is that of ``x.relu()``)."""
         w = self.w
         if w.kernel_size is None:
-            return [v.squeeze(0) for v in w.offsets(xc.to(self.cdt).unsqueeze(0))]
+            return [v.squeeze(0) for v in w.offsets(xc.to(self.cdt).clamp_min(0).unsqueeze(0))]
         n, n_sp = xc.shape[0], len(w.in_size)
         k, s, p = w.kernel_size, w.stride, w.padding
         right = [max(0, (w.out_size[d] - 1) * s[d] + k[d] - w.in_size[d] - p[d]) for d in range(n_sp)]
-        xp = xc
+        xp, relu_done = xc, False
         if any(p) or any(right):
             # Zero borders are written once; each chunk only overwrites the interior.
             padded = tuple(w.in_size[d] + p[d] + right[d] for d in range(n_sp))
             xp = self._buffer("pad", padded, n, zero=True)
             inner = tuple(slice(p[d], p[d] + w.in_size[d]) for d in range(n_sp))
             xp[(slice(None), *inner)].copy_(xc)
+            xp, relu_done = self._relu(xp), True
         planes: dict[tuple[int, ...], Tensor] = {}
+        relu = (lambda t: t) if relu_done else self._relu
         if all(sd == 1 for sd in s):
-            planes[(0,) * n_sp] = xp.to(self.cdt)
+            if relu_done:
+                planes[(0,) * n_sp] = xp
+            elif self.reuse:
+                buf = self._buffer("relu", tuple(xp.shape[1:]), n)
+                planes[(0,) * n_sp] = (
+                    torch.clamp_min(xp, 0, out=buf) if xp.dtype == self.cdt else relu(buf.copy_(xp))
+                )
+            else:
+                planes[(0,) * n_sp] = xp.to(self.cdt).clamp_min(0)
         elif tuple(k) == tuple(s):
             # Non-overlapping windows: all phases in one permuted copy ((n, o, s) -> (n, s, o) per dim),
             # about 20% faster than one strided copy per phase. Splitting a dim is always a view.
@@ -343,7 +373,7 @@ class _Views:
             for d in range(n_sp):
                 sliced = sliced.unflatten(1 + 2 * d, (w.out_size[d], s[d]))
             order = [0, *[2 + 2 * d for d in range(n_sp)], *[1 + 2 * d for d in range(n_sp)]]
-            both = self._buffer("phases", (*s, *w.out_size), n).copy_(sliced.permute(order))
+            both = relu(self._buffer("phases", (*s, *w.out_size), n).copy_(sliced.permute(order)))
             by_phase = both.flatten(1, n_sp)  # (n, prod(s), *out), phases in row-major order
             for i, phase in enumerate(itertools.product(*[range(sd) for sd in s])):
                 planes[phase] = by_phase[:, i]
@@ -354,7 +384,7 @@ class _Views:
                     lengths.append(w.out_size[d] + (k[d] - 1 - ph) // s[d])
                     index.append(slice(ph, ph + s[d] * (lengths[-1] - 1) + 1, s[d]))
                 plane = self._buffer(phase, tuple(lengths), n)
-                planes[phase] = plane.copy_(xp[(slice(None), *index)])
+                planes[phase] = relu(plane.copy_(xp[(slice(None), *index)]))
         views = []
         for offset in itertools.product(*[range(kd) for kd in k]):
             plane = planes[tuple(o % sd for o, sd in zip(offset, s, strict=True))]
@@ -365,8 +395,9 @@ class _Views:
 
 # ---- training: sample one position per window -------------------------------------------------------------
 def _train_walk(
-    x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool, check_values: bool
-) -> Tensor:
+    x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool, check_values: bool | None
+) -> tuple[Tensor, Tensor | None]:
+    """The sampled values, and with ``need_index`` the flat in-plane index of each sampled position."""
     planes = x.reshape(-1, *w.in_size)
     n_all, k = planes.shape[0], math.prod(_extents(w))
     # Everything in float64: the views are converted once per block (with the stride-phase copy), so every
@@ -374,12 +405,13 @@ def _train_walk(
     cdt = _F64
     normal = x.dtype != _F64  # float64 sums of float32/half values: zero or normal (see _guarded_t)
     # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
-    # one), t, the mask and the result, and with autograd the index arithmetic.
-    per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (48 if need_index else 0)
+    # one), t, the mask and the result, and with an index the uniforms and the index arithmetic.
+    per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (64 if need_index else 0)
     blocks = list(_blocks(w, n_all, 16, per_out, _budget(x, w)))
     tables = _tables(w, x.device) if need_index and not blocks[0].rows else None
     # The input check runs per block, while the block is in cache for the walk (a separate aminmax over
-    # the whole input costs a full extra pass from memory); one sync after the loop, then the same error.
+    # the whole input costs a full extra pass from memory); one check after the loop, then the same error.
+    check = _checks_values(x, check_values)
     bounds: list[Tensor] = []
     if need_index:
         pos = torch.empty((n_all, math.prod(w.out_size)), dtype=torch.long, device=x.device)
@@ -390,7 +422,7 @@ def _train_walk(
     scratch = _Scratch(x.device)
     with torch.no_grad():
         for blk in blocks:
-            if check_values and blk.r0 == 0:
+            if check and blk.r0 == 0:
                 bounds.append(torch.stack(torch.aminmax(planes[blk.a : blk.b])))
             split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
             views = split(blk.input(planes))
@@ -399,6 +431,7 @@ def _train_walk(
             t = scratch("t", dims, _F64).uniform_(generator=generator)
             mask = scratch("mask", dims, cdt)
             if need_index:
+                u = scratch("u", dims, _F64).copy_(t)  # for all-zero windows
                 res = scratch("res", dims, cdt).zero_()  # counts the prefixes <= t: the chosen offset
                 step: Callable[[Tensor, Tensor], object] = functools.partial(_count_, res)
             else:
@@ -413,7 +446,8 @@ def _train_walk(
                 prefix = [views[0]]
                 for j in range(1, k):
                     prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1]))
-                t = _guarded_t(t, prefix[-1], normal)
+                total = prefix[-1]
+                t = _guarded_t(t, total, normal)
                 for j in range(1, k):
                     step(views[j], torch.le(prefix[j - 1], t, out=mask))
                 del work, prefix
@@ -430,25 +464,49 @@ def _train_walk(
                 for v in views[2:]:
                     step(v, torch.le(c, t, out=mask))
                     c.add_(v)
-                del c
+                total = c  # the last addition leaves the window sum
             if not need_index and k == 1:
                 res.copy_(views[0])
             if need_index:
-                del t, mask, views
                 sub = blk.sub
                 tabs = tables if tables is not None else _tables(sub, x.device)
                 q = torch.arange(math.prod(sub.out_size), device=x.device)
-                flat, _ = _positions(sub, tabs, q, res.long().flatten(1), w.in_size, blk.shift())
+                choice = res.long().flatten(1)
+                # An all-zero window: a real position drawn uniformly, from the same uniform.
+                even = _uniform_offset(sub, tabs, q, u.flatten(1))
+                choice = torch.where((total == 0).flatten(1), even, choice)
+                del t, mask, views, total
+                flat, _ = _positions(sub, tabs, q, choice, w.in_size, blk.shift())
                 q0 = blk.r0 * (math.prod(w.out_size) // w.out_size[blk.d0]) if blk.rows else 0
                 pos[blk.a : blk.b, q0 : q0 + q.numel()] = flat
             elif res is not dst:
                 dst.copy_(res)
     if bounds:
         both = torch.stack(bounds)
-        _raise_if_bad(both[:, 0].min(), both[:, 1].max())
+        _assert_values(both[:, 0].min(), both[:, 1].max())
+    out_shape = (*x.shape[:2], *w.out_size)
     if not need_index:
-        return out.view(*x.shape[:2], *w.out_size)
-    return x.reshape(n_all, -1).gather(1, pos).view(*x.shape[:2], *w.out_size)
+        return out.view(out_shape), None
+    return x.reshape(n_all, -1).gather(1, pos).clamp_min(0).view(out_shape), pos.view(out_shape)
+
+
+def _uniform_offset(w: Window, tables: list[tuple[Tensor, Tensor, Tensor]], q: Tensor, u: Tensor) -> Tensor:
+    """For window ``q`` (flat output index, broadcast against ``u``), the window offset (flat, row-major over
+    the extents) of its real position number ``floor(u * n)`` in row-major order, ``n`` its number of real
+    positions: a uniform draw among them for ``u`` uniform in [0, 1)."""
+    ext = _extents(w)
+    lengths, firsts = [], []
+    for d, i in enumerate(_unravel(q, w.out_size)):
+        start, lo, hi = (t[i] for t in tables[d])
+        lengths.append(hi - lo)
+        firsts.append(lo - start)
+    n = math.prod(lengths)
+    r = torch.minimum((u * n).long(), n - 1)  # type: ignore[arg-type]
+    offset = torch.zeros((), dtype=torch.long, device=u.device)
+    for d in reversed(range(len(ext))):
+        offset = offset + (firsts[d] + r % lengths[d]) * math.prod(ext[d + 1 :])
+        r = r // lengths[d]
+    return offset
 
 
 def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
@@ -465,7 +523,9 @@ def _lerp_step(res: Tensor, first: Tensor, pending: list[bool], value: Tensor, m
         res.lerp_(value, mask)
 
 
-def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool) -> Tensor:
+def _train_blocks(
+    x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool
+) -> tuple[Tensor, Tensor | None]:
     """Large windows: gather blocks of windows as ``(n, P_block, K_block)`` float64 values, cumsum, then
     searchsorted. Windows larger than a block take two passes with a running carry."""
     flat = x.reshape(-1, math.prod(w.in_size))
@@ -477,7 +537,7 @@ def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_
     nb = 1 if pb < p else min(n_all, max(1, elems // (pb * kb)))  # blocks stay contiguous in output order
     tables = _tables(w, x.device)
     zero = (0,) * len(w.in_size)
-    result = torch.empty((n_all, p), dtype=torch.long if need_index else x.dtype, device=x.device)
+    result = torch.empty((n_all, p), dtype=torch.long, device=x.device)
     with torch.no_grad():
         for a in range(0, n_all, nb):
             xc = flat[a : a + nb]
@@ -485,37 +545,39 @@ def _train_blocks(x: Tensor, w: Window, generator: torch.Generator | None, need_
                 q = torch.arange(q0, min(p, q0 + pb), device=x.device)
 
                 def values(j0: int, xc: Tensor = xc, q: Tensor = q) -> Tensor:
-                    if w.is_global:
-                        return xc[:, j0 : j0 + kb].to(_F64, copy=True).unsqueeze(1)  # cumsum_ runs in place
+                    if w.is_global:  # cumsum_ runs in place: a copy; negatives read as 0
+                        return xc[:, j0 : j0 + kb].to(_F64, copy=True).clamp_min_(0).unsqueeze(1)
                     j = torch.arange(j0, min(k, j0 + kb), device=x.device)
                     grid, valid = _positions(w, tables, q.unsqueeze(1), j.unsqueeze(0), w.in_size, zero)
-                    return xc[:, grid].to(_F64).mul_(valid)
+                    return xc[:, grid].to(_F64).clamp_min_(0).mul_(valid)
 
                 u = torch.empty((xc.shape[0], q.numel()), dtype=_F64, device=x.device)
                 u.uniform_(generator=generator)
-                choice = _search_windows(values, k, kb, u)
-                pos, _ = _positions(w, tables, q, choice, w.in_size, zero)
-                result[a : a + nb, q0 : q0 + q.numel()] = pos if need_index else xc.gather(1, pos)
-    if need_index:
-        result = flat.gather(1, result)
-    return result.view(*x.shape[:2], *w.out_size)
+                even = _uniform_offset(w, tables, q, u)  # for all-zero windows, from the same uniform
+                choice, total = _search_windows(values, k, kb, u)
+                choice = torch.where(total == 0, even, choice)
+                result[a : a + nb, q0 : q0 + q.numel()], _ = _positions(w, tables, q, choice, w.in_size, zero)
+    shape = (*x.shape[:2], *w.out_size)
+    return flat.gather(1, result).clamp_min(0).view(shape), result.view(shape) if need_index else None
 
 
-def _search_windows(values: Callable[[int], Tensor], k: int, kb: int, u: Tensor) -> Tensor:
-    """Offset index of the first inclusive prefix above ``t = u * S`` in each window; ``values(j0)`` gives
-    the windows' float64 values at offsets ``[j0, j0 + kb)``."""
+def _search_windows(values: Callable[[int], Tensor], k: int, kb: int, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Offset index of the first inclusive prefix above ``t = u * S`` in each window, and ``S``;
+    ``values(j0)`` gives the windows' float64 values at offsets ``[j0, j0 + kb)``."""
     if kb == k:
         cum = values(0).cumsum_(-1)
-        t = _guarded_t(u, cum[..., -1])
-        return torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1).clamp_max_(k - 1)
+        total = cum[..., -1]
+        t = _guarded_t(u, total)
+        return torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1).clamp_max_(k - 1), total
     # The carry into each block is computed the same way in both passes, so S is exactly the last prefix.
     carry = torch.zeros_like(u)
     for j0 in range(0, k, kb):
         carry = values(j0).cumsum_(-1).add_(carry.unsqueeze(-1))[..., -1].clone()
-    t = _guarded_t(u, carry)
+    total = carry
+    t = _guarded_t(u, total)
     choice = torch.full_like(u, k - 1, dtype=torch.long)
     done = torch.zeros_like(u, dtype=torch.bool)
-    carry.zero_()
+    carry = torch.zeros_like(u)
     for j0 in range(0, k, kb):
         cum = values(j0).cumsum_(-1).add_(carry.unsqueeze(-1))
         found = torch.searchsorted(cum, t.unsqueeze(-1), right=True).squeeze(-1)
@@ -523,7 +585,7 @@ def _search_windows(values: Callable[[int], Tensor], k: int, kb: int, u: Tensor)
         choice = torch.where(hit, found + j0, choice)
         done |= hit
         carry = cum[..., -1].clone()
-    return choice
+    return choice, total
 
 
 def _train(
@@ -531,17 +593,18 @@ def _train(
     w: Window,
     generator: torch.Generator | None,
     compiled: bool = False,
-    check_values: bool = True,
-) -> Tensor:
+    check_values: bool | None = None,
+    return_indices: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     if _tracing():
         _refuse_legacy_onnx(w)
-        return _train_traced(x, w, generator)
-    need_index = torch.is_grad_enabled() and x.requires_grad
-    if compiled and _can_fuse(x, w):
+        return _train_traced(x, w, generator, return_indices)
+    need_index = return_indices or (torch.is_grad_enabled() and x.requires_grad)
+    if compiled and not need_index and _can_fuse(x, w):
         _check_input(x, generator, check_values)
         # The same draws as the eager blocks (one float64 uniform per output in row-major order).
         u = torch.empty((*x.shape[:2], *w.out_size), dtype=_F64, device=x.device)
-        return _compiled("select")(x, u.uniform_(generator=generator), w)
+        return _compiled("select")(x, u.uniform_(generator=generator), w), None
     k = math.prod(_extents(w))
     plane = 16 * math.prod(w.in_size) + (8 * (k if k <= _KEEP_PREFIXES else 1) + 72) * math.prod(w.out_size)
     if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x, w)):
@@ -550,23 +613,41 @@ def _train(
     return _train_blocks(x, w, generator, need_index)
 
 
-def _train_traced(x: Tensor, w: Window, generator: torch.Generator | None) -> Tensor:
+def _train_traced(
+    x: Tensor, w: Window, generator: torch.Generator | None, return_indices: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """The sampling as one whole-tensor expression, for torch.compile and export: the same uniforms (one
     float64 per output, row-major), prefix sums and guard as the eager paths."""
     shape = (*x.shape[:2], *w.out_size)
     rand: Callable[..., Tensor] = functools.partial(torch.rand, dtype=_F64, device=x.device)
     if generator is not None:
         rand = functools.partial(rand, generator=generator)
+    relu = x.clamp_min(0)
     if w.is_global:
-        flat = x.flatten(2)
+        flat = relu.flatten(2)
         cum = flat.to(_F64).cumsum(-1)
-        t = _guarded_t(rand(*x.shape[:2], 1), cum[..., -1:])
-        index = (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1)
-        return flat.gather(-1, index).view(shape)
+        total = cum[..., -1:]
+        u = rand(*x.shape[:2], 1)
+        even = (u * flat.shape[-1]).long().clamp_max(flat.shape[-1] - 1)  # an all-zero window
+        t = _guarded_t(u, total)
+        index = torch.where(total == 0, even, (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1))
+        return flat.gather(-1, index).view(shape), index.view(shape) if return_indices else None
+    # In-plane positions and real-position masks, as views of the same windows as the values.
+    plane = torch.arange(math.prod(x.shape[2:]), device=x.device).view(1, 1, *x.shape[2:])
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=_F64, device=x.device)
+    valid: list[Tensor] | None
     if w.kernel_size is None:
         _refuse_dynamic_adaptive_export(w)
-        return _select(list(w.offsets(x)), rand(shape))
-    return _select(_padded_views(x, w, x.dtype), rand(shape))
+        views, valid, where = list(w.offsets(relu)), list(w.offsets(ones)), list(w.offsets(plane))
+    else:
+        views = _padded_views(relu, w, x.dtype)
+        padded = any(w.padding) or w.ceil_mode
+        valid = _padded_views(ones, w, _F64) if padded else None
+        where = _padded_views(plane, w, torch.long)
+    if return_indices:
+        out, index = _select(views, rand(shape), valid, where)
+        return out, index
+    return _select(views, rand(shape), valid), None
 
 
 def _refuse_dynamic_adaptive_export(w: Window) -> None:
@@ -582,18 +663,35 @@ def _refuse_dynamic_adaptive_export(w: Window) -> None:
         )
 
 
-def _select(views: list[Tensor], u: Tensor) -> Tensor:
+def _select(
+    views: list[Tensor], u: Tensor, valid: list[Tensor] | None = None, where: list[Tensor] | None = None
+) -> Any:
     """The walk as one expression: ``out = v_j`` for the last ``j`` with ``c_{j-1} <= t`` (the first
-    position whose prefix exceeds ``t``)."""
+    position whose prefix exceeds ``t``). ``valid``: 1 at a window's real positions, 0 at padding (all
+    real when None), so an all-zero window draws among its real positions with the same ``u``.
+    ``where``: in-plane positions, selected alongside; then ``(values, positions)`` is returned."""
     prefix = [views[0].to(_F64)]
     for v in views[1:]:
         prefix.append(prefix[-1] + v)
     total = prefix[-1]
     t = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    if valid is not None:
+        count = [valid[0]]
+        for m in valid[1:]:
+            count.append(count[-1] + m)
+    else:
+        count = [torch.full((), j + 1.0, dtype=_F64, device=u.device) for j in range(len(views))]
+    zero = total == 0
+    n = count[-1]
+    t = torch.where(zero, torch.minimum(u * n, torch.nextafter(n, torch.zeros_like(n))), t)
     out = views[0]
-    for c, v in zip(prefix[:-1], views[1:], strict=True):
-        out = torch.where(c <= t, v, out)
-    return out
+    pos = where[0] if where is not None else out
+    for j, v in enumerate(views[1:]):
+        take = torch.where(zero, count[j], prefix[j]) <= t
+        out = torch.where(take, v, out)
+        if where is not None:
+            pos = torch.where(take, where[j + 1], pos)
+    return out if where is None else (out, pos)
 
 
 # ---- eval: sum(a^2) / sum(a) ------------------------------------------------------------------------------
@@ -603,13 +701,13 @@ def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
     return squares / (sums + (sums == 0))
 
 
-def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = True) -> Tensor:
+def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool | None = None) -> Tensor:
     _check_input(x, None, check_values)
     _refuse_legacy_onnx(w)
     if _tracing() or (compiled and _can_fuse(x, w)):
         if w.kernel_size is not None:
             return _compiled("eval")(x, w) if compiled and not _tracing() else _fused_eval(x, w)
-        xc = x.to(_compute_dtype(x.dtype))
+        xc = x.to(_compute_dtype(x.dtype)).clamp_min(0)
         return _safe_ratio(w.sum(xc * xc), w.sum(xc)).to(x.dtype)
     cdt = _compute_dtype(x.dtype)
     cs = torch.empty((), dtype=cdt).element_size()
@@ -620,7 +718,7 @@ def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool = Tru
     if w.kernel_size is None:
         # Adaptive and global: torch's pools on blocks of planes (x^2, then two pooled sums and the ratio).
         for blk in _blocks(w, n_all, 2 * cs, 4 * cs, _budget(x, w)):
-            xc = blk.input(planes).to(cdt).unsqueeze(0)
+            xc = blk.input(planes).to(cdt).clamp_min(0).unsqueeze(0)
             blk.output(out).copy_(_safe_ratio(w.sum(xc * xc), w.sum(xc)).squeeze(0))
         return out.view(*x.shape[:2], *w.out_size)
     # With autograd the graph holds every view anyway: whole planes, no row blocks.
@@ -684,11 +782,11 @@ def _padded_views(x: Tensor, w: Window, cdt: torch.dtype) -> list[Tensor]:
 
 
 def _fused_select(x: Tensor, u: Tensor, w: Window) -> Tensor:
-    return _select(_padded_views(x, w, x.dtype), u)
+    return _select(_padded_views(x.clamp_min(0), w, x.dtype), u)
 
 
 def _fused_eval(x: Tensor, w: Window) -> Tensor:
-    views = _padded_views(x, w, _compute_dtype(x.dtype))
+    views = _padded_views(x.clamp_min(0), w, _compute_dtype(x.dtype))
     sums, squares = views[0], views[0] * views[0]
     for v in views[1:]:
         sums, squares = sums + v, squares + v * v
@@ -708,6 +806,60 @@ def _can_fuse(x: Tensor, w: Window) -> bool:
 
 
 # ---- functional -------------------------------------------------------------------------------------------
+@typing.overload
+def stochastic_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = ...,
+    stride: IntTuple | None = ...,
+    padding: IntTuple = ...,
+    ceil_mode: bool = ...,
+    *,
+    output_size: OptIntTuple = ...,
+    dims: int | None = ...,
+    training: bool = ...,
+    generator: torch.Generator | None = ...,
+    check_input: bool | None = ...,
+    compiled: bool = ...,
+    return_indices: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@typing.overload
+def stochastic_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = ...,
+    stride: IntTuple | None = ...,
+    padding: IntTuple = ...,
+    ceil_mode: bool = ...,
+    *,
+    output_size: OptIntTuple = ...,
+    dims: int | None = ...,
+    training: bool = ...,
+    generator: torch.Generator | None = ...,
+    check_input: bool | None = ...,
+    compiled: bool = ...,
+    return_indices: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@typing.overload
+def stochastic_pool(
+    x: Tensor,
+    kernel_size: IntTuple | None = ...,
+    stride: IntTuple | None = ...,
+    padding: IntTuple = ...,
+    ceil_mode: bool = ...,
+    *,
+    output_size: OptIntTuple = ...,
+    dims: int | None = ...,
+    training: bool = ...,
+    generator: torch.Generator | None = ...,
+    check_input: bool | None = ...,
+    compiled: bool = ...,
+    return_indices: bool,
+) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
 def stochastic_pool(
     x: Tensor,
     kernel_size: IntTuple | None = None,
@@ -719,17 +871,23 @@ def stochastic_pool(
     dims: int | None = None,
     training: bool = False,
     generator: torch.Generator | None = None,
-    check_input: bool = True,
+    check_input: bool | None = None,
     compiled: bool = False,
-) -> Tensor:
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Stochastic pooling (Zeiler & Fergus 2013); see :class:`StochasticPool2d` for the arguments."""
     # Type and generator checks now; the value check runs inside _train/_eval, where the walk can fuse it.
     _check_input(x, generator, check_values=False)
-    if training:
-        fn = functools.partial(_train, generator=generator, compiled=compiled, check_values=check_input)
-    else:
-        fn = functools.partial(_eval, compiled=compiled, check_values=check_input)
-    return window_call(
+
+    def fn(xb: Tensor, w: Window) -> Tensor | tuple[Tensor, Tensor]:
+        if training:
+            out, index = _train(xb, w, generator, compiled, check_input, return_indices)
+        else:
+            out = _eval(xb, w, compiled, check_input)
+            index = w.argmax(xb) if return_indices else None
+        return (out, index) if return_indices and index is not None else out
+
+    result = window_call(
         x,
         fn,
         kernel_size=kernel_size,
@@ -739,17 +897,56 @@ def stochastic_pool(
         output_size=output_size,
         dims=dims,
     )
+    if x.dim() == infer_dims(x.dim(), kernel_size, output_size, dims) + 2:
+        fmt = _memory_format(x)
+        if fmt is not None:
+            result = (
+                tuple(t.contiguous(memory_format=fmt) for t in result)
+                if return_indices
+                else result.contiguous(memory_format=fmt)
+            )
+    return result
+
+
+def _memory_format(x: Tensor) -> torch.memory_format | None:
+    """``channels_last`` (``channels_last_3d``) when a batched input is laid out so and not also plainly
+    contiguous, as torch's max pools keep it; None otherwise, and when traced (the compiler picks)."""
+    if _tracing() or x.dim() not in (4, 5):
+        return None
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return fmt if x.is_contiguous(memory_format=fmt) and not x.is_contiguous() else None
 
 
 # ---- modules ----------------------------------------------------------------------------------------------
 class _StochasticPoolNd(PoolNd):
-    """Holds the window arguments; subclasses set ``dims`` and the docstring."""
+    """Holds the window arguments and ``return_indices``; subclasses set ``dims`` and the docstring."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return stochastic_pool(x, training=self.training, **self.window_kwargs())
+    def __init__(
+        self,
+        kernel_size: IntTuple | None = None,
+        stride: IntTuple | None = None,
+        padding: IntTuple = 0,
+        ceil_mode: bool = False,
+        *,
+        output_size: OptIntTuple = None,
+        return_indices: bool = False,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        if not isinstance(return_indices, bool):
+            raise TypeError(f"return_indices must be a bool (got {return_indices!r})")
+        self.return_indices = return_indices
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        return stochastic_pool(
+            x, training=self.training, return_indices=self.return_indices, **self.window_kwargs()
+        )
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return f"{text}, return_indices=True" if self.return_indices else text
 
 
-_DOC_ARGS = r"""
+_DOC_RULES = r"""
     In training mode each window samples one position with probability proportional to its activation
     and outputs that value (the gradient flows to the sampled position only); in eval mode it outputs the
     probability-weighted average:
@@ -758,11 +955,19 @@ _DOC_ARGS = r"""
         \text{train: } y = a_J,\quad P(J = i) = \frac{a_i}{\sum_j a_j} \qquad
         \text{eval: } y = \sum_i \frac{a_i}{\sum_j a_j} a_i = \frac{\sum_i a_i^2}{\sum_i a_i}
 
-    over the real (non-padded) positions of each window. An all-zero window gives 0. The input must be
-    non-negative and finite (apply ReLU first); in eager mode this is checked with one host sync (in
-    training, fused into the sampling pass), which ``stochastic_pool(..., check_input=False)`` skips for
-    hot loops on CUDA; under ``torch.compile`` and export the check is skipped (no sync, no graph break).
-    ``stochastic_pool(..., compiled=True)`` fuses kernel windows into one ``torch.compile`` kernel.
+    over the real (non-padded) positions of each window.
+
+    * **Negative values count as zero**, inside the operator, in eager, compiled and exported code: the
+      result (and its gradient) is that of ``x.relu()``. The value check (on by default on the CPU, where
+      it reads no value on the host; ``stochastic_pool(..., check_input=True)`` on CUDA, through
+      ``torch._assert_async``) rejects negative and non-finite input instead; it is skipped under
+      ``torch.compile`` and export.
+    * **An all-zero window** outputs 0; in training it draws its position uniformly among its real
+      positions, from the same uniform (so the gradient has no spatial bias).
+    * ``return_indices=True`` also returns, per output, the flat index of a position in its input plane,
+      as :class:`torch.nn.MaxPool2d` does (usable with :class:`torch.nn.MaxUnpool2d`): the sampled
+      position in training, the window's largest activation (the most probable position) in eval.
+    * The output keeps a ``channels_last`` (``channels_last_3d``) input's memory format.
 
     Randomness: one float64 uniform per output from ``generator`` (or torch's default generator), so a
     seed gives the same samples for every window size and for ``compiled=True``. A model compiled with
@@ -774,79 +979,106 @@ _DOC_ARGS = r"""
     depends on the input size).
 
     Args:
-        kernel_size: the size of the window (give this or ``output_size``).
+        kernel_size: the size of the window, an int or one int per pooled dimension (give this or
+            ``output_size``). Default: ``None``.
         stride: the stride of the window. Default: ``kernel_size``.
-        padding: implicit zero padding on both sides; padded positions are never sampled.
-        ceil_mode: use ceil instead of floor to compute the output shape.
+        padding: implicit zero padding on both sides, at most half the kernel; padded positions are never
+            sampled. Default: ``0``.
+        ceil_mode: use ceil instead of floor to compute the output shape. Default: ``False``.
         output_size: adaptive output size instead of a kernel; ``None`` entries keep the input size, and
-            ``1`` is global stochastic pooling.
+            ``1`` is global stochastic pooling. Default: ``None``.
+        return_indices: also return the index of each output's position (see above). Default: ``False``.
 """
+
+_DOC_SIZE = r"""
+    With ``kernel_size`` :math:`k`, ``stride`` :math:`s` and ``padding`` :math:`p`, each pooled size is
+    :class:`torch.nn.MaxPool{d}d`'s:
+
+    .. math::
+        {out} = \left\lfloor \frac{{inp} + 2p - k}{{s}} + 1 \right\rfloor
+
+    (with ``ceil_mode``, rounded up, as long as the last window starts inside the input or its left
+    padding); with ``output_size``, the given size.
+"""
+
+
+def _doc(d: int, summary: str, names: tuple[str, ...], example: str) -> str:
+    size = _DOC_SIZE.replace("{d}", str(d)).replace("{out}", names[1]).replace("{inp}", names[0])
+    size = size.replace("{s}", "s")
+    shape_in = ", ".join(f"{n}_{{in}}" for n in names[2:])
+    shape_out = ", ".join(f"{n}_{{out}}" for n in names[2:])
+    return (
+        f"{summary}\n"
+        + _DOC_RULES
+        + size
+        + rf"""
+    Shape:
+        - Input: :math:`(N, C, {shape_in})` or :math:`(C, {shape_in})`.
+        - Output: :math:`(N, C, {shape_out})` or :math:`(C, {shape_out})`, and the same for the indices
+          (int64) with ``return_indices=True``.
+
+    Example::
+{example}"""
+    )
 
 
 class StochasticPool1d(_StochasticPoolNd):
-    __doc__ = (
-        r"""Applies 1D stochastic pooling (Zeiler & Fergus, 2013) over an input signal.
-"""
-        + _DOC_ARGS
-        + r"""
-    Shape:
-        - Input: :math:`(N, C, L_{in})` or :math:`(C, L_{in})`.
-        - Output: :math:`(N, C, L_{out})` or :math:`(C, L_{out})`, with :math:`L_{out}` as in
-          :class:`torch.nn.MaxPool1d` (or ``output_size``).
-
-    Example::
-
+    __doc__ = _doc(
+        1,
+        "Applies 1D stochastic pooling (Zeiler & Fergus, 2013) over an input signal.",
+        ("L_{in}", "L_{out}", "L"),
+        r"""
         >>> pool = StochasticPool1d(3, stride=2)
         >>> pool(torch.rand(2, 16, 50)).shape
         torch.Size([2, 16, 24])
-    """
+        >>> x = torch.tensor([[[1.0, 3.0, 0.0, 0.0]]])
+        >>> StochasticPool1d(2).eval()(x)  # (1 + 9) / 4, and an all-zero window
+        tensor([[[2.5000, 0.0000]]])
+    """,
     )
 
     dims = 1
 
 
 class StochasticPool2d(_StochasticPoolNd):
-    __doc__ = (
-        r"""Applies 2D stochastic pooling (Zeiler & Fergus, 2013) over an input image.
-"""
-        + _DOC_ARGS
-        + r"""
-    Shape:
-        - Input: :math:`(N, C, H_{in}, W_{in})` or :math:`(C, H_{in}, W_{in})`.
-        - Output: :math:`(N, C, H_{out}, W_{out})` or :math:`(C, H_{out}, W_{out})`, with the sizes of
-          :class:`torch.nn.MaxPool2d` (or ``output_size``).
-
-    Example::
-
+    __doc__ = _doc(
+        2,
+        "Applies 2D stochastic pooling (Zeiler & Fergus, 2013) over an input image.",
+        ("H_{in}", "H_{out}", "H", "W"),
+        r"""
         >>> pool = StochasticPool2d(3, stride=2)
         >>> pool(torch.rand(2, 16, 32, 32)).shape
         torch.Size([2, 16, 15, 15])
         >>> x = torch.tensor([[[0.0, 1.1, 2.5], [0.9, 2.0, 1.0], [0.0, 1.5, 1.0]]])
         >>> StochasticPool2d(3).eval()(x)  # sum(a^2) / sum(a) = 16.52 / 10
         tensor([[[1.6520]]])
-    """
+        >>> stochastic_pool(x - 1.0, 3, dims=2, check_input=False)  # negatives count as 0: (x - 1).relu()
+        tensor([[[1.1323]]])
+        >>> y, index = StochasticPool2d(3, return_indices=True).eval()(x)
+        >>> index  # the largest activation, 2.5 at row 0, column 2
+        tensor([[[2]]])
+        >>> y, index = StochasticPool2d(3, return_indices=True)(x)  # training: the sampled position
+        >>> bool(x.flatten()[index.item()] == y)
+        True
+    """,
     )
 
     dims = 2
 
 
 class StochasticPool3d(_StochasticPoolNd):
-    __doc__ = (
-        r"""Applies 3D stochastic pooling (Zeiler & Fergus, 2013) over an input volume.
-"""
-        + _DOC_ARGS
-        + r"""
-    Shape:
-        - Input: :math:`(N, C, D_{in}, H_{in}, W_{in})` or :math:`(C, D_{in}, H_{in}, W_{in})`.
-        - Output: :math:`(N, C, D_{out}, H_{out}, W_{out})` or :math:`(C, D_{out}, H_{out}, W_{out})`,
-          with the sizes of :class:`torch.nn.MaxPool3d` (or ``output_size``).
-
-    Example::
-
+    __doc__ = _doc(
+        3,
+        "Applies 3D stochastic pooling (Zeiler & Fergus, 2013) over an input volume.",
+        ("D_{in}", "D_{out}", "D", "H", "W"),
+        r"""
         >>> pool = StochasticPool3d(2)
         >>> pool(torch.rand(1, 4, 8, 8, 8)).shape
         torch.Size([1, 4, 4, 4, 4])
-    """
+        >>> x = torch.rand(1, 4, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+        >>> pool(x).is_contiguous(memory_format=torch.channels_last_3d)
+        True
+    """,
     )
 
     dims = 3

@@ -262,6 +262,18 @@ class Window:
         pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
         return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
 
+    def argmax(self, x: Tensor) -> Tensor:
+        """Flat in-plane index (over ``in_size``) of each window's largest value, as torch's max pools
+        return it: usable with ``MaxUnpoolNd``."""
+        if self.is_global:
+            n = len(self.in_size)
+            return x.flatten(-n).argmax(-1).view(*x.shape[:-n], *self.out_size)
+        if self.kernel_size is None:
+            adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
+            return adaptive(x, self.out_size, return_indices=True)[1]
+        pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
+        return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, return_indices=True)[1]
+
     # ---- cache-sized chunks of planes ---------------------------------------------------------------
     def map_planes(
         self, x: Tensor, fn: Callable[[Tensor, slice, Tensor], object], chunk_elements: int = 1 << 22
@@ -426,7 +438,7 @@ def make_window(
 
 def window_call(
     x: Tensor,
-    fn: Callable[[Tensor, Window], Tensor],
+    fn: Callable[[Tensor, Window], Any],
     *,
     kernel_size: IntTuple | None = None,
     stride: IntTuple | None = None,
@@ -434,9 +446,10 @@ def window_call(
     ceil_mode: bool = False,
     output_size: OptIntTuple = None,
     dims: int | None = None,
-) -> Tensor:
+) -> Any:
     """Bring ``x`` to ``(B, C, *spatial)`` with 2 or 3 spatial dims, resolve the window, apply
-    ``fn(batched, window)`` and restore the caller's layout.
+    ``fn(batched, window)`` and restore the caller's layout (to each tensor, where ``fn`` returns a tuple
+    of them, such as values and indices).
 
     Accepted input ranks are ``dims`` (one unbatched channel), ``dims + 1`` (unbatched) and
     ``dims + 2`` (batched).
@@ -455,9 +468,13 @@ def window_call(
     if dims == 1:
         batched = batched.unsqueeze(-2)
     window = make_window(batched.shape[2:], dims, kernel_size, stride, padding, ceil_mode, output_size)
-    out = fn(batched, window)
-    if dims == 1:
-        out = out.squeeze(-2)
-    for _ in range(2 - lead):
-        out = out[0]
-    return out
+    result = fn(batched, window)
+
+    def restore(out: Tensor) -> Tensor:
+        if dims == 1:
+            out = out.squeeze(-2)
+        for _ in range(2 - lead):
+            out = out[0]
+        return out
+
+    return tuple(restore(t) for t in result) if isinstance(result, tuple) else restore(result)

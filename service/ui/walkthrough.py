@@ -67,9 +67,16 @@ def _table(matrix: Tensor, window: WindowProbabilities, drawn: set[tuple[int, in
 
 
 def _lines(
-    base: str, a: Tensor, y: float, resolved: Mapping[str, Any], train: bool, window: WindowProbabilities
+    base: str,
+    a: Tensor,
+    y: float,
+    resolved: Mapping[str, Any],
+    train: bool,
+    window: WindowProbabilities,
+    picked: tuple[int, int] | None = None,
 ) -> tuple[list[str], set[tuple[int, int]]]:
-    """The computation, one step a line, and the positions a train-mode draw picked."""
+    """The computation, one step a line, and the positions a train-mode draw picked (``picked``: the one
+    the operator's index names; without it, the positions whose value equals the output)."""
     values = a.flatten().double()
     n = values.numel()
     s = float(values.sum())
@@ -90,9 +97,12 @@ def _lines(
             probabilities = ", ".join(f"{num(float(v) / s)}" for v in values) if s else "none (Σa = 0)"
             lines.append(f"p = a / Σa = a / {num(s)} = [{probabilities}]")
             positions = window.positions()
-            for (r, c), v in zip(positions, values.tolist(), strict=True):
-                if abs(v - y) <= _CLOSE * max(1.0, abs(y)) and (v > 0 or not s):
-                    drawn.add((r, c))
+            if picked is not None:
+                drawn.add(picked)
+            else:
+                for (r, c), v in zip(positions, values.tolist(), strict=True):
+                    if abs(v - y) <= _CLOSE * max(1.0, abs(y)) and (v > 0 or not s):
+                        drawn.add((r, c))
             where = " or ".join(f"a[{r},{c}]" for r, c in sorted(drawn)) or "?"
             p_drawn = num(y / s) if s else "—"
             if len(drawn) > 1:  # equal values: the output cannot say which of them was drawn
@@ -147,10 +157,13 @@ def explain(
     output: Tensor,
     cell: tuple[int, int],
     mode: str,
+    indices: Tensor | None = None,
 ) -> str:
     """HTML: the input with the window of output ``cell`` highlighted, and its computation in numbers.
 
-    ``matrix`` is the H×W input, ``output`` the h×w result of the run being explained."""
+    ``matrix`` is the H×W input, ``output`` the h×w result of the run being explained, and ``indices``
+    (optional) the h×w positions it drew, as ``return_indices=True`` gives them (flat over H×W): then the
+    drawn position is read from there, which also tells equal values apart."""
     spec = poolcore.get_spec(method)
     resolved = spec.resolve(params)
     windows = {w.index: w for w in window_probabilities(matrix, method, params)}
@@ -158,7 +171,8 @@ def explain(
     a = matrix[window.rows.start : window.rows.stop, window.cols.start : window.cols.stop]
     y = float(output[cell])
     train = mode == "train" and spec.takes_training
-    lines, drawn = _lines(spec.base or spec.name, a, y, resolved, train, window)
+    picked = divmod(int(indices[cell]), matrix.shape[-1]) if indices is not None and train else None
+    lines, drawn = _lines(spec.base or spec.name, a, y, resolved, train, window, picked)
     i, j = cell
     heading = f"<p><b>Output [{i},{j}] of {html.escape(method)} ({'train' if train else 'eval'} mode)</b></p>"
     steps = "<br>".join(html.escape(line) for line in lines)

@@ -5,6 +5,7 @@ Statistical tests use a fixed seed and reject at p < 1e-3 (chi-square goodness o
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -803,3 +804,295 @@ class TestDeploy:
             StochasticPool2d(2)(x)
         compiled = harness.compile_full(StochasticPool2d(2))  # fullgraph: no sync, no graph break
         assert compiled(x).shape == (1, 2, 3, 3)
+
+
+# ---- negative input, all-zero windows, host syncs (issue 19, items 3, 4, 6) --------------------------------
+EDGE_CASES: list[dict[str, Any]] = [
+    {"kernel_size": 2},
+    {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+    {"kernel_size": 5, "stride": 1},  # the two-pass running walk
+    {"output_size": (4, 5)},
+    {"output_size": (2, 2)},  # the blocked gather
+    {"output_size": 1},
+]
+
+
+class TestNegativeInput:
+    """Negatives count as zero inside the operator, whether or not the value check runs: the answer is the
+    one for ``x.relu()``."""
+
+    def test_issue_windows(self) -> None:
+        for window, expected in (([-1.0, 2.0, 3.0, -4.0], 13 / 5), ([-1.0, 1.0, 0.0, 0.0], 1.0)):
+            x = torch.tensor(window).view(1, 1, 2, 2)
+            y = stochastic_pool(x, 2, check_input=False)
+            torch.testing.assert_close(y, torch.tensor(expected).view(1, 1, 1, 1))
+
+    @pytest.mark.parametrize("grad", [False, True], ids=["values", "autograd"])
+    @pytest.mark.parametrize("kwargs", EDGE_CASES)
+    def test_equals_relu_input(self, kwargs: dict[str, Any], grad: bool) -> None:
+        x = torch.randn(2, 3, 13, 12, generator=_gen(4))
+        x[0, 0, :6, :6] = -x[0, 0, :6, :6].abs()  # windows with no positive value
+        relu = x.relu()
+        torch.testing.assert_close(
+            stochastic_pool(x, check_input=False, **kwargs), stochastic_pool(relu, **kwargs)
+        )
+        xin = x.clone().requires_grad_(grad)
+        a = stochastic_pool(xin, training=True, generator=_gen(8), check_input=False, **kwargs)
+        b = stochastic_pool(relu, training=True, generator=_gen(8), **kwargs)
+        assert torch.equal(a.detach(), b)
+        if grad:
+            a.sum().backward()
+            assert xin.grad is not None and not bool((xin.grad[x < 0] != 0).any()), "ReLU's gradient"
+
+    def test_compiled_flag(self) -> None:
+        x = torch.randn(2, 3, 11, 10, generator=_gen(5))
+        for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1}):
+            a = stochastic_pool(
+                x, training=True, generator=_gen(2), compiled=True, check_input=False, **kwargs
+            )
+            b = stochastic_pool(x.relu(), training=True, generator=_gen(2), **kwargs)
+            assert torch.equal(a, b)
+            torch.testing.assert_close(
+                stochastic_pool(x, compiled=True, check_input=False, **kwargs),
+                stochastic_pool(x.relu(), **kwargs),
+            )
+
+    @pytest.mark.slow
+    def test_compiled_and_exported(self) -> None:
+        x = torch.randn(2, 3, 10, 9, generator=_gen(6))
+        for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(output_size=1)):
+            compiled = harness.compile_full(module.eval())
+            torch.testing.assert_close(compiled(x), module(x.relu()))
+            exported = torch.export.export(module, (x,)).module()
+            torch.testing.assert_close(exported(x), module(x.relu()))
+            train = harness.compile_full(module.train())
+            y = train(x)
+            assert bool((y >= 0).all()) and bool(torch.isin(y, x.relu()).all())
+            module.eval()
+
+
+class TestAllZeroWindow:
+    """An all-zero window (after ReLU) draws its training position uniformly among its real positions, from
+    the same generator: chi-square goodness of fit at ALPHA."""
+
+    @staticmethod
+    def _counts(x: torch.Tensor, seed: int, **kwargs: Any) -> torch.Tensor:
+        xr = x.clone().requires_grad_()
+        stochastic_pool(xr, training=True, generator=_gen(seed), **kwargs).sum().backward()
+        assert xr.grad is not None
+        return xr.grad.sum((0, 1))
+
+    @pytest.mark.parametrize(
+        ("kwargs", "shape", "real"),
+        [
+            ({"kernel_size": 2}, (2, 2), [[1, 1], [1, 1]]),
+            ({"kernel_size": 5, "stride": 1}, (5, 5), [[1] * 5] * 5),
+            # a corner window of a padded 3x3 kernel: 4 real positions of 9
+            ({"kernel_size": 3, "padding": 1}, (2, 2), [[1, 1], [1, 1]]),
+            ({"output_size": (1, 1)}, (3, 4), [[1] * 4] * 3),
+            ({"output_size": (1, 1)}, (7, 7), [[1] * 7] * 7),
+        ],
+    )
+    def test_uniform_over_real_positions(
+        self, kwargs: dict[str, Any], shape: tuple[int, int], real: list[list[int]]
+    ) -> None:
+        n = 4000
+        counts = self._counts(torch.zeros(n, 1, *shape), 11, **kwargs)
+        probs = torch.tensor(real, dtype=torch.float64)
+        assert counts.sum() == n
+        assert _chi2_p(counts, probs / probs.sum()) > ALPHA
+
+    def test_adaptive_bins_uniform(self) -> None:
+        # 5 -> 2 bins: [0, 3) and [2, 5); each column of the (1, 5) input gets the gradient of the bins
+        # that drew it, uniformly within each bin.
+        n = 6000
+        counts = self._counts(torch.zeros(n, 1, 1, 5), 12, output_size=(1, 2))
+        probs = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0]).view(1, 5) / 3
+        assert counts.sum() == 2 * n
+        assert _chi2_p(counts, probs / probs.sum()) > ALPHA
+
+    def test_not_the_last_position_always(self) -> None:
+        # Before: every all-zero window sent its gradient to its last position.
+        counts = self._counts(torch.zeros(200, 1, 2, 2), 3, kernel_size=2)
+        assert bool((counts > 0).all())
+
+    def test_seeded_and_independent_of_split(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        x = torch.zeros(3, 4, 12, 12)
+        a = self._counts(x, 5, kernel_size=3, stride=1)
+        monkeypatch.setattr(stochastic, "_CHUNK_BYTES_CPU", 4096)
+        monkeypatch.setattr(stochastic, "_MIN_CHUNK_BYTES", 4096)
+        assert torch.equal(a, self._counts(x, 5, kernel_size=3, stride=1))
+
+
+class _CountHostReads:
+    """Counts the Python-level reads of a tensor value on the host."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t: torch.Tensor, *args: Any, _name: str = name, _orig: Any = original) -> Any:
+                self.calls.append(_name)
+                return _orig(t, *args)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+class TestNoHostSync:
+    @pytest.mark.parametrize("grad", [False, True], ids=["values", "autograd"])
+    @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+    @pytest.mark.parametrize("kwargs", EDGE_CASES)
+    def test_forward_reads_no_value(
+        self, monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], training: bool, grad: bool
+    ) -> None:
+        x = torch.rand(2, 3, 13, 12).requires_grad_(grad)
+        counter = _CountHostReads(monkeypatch)
+        y = stochastic_pool(x, training=training, generator=_gen(1), **kwargs)
+        assert counter.calls == []
+        monkeypatch.undo()
+        assert y.shape[:2] == (2, 3)
+
+    def test_counter_sees_reads(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        counter = _CountHostReads(monkeypatch)
+        bool(torch.ones(()))
+        float(torch.ones(()))
+        assert counter.calls == ["__bool__", "__float__"]
+
+
+# ---- return_indices (issue 19, item 7) --------------------------------------------------------------------
+INDEX_CASES: list[tuple[tuple[int, ...], dict[str, Any]]] = [
+    ((2, 3, 11, 10), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ((2, 3, 11, 10), {"kernel_size": 2, "ceil_mode": True}),
+    ((2, 3, 11, 10), {"kernel_size": 5, "stride": 1}),
+    ((2, 3, 11, 10), {"output_size": (4, 3)}),
+    ((2, 3, 11, 10), {"output_size": (2, 2)}),
+    ((2, 3, 11, 10), {"output_size": 1}),
+    ((2, 3, 17), {"kernel_size": 3, "stride": 2, "dims": 1}),
+    ((1, 2, 5, 6, 7), {"kernel_size": 2}),
+    ((3, 11, 10), {"kernel_size": 3, "stride": 2, "dims": 2}),  # unbatched
+]
+
+
+class TestReturnIndices:
+    @pytest.mark.parametrize(("shape", "kwargs"), INDEX_CASES)
+    def test_train_index_is_the_sampled_position(
+        self, shape: tuple[int, ...], kwargs: dict[str, Any]
+    ) -> None:
+        # Distinct values: the gradient of one output marks the one position it sampled.
+        x = (torch.randperm(math.prod(shape), dtype=torch.float64) + 1).view(shape)
+        x[..., :3] = 0  # all-zero windows too
+        y, index = stochastic_pool(x, training=True, generator=_gen(4), return_indices=True, **kwargs)
+        assert index.dtype == torch.int64 and index.shape == y.shape
+        assert torch.equal(y, stochastic_pool(x, training=True, generator=_gen(4), **kwargs)), "same draws"
+        xr = x.clone().requires_grad_()
+        yr = stochastic_pool(xr, training=True, generator=_gen(4), **kwargs)
+        d = kwargs.get("dims", len(shape) - 2)
+        spatial = shape[-d:]
+        planes = yr.reshape(-1, math.prod(yr.shape[-d:]))
+        flat_index = index.reshape(planes.shape)
+        for p_ in range(min(planes.shape[0], 3)):
+            for q in range(planes.shape[1]):
+                (grad,) = torch.autograd.grad(planes[p_, q], xr, retain_graph=True)
+                hot = grad.reshape(-1, math.prod(spatial))[p_].nonzero().flatten().tolist()
+                assert hot == [int(flat_index[p_, q])]
+
+    def test_train_indices_unpool(self) -> None:
+        x = torch.rand(2, 3, 12, 10)
+        y, index = stochastic_pool(x, 3, 3, training=True, generator=_gen(2), return_indices=True)
+        back = F.max_unpool2d(y, index, 3, 3, output_size=x.shape[-2:])
+        assert torch.equal(back.flatten(2).gather(2, index.flatten(2)), y.flatten(2))
+        assert torch.equal(back, x * (back != 0))  # each sampled value goes back to where it came from
+        module = StochasticPool2d(3, 3, return_indices=True).train()
+        torch.manual_seed(3)
+        a, ia = module(x)
+        torch.manual_seed(3)
+        b, ib = stochastic_pool(x, 3, 3, training=True, return_indices=True)
+        assert torch.equal(a, b) and torch.equal(ia, ib)
+
+    @pytest.mark.parametrize(
+        ("shape", "kwargs", "reference"),
+        [
+            (
+                (2, 3, 11, 10),
+                {"kernel_size": 3, "stride": 2, "padding": 1},
+                lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True),
+            ),
+            (
+                (2, 3, 11, 10),
+                {"kernel_size": 2, "ceil_mode": True},
+                lambda x: F.max_pool2d(x, 2, ceil_mode=True, return_indices=True),
+            ),
+            ((2, 3, 11, 10), {"output_size": (4, 3)}, lambda x: F.adaptive_max_pool2d(x, (4, 3), True)),
+            ((2, 3, 11, 10), {"output_size": 1}, lambda x: F.adaptive_max_pool2d(x, 1, True)),
+            (
+                (2, 3, 17),
+                {"kernel_size": 3, "stride": 2, "dims": 1},
+                lambda x: F.max_pool1d(x, 3, 2, return_indices=True),
+            ),
+            ((1, 2, 5, 6, 7), {"kernel_size": 2}, lambda x: F.max_pool3d(x, 2, return_indices=True)),
+        ],
+    )
+    def test_eval_index_is_the_largest_activation(self, shape, kwargs, reference) -> None:
+        x = torch.randperm(math.prod(shape)).view(shape).float()  # distinct: one largest per window
+        y, index = stochastic_pool(x, return_indices=True, **kwargs)
+        torch.testing.assert_close(y, stochastic_pool(x, **kwargs))
+        assert torch.equal(index, reference(x)[1])
+
+    def test_module_returns_pairs_in_every_rank(self) -> None:
+        for module, x, unpool in (
+            (StochasticPool1d(2, return_indices=True), torch.rand(2, 3, 8), nn.MaxUnpool1d(2)),
+            (StochasticPool2d(2, return_indices=True), torch.rand(2, 3, 8, 8), nn.MaxUnpool2d(2)),
+            (StochasticPool3d(2, return_indices=True), torch.rand(2, 3, 4, 4, 4), nn.MaxUnpool3d(2)),
+        ):
+            for mode in (True, False):
+                y, index = module.train(mode)(x)
+                back = unpool(y, index)
+                assert back.shape == x.shape
+                assert torch.equal(back.flatten(2).gather(2, index.flatten(2)), y.flatten(2))
+        assert "return_indices=True" in repr(StochasticPool2d(2, return_indices=True))
+
+    @pytest.mark.slow
+    def test_compiled_train_indices(self) -> None:
+        x = torch.rand(2, 3, 11, 10)
+        for kwargs in (
+            {"kernel_size": 3, "stride": 2, "padding": 1},
+            {"output_size": 1},
+            {"output_size": (3, 4)},
+        ):
+            fn = torch.compile(
+                lambda t, kw=kwargs: stochastic_pool(t, training=True, return_indices=True, **kw),
+                fullgraph=True,
+            )
+            y, index = fn(x)
+            assert torch.equal(x.flatten(2).gather(2, index.flatten(2)), y.flatten(2))
+            # each index lies in its output's window: max-unpool then the window max reproduces y
+            _, ref = stochastic_pool(x, return_indices=True, **kwargs)
+            assert index.shape == ref.shape
+
+
+# ---- memory formats (issue 19, item 5) --------------------------------------------------------------------
+class TestMemoryFormat:
+    @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+    @pytest.mark.parametrize(
+        ("shape", "fmt", "kwargs"),
+        [
+            ((2, 3, 9, 8), torch.channels_last, {"kernel_size": 3, "stride": 2}),
+            ((2, 3, 9, 8), torch.channels_last, {"output_size": (2, 3)}),
+            ((2, 3, 5, 6, 7), torch.channels_last_3d, {"kernel_size": 2}),
+        ],
+    )
+    def test_keeps_channels_last(self, shape, fmt, kwargs: dict[str, Any], training: bool) -> None:
+        x = torch.rand(shape)
+        xc = x.contiguous(memory_format=fmt)
+        y = stochastic_pool(xc, training=training, generator=_gen(1), **kwargs)
+        assert y.is_contiguous(memory_format=fmt)
+        assert torch.equal(y, stochastic_pool(x, training=training, generator=_gen(1), **kwargs))
+        y, index = stochastic_pool(xc, training=training, generator=_gen(1), return_indices=True, **kwargs)
+        assert y.is_contiguous(memory_format=fmt) and index.is_contiguous(memory_format=fmt)
+        # like torch's own max pool
+        pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
+        if "kernel_size" in kwargs:
+            assert pool(xc, kwargs["kernel_size"], kwargs.get("stride")).is_contiguous(memory_format=fmt)

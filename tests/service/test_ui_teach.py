@@ -182,3 +182,17 @@ def test_walkthrough_through_the_page_follows_the_picked_cell(blocks: gr.Blocks)
     walk, probabilities, plot = helper(blocks, "tensor-walk", state=outputs[3], tensor_cell="1,0")
     assert "y = max(a) = 14" in walk and "rows 2–3, cols 0–1" in walk
     assert _value(probabilities) is None and plot.get("visible") is False
+
+
+def test_walkthrough_reads_the_drawn_position_from_the_index() -> None:
+    # Equal values: the output alone cannot say which was drawn; the operator's index can.
+    x = torch.full((2, 2), 2.0)
+    generator = torch.Generator().manual_seed(5)
+    out, index = poolcore.stochastic_pool(
+        x[None], 2, dims=2, training=True, generator=generator, return_indices=True
+    )
+    r, c = divmod(int(index[0, 0, 0]), 2)
+    text = explain(x, "stochastic", {"kernel_size": 2}, out[0], (0, 0), "train", indices=index[0])
+    assert f"drawn: a[{r},{c}] = {float(out[0, 0, 0]):g}" in text
+    assert text.count("class='in-window drawn'") == 1
+    assert "equal values" in explain(x, "stochastic", {"kernel_size": 2}, out[0], (0, 0), "train")
