@@ -846,7 +846,11 @@ class TestNegativeInput:
 
     def test_compiled_flag(self) -> None:
         x = torch.randn(2, 3, 11, 10, generator=_gen(5))
-        for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1}):
+        cases: tuple[dict[str, Any], ...] = (
+            {"kernel_size": 2},
+            {"kernel_size": 3, "stride": 2, "padding": 1},
+        )
+        for kwargs in cases:
             a = stochastic_pool(
                 x, training=True, generator=_gen(2), compiled=True, check_input=False, **kwargs
             )
@@ -1002,7 +1006,7 @@ class TestReturnIndices:
     def test_train_indices_unpool(self) -> None:
         x = torch.rand(2, 3, 12, 10)
         y, index = stochastic_pool(x, 3, 3, training=True, generator=_gen(2), return_indices=True)
-        back = F.max_unpool2d(y, index, 3, 3, output_size=x.shape[-2:])
+        back = F.max_unpool2d(y, index, (3, 3), (3, 3), output_size=x.shape[-2:])
         assert torch.equal(back.flatten(2).gather(2, index.flatten(2)), y.flatten(2))
         assert torch.equal(back, x * (back != 0))  # each sampled value goes back to where it came from
         module = StochasticPool2d(3, 3, return_indices=True).train()
