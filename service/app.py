@@ -1,7 +1,8 @@
-"""App factory: ``create_app(settings)`` builds a fresh app; ``app`` is the one ``uvicorn service.app:app``
-and ``poolserve`` serve.
+"""App factory: ``create_app(settings)`` builds a fresh app; ``poolserve`` serves one, and so does
+``uvicorn --factory service.app:create_app``.
 
-Nothing heavy happens at import: the device is resolved, and a warm-up op run, in the lifespan.
+Nothing is built at import, and building is cheap: the page's first values come from load events, and the
+device is resolved, and a warm-up op run, in the lifespan.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .routes.v2 import v2_routes
 from .ui import mount_ui
 from .workers import TorchWorkers
 
-__all__ = ["app", "create_app", "resolve_device"]
+__all__ = ["create_app", "resolve_device"]
 
 log = logging.getLogger("poolserve")
 
@@ -184,6 +185,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[:0] = [*pool_routes(), *v2_routes(), *info_router().routes]
     _document_pool_route(app, settings)
     return mount_ui(app)
-
-
-app = create_app()

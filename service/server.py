@@ -528,7 +528,8 @@ def serve(
     log_level: str | None = None,
     settings: Settings | None = None,
 ) -> None:
-    """Serve ``service.app:app``: one process with the drain, or ``workers`` processes (no drain).
+    """Serve the app ``service.app.create_app`` builds: one process with the drain, or ``workers`` processes
+    (no drain), each building its own.
     ``log_level`` overrides ``settings.log_level``; lines are written as :mod:`service.logs` says."""
     settings = settings or get_settings()
     level = check_level(log_level or settings.log_level)
@@ -554,10 +555,16 @@ def serve(
     if workers > 1:
         # Each process builds its app and its protocol's limits from the environment.
         uvicorn.run(
-            "service.app:app", workers=workers, http="service.server:GuardedHttpToolsProtocol", **common
+            "service.app:create_app",
+            factory=True,
+            workers=workers,
+            http="service.server:GuardedHttpToolsProtocol",
+            **common,
         )
         return
-    from .app import app
+    from .app import create_app
+
+    app = create_app(settings)
 
     # uvicorn dups an --fd socket and closes only its copy at shutdown, so the listener would stay open
     # (connections queue unanswered) after the drain: adopt the descriptor itself instead.
