@@ -54,7 +54,6 @@ from .inference import (
     MODEL_VERSION,
     InferJob,
     error_status,
-    infer_batch,
     is_ready,
     model_metadata,
     model_spec,
@@ -63,7 +62,7 @@ from .inference import (
 from .keys import client_address, encode_keys, key_problem
 from .limits import RESPONSE_FRAMING, check_response
 from .oip_grpc import open_inference_grpc_pb2 as pb2
-from .pooling import PoolOutcome
+from .pooling import PoolOutcome, answer_jobs
 
 __all__ = ["GrpcInferenceServicer", "start_grpc"]
 
@@ -358,7 +357,7 @@ class GrpcInferenceServicer:
             state.metrics,
             state.work_limits,
         )
-        answer: bytes = await state.workers.run_batched(infer_batch, job, call.size)
+        answer: bytes = await state.workers.run_batched(answer_jobs, job, call.size)
         return answer
 
 

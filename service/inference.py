@@ -1,17 +1,17 @@
 """The Open Inference Protocol's side of the service, shared by its REST routes
 (:mod:`service.routes.v2`) and its gRPC server (:mod:`service.grpc_server`): models, metadata, errors, and
-the batch function that runs infer requests in the torch worker threads.
+the job a worker answers.
 
 Every method and preset of the registry is a model named after it, with one version, ``1``. An infer
-request is decoded, pooled and encoded in a worker thread, like ``POST /pool``: :func:`infer_batch` hands
-every request of a batch to :func:`service.pooling.pool_many`, so same-shaped, same-parameter requests
-share one operator call whichever protocol they came by.
+request is an :class:`InferJob`, answered in a worker thread by the same batch function as ``POST /pool``
+(:func:`service.pooling.answer_jobs`), so same-shaped, same-parameter requests share one operator call
+whichever protocol they came by.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from .codecs import oip
 from .errors import ServiceError, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits
 from .metrics import Metrics
-from .pooling import PoolOutcome, PoolRequest, answer_many
+from .pooling import PoolOutcome, PoolRequest
 
 __all__ = [
     "MODEL_VERSION",
@@ -30,7 +30,6 @@ __all__ = [
     "InferJob",
     "NotFound",
     "error_status",
-    "infer_batch",
     "is_ready",
     "model_metadata",
     "model_spec",
@@ -107,32 +106,23 @@ def error_status(error: BaseException, request_id: str | None = None) -> tuple[i
 
 @dataclass(frozen=True)
 class InferJob:
-    """One infer request for a worker: ``decode`` reads the protocol's request (REST body or gRPC message)
-    into an :class:`oip.Decoded`; ``encode`` writes the protocol's response from the outcome."""
+    """One infer request for a worker (a :class:`service.pooling.Job`): ``read`` reads the protocol's
+    request (REST body or gRPC message) into an :class:`oip.Decoded`; ``write`` writes the protocol's
+    response from the outcome. Answered by :func:`service.pooling.answer_jobs`, with ``/pool``'s jobs."""
 
     method: str
-    decode: Callable[[], oip.Decoded]
-    encode: Callable[[PoolOutcome, oip.Decoded], Any]
+    read: Callable[[], oip.Decoded]
+    write: Callable[[PoolOutcome, oip.Decoded], Any]
     device: Any
     metrics: Metrics
     work: WorkLimits = DEFAULT_LIMITS  # output size, working memory and work, as for /pool
 
-
-def infer_batch(jobs: Sequence[InferJob]) -> list[Any]:
-    """decode → pool (:func:`pool_many`, shared calls included) → encode, in a worker thread; each job
-    gets its response or the exception that becomes its error."""
-
-    def decode(job: InferJob) -> tuple[oip.Decoded, PoolRequest]:
-        request = job.decode()
+    def decode(self) -> tuple[oip.Decoded, PoolRequest]:
+        request = self.read()
         pool_request = PoolRequest(
-            request.tensor, job.method, request.params, request.mode, request.seed, job.device, job.work
+            request.tensor, self.method, request.params, request.mode, request.seed, self.device, self.work
         )
         return request, pool_request
 
-    def encode(job: InferJob, request: oip.Decoded, outcome: PoolOutcome) -> Any:
-        answer = job.encode(outcome, request)
-        # A shared call counts once in the sum: each of its requests observes its share.
-        job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
-        return answer
-
-    return answer_many(jobs, decode, encode, jobs[0].metrics.observe_stack_fallback if jobs else None)
+    def encode(self, request: oip.Decoded, outcome: PoolOutcome) -> Any:
+        return self.write(outcome, request)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -30,10 +30,15 @@ from poolcore.windows import infer_dims
 from .errors import InvalidInput, ServiceError, ServiceUnavailable, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits, check_work
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 __all__ = [
     "MAX_SEED",
+    "Job",
     "PoolOutcome",
     "PoolRequest",
+    "answer_jobs",
     "answer_many",
     "check_input",
     "device_faults",
@@ -390,3 +395,29 @@ def answer_many(
         except Exception as error:
             answers[index] = error
     return answers
+
+
+class Job(Protocol):
+    """One request of any protocol, as a worker answers it: ``decode`` reads it (in the worker) into what
+    ``encode`` needs and the :class:`PoolRequest`; ``encode`` writes the protocol's answer."""
+
+    metrics: Metrics
+
+    def decode(self) -> tuple[Any, PoolRequest]: ...
+
+    def encode(self, context: Any, outcome: PoolOutcome) -> Any: ...
+
+
+def answer_jobs(jobs: Sequence[Job]) -> list[Any]:
+    """The one batch function of the workers, for every protocol (``/pool``, ``/v2``, gRPC): the jobs
+    queued together, whatever their protocol, are decoded, pooled (same-question requests in one call,
+    across protocols) and encoded by :func:`answer_many`."""
+
+    def encode(job: Job, context: Any, outcome: PoolOutcome) -> Any:
+        answer = job.encode(context, outcome)
+        # A shared call counts once in the sum: each of its requests observes its share.
+        job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
+        return answer
+
+    fallback = jobs[0].metrics.observe_stack_fallback if jobs else None
+    return answer_many(jobs, lambda job: job.decode(), encode, fallback)

@@ -9,7 +9,6 @@ same deterministic question share one operator call.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from ..errors import ServiceUnavailable
 from ..limits import WorkLimits, check_response
 from ..metrics import Metrics
 from ..params import gather, split_run_options
-from ..pooling import PoolOutcome, PoolRequest, answer_many
+from ..pooling import PoolOutcome, PoolRequest, answer_jobs
 from ..workers import CallerGone
 
 __all__ = ["pool", "pool_routes"]
@@ -35,7 +34,7 @@ __all__ = ["pool", "pool_routes"]
 
 @dataclass(frozen=True)
 class _Job:
-    """What a worker needs to answer one request."""
+    """What a worker needs to answer one request (a :class:`service.pooling.Job`)."""
 
     method: str
     body: bytes | bytearray
@@ -47,18 +46,24 @@ class _Job:
     metrics: Metrics
     work: WorkLimits  # output size and working memory
 
+    def decode(self) -> tuple[Kind, PoolRequest]:
+        decoded = codecs.decode(self.body, self.content_type, self.limits)
+        kind = codecs.negotiate(self.accept, decoded.kind)
+        params, mode, seed = split_run_options(gather(self.query, decoded.form, decoded.params))
+        if decoded.kind == "png" and "dims" in poolcore.get_spec(self.method).params.model_fields:
+            params.setdefault("dims", 2)  # an image is (C, H, W): 2d pooling, whatever the window's form
+        return kind, PoolRequest(decoded.tensor, self.method, params, mode, seed, self.device, self.work)
 
-def _decode(job: _Job) -> tuple[Kind, PoolRequest]:
-    decoded = codecs.decode(job.body, job.content_type, job.limits)
-    kind = codecs.negotiate(job.accept, decoded.kind)
-    params, mode, seed = split_run_options(gather(job.query, decoded.form, decoded.params))
-    if decoded.kind == "png" and "dims" in poolcore.get_spec(job.method).params.model_fields:
-        params.setdefault("dims", 2)  # an image is (C, H, W): 2d pooling, whatever the window's form
-    return kind, PoolRequest(decoded.tensor, job.method, params, mode, seed, job.device, job.work)
+    def encode(self, kind: Kind, outcome: PoolOutcome) -> Response:
+        rest = codecs.json.header(outcome.output, outcome.method, outcome.params) if kind == "json" else None
+        check_response(outcome.output, kind, self.work, rest)  # 413 before encoding
+        response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
+        response.raw_headers.extend(_run_headers(outcome))
+        return response
 
 
 def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
-    """The headers that describe a run, encoded: the same for every request of one shared call."""
+    """The headers that describe a run."""
     headers = [
         (b"x-pool-method", outcome.method.encode()),
         (b"x-pool-params", orjson.dumps(outcome.params)),
@@ -73,29 +78,8 @@ def _run_headers(outcome: PoolOutcome) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _answer_batch(jobs: Sequence[_Job]) -> list[Response | Exception]:
-    """decode → pool (same-question requests in one call) → encode, in a worker thread; each job gets its
-    response or the exception that becomes its error response."""
-    # Outcomes of one shared call share their params dict (pool_many), and with it every header.
-    shared: dict[int, list[tuple[bytes, bytes]]] = {}
-
-    def encode(job: _Job, kind: Kind, outcome: PoolOutcome) -> Response:
-        rest = codecs.json.header(outcome.output, outcome.method, outcome.params) if kind == "json" else None
-        check_response(outcome.output, kind, job.work, rest)  # 413 before encoding
-        response = codecs.encode(kind, outcome.output, outcome.method, outcome.params)
-        headers = shared.get(id(outcome.params))
-        if headers is None:
-            headers = shared[id(outcome.params)] = _run_headers(outcome)
-        response.raw_headers.extend(headers)
-        # A shared call counts once in the sum: each of its requests observes its share.
-        job.metrics.observe_pool(outcome.method, outcome.elapsed_ms / 1e3 / outcome.batch)
-        return response
-
-    return answer_many(jobs, _decode, encode, jobs[0].metrics.observe_stack_fallback if jobs else None)
-
-
 async def pool(request: Request) -> Response:
-    """``POST /pool/{method}``: read the body here, answer it in a worker thread (see _answer_batch)."""
+    """``POST /pool/{method}``: read the body here, answer it in a worker thread (``answer_jobs``)."""
     spec = poolcore.get_spec(request.path_params["method"])  # 404 listing the known names
     request.state.pool_method = spec.name
     content_type = request.headers.get("content-type")
@@ -124,7 +108,7 @@ async def pool(request: Request) -> Response:
     )
     try:
         result: Response = await state.workers.run_batched(
-            _answer_batch, job, len(body), gone=lambda: client_gone(request)
+            answer_jobs, job, len(body), gone=lambda: client_gone(request)
         )
     except CallerGone:
         state.metrics.observe_shed("client_gone")

@@ -7,9 +7,9 @@
 
 The infer route reads the raw body whatever its Content-Type (tritonclient sends none), with the JSON body
 limit unless ``Inference-Header-Content-Length`` says binary data follows; it then runs like ``/pool``, in
-the torch worker threads (:func:`service.inference.infer_batch`). Errors are the protocol's
-``{"error": "<message>"}``. Plain Starlette routes, for the reason :func:`service.routes.pool.pool_routes`
-gives.
+the torch worker threads and the same batches (:func:`service.pooling.answer_jobs`). Errors are the
+protocol's ``{"error": "<message>"}``. Plain Starlette routes, for the reason
+:func:`service.routes.pool.pool_routes` gives.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from ..errors import error_body
 from ..inference import (
     InferJob,
     error_status,
-    infer_batch,
     is_ready,
     model_metadata,
     model_spec,
     server_metadata,
 )
 from ..limits import RESPONSE_FRAMING, Encoding, WorkLimits, check_response
-from ..pooling import PoolOutcome
+from ..pooling import PoolOutcome, answer_jobs
 from ..workers import CallerGone
 
 __all__ = ["v2_routes"]
@@ -110,7 +109,7 @@ async def infer(request: Request) -> Response:
         encode = functools.partial(_encode, state.work_limits)
         job = InferJob(spec.name, decode, encode, state.device, state.metrics, state.work_limits)
         response: Response = await state.workers.run_batched(
-            infer_batch, job, len(body), gone=lambda: client_gone(request)
+            answer_jobs, job, len(body), gone=lambda: client_gone(request)
         )
     except CallerGone:
         request.app.state.metrics.observe_shed("client_gone")

@@ -127,7 +127,7 @@ class TestSecurityHeaders:
         def broken(*args: object) -> object:
             raise RuntimeError("secret internal path /srv/poolserve/model.py")
 
-        monkeypatch.setattr(pool_route, "_answer_batch", broken)
+        monkeypatch.setattr(pool_route, "answer_jobs", broken)
         with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
             r = client.post("/pool/avg?kernel_size=2", content=X, headers=NPY)
         assert r.status_code == 500

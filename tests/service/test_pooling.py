@@ -225,3 +225,43 @@ def test_a_bug_in_service_code_is_not_a_client_error(monkeypatch: pytest.MonkeyP
     bug, mistake = answer_many([1, 0], decode, encode)
     assert type(bug) is ValueError  # not made a 422
     assert isinstance(mistake, InvalidInput)
+
+
+def test_requests_of_every_protocol_share_one_call() -> None:
+    """/pool's and the inference protocol's jobs are answered by one batch function: queued together,
+    same-question requests from both share one operator call, and each gets its own protocol's answer."""
+    import orjson
+
+    from service.codecs import Limits, oip
+    from service.inference import InferJob
+    from service.limits import DEFAULT_LIMITS
+    from service.metrics import Metrics
+    from service.pooling import answer_jobs
+    from service.routes.pool import _Job
+
+    x = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    metrics = Metrics()
+    limits = Limits(1 << 20, 1 << 20)
+    body = orjson.dumps({"data": x.tolist(), "params": {"kernel_size": 2}})
+    pool_job = _Job(
+        "avg", body, "application/json", "application/json", [], limits, "cpu", metrics, DEFAULT_LIMITS
+    )
+    infer_doc = {
+        "inputs": [
+            {"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": x.flatten().tolist()}
+        ],
+        "parameters": {"kernel_size": 2},
+    }
+
+    def read() -> oip.Decoded:
+        return oip.decode_rest(orjson.dumps(infer_doc), None, limits, 1 << 20)
+
+    def write(outcome: PoolOutcome, request: oip.Decoded) -> PoolOutcome:
+        return outcome
+
+    infer_job = InferJob("avg", read, write, "cpu", metrics)
+    response, outcome = answer_jobs([pool_job, infer_job])
+    expected = torch.nn.functional.avg_pool2d(x, 2)
+    assert response.headers["x-pool-batch"] == "2" and outcome.batch == 2
+    assert orjson.loads(response.body)["data"] == expected.tolist()
+    assert torch.equal(outcome.output, expected)
