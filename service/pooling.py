@@ -401,7 +401,8 @@ class Job(Protocol):
     """One request of any protocol, as a worker answers it: ``decode`` reads it (in the worker) into what
     ``encode`` needs and the :class:`PoolRequest`; ``encode`` writes the protocol's answer."""
 
-    metrics: Metrics
+    @property
+    def metrics(self) -> Metrics: ...
 
     def decode(self) -> tuple[Any, PoolRequest]: ...
 
