@@ -1,16 +1,21 @@
-"""The service's one error boundary: every failure becomes ``{"detail": "<message>"}``.
+"""The service's one error table, and the clipping every error message goes through.
 
-Our own checks raise :class:`ServiceError` with an HTTP status. poolcore's ``UnknownMethodError`` is a 404
-and its ``ValueError``/``TypeError`` (bad parameters, bad input for that operator) a 422; the pool route
-converts those where it calls poolcore, so a stray ``ValueError`` from a bug elsewhere still ends up as a
-logged, generic 500 (see :mod:`service.middleware`).
+A client's mistake is a typed exception raised where it is found: :class:`ServiceError` and its
+subclasses carry an HTTP status (:class:`InvalidInput` for what poolcore or the checks refused), and
+poolcore's ``UnknownMethodError`` is a 404. :func:`describe` turns any exception into a :class:`Problem`
+(HTTP status, gRPC code, message, headers); anything not in the table is a 500 with the request id, logged
+once with its traceback. Each protocol only renders a Problem: ``{"detail": ...}`` for ``/pool`` and the
+rest of HTTP, ``{"error": ...}`` for the inference protocol's REST routes (which say 400 where ``/pool``
+says 422), gRPC status codes, and the page's error text.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import orjson
 from fastapi import FastAPI, Request
@@ -25,6 +30,7 @@ __all__ = [
     "InvalidInput",
     "NotAcceptable",
     "PayloadTooLarge",
+    "Problem",
     "ServiceError",
     "ServiceUnavailable",
     "Unprocessable",
@@ -32,11 +38,14 @@ __all__ = [
     "clip",
     "clip_detail",
     "clip_status",
+    "describe",
     "error_body",
     "error_response",
     "install_error_handlers",
     "shorten",
 ]
+
+log = logging.getLogger("poolserve")
 
 _SHOWN = 64  # characters of a client's value that a message repeats
 # An error body (JSON) or gRPC status details stay under this many bytes, whatever the request was.
@@ -166,12 +175,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map our errors, FastAPI's own validation errors and HTTP errors to ``{"detail": str}``."""
 
     # Starlette types handlers as taking any Exception; each is registered for one class only.
-    async def service_error(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, ServiceError) else 400
-        return error_response(status, str(exc), headers=getattr(exc, "headers", None))
-
-    async def unknown_method(request: Request, exc: Exception) -> Response:
-        return error_response(404, str(exc))
+    async def described(request: Request, exc: Exception) -> Response:
+        problem = describe(exc, request.scope.get("state", {}).get("request_id"))
+        return error_response(problem.status, problem.message, headers=dict(problem.headers))
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         detail = _validation_detail(exc) if isinstance(exc, RequestValidationError) else str(exc)
@@ -182,8 +188,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(500, "internal server error")
         return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(poolcore.UnknownMethodError, unknown_method)
+    app.add_exception_handler(ServiceError, described)
+    app.add_exception_handler(poolcore.UnknownMethodError, described)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
@@ -197,3 +203,49 @@ class ServiceUnavailable(ServiceError):
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+# The gRPC code of each HTTP status a Problem can have (by name: this module does not import grpc).
+GRPC_CODES: Mapping[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    406: "INVALID_ARGUMENT",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    431: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A failed request, as every protocol renders it."""
+
+    status: int  # HTTP
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def grpc_code(self) -> str:
+        """The gRPC status code's name (``grpc.StatusCode[name]``)."""
+        return GRPC_CODES.get(self.status, "INTERNAL")
+
+
+def describe(error: BaseException, request_id: str | None = None) -> Problem:
+    """The one table from exception to what the client is told. Client mistakes are typed where they are
+    found; anything else is a bug: logged here, once, with its traceback and the request id, and answered
+    as a 500 that names only the request id."""
+    if isinstance(error, ServiceError):
+        return Problem(error.status_code, error.detail, dict(getattr(error, "headers", None) or {}))
+    if isinstance(error, poolcore.UnknownMethodError):
+        return Problem(404, str(error))
+    log.error("request %s: unhandled error", request_id, exc_info=error)
+    return Problem(
+        500, f"internal server error (request id {request_id})" if request_id else "internal server error"
+    )

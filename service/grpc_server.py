@@ -70,15 +70,6 @@ log = logging.getLogger("poolserve")
 
 _SERVICE = "/inference.GRPCInferenceService/"
 # HTTP statuses of our errors as gRPC codes.
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
 # How long a call waits for room for its message before RESOURCE_EXHAUSTED: long enough for a burst of
 # small messages, each holding its room for a moment, to take turns; short enough that clients held up by
 # messages arriving slowly learn so at once rather than at their message's deadline.
@@ -290,8 +281,9 @@ class GrpcInferenceServicer:
                 )
                 raise  # not reached: abort raises
             except Exception as error:
-                status, message = error_status(error)
-                await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), clip_status(message))
+                problem = error_status(error)
+                status = problem.status
+                await context.abort(grpc.StatusCode[problem.grpc_code], clip_status(problem.message))
                 raise  # not reached: abort raises
             finally:
                 elapsed = time.perf_counter() - start

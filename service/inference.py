@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import poolcore
 from poolcore.registry import ALIASES, MethodSpec
 
 from .codecs import oip
-from .errors import ServiceError, shorten
+from .errors import Problem, ServiceError, describe, shorten
 from .limits import DEFAULT_LIMITS, WorkLimits
 from .metrics import Metrics
 from .pooling import PoolOutcome, PoolRequest
@@ -93,15 +93,12 @@ def model_metadata(spec: MethodSpec) -> dict[str, Any]:
     }
 
 
-def error_status(error: BaseException, request_id: str | None = None) -> tuple[int, str]:
-    """The HTTP status and message of a failed request. The protocol has 400 for bad input, so our 422s
-    (parameters poolcore refuses) are 400 here; 404, 413 and 503 keep their meaning."""
-    if isinstance(error, ServiceError):
-        return (400 if error.status_code == 422 else error.status_code), error.detail
-    if isinstance(error, poolcore.UnknownMethodError):
-        return 404, str(error)
-    log.error("request %s: unhandled error in inference", request_id, exc_info=error)
-    return 500, f"internal server error (request id {request_id})" if request_id else "internal server error"
+def error_status(error: BaseException, request_id: str | None = None) -> Problem:
+    """A failed request as the protocol says it (:func:`service.errors.describe`): the protocol has 400
+    for bad input, so our 422s (parameters poolcore refuses) are 400 here; every other status keeps its
+    meaning."""
+    problem = describe(error, request_id)
+    return replace(problem, status=400) if problem.status == 422 else problem
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,9 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 
 def _error(error: BaseException, request: Request) -> Response:
-    status, message = error_status(error, request.scope.get("state", {}).get("request_id"))
-    headers = getattr(error, "headers", None)  # e.g. Retry-After on a 503
-    response = Response(error_body("error", message), status_code=status, media_type="application/json")
-    if isinstance(headers, dict):
-        response.headers.update(headers)
+    problem = error_status(error, request.scope.get("state", {}).get("request_id"))
+    response = Response(error_body("error", problem.message), problem.status, media_type="application/json")
+    response.headers.update(problem.headers)  # e.g. Retry-After on a 503
     return response
 
 

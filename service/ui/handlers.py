@@ -25,7 +25,7 @@ from ..codecs import Limits
 from ..codecs import image as image_codec
 from ..codecs.base import check_elements
 from ..config import Settings
-from ..errors import ServiceError, clip_detail
+from ..errors import ServiceError, clip_detail, describe
 from ..limits import WorkLimits
 from ..pooling import PoolOutcome, poolcore_errors, run_pool
 from ..workers import TorchWorkers
@@ -104,20 +104,19 @@ class Runtime:
 
 
 def guard(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` (page code that calls into poolcore or the codecs); the route's error mapping turns into a
-    :class:`PageError`, never a traceback."""
+    """Run ``fn`` (page code that calls into poolcore or the codecs); a failure becomes a
+    :class:`PageError` through the service's one error table (:func:`service.errors.describe`): the
+    client's mistakes with their message, anything else a logged 500 that shows nothing internal."""
     try:
         with poolcore_errors():
             return fn()
     except PageError:
         raise
-    except ServiceError as error:  # the codecs', the limits' and poolcore's status and message
-        raise PageError(error.status_code, error.detail) from None
-    except poolcore.UnknownMethodError as error:
-        raise PageError(404, str(error)) from None
-    except Exception:  # the route's error boundary: log it, show nothing internal
-        log.exception("unexpected error in the UI")
-        raise PageError(500, "internal error; see the server log") from None
+    except Exception as error:
+        problem = describe(error)
+        if problem.status == 500:
+            raise PageError(500, "internal error; see the server log") from None
+        raise PageError(problem.status, problem.message) from None
 
 
 def _pool(
