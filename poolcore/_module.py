@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .windows import IntTuple, OptIntTuple, make_window
 
-__all__ = ["DOC_SHAPES", "PoolNd"]
+__all__ = ["DOC_SHAPES", "PoolNd", "keep_memory_format"]
 
 
 # Docstring fields of the 1d/2d/3d modules, shared by every family: input and output shapes, and the shape
@@ -30,6 +31,23 @@ DOC_SHAPES: dict[int, dict[str, str]] = {
         "x_shape": "2, 4, 8, 8, 8",
     },
 }
+
+
+def keep_memory_format(x: Tensor, out: Tensor) -> Tensor:
+    """``out`` in ``x``'s memory format where ``x`` is a batched ``channels_last`` (4-d) or
+    ``channels_last_3d`` (5-d) tensor, as torch's own pools return it; otherwise ``out`` as it is. A
+    copy only where the computation lost the format (a no-op where it kept it). Not under export or
+    tracing, where an exported graph's layout is the exporter's to choose."""
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return out
+    for rank, memory_format in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if (
+            x.dim() == out.dim() == rank
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=memory_format)
+        ):
+            return out.contiguous(memory_format=memory_format)
+    return out
 
 
 class PoolNd(nn.Module):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ._module import DOC_SHAPES, PoolNd
+from ._module import DOC_SHAPES, PoolNd, keep_memory_format
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, Window, _export_bins, check_float, is_traced, window_call
 
@@ -309,7 +309,7 @@ def lp_pool(
     """Power-average (Lp) pooling, sum form; see :class:`LPPool2d`."""
     check_float(x, "lp")
     pv = _check_p(p, "lp")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: _lp(b, w, pv),
         kernel_size=kernel_size,
@@ -319,6 +319,7 @@ def lp_pool(
         output_size=output_size,
         dims=dims,
     )
+    return keep_memory_format(x, out)
 
 
 def gem_pool(
@@ -338,7 +339,7 @@ def gem_pool(
     pv = _check_p(p, "gem")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative float (got {eps!r})")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: _gem(b, w, pv, float(eps)),
         kernel_size=kernel_size,
@@ -348,6 +349,7 @@ def gem_pool(
         output_size=output_size,
         dims=dims,
     )
+    return keep_memory_format(x, out)
 
 
 class _PowerPoolNd(PoolNd):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ._module import DOC_SHAPES, PoolNd
+from ._module import DOC_SHAPES, PoolNd, keep_memory_format
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
 
@@ -322,7 +322,7 @@ def _mixed(
 
         return w.map_planes(b, part)
 
-    out = window_call(x, fn, **window_kwargs)
+    out = keep_memory_format(x, window_call(x, fn, **window_kwargs))
     return out, (drawn[0] if drawn else None)
 
 
