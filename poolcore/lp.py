@@ -527,17 +527,18 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
         norm_type: the power p, >= 1 (``p=`` is a keyword alias). Default: 2.
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        ceil_mode: use ceil instead of floor for the output size.
-        padding: implicit zero padding on both sides (keyword-only).
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
+        padding: implicit zero padding on both sides (keyword-only). Default: 0.
         output_size: adaptive output size instead of ``kernel_size`` (keyword-only); ``None`` entries
-            keep that size.
+            keep that size. Default: None.
         learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a
             straight-through gradient, so p may start at 1 and leave it. Otherwise p is a buffer.
             Default: False.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 
@@ -562,9 +563,10 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        padding: implicit padding on both sides, excluded from the mean.
-        ceil_mode: use ceil instead of floor for the output size.
+        padding: implicit padding on both sides, excluded from the mean. Default: 0.
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+            Default: None.
         p: the power, >= 1. Default: 3.
         eps: inputs are clamped to at least eps. Default: 1e-6.
         learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a
@@ -573,7 +575,8 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 

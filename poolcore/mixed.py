@@ -441,16 +441,18 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        padding: implicit padding on both sides, ignored by both branches.
-        ceil_mode: use ceil instead of floor for the output size.
+        padding: implicit padding on both sides, ignored by both branches. Default: 0.
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+            Default: None.
         p_max: probability of the max branch. Default: 0.5.
         scope: ``"region"``, ``"channel"`` or ``"layer"``. Default: ``"region"``.
         eval_rule: ``"expectation"`` or ``"frequent"``. Default: ``"expectation"``.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 
