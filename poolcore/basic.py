@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
+from ._module import keep_memory_format
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, check_float, window_call
 
@@ -38,7 +39,7 @@ def avg_pool(
 ) -> Tensor:
     """Average pooling; ``kernel_size`` windows as ``F.avg_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "avg")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: w.mean(b, count_include_pad=count_include_pad),
         kernel_size=kernel_size,
@@ -48,6 +49,7 @@ def avg_pool(
         output_size=output_size,
         dims=dims,
     )
+    return keep_memory_format(x, out)
 
 
 def max_pool(
@@ -62,7 +64,7 @@ def max_pool(
 ) -> Tensor:
     """Max pooling; ``kernel_size`` windows as ``F.max_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "max")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: w.max(b),
         kernel_size=kernel_size,
@@ -72,3 +74,4 @@ def max_pool(
         output_size=output_size,
         dims=dims,
     )
+    return keep_memory_format(x, out)

@@ -2,8 +2,9 @@
 
 Both validate their parameters against the method's pydantic model at construction, then call the
 registry on every forward, following ``self.training``. Random methods draw from torch's global RNG
-(seed it with ``torch.manual_seed``). ``Pool("mixed")`` in eval mode uses the expectation; use
-:class:`poolcore.nn.MixedPool2d` for the paper's count-based eval rule.
+(seed it with ``torch.manual_seed``). ``Pool("mixed")`` in eval mode applies its ``eval_rule``
+parameter as the functional does (the expectation by default; ``"frequent"`` decided by ``p_max``);
+:class:`poolcore.nn.MixedPool2d` also counts its training draws for ``"frequent"``.
 """
 
 from __future__ import annotations

@@ -13,19 +13,18 @@ never meets a negative base, so there is no NaN. The root uses ``where(S > 0, S,
 ``where(S > 0, ·, 0)`` outside, so gradients with respect to x and p stay finite on all-zero windows.
 float16/bfloat16 inputs are computed in float32 (powers overflow half precision quickly) and cast back.
 
-Where ``x^p`` or a window's sum leaves the dtype's range (``gem`` with p=1e308, ``lp`` with p=40 on
-float32 values of 1e3, or p=2 on values of 1e-25), a stable form gives the same value, which overflows
-only if the true result does (see ``_scaled``): the window max when p is so large that nothing else
-shows; else float64 on the input scaled by a power of two; else ``m · (Σ (x/m)^p)^(1/p)`` with ``m``
-each window's maximum, which costs one pass per window offset. A tensor p (a learnable one) keeps the
-plain form.
+Every p, a float or a learnable tensor, takes one max-scaled form, in eager, compile and export:
+``m · (Σ (x/m)^p)^(1/p)`` with ``m`` each window's maximum. Every term is at most 1 and the largest is 1,
+so nothing overflows unless the result itself does (p=40 on float32 values of 1e3, p=1e308, a learnable
+p that grows in training), and a window's largest values never underflow (p=2 on values of 1e-25). No
+value is read on the host. p=1 (a plain sum or mean) and p=inf (the max) need no power.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -33,9 +32,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ._module import DOC_SHAPES, PoolNd
+from ._module import DOC_SHAPES, PoolNd, keep_memory_format
 from .params import WindowParams
-from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
+from .windows import IntTuple, OptIntTuple, Window, _export_bins, check_float, is_traced, window_call
 
 __all__ = [
     "GeMParams",
@@ -82,22 +81,9 @@ def _needs_grad(x: Tensor, p: Power) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (isinstance(p, Tensor) and p.requires_grad))
 
 
-def _power(t: Tensor, p: Power, inplace: bool) -> Tensor:
-    """``t^p`` for ``t >= 0``; in place when ``t`` is a temporary and no gradient is needed."""
-    if isinstance(p, Tensor):
-        return t.pow(p.to(t.dtype))
-    if p == 1:
-        return t
-    if p == 2:
-        return t.mul_(t) if inplace else t * t
-    return t.pow_(p) if inplace else t.pow(p)
-
-
 def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
     """``s^(1/p)`` for ``s >= 0``, with finite gradients at ``s = 0`` (double-where)."""
     square = not isinstance(p, Tensor) and p == 2
-    if not isinstance(p, Tensor) and p == 1:
-        return s
     inv = 1.0 / p.to(s.dtype) if isinstance(p, Tensor) else 1.0 / p
     if not grad:  # s is a temporary here: root it in place
         return s.sqrt_() if square else s.pow_(inv)
@@ -107,139 +93,204 @@ def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
     return torch.where(positive, root, torch.zeros_like(root))
 
 
-Core = Callable[[Tensor, bool, "Tensor | None"], Tensor]
+def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
+    """``z^p`` for ``0 <= z <= 1``; in place when ``z`` is a temporary and no gradient is needed."""
+    if isinstance(p, Tensor):
+        return z.pow(p.to(z.dtype))
+    if p == 2:
+        return z.mul_(z) if inplace else z * z
+    return z.pow_(p) if inplace else z.pow(p)
+
+
+Core = Callable[[Tensor, bool], Tensor]
 
 
 def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
-    """Run ``core(x, grad, out)`` in the compute dtype; on CPU without autograd, in plane groups."""
+    """Run ``core(x, grad)`` in the compute dtype; on CPU without autograd, in plane groups."""
     grad = _needs_grad(b, p)
     low = b.dtype in (torch.float16, torch.bfloat16)  # computed in float32: x^p overflows half quickly
     # Plane groups pay off where ops are memory-bound round trips: CPU eager without autograd.
     if grad or b.device.type != "cpu" or is_traced():
-        return core(b.float(), grad, None).to(b.dtype) if low else core(b, grad, None)
+        return core(b.float(), grad).to(b.dtype) if low else core(b, grad)
 
     def run(chunk: Tensor, planes: slice, out: Tensor) -> None:
-        if low:
-            out.copy_(core(chunk.float(), False, None))
-        else:
-            core(chunk, False, out)
+        out.copy_(core(chunk.float() if low else chunk, False))
 
     return w.map_planes(b, run)
 
 
-def _out_of_range(s: Tensor, p: Power, window_max: Callable[[], Tensor]) -> bool:
-    """Whether a window's power sum ``s`` (``Σ t^p`` or its mean) overflowed to inf, or underflowed below
-    the dtype's smallest normal number in a window that is not all zero: then :func:`_scaled` gives the
-    answer. One pass over the (small) output; skipped for a tensor p (training) and under compile, where
-    a host sync would break the graph, and for p = 1, where there is no power to leave the range."""
-    if is_traced() or isinstance(p, Tensor) or p == 1 or s.numel() == 0:
-        return False
-    low, high = (float(v) for v in torch.aminmax(s.detach()))
-    if math.isinf(high):
-        return True
-    tiny = torch.finfo(s.dtype).tiny
-    return low < tiny and bool(((s.detach() < tiny) & (window_max() > 0)).any())
+def _padded(t: Tensor, w: Window) -> Tensor:
+    """``t`` with the kernel form's zero padding on both sides and, on the right, the most a ceil-mode
+    window can overhang. Every pad depends on the window arguments only, never on the input size, so
+    nothing specialises under export."""
+    k, s, p = w.kernel_size or (), w.stride, w.padding
+    pads: list[int] = []
+    for d in reversed(range(len(k))):
+        # The ceil-mode count (windows.py's _kernel_out) is the floor-mode count after this many zeros.
+        extra = (s[d] - 1 if s[d] + p[d] <= k[d] else k[d] - p[d] - 1) if w.ceil_mode else 0
+        pads += [p[d], p[d] + extra]
+    return F.pad(t, pads) if any(pads) else t
 
 
-def _scaled_sums(t: Tensor, w: Window, scale: Tensor, p: float, grad: bool) -> Tensor:
-    """``Σ (t / scale)^p`` over each window, ``scale`` being output-shaped (one value per window), so
-    each window's values are divided by that window's own scale. Loops over window offsets (each step an
-    output-sized op) or, when there are fewer windows than offsets (large adaptive bins), over windows."""
-    if w.is_global:
-        return (t / scale).pow(p).sum(dim=w.spatial_dims, keepdim=True)
+def _windows(padded: Tensor, w: Window) -> Tensor:
+    """The kernel-form windows of a :func:`_padded` tensor as a ``(B, C, *out_size, *kernel_size)``
+    view."""
+    k, s = w.kernel_size or (), w.stride
+    first = padded.dim() - len(k)
+    for d in range(len(k)):  # each unfold appends its window dim; the spatial dims keep their place
+        padded = padded.unfold(first + d, k[d], s[d])
+    return padded
+
+
+def _kernel_count(t: Tensor, w: Window) -> Tensor:
+    """The number of real positions in each kernel-form window, shaped ``out_size``: the window sums
+    of ones, each window lying inside the :func:`_padded` tensor (so torch's divisor is the kernel)."""
+    k, s = list(w.kernel_size or ()), list(w.stride)
+    ones = _padded(torch.ones((1, 1, *t.shape[2:]), dtype=t.dtype, device=t.device), w)
+    pool: Any = F.avg_pool2d if len(k) == 2 else F.avg_pool3d
+    return (pool(ones, k, s) * math.prod(k))[0, 0]
+
+
+def _im2col(padded: Tensor, w: Window) -> Tensor:
+    """The kernel-form windows of a :func:`_padded` tensor as ``(B, C, K, *out_size)``, K the kernel's
+    positions, through a convolution with one-hot kernels: for export, where slicing and ``unfold``
+    add size guards that dynamic shapes cannot satisfy."""
+    k, s = w.kernel_size or (), w.stride
+    count = math.prod(k)
+    b, c = padded.shape[:2]
+    onehot = torch.eye(count, dtype=padded.dtype, device=padded.device).view(count, 1, *k)
+    conv: Any = F.conv2d if len(k) == 2 else F.conv3d
+    cols = conv(padded.reshape(b * c, 1, *padded.shape[2:]), onehot, stride=s)
+    return cols.reshape(b, c, count, *cols.shape[2:])
+
+
+def _offset_views(padded: Tensor, w: Window, out_size: Sequence[Any]) -> Iterator[Tensor]:
+    """For each offset inside a kernel, the ``(B, C, *out_size)`` strided view of a :func:`_padded`
+    tensor at that offset of every window."""
+    for offset in itertools.product(*(range(k) for k in w.kernel_size or ())):
+        index: tuple[Any, ...] = (...,)
+        for d, o in enumerate(offset):
+            index += (slice(o, o + w.stride[d] * (out_size[d] - 1) + 1, w.stride[d]),)
+        yield padded[index]
+
+
+def _sum_scaled(values: Iterable[Tensor], scale: Tensor, p: Power, grad: bool) -> Tensor:
+    """``Σ (v / scale)^p`` over output-shaped ``values``, one output-sized step each."""
+    total: Tensor | None = None
+    for value in values:
+        term = _powered(value / scale, p, inplace=not grad)
+        total = term if total is None else (total + term if grad else total.add_(term))
+    if total is None:  # a window has at least one position
+        raise RuntimeError("a window without positions")
+    return total
+
+
+def _window_power_sums(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> tuple[Tensor, Tensor]:
+    """Each window's maximum ``m`` (no gradient) and ``Σ (t / m)^p`` over the window (its mean over the
+    real positions when ``mean``), each window's values divided by its own maximum; ``1`` stands in for
+    a maximum of 0 (an all-zero window)."""
     n = len(w.in_size)
-    if math.prod(w.max_extent(d) for d in range(n)) <= math.prod(w.out_size):
-        total = torch.zeros_like(scale)
-        term = torch.empty_like(scale)
-        for value in w.offsets(t):  # positions outside the input read 0, which adds 0
-            if grad:
-                total = total + (value / scale).pow(p)
-            else:
-                total.add_(torch.div(value, scale, out=term).pow_(p))
-        return total
-    bounds = [w.bounds(d) for d in range(n)]
-    sums = []
-    for index in itertools.product(*(range(o) for o in w.out_size)):
-        region: tuple[Any, ...] = (
-            ...,
-            *(slice(bounds[d][0][i], bounds[d][1][i]) for d, i in enumerate(index)),
-        )
-        at: tuple[Any, ...] = (..., *(slice(i, i + 1) for i in index))
-        sums.append((t[region] / scale[at]).pow(p).sum(dim=w.spatial_dims, keepdim=True).flatten(2))
-    return torch.cat(sums, dim=2).reshape(scale.shape)
-
-
-def _window_scaled(t: Tensor, w: Window, p: float, mean: bool, grad: bool) -> Tensor:
-    """``m · (Σ (t/m)^p)^(1/p)`` (``mean`` in place of Σ for GeM) with ``m`` each window's maximum.
-    Every term is at most 1 and the largest is 1, so nothing overflows unless the result itself does,
-    and a window's largest values never underflow. All-zero windows give 0."""
-    m = w.max(t)
+    spatial = tuple(range(-n, 0))
+    if w.kernel_size is not None and not w.is_global:
+        padded = _padded(t, w)
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            # Sliced views add guards that export cannot prove for every size; a convolution does not.
+            cols = _im2col(padded, w)
+            m = cols.detach().amax(dim=2)  # the padding's zeros never exceed t >= 0
+            scale = torch.where(m > 0, m, torch.ones_like(m))
+            s = _powered(cols / scale.unsqueeze(2), p, inplace=False).sum(dim=2)
+            return m, (s / _kernel_count(t, w) if mean else s)
+        m = _windows(padded, w).detach().amax(dim=spatial)  # the padding's zeros never exceed t >= 0
+        scale = torch.where(m > 0, m, torch.ones_like(m))
+        # One output-sized step per window offset, on strided views, so each value is divided by the
+        # maximum of each window that holds it. (Dividing the unfolded view at once made inductor's
+        # backward write out of bounds.)
+        s = _sum_scaled(_offset_views(padded, w, m.shape[-n:]), scale, p, grad)
+        return m, (s / _kernel_count(t, w) if mean else s)
+    m = w.max(t.detach())
     scale = torch.where(m > 0, m, torch.ones_like(m))
-    s = _scaled_sums(t, w, scale, p, grad)
-    if mean:
-        s = s / w.valid_count(t.device, t.dtype)
-    y = scale * _root(s, p, grad)
+    if w.is_global:
+        z = _powered(t / scale, p, inplace=not grad)
+        return m, (z.mean(dim=spatial, keepdim=True) if mean else z.sum(dim=spatial, keepdim=True))
+    s = _sum_scaled(w.offsets(t), scale, p, grad)  # adaptive bins (eager): positions past a bin read 0
+    return m, (s / w.valid_count(t.device, t.dtype) if mean else s)
+
+
+def _binned_scaled(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
+    """The max-scaled form for adaptive bins under export (see windows.py's ``_export_bins``), one
+    spatial dim at a time through bin masks built from the input's own sizes.
+
+    A window's power sum is carried as ``r^p · c``, ``r`` the largest value reduced so far and
+    ``c = Σ (v / r)^p`` (a term per reduced position): reducing the next dim over a bin takes
+    ``m = max r`` and ``c' = Σ (r / m)^p c``. Every term stays at most 1, as in the one-step form."""
+    n = len(w.in_size)
+    r, c = t, torch.ones_like(t)
+    for d in range(n):
+        length, out = w.in_size[d], w.out_size[d]
+        if out is length:  # an output_size entry of None: that dim is kept
+            continue
+        a = t.dim() - n + d
+        trail = [1] * (t.dim() - a - 1)
+        i = torch.arange(out, device=t.device)
+        j = torch.arange(length, device=t.device)
+        start = (i * length) // out
+        end = ((i + 1) * length + out - 1) // out
+        mask = ((j >= start[:, None]) & (j < end[:, None])).view(out, length, *trail)
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        re, ce = r.unsqueeze(a), c.unsqueeze(a)
+        m = torch.where(mask, re, zero).amax(a + 1, keepdim=True).detach()
+        scale = torch.where(m > 0, m, torch.ones_like(m))
+        terms = torch.where(mask, _powered(re / scale, p, inplace=False) * ce, zero)
+        c = terms.sum(a + 1)
+        if mean:
+            c = c / (end - start).to(t.dtype).view(out, *trail)
+        r = scale.squeeze(a + 1)
+    return r * _root(c, p, grad)
+
+
+def _plane_scaled(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
+    """For the legacy TorchScript tracer only (``torch.onnx.export(..., dynamo=False)``), which records
+    the sizes behind :func:`_windows` as constants: the same form with one scale per plane, through the
+    window's own average pool. Nothing overflows; a window whose values are all far below its plane's
+    largest (``p·log2`` of the ratio past the dtype's exponent range) reads 0."""
+    m = t.detach().amax(dim=w.spatial_dims, keepdim=True)
+    scale = torch.where(m > 0, m, torch.ones_like(m))
+    z = _powered(t / scale, p, inplace=False)
+    s = w.mean(z, count_include_pad=False) if mean else w.sum(z)
+    return scale * _root(s, p, grad)
+
+
+def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
+    """``(Σ t^p)^(1/p)`` over each window (``mean`` in place of Σ for GeM) for ``t >= 0``, as
+    ``m · (Σ (t/m)^p)^(1/p)`` with ``m`` each window's maximum.
+
+    Every term is at most 1 and the largest is exactly 1, so nothing overflows unless the result itself
+    does, and a window's largest values never underflow, whatever p (float or a learnable tensor). ``m``
+    carries no gradient: the form is the same function for any positive ``m``, so autograd through the
+    terms gives the true gradient. All-zero windows give 0 (scale 1). No value is read on the host."""
+    if not isinstance(p, Tensor) and p == math.inf:
+        return w.max(t)
+    if not isinstance(p, Tensor) and p == 1:  # no power: the sum or mean itself is as safe as its result
+        return w.mean(t, count_include_pad=False) if mean else w.sum(t)
+    if torch.jit.is_tracing():
+        return _plane_scaled(t, w, p, mean, grad)
+    if w.adaptive and not w.is_global and _export_bins(w):
+        return _binned_scaled(t, w, p, mean, grad)
+    m, s = _window_power_sums(t, w, p, mean, grad)
+    y = torch.where(m > 0, m, torch.ones_like(m)) * _root(s, p, grad)
     return torch.where(torch.isinf(m), m, y)  # an infinite input stays infinite, not inf/inf = NaN
 
 
-_WIDE_BITS = 1800  # of float64's 2046 binary orders of magnitude, what powers and sums may span
-
-
-def _scaled(t: Tensor, w: Window, p: float, mean: bool, grad: bool) -> Tensor:
-    """The result for ``t >= 0`` where the plain form left the range, by the cheapest exact route:
-
-    1. p so large that ``K^(1/p)`` (K values per window) rounds to 1: the window max, p = inf's answer;
-    2. values whose p-th powers span less than float64's range: the plain form in float64, on ``t``
-       scaled by a power of two (exact), so the powers sit in the middle of the range: one pass;
-    3. otherwise each window scaled by its own maximum (:func:`_window_scaled`).
-
-    Each equals the plain form mathematically (1. to within half an ulp), so autograd gives its
-    gradients."""
-    count = math.prod(w.max_extent(d) for d in range(len(w.in_size)))
-    if math.log(count) / p <= torch.finfo(t.dtype).eps / 2:
-        return w.max(t)
-    plain = t.detach()
-    high = float(plain.amax())
-    low = float(torch.where(plain > 0, plain, math.inf).amin())
-    if math.isfinite(high) and math.isfinite(low):
-        top, bottom = math.log2(high), math.log2(low)
-        if p * (top - bottom) + math.log2(count) < _WIDE_BITS:
-            k = round((top + bottom) / 2)
-            half = k // 2  # 2^k in two factors: one could overflow float64 at the extreme exponents
-            x = t.double() * 2.0 ** (-half) * 2.0 ** (half - k)
-            powered = x.pow(p)
-            s = w.mean(powered, count_include_pad=False) if mean else w.sum(powered)
-            return (_root(s, p, grad) * 2.0**half * 2.0 ** (k - half)).to(t.dtype)
-    return _window_scaled(t, w, p, mean, grad)
-
-
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
-    def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
-        if not isinstance(p, Tensor) and p == math.inf:
-            y = w.max(x.abs())
-            return y if out is None else out.copy_(y)
-        # x*x needs no abs; any other p takes |x| so a non-integer power never sees a negative base.
-        t = x * x if not isinstance(p, Tensor) and p == 2 else _power(x.abs(), p, inplace=not grad)
-        s = w.sum(t, out=out)
-        if _out_of_range(s, p, lambda: w.max(x.abs())):
-            y = _scaled(x.abs(), w, float(p), mean=False, grad=grad)
-            return y if out is None else out.copy_(y)
-        return _root(s, p, grad)
+    def core(x: Tensor, grad: bool) -> Tensor:
+        return _power_mean(x.abs(), w, p, mean=False, grad=grad)
 
     return _by_planes(b, w, p, core)
 
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
-    def core(x: Tensor, grad: bool, out: Tensor | None) -> Tensor:
-        if not isinstance(p, Tensor) and p == math.inf:
-            y = w.max(x).clamp_min(eps)
-            return y if out is None else out.copy_(y)
-        t = _power(x.clamp_min(eps), p, inplace=not grad)
-        s = w.mean(t, count_include_pad=False, out=out)
-        if _out_of_range(s, p, lambda: w.max(x).clamp_min(eps)):
-            y = _scaled(x.clamp_min(eps), w, float(p), mean=True, grad=grad)
-            return y if out is None else out.copy_(y)
-        return _root(s, p, grad)
+    def core(x: Tensor, grad: bool) -> Tensor:
+        return _power_mean(x.clamp_min(eps), w, p, mean=True, grad=grad)
 
     return _by_planes(b, w, p, core)
 
@@ -258,7 +309,7 @@ def lp_pool(
     """Power-average (Lp) pooling, sum form; see :class:`LPPool2d`."""
     check_float(x, "lp")
     pv = _check_p(p, "lp")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: _lp(b, w, pv),
         kernel_size=kernel_size,
@@ -268,6 +319,7 @@ def lp_pool(
         output_size=output_size,
         dims=dims,
     )
+    return keep_memory_format(x, out)
 
 
 def gem_pool(
@@ -287,7 +339,7 @@ def gem_pool(
     pv = _check_p(p, "gem")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative float (got {eps!r})")
-    return window_call(
+    out = window_call(
         x,
         lambda b, w: _gem(b, w, pv, float(eps)),
         kernel_size=kernel_size,
@@ -297,17 +349,22 @@ def gem_pool(
         output_size=output_size,
         dims=dims,
     )
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+    return keep_memory_format(x, out)
 
 
 class _PowerPoolNd(PoolNd):
-    """Holds p: a buffer when fixed, ``p = 1 + softplus(p_raw)`` (never below 1) when ``learn_p``."""
+    """Holds p: a buffer when fixed; when ``learn_p``, the parameter ``p_raw`` with ``p = max(p_raw, 1)``.
+
+    The clamp is straight-through: its value is ``max(p_raw, 1)`` and its gradient the identity, so the
+    gradient with respect to p is the same at p = 1 as above it, and p leaves 1 as soon as the loss wants
+    a larger p. (``p = 1 + softplus(raw)``, version 1, could not start at 1, and its gradient vanished
+    there: 3.5e-12 was measured.) While the loss wants p below 1, ``p_raw`` may drift under 1 with p
+    reading 1; its distance below 1 is what the loss must first undo."""
 
     default_p: ClassVar[float] = 2.0
     method: ClassVar[str] = "lp"
+    # Version 1 stored a learnable p as p = 1 + softplus(p_raw): _load_from_state_dict converts it.
+    _version: int = 2
 
     def __init__(
         self,
@@ -326,9 +383,9 @@ class _PowerPoolNd(PoolNd):
             raise TypeError(f"the module's p must be a float (got a tensor {value!r})")
         self.learn_p = bool(learn_p)
         if self.learn_p:
-            if not 1.0 < value < math.inf:
-                raise ValueError(f"a learnable p = 1 + softplus(raw) must start in (1, inf) (got {value!r})")
-            self.p_raw = nn.Parameter(torch.tensor(_inverse_softplus(value - 1.0)))
+            if not value < math.inf:
+                raise ValueError(f"a learnable p must start finite, in [1, inf) (got {value!r})")
+            self.p_raw = nn.Parameter(torch.tensor(value))
         else:
             self.register_buffer("p", torch.tensor(value))
             # A float copy keeps the fast paths (p=2: x*x, sqrt) and avoids a host sync per call;
@@ -339,8 +396,41 @@ class _PowerPoolNd(PoolNd):
     def power(self) -> Power:
         """The current p: a float when fixed, a tensor carrying the gradient when learnable."""
         if self.learn_p:
-            return 1.0 + F.softplus(self.p_raw)
+            raw = self.p_raw
+            return raw.detach().clamp_min(1.0) + (raw - raw.detach())  # value max(raw, 1), gradient 1
         return self._p_value
+
+    @property
+    def p(self) -> Tensor:
+        """The current p as a tensor: the buffer when fixed; ``max(p_raw, 1)`` when learnable."""
+        if self.learn_p:
+            power = self.power()
+            if isinstance(power, Tensor):
+                return power
+        buffer = self._buffers.get("p")
+        if buffer is None:
+            raise AttributeError("p")  # during __init__, before the buffer exists
+        return buffer
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        version = local_metadata.get("version")
+        key = prefix + "p_raw"
+        # Only a state dict that says it is version 1: one saved without metadata (safetensors keeps
+        # none) is taken as current, since every state dict saved from now on is.
+        if self.learn_p and version is not None and version < 2 and key in state_dict:
+            state_dict[key] = 1.0 + F.softplus(state_dict[key])  # version 1: p = 1 + softplus(p_raw)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         p = self.power()
@@ -437,16 +527,18 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
         norm_type: the power p, >= 1 (``p=`` is a keyword alias). Default: 2.
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        ceil_mode: use ceil instead of floor for the output size.
-        padding: implicit zero padding on both sides (keyword-only).
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
+        padding: implicit zero padding on both sides (keyword-only). Default: 0.
         output_size: adaptive output size instead of ``kernel_size`` (keyword-only); ``None`` entries
-            keep that size.
-        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
-            Otherwise p is a buffer. Default: False.
+            keep that size. Default: None.
+        learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a
+            straight-through gradient, so p may start at 1 and leave it. Otherwise p is a buffer.
+            Default: False.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 
@@ -471,17 +563,20 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        padding: implicit padding on both sides, excluded from the mean.
-        ceil_mode: use ceil instead of floor for the output size.
+        padding: implicit padding on both sides, excluded from the mean. Default: 0.
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+            Default: None.
         p: the power, >= 1. Default: 3.
         eps: inputs are clamped to at least eps. Default: 1e-6.
-        learn_p: make p an ``nn.Parameter``, ``p = 1 + softplus(p_raw)``, so it stays >= 1.
-            Otherwise p is a buffer. Default: False.
+        learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a
+            straight-through gradient, so p may start at 1 and leave it. Otherwise p is a buffer.
+            Default: False.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 

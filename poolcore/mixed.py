@@ -1,9 +1,15 @@
 """Mixed pooling (Yu, Wang, Chen, Wei, *Mixed Pooling for Convolutional Neural Networks*, RSKT 2014).
 
 Training draws ``λ ∈ {0, 1}`` with ``P(λ = 1) = p_max`` and outputs ``λ·max + (1 − λ)·avg``; the
-gradient follows the branch that was drawn. Outside training the functional returns the expectation
-``p_max·max + (1 − p_max)·avg``; the modules can instead apply the paper's rule (the pooling type that
-training drew more often), counted in buffers.
+gradient follows the branch that was drawn. Outside training every entry point (the functional, the
+modules, ``poolcore.pool``, the service) applies the same ``eval_rule``:
+
+- ``"expectation"`` (the default): ``p_max·max + (1 − p_max)·avg``, the mean of what training outputs,
+  so eval sees activations of the scale training produced on average;
+- ``"frequent"``: Yu et al.'s test-time rule, the branch training draws more often. A module that has
+  trained counts its draws in buffers and uses the counts (the expectation on a tie). Where there is no
+  training history (the functional, an untrained module, the service) it follows from p_max: max above
+  0.5, avg below it, the expectation at exactly 0.5.
 
 λ comes from torch's default generator (or ``generator=``), also under ``torch.compile`` on CPU, so a
 compiled module draws the same λ as the eager one for a seed; under export (and compiled on CUDA) it is
@@ -17,21 +23,21 @@ padding, and the max branch ignores padding too, so both branches see the same p
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ._module import DOC_SHAPES, PoolNd
+from ._module import DOC_SHAPES, PoolNd, keep_memory_format
 from .params import WindowParams
 from .windows import IntTuple, OptIntTuple, Window, check_float, is_traced, window_call
 
-__all__ = ["MixedParams", "MixedPool1d", "MixedPool2d", "MixedPool3d", "mixed_pool"]
+__all__ = ["MixedParams", "MixedPool1d", "MixedPool2d", "MixedPool3d", "eval_weight", "mixed_pool"]
 
 Scope = Literal["region", "channel", "layer"]
-EvalRule = Literal["frequent", "expectation"]
+EvalRule = Literal["expectation", "frequent"]
 _SCOPES = ("region", "channel", "layer")
 _EVAL_RULES = ("frequent", "expectation")
 
@@ -42,6 +48,28 @@ class MixedParams(WindowParams):
         "region",
         description="One λ per output element (region), per channel (channel) or per sample (layer).",
     )
+    eval_rule: EvalRule = Field(
+        "expectation",
+        description="Eval output: the expectation p_max·max + (1 − p_max)·avg, or the frequent branch "
+        "(Yu et al.'s rule; from p_max without training history: max above 0.5, avg below).",
+    )
+
+
+def _check_eval_rule(eval_rule: str) -> EvalRule:
+    if eval_rule not in _EVAL_RULES:
+        known = ", ".join(map(repr, _EVAL_RULES))
+        raise ValueError(f"eval_rule must be one of {known} (got {eval_rule!r})")
+    return cast(EvalRule, eval_rule)
+
+
+def eval_weight(p_max: float, eval_rule: EvalRule = "expectation") -> float:
+    """The weight of the max branch outside training where there is no training history:
+    ``p_max`` for ``"expectation"``; for ``"frequent"`` the branch drawn more often with probability
+    ``p_max``: 1 (max) above 0.5, 0 (avg) below, and the expectation (0.5) at exactly 0.5."""
+    p_max = _check_mixed(p_max, "region")
+    if _check_eval_rule(eval_rule) == "expectation" or p_max == 0.5:
+        return p_max
+    return 1.0 if p_max > 0.5 else 0.0
 
 
 def _check_mixed(p_max: float, scope: str) -> float:
@@ -294,7 +322,7 @@ def _mixed(
 
         return w.map_planes(b, part)
 
-    out = window_call(x, fn, **window_kwargs)
+    out = keep_memory_format(x, window_call(x, fn, **window_kwargs))
     return out, (drawn[0] if drawn else None)
 
 
@@ -309,11 +337,13 @@ def mixed_pool(
     dims: int | None = None,
     p_max: float = 0.5,
     scope: Scope = "region",
+    eval_rule: EvalRule = "expectation",
     training: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Mixed max/average pooling; see :class:`MixedPool2d`."""
     p_max = _check_mixed(p_max, scope)
+    weight = eval_weight(p_max, eval_rule)
     window_kwargs = {
         "kernel_size": kernel_size,
         "stride": stride,
@@ -322,7 +352,10 @@ def mixed_pool(
         "output_size": output_size,
         "dims": dims,
     }
-    return _mixed(x, window_kwargs, p_max, scope, training, generator)[0]
+    if training:
+        return _mixed(x, window_kwargs, p_max, scope, True, generator)[0]
+    # Outside training p_max only weights the two branches: the rule's weight takes its place.
+    return _mixed(x, window_kwargs, weight, scope, False, generator)[0]
 
 
 class _MixedPoolNd(PoolNd):
@@ -341,26 +374,28 @@ class _MixedPoolNd(PoolNd):
         output_size: OptIntTuple = None,
         p_max: float = 0.5,
         scope: Scope = "region",
-        eval_rule: EvalRule = "frequent",
+        eval_rule: EvalRule = "expectation",
     ) -> None:
         super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
         self.p_max = _check_mixed(p_max, scope)
         self.scope = scope
-        if eval_rule not in _EVAL_RULES:
-            known = ", ".join(map(repr, _EVAL_RULES))
-            raise ValueError(f"eval_rule must be one of {known} (got {eval_rule!r})")
-        self.eval_rule = eval_rule
+        self.eval_rule = _check_eval_rule(eval_rule)
         # Buffers, so the counts are saved with the model and move with .to(device).
         self.register_buffer("n_max", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_avg", torch.zeros((), dtype=torch.long))
 
     def eval_weight(self) -> Tensor:
-        """The weight of the max branch outside training, as a 0-dim tensor (no host sync):
-        1 if max was drawn more often, 0 if avg was, and ``p_max`` on a tie, which includes no
-        training history at all (the expectation is the unbiased choice when the counts don't decide)."""
-        one, zero = torch.ones((), device=self.n_max.device), torch.zeros((), device=self.n_max.device)
-        tie = torch.full((), self.p_max, device=self.n_max.device)
-        return torch.where(self.n_max > self.n_avg, one, torch.where(self.n_max < self.n_avg, zero, tie))
+        """The weight of the max branch outside training, as a 0-dim tensor (no host sync). With
+        ``eval_rule="frequent"``: 1 if training drew max more often, 0 if avg, ``p_max`` on a tie; with
+        no draws counted, :func:`eval_weight` of ``p_max``. With ``"expectation"``: ``p_max``."""
+        device = self.n_max.device
+        prior = torch.full((), eval_weight(self.p_max, self.eval_rule), device=device)
+        if self.eval_rule == "expectation":
+            return prior
+        one, zero = torch.ones((), device=device), torch.zeros((), device=device)
+        tie = torch.full((), self.p_max, device=device)
+        counted = torch.where(self.n_max > self.n_avg, one, torch.where(self.n_max < self.n_avg, zero, tie))
+        return torch.where(self.n_max + self.n_avg == 0, prior, counted)
 
     def forward(self, x: Tensor) -> Tensor:
         kwargs = self.window_kwargs()
@@ -372,8 +407,9 @@ class _MixedPoolNd(PoolNd):
                     self.n_max.add_(hits)
                     self.n_avg.add_(lam.numel() - hits)
             return out
-        weight = None if self.eval_rule == "expectation" else self.eval_weight()
-        return _mixed(x, kwargs, self.p_max, self.scope, False, None, weight)[0]
+        if self.eval_rule == "expectation":  # a float weight: the functional's own path
+            return _mixed(x, kwargs, self.p_max, self.scope, False, None)[0]
+        return _mixed(x, kwargs, self.p_max, self.scope, False, None, self.eval_weight())[0]
 
     def extra_repr(self) -> str:
         mixed = f"p_max={self.p_max}, scope={self.scope!r}, eval_rule={self.eval_rule!r}"
@@ -392,9 +428,12 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
     per sample and channel (``"channel"``) or per sample (``"layer"``). The module counts the λ it
     draws in the buffers ``n_max`` and ``n_avg`` (part of ``state_dict``).
 
-    In eval mode, ``eval_rule="frequent"`` (the paper's rule) uses the branch drawn more often in
-    training; on a tie, including a module that never trained, it uses the expectation
-    :math:`p_{{max}} \max + (1 - p_{{max}})\,\mathrm{{avg}}`, which ``eval_rule="expectation"`` always uses.
+    In eval mode the output follows ``eval_rule``, as in :func:`mixed_pool` and the service:
+    ``"expectation"`` (the default) gives
+    :math:`p_{{max}} \max + (1 - p_{{max}})\,\mathrm{{avg}}`, the mean of the training output;
+    ``"frequent"`` (the paper's rule) the branch drawn more often in training, the expectation on a tie,
+    and with no draws counted the branch ``p_max`` favours (max above 0.5, avg below, the expectation at
+    0.5).
 
     Positional arguments: ``(kernel_size, stride=None, padding=0, ceil_mode=False)``; the rest are
     keyword-only. (torch.nn has no class of this name; ``LPPool{d}d`` takes torch's order.)
@@ -402,16 +441,18 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
     Args:
         kernel_size: the window size; give this or ``output_size``.
         stride: the window step. Default: ``kernel_size``.
-        padding: implicit padding on both sides, ignored by both branches.
-        ceil_mode: use ceil instead of floor for the output size.
+        padding: implicit padding on both sides, ignored by both branches. Default: 0.
+        ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
+            Default: None.
         p_max: probability of the max branch. Default: 0.5.
         scope: ``"region"``, ``"channel"`` or ``"layer"``. Default: ``"region"``.
-        eval_rule: ``"frequent"`` or ``"expectation"``. Default: ``"frequent"``.
+        eval_rule: ``"expectation"`` or ``"frequent"``. Default: ``"expectation"``.
 
     Shape:
         - Input: {shape_in}
-        - Output: {shape_out}
+        - Output: {shape_out},
+{size_rule}
 
     Example::
 

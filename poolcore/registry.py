@@ -138,7 +138,11 @@ _MIXED = Guide(
     use="A regulariser between max and average: training switches at random between the two, so the "
     "network cannot rely on either alone. Pick it to reduce over-fitting where max pooling alone over-fits.",
     training="Train draws λ ∈ {0, 1} with P(λ = 1) = p_max, per window, channel or sample (scope); the same "
-    "seed gives the same draws. Eval returns the expectation p_max·max + (1 − p_max)·avg.",
+    "seed gives the same draws. Eval follows eval_rule, the same in the library, the API and this page. "
+    "The default, expectation, returns p_max·max + (1 − p_max)·avg: the mean of what training outputs, so "
+    "eval sees activations of the scale training produced. frequent is Yu et al.'s test-time rule, the "
+    "branch training draws more often: from p_max here (max above 0.5, avg below, the expectation at 0.5), "
+    "from its counted draws in a trained poolcore.nn.MixedPool module.",
 )
 _STOCHASTIC = Guide(
     formula=r"\text{train: } y = a_k,\ k \sim p_i = \frac{a_i}{\sum_{j \in R} a_j}"
@@ -204,7 +208,7 @@ def _build() -> dict[str, MethodSpec]:
         maxp,
         MethodSpec(
             "mixed",
-            "Mixed pooling (Yu et al. 2014): max with probability p_max, else average; eval: expectation.",
+            "Mixed pooling (Yu et al. 2014): max with probability p_max, else average; eval: eval_rule.",
             mixed.mixed_pool,
             mixed.MixedParams,
             modules={1: mixed.MixedPool1d, 2: mixed.MixedPool2d, 3: mixed.MixedPool3d},

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 import poolcore
+from poolcore.mixed import eval_weight as mixed_eval_weight
 
 from .sampling import WindowProbabilities, window_probabilities
 
@@ -112,7 +113,13 @@ def _lines(
     elif base == "mixed":
         big, mean = float(values.max()), s / n
         p_max = float(resolved.get("p_max", 0.5))
-        if not train:
+        rule = str(resolved.get("eval_rule", "expectation"))
+        weight = mixed_eval_weight(p_max, "frequent") if rule == "frequent" else p_max
+        if not train and weight != p_max:  # "frequent", decided by p_max: one branch
+            branch = f"max(a) = {num(big)}" if weight == 1 else f"mean(a) = {num(mean)}"
+            side = "above" if weight == 1 else "below"
+            lines.append(f"eval_rule = frequent: p_max = {num(p_max)} is {side} 0.5, so y = {branch}")
+        elif not train:
             value = p_max * big + (1 - p_max) * mean
             lines.append(
                 f"y = p_max·max(a) + (1 − p_max)·mean(a) = {num(p_max)}·{num(big)} + "

@@ -269,13 +269,13 @@ class TestPowerModules:
         x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
 
         def fn(t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-            return lp_pool(t, 2, p=1 + F.softplus(raw))
+            return lp_pool(t, 2, p=raw.clamp_min(1.0))
 
         assert torch.autograd.gradcheck(fn, (x, m.p_raw.detach().clone().requires_grad_(True)))
 
     def test_bad_module_arguments(self) -> None:
-        with pytest.raises(ValueError, match=r"learnable p = 1 \+ softplus\(raw\) must start in \(1, inf\)"):
-            LPPool2d(1.0, 2, learn_p=True)
+        with pytest.raises(ValueError, match=r"a learnable p must start finite, in \[1, inf\) \(got inf\)"):
+            LPPool2d(math.inf, 2, learn_p=True)
         with pytest.raises(ValueError, match="lp pooling needs p >= 1"):
             LPPool2d(0.5, 2)
         with pytest.raises(ValueError, match="exactly one of kernel_size"):
@@ -361,29 +361,6 @@ class TestStableForm:
         assert torch.autograd.gradcheck(lambda t: lp_pool(t, output_size=1, p=2000.0), (big,))
         assert torch.autograd.gradcheck(lambda t: lp_pool(t, 3, 2, p=200.0), (small,), eps=1e-9)
 
-    def test_each_route_is_taken(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """p=1e308: the window max; a narrow spread of values: float64 scaled by a power of two; a spread
-        past float64's range: each window scaled by its own maximum."""
-        import poolcore.lp as lp_module
-
-        routes: list[str] = []
-        window_scaled = lp_module._window_scaled
-
-        def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-            routes.append("window")
-            return window_scaled(*args, **kwargs)
-
-        monkeypatch.setattr(lp_module, "_window_scaled", spy)
-        x = _stable_input((1, 2, 8, 8), "log-uniform", 1.0)
-        lp_pool(x, 2, p=2.0)
-        assert routes == []  # in range: the plain form
-        lp_pool(x * 1e20, 2, p=2.0)
-        assert routes == []  # float64, scaled
-        lp_pool(x, 2, p=100.0)
-        assert routes == ["window"]
-        torch.testing.assert_close(lp_pool(x, 2, p=1e308), lp_pool(x, 2, p=math.inf), rtol=0, atol=0)
-        assert routes == ["window"]
-
 
 class TestTorchArgumentOrder:
     """poolcore.nn.LPPool2d(2, 3) meant kernel 2, stride 3; torch.nn.LPPool2d(2, 3) means p=2, kernel 3."""
@@ -407,3 +384,132 @@ class TestTorchArgumentOrder:
         assert LPPool2d(2.0, 3, padding=1).padding == 1
         with pytest.raises(ValueError, match="norm_type or its alias p, not both"):
             LPPool2d(2.0, 2, p=3.0)
+
+
+LEARNED_WINDOWS = [
+    ((2, 3, 9, 10), {"kernel_size": (3, 3), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True}),
+    ((2, 3, 10, 9), {"output_size": (2, 3)}),
+    ((2, 3, 6, 5), {"output_size": (1, 1)}),
+    ((1, 2, 5, 6, 7), {"kernel_size": (2, 2, 3), "stride": (1, 2, 2)}),
+]
+
+
+def _wide_input(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """float64 magnitudes ``10**u``, u uniform in (-3, 3), signs at random: values up to 1e3."""
+    gen = torch.Generator().manual_seed(seed)
+    magnitude = 10 ** (torch.rand(*shape, generator=gen, dtype=torch.float64) * 6 - 3)
+    return torch.where(torch.rand(*shape, generator=gen) < 0.5, -magnitude, magnitude)
+
+
+class TestLearnablePower:
+    """A tensor p (a learnable one) takes the max-scaled form too (issue 19, item 1): p = 51 on fp32
+    inputs up to 50 gave inf and NaN gradients for GeM and Lp."""
+
+    @pytest.mark.parametrize("family", ["lp", "gem"])
+    @pytest.mark.parametrize("p", [1.5, 51.0, 100.0])
+    @pytest.mark.parametrize("shape, kw", LEARNED_WINDOWS)
+    def test_tensor_p_matches_float64_with_finite_gradients(self, family, p, shape, kw) -> None:
+        x64 = _wide_input(shape, seed=int(p))
+        if family == "gem":
+            x64 = x64.abs()
+        x = x64.float().requires_grad_(True)
+        q = torch.tensor(p, requires_grad=True)
+        fn: Any = lp_pool if family == "lp" else gem_pool
+        extra = {} if family == "lp" else {"eps": 1e-6}
+        y = fn(x, **kw, p=q, **extra)
+        y.sum().backward()
+        # The float64 reference holds every power (1e3**100 = 1e300): its own autograd is the gradient.
+        x_ref = x64.clone().requires_grad_(True)
+        q_ref = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+        if family == "lp":
+            expected = ref.pooled(x_ref, lambda v: v.abs().pow(q_ref).sum(-1).pow(1 / q_ref), **kw)
+        else:
+            expected = ref.pooled(x_ref, lambda v: v.clamp_min(1e-6).pow(q_ref).mean(-1).pow(1 / q_ref), **kw)
+        expected.sum().backward()
+        torch.testing.assert_close(y.double(), expected.detach(), rtol=1e-5, atol=0.0)
+        assert torch.isfinite(_grad(x)).all() and torch.isfinite(_grad(q))
+        # Gradients to float32's precision, amplified by p through the powers.
+        torch.testing.assert_close(_grad(x).double(), _grad(x_ref), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(_grad(q).double(), _grad(q_ref), rtol=1e-3, atol=1e-6)
+
+    @pytest.mark.parametrize("module_cls", [GeMPool2d, LPPool2d])
+    def test_the_measured_overflow(self, module_cls) -> None:
+        """The issue's case: output_size=1, p=51 learnable, fp32 inputs up to 50."""
+        m = module_cls(output_size=1, p=51.0, learn_p=True)
+        x = (torch.rand(2, 3, 7, 7) * 50).requires_grad_(True)
+        y = m(x)
+        y.sum().backward()
+        assert torch.isfinite(y).all()
+        assert torch.isfinite(_grad(x)).all() and torch.isfinite(_grad(m.p_raw))
+        fixed = module_cls(output_size=1, p=51.0)
+        torch.testing.assert_close(y, fixed(x), rtol=1e-6, atol=0.0)
+
+    @pytest.mark.parametrize("module_cls, sign", [(GeMPool2d, -1.0), (LPPool2d, 1.0)])
+    def test_p_leaves_one_when_the_loss_wants_it(self, module_cls, sign) -> None:
+        """GeM's mean form grows with p, lp's sum form shrinks: each loss below wants a larger p. From
+        p = 1 the gradient is the true dL/dp (softplus's parametrisation gave 3.5e-12 near 1)."""
+        m = module_cls(kernel_size=2, p=1.0, learn_p=True)
+        assert isinstance(m.p, torch.Tensor) and float(m.p) == 1.0
+        x = torch.rand(2, 3, 8, 8, dtype=torch.float64) + 0.5
+        fn: Any = gem_pool if module_cls is GeMPool2d else lp_pool
+        # dL/dp at p = 1 by a central difference of the functional, in float64.
+        h = 1e-6
+        slope = (sign * fn(x, 2, p=1.0 + h).sum() - sign * fn(x, 2, p=1.0 + 3 * h).sum()) / -(
+            2 * h
+        )  # the one-sided slope at 1 + 2h
+        (sign * m(x.float()).sum()).backward()
+        torch.testing.assert_close(_grad(m.p_raw).double(), slope, rtol=1e-3, atol=0.0)
+        assert slope < -0.1  # a usable gradient, of the sign that raises p
+        opt = torch.optim.SGD(m.parameters(), lr=0.5 / float(-slope))
+        for _ in range(5):
+            opt.zero_grad()
+            (sign * m(x.float()).sum()).backward()
+            opt.step()
+        assert float(m.p) > 1.5
+
+    def test_below_one_reads_one_and_keeps_its_gradient(self) -> None:
+        m = GeMPool2d(output_size=1, p=1.0, learn_p=True)
+        with torch.no_grad():
+            m.p_raw.fill_(0.25)  # where a loss that wants p < 1 pushes it
+        assert float(m.p) == 1.0 and float(m.power()) == 1.0
+        x = torch.rand(2, 3, 6, 6) + 0.5
+        torch.testing.assert_close(m(x), gem_pool(x, output_size=1, p=1.0))
+        (-m(x).sum()).backward()
+        assert float(_grad(m.p_raw)) < 0  # the loss wants p larger: the gradient says so below 1 too
+
+    def test_version_1_state_dict_loads(self) -> None:
+        """Version 1 stored p = 1 + softplus(p_raw); its state dicts load to the same p."""
+        m = LPPool2d(2.0, 2, learn_p=True)
+        old = m.state_dict()
+        old["p_raw"] = torch.tensor(math.log(math.expm1(2.0)))  # softplus(raw) = 2: p = 3
+        old._metadata[""]["version"] = 1  # type: ignore[attr-defined]
+        buffer = io.BytesIO()
+        torch.save(old, buffer)
+        buffer.seek(0)
+        m.load_state_dict(torch.load(buffer))
+        torch.testing.assert_close(m.p, torch.tensor(3.0))
+        # Current state dicts, with or without metadata (safetensors keeps none), load as they are.
+        current = LPPool2d(2.0, 2, learn_p=True)
+        with torch.no_grad():
+            current.p_raw.fill_(4.5)
+        m.load_state_dict(current.state_dict())
+        torch.testing.assert_close(m.p, torch.tensor(4.5))
+        m.load_state_dict(dict(LPPool2d(2.5, 2, learn_p=True).state_dict()))
+        torch.testing.assert_close(m.p, torch.tensor(2.5))
+
+    @pytest.mark.parametrize("module_cls", [GeMPool2d, LPPool2d])
+    def test_compiled_and_exported_never_overflow(self, module_cls) -> None:
+        """The same form under torch.compile and torch.export: p = 100, inputs up to 1e3."""
+        m = module_cls(kernel_size=3, stride=2, padding=1, p=100.0, learn_p=True)
+        x64 = _wide_input((2, 3, 10, 9), seed=11).abs()
+        x = x64.float()
+        reduce = ref.lp(100.0) if module_cls is LPPool2d else ref.gem(100.0, 1e-6)
+        expected = ref.pooled(x64, reduce, (3, 3), (2, 2), (1, 1))
+        torch._dynamo.reset()
+        compiled = torch.compile(m, fullgraph=True)
+        y = compiled(x.clone().requires_grad_(True))
+        y.sum().backward()
+        torch.testing.assert_close(y.detach().double(), expected, rtol=1e-5, atol=0.0)
+        assert torch.isfinite(_grad(m.p_raw))
+        exported = torch.export.export(m.eval(), (x,)).module()
+        torch.testing.assert_close(exported(x).double(), expected, rtol=1e-5, atol=0.0)

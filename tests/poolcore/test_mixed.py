@@ -198,13 +198,13 @@ class TestMixedModule:
 
     def test_counts_survive_save_and_load(self) -> None:
         torch.manual_seed(1)
-        m = MixedPool2d(3, 2, p_max=0.9)
+        m = MixedPool2d(3, 2, p_max=0.9, eval_rule="frequent")
         for _ in range(3):
             m(torch.randn(2, 4, 9, 9))
         buffer = io.BytesIO()
         torch.save(m.state_dict(), buffer)
         buffer.seek(0)
-        fresh = MixedPool2d(3, 2, p_max=0.9)
+        fresh = MixedPool2d(3, 2, p_max=0.9, eval_rule="frequent")
         fresh.load_state_dict(torch.load(buffer))
         assert int(fresh.n_max) == int(m.n_max) and int(fresh.n_avg) == int(m.n_avg)
         assert int(fresh.n_max) > int(fresh.n_avg)  # p_max=0.9: max won
@@ -217,7 +217,7 @@ class TestMixedModule:
             (5, 3, "frequent", 1.0),
             (3, 5, "frequent", 0.0),
             (4, 4, "frequent", 0.3),  # tie: the expectation
-            (0, 0, "frequent", 0.3),  # no training history: the expectation
+            (0, 0, "frequent", 0.0),  # no training history: p_max = 0.3 < 0.5 favours avg
             (5, 3, "expectation", 0.3),
         ],
     )
@@ -230,7 +230,7 @@ class TestMixedModule:
         torch.testing.assert_close(m(x), expected)
 
     def test_extra_repr_and_bad_arguments(self) -> None:
-        text = repr(MixedPool2d(3, 2, p_max=0.7, scope="channel"))
+        text = repr(MixedPool2d(3, 2, p_max=0.7, scope="channel", eval_rule="frequent"))
         assert "p_max=0.7" in text and "scope='channel'" in text and "eval_rule='frequent'" in text
         with pytest.raises(ValueError, match="eval_rule must be one of 'frequent', 'expectation'"):
             MixedPool2d(2, eval_rule="vote")  # type: ignore[arg-type]
@@ -254,3 +254,81 @@ def test_infinite_windows_keep_their_value(dtype: torch.dtype, p_max: float) -> 
     expected = p_max * F.max_pool2d(x, 2) + (1 - p_max) * F.avg_pool2d(x, 2)
     expected[0, 0, 0, 0], expected[0, 1, 0, 0] = float("inf"), -float("inf")
     torch.testing.assert_close(out, expected)
+
+
+def _weighted(x: torch.Tensor, weight: float) -> torch.Tensor:
+    return weight * F.max_pool2d(x, 2) + (1 - weight) * F.avg_pool2d(x, 2)
+
+
+# "frequent" without training history follows from p_max: max above 0.5, avg below, the expectation at 0.5.
+RULE_WEIGHTS = [
+    ("expectation", 0.3, 0.3),
+    ("expectation", 0.7, 0.7),
+    ("frequent", 0.3, 0.0),
+    ("frequent", 0.5, 0.5),
+    ("frequent", 0.7, 1.0),
+]
+
+
+class TestOneEvalRule:
+    """Mixed eval meant the expectation in the functional, the registry and the service, but the more
+    frequent branch in the module (issue 19, item 2): one rule, chosen by eval_rule, everywhere."""
+
+    @pytest.mark.parametrize("rule, p_max, weight", RULE_WEIGHTS)
+    def test_every_entry_point_applies_the_rule(self, rule, p_max, weight) -> None:
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        expected = _weighted(x, weight)
+        outputs = {
+            "functional": mixed_pool(x, 2, p_max=p_max, eval_rule=rule),
+            "registry": poolcore.pool(x, "mixed", kernel_size=2, p_max=p_max, eval_rule=rule),
+            "Pool": poolcore.nn.Pool("mixed", kernel_size=2, p_max=p_max, eval_rule=rule).eval()(x),
+            "untrained module": MixedPool2d(2, p_max=p_max, eval_rule=rule).eval()(x),
+        }
+        for name, y in outputs.items():
+            assert torch.allclose(y, expected, rtol=1e-10, atol=1e-12), name
+        assert poolcore.nn.MixedPool2d(2, p_max=p_max, eval_rule=rule).eval_weight().item() == pytest.approx(
+            weight
+        )
+
+    def test_the_default_is_the_expectation_everywhere(self) -> None:
+        """Measured before: p_max=0.3, after any training, module eval equalled avg_pool exactly."""
+        torch.manual_seed(3)
+        m = MixedPool2d(2, p_max=0.3)
+        for _ in range(3):
+            m(torch.randn(2, 3, 8, 8))
+        assert int(m.n_avg) > int(m.n_max)  # avg was drawn more often
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        expected = _weighted(x, 0.3)
+        torch.testing.assert_close(m.eval()(x), expected)
+        torch.testing.assert_close(mixed_pool(x, 2, p_max=0.3), expected)
+        torch.testing.assert_close(poolcore.pool(x, "mixed", kernel_size=2, p_max=0.3), expected)
+        assert poolcore.get_spec("mixed").resolve({"kernel_size": 2})["eval_rule"] == "expectation"
+        assert "eval_rule='expectation'" in repr(MixedPool2d(2))
+
+    def test_a_trained_module_uses_its_counts(self) -> None:
+        torch.manual_seed(4)
+        m = MixedPool2d(2, p_max=0.45, eval_rule="frequent")
+        x = torch.randn(2, 3, 8, 8)
+        assert torch.equal(m.eval()(x), F.avg_pool2d(x, 2))  # no history: p_max < 0.5 favours avg
+        m.n_max.fill_(7)
+        m.n_avg.fill_(3)  # as if training had drawn max more often
+        assert torch.equal(m(x), F.max_pool2d(x, 2))
+
+    def test_training_ignores_the_rule_and_a_bad_rule_is_refused(self) -> None:
+        x = torch.randn(2, 3, 8, 8)
+        draws = [
+            mixed_pool(x, 2, p_max=0.3, eval_rule=rule, training=True, generator=_seeded(5))
+            for rule in ("expectation", "frequent")
+        ]
+        assert torch.equal(draws[0], draws[1])
+        with pytest.raises(
+            ValueError, match=r"eval_rule must be one of 'frequent', 'expectation' \(got 'vote'\)"
+        ):
+            mixed_pool(x, 2, eval_rule="vote")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="eval_rule"):
+            poolcore.pool(x, "mixed", kernel_size=2, eval_rule="vote")
+
+    def test_the_guide_says_which_rule_and_why(self) -> None:
+        training = poolcore.get_spec("mixed").guide.training
+        assert "eval_rule" in training and "expectation" in training and "frequent" in training
+        assert "default" in training

@@ -196,3 +196,14 @@ def test_walkthrough_reads_the_drawn_position_from_the_index() -> None:
     assert f"drawn: a[{r},{c}] = {float(out[0, 0, 0]):g}" in text
     assert text.count("class='in-window drawn'") == 1
     assert "equal values" in explain(x, "stochastic", {"kernel_size": 2}, out[0], (0, 0), "train")
+
+
+def test_walkthrough_follows_mixed_eval_rule() -> None:
+    """eval_rule="frequent" without training history: p_max decides the branch (issue 19, item 2)."""
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # max 6, mean 3
+    params = {"kernel_size": 2, "p_max": 0.75, "eval_rule": "frequent"}
+    text = explain(x, "mixed", params, torch.tensor([[6.0]]), (0, 0), "eval")
+    assert "eval_rule = frequent: p_max = 0.75 is above 0.5, so y = max(a) = 6" in text
+    params = {"kernel_size": 2, "p_max": 0.25, "eval_rule": "frequent"}
+    text = explain(x, "mixed", params, torch.tensor([[3.0]]), (0, 0), "eval")
+    assert "p_max = 0.25 is below 0.5, so y = mean(a) = 3" in text

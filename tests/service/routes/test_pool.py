@@ -548,3 +548,22 @@ def test_a_rank_3_input_with_a_scalar_window_is_a_422_naming_both_readings(clien
     assert r.status_code == 200, r.text
     expected = torch.nn.functional.avg_pool1d(torch.from_numpy(data), 2)
     np.testing.assert_allclose(np.asarray(r.json()["data"]), expected.numpy())
+
+
+@pytest.mark.parametrize("rule, p_max, weight", [("expectation", 0.75, 0.75), ("frequent", 0.75, 1.0)])
+def test_mixed_eval_rule_is_a_parameter(client: TestClient, rule: str, p_max: float, weight: float) -> None:
+    """The library's eval_rule reaches /pool as a parameter; the expectation is the default."""
+    x = torch.from_numpy(X)
+    mx, av = torch.nn.functional.max_pool2d(x, 2), torch.nn.functional.avg_pool2d(x, 2)
+    expected = (weight * mx + (1 - weight) * av).numpy()
+    given = [{"kernel_size": 2, "p_max": p_max, "eval_rule": rule}]
+    if rule == "expectation":
+        given.append({"kernel_size": 2, "p_max": p_max})  # the default
+    for params in given:
+        r = client.post("/pool/mixed", json={"data": X.tolist(), "params": params})
+        assert r.status_code == 200, r.text
+        assert r.json()["params"]["eval_rule"] == rule
+        np.testing.assert_allclose(np.asarray(r.json()["data"], np.float32), expected, rtol=1e-6, atol=1e-7)
+    bad = {"kernel_size": 2, "eval_rule": "vote"}
+    r = client.post("/pool/mixed", json={"data": X.tolist(), "params": bad})
+    assert r.status_code == 422 and "eval_rule" in r.text
