@@ -93,3 +93,10 @@ test-image:
 bench-train: install
 	$(PIP) -e '.[service,bench]'
 	$(PY) bench/train.py $(ARGS)
+
+# Everything that needs a CUDA device, in one report (test-artifacts/gpu-check.md): the CUDA tests,
+# bench/ops.py --device cuda, the service on --device cuda (one request per method and format) and the service
+# benchmark; within 10 minutes on one GPU. Without a GPU it says so and exits 0.
+.PHONY: gpu-check
+gpu-check:
+	$(PY) scripts/gpu_check.py $(ARGS)
