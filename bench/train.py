@@ -1,6 +1,6 @@
 """Training benchmark: one small CNN per pooling method, several seeds, on scikit-learn's digits.
 
-    python bench/train.py                 # 6 methods x 2 layouts x 5 seeds x 30 epochs (CPU: minutes)
+    python bench/train.py                 # 6 methods x 2 layouts x 5 seeds x 20 epochs (CPU: minutes)
     python bench/train.py --quick         # 1 seed, 2 epochs, 300 training images (a smoke run: seconds)
     python bench/train.py --device cuda   # the same on a GPU
 
@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,20 +265,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 300 training images")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; --quick 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="default 30; --quick 2")
+    parser.add_argument("--epochs", type=int, default=None, help="default 20; --quick 2")
     parser.add_argument("--train-size", type=int, default=None, help="default 500; --quick 300")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="2d, 1d or both")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="cases trained at once, one subprocess each")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per case (no memory column)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # layout:method, run by the parent process
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 5)
-    args.epochs = args.epochs or (2 if args.quick else 30)
+    args.epochs = args.epochs or (2 if args.quick else 20)
     args.train_size = args.train_size or (300 if args.quick else 500)
-    for name in ("seeds", "epochs", "threads"):
+    for name in ("seeds", "epochs", "threads", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     return args
@@ -301,23 +303,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, Any
             raise SystemExit(f"--layouts: each must be one of {', '.join(LAYOUTS)} (got {layout!r})")
     subprocesses = not args.in_process and device.type == "cpu"
     measured_memory = subprocesses or device.type == "cuda"
-    results: dict[str, dict[str, dict[str, Any]]] = {}
     started = time.perf_counter()
-    for layout in layouts:
-        results[layout] = {}
-        for method in methods:
-            if subprocesses:
-                case = run_case_subprocess(layout, method, seeds, args.epochs, args.train_size, args)
-            else:
-                case = run_case(layout, method, seeds, args.epochs, args.train_size, device)
-            results[layout][method] = case
-            last = [r["test_acc"][-1] for r in case["runs"]]
-            print(f"{layout} {method:10s} test accuracy {100 * statistics.fmean(last):.2f} %", flush=True)
+
+    def one(layout: str, method: str) -> dict[str, Any]:
+        if subprocesses:
+            case = run_case_subprocess(layout, method, seeds, args.epochs, args.train_size, args)
+        else:
+            case = run_case(layout, method, seeds, args.epochs, args.train_size, device)
+        last = [r["test_acc"][-1] for r in case["runs"]]
+        print(f"{layout} {method:10s} test accuracy {100 * statistics.fmean(last):.2f} %", flush=True)
+        return case
+
+    cases = [(layout, method) for layout in layouts for method in methods]
+    with ThreadPoolExecutor(args.jobs if subprocesses else 1) as pool:
+        done = dict(zip(cases, pool.map(lambda c: one(*c), cases), strict=True))
+    results = {layout: {method: done[layout, method] for method in methods} for layout in layouts}
     args.out.mkdir(parents=True, exist_ok=True)
     conditions = (
         f"{args.seeds} seed(s), {args.epochs} epochs, {args.train_size} training and "
         f"{1797 - args.train_size} test images, Adam lr 1e-3, batch 32, device {device}, "
-        f"{args.threads} thread(s), torch {torch.__version__}, {time.perf_counter() - started:.0f} s in all, "
+        f"{args.threads} thread(s) x {args.jobs} job(s), torch {torch.__version__}, "
+        f"{time.perf_counter() - started:.0f} s in all, "
         f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
     text = f"{conditions}\n\n{table(results, measured_memory)}"
