@@ -98,3 +98,17 @@ bench-service: install-test  # tritonclient (test extras) for the --oip rows
 # on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).
 test-image:
 	bash scripts/test_image.sh
+
+# The training benchmark (bench/train.py): a small CNN per method on scikit-learn's digits, 5 seeds, 2-d and
+# 1-d pooling; writes bench/results/train.{md,json} and train_curves.png. ARGS="--quick" for a smoke run.
+.PHONY: bench-train
+bench-train: install
+	$(PIP) -e '.[service,bench]'
+	$(PY) bench/train.py $(ARGS)
+
+# Everything that needs a CUDA device, in one report (test-artifacts/gpu-check.md): the CUDA tests,
+# bench/ops.py --device cuda, the service on --device cuda (one request per method and format) and the service
+# benchmark; within 10 minutes on one GPU. Without a GPU it says so and exits 0.
+.PHONY: gpu-check
+gpu-check:
+	$(PY) scripts/gpu_check.py $(ARGS)

@@ -125,8 +125,9 @@ def test_the_ui_meets_the_same_queue_bound() -> None:
         assert pool_tensor(runtime, x, "max", {"kernel_size": 2, "dims": 2}).output.tolist() == [[[4.0]]]
 
 
-def _abandon(url: str, path: str, body: bytes, after: float) -> None:
-    """Send a whole request on a raw socket, then close the connection without reading the answer."""
+def _abandon(url: str, path: str, body: bytes, leave: threading.Event) -> None:
+    """Send a whole request on a raw socket, then, once ``leave`` is set, close the connection without
+    reading the answer."""
     host, port = url.removeprefix("http://").split(":")
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -134,7 +135,14 @@ def _abandon(url: str, path: str, body: bytes, after: float) -> None:
     ).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head + body)
-        time.sleep(after)
+        leave.wait(60)
+
+
+def _wait_for_queue_depth(client: httpx.Client, depth: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while (now := metric(client.get("/metrics").text, "poolserve_queue_depth")) != depth:
+        assert time.monotonic() < deadline, f"queue depth {now}, not {depth}, after {seconds:.0f} s"
+        time.sleep(0.05)
 
 
 # A small max pooling request, as /pool and as the inference protocol's infer: both drop it alike.
@@ -149,9 +157,10 @@ _QUITTERS = {
 
 @pytest.mark.parametrize("path", list(_QUITTERS))
 def test_requests_whose_clients_gave_up_are_dropped_not_run(path: str) -> None:
-    """One worker, busy with a slow request; four clients queue small requests behind it and hang up after
-    0.3 s. None of the four may run: no operator time is recorded for their method, and the queue is
-    empty again as soon as they have gone. /pool and /v2 alike."""
+    """One worker, busy with a slow request; four clients queue small requests behind it and hang up once
+    all four are queued. None of the four may run: no operator time is recorded for their method, and the
+    queue is empty again once they have gone. Each step waits for what /metrics shows, not for a fixed
+    time, so a loaded machine only makes it slower. /pool and /v2 alike."""
     # Average pooling with a 47×47 window at stride 1 over 16 planes of 512²: about 4 s on one thread.
     slow = npy_bytes(np.random.default_rng(0).random((16, 512, 512), dtype=np.float32))
     limits = {"max_body_bytes": 17 << 20, "max_elements": 1 << 22, "max_image_pixels": 1 << 16}
@@ -171,14 +180,17 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run(path: str) -> None:
         slow_thread = threading.Thread(target=run_slow)
         sent = time.monotonic()
         slow_thread.start()
-        time.sleep(0.3)  # its 16 MiB reach the server and a worker starts on it
+        time.sleep(1.0)  # its 16 MiB reach the server and a worker starts on it (about 4 s of pooling)
         body = httpx.Request("POST", "/", json=_QUITTERS[path]).content
-        quitters = [threading.Thread(target=_abandon, args=(url, path, body, 0.3)) for _ in range(4)]
+        leave = threading.Event()
+        quitters = [threading.Thread(target=_abandon, args=(url, path, body, leave)) for _ in range(4)]
         for quitter in quitters:
             quitter.start()
+        _wait_for_queue_depth(client, 4)  # all four wait behind the slow job
+        leave.set()
         for quitter in quitters:
             quitter.join(30)
-        time.sleep(0.1)  # the server notices the closed connections
+        _wait_for_queue_depth(client, 0)  # the server noticed the closed connections
         text = client.get("/metrics").text
         # The slow job is still running: the four really were queued behind it when they left.
         left = time.monotonic() - sent
