@@ -6,6 +6,7 @@ Nothing heavy happens at import: the device is resolved, and a warm-up op run, i
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,6 +59,16 @@ def _warm_up(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _configure_process(settings: Settings) -> None:
+    """The process-wide settings, once per served process (see ``create_app``)."""
+    if settings.torch_threads is not None:
+        # Before any batch: the default every thread starts with (the workers then set their share per
+        # batch, which also moves that default: docs/configuration.md).
+        torch.set_num_threads(settings.torch_threads)
+    if settings.reuse_freed_memory:
+        reuse_freed_memory()
+
+
 def _document_pool_route(app: FastAPI, settings: Settings) -> None:
     """Add ``POST /pool/{method}`` (a plain Starlette route, which FastAPI leaves out) to the app's
     OpenAPI schema, first among the paths, and the bearer scheme when API keys are set; FastAPI's
@@ -85,8 +96,14 @@ def _document_pool_route(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; ``settings`` default to the environment's (``POOLSERVE_*``)."""
+def create_app(settings: Settings | None = None, *, configure_process: bool = False) -> FastAPI:
+    """A new app; ``settings`` default to the environment's (``POOLSERVE_*``).
+
+    ``configure_process``: at start-up, also apply the settings that change the whole process, not just
+    this app: glibc's heap thresholds (``reuse_freed_memory``) and torch's thread count
+    (``torch_threads``). Only for the app a server process exists to serve (``app`` below); a process
+    that hosts other work too, such as a test session, keeps its own (docs/configuration.md).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -96,8 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.device = resolve_device(settings.device)
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels)
         app.state.work_limits = WorkLimits.of(settings)
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
+        if configure_process:
+            _configure_process(settings)
         # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once,
         # sharing torch's intra-op threads between them.
         workers = TorchWorkers(
@@ -108,8 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.workers = workers
         app.state.metrics.watch_queue(workers.pending)
-        if settings.reuse_freed_memory:
-            reuse_freed_memory()  # process-wide, like torch_threads
         await workers.run(_warm_up, app.state.device)
         grpc_server = None
         if settings.grpc_port is not None:
@@ -118,14 +133,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from .grpc_server import start_grpc
 
             grpc_server = await start_grpc(app.state, settings)
-        frozen = freeze_heap()  # the start-up heap, out of the cycle collector's walks (see gc_tuning)
+        frozen_before = freeze_heap()  # the start-up heap, out of the cycle collector's walks (gc_tuning)
         app.state.ready = True
+        frozen = gc.get_freeze_count()
         log.info("poolserve ready on %s (%d start-up objects frozen)", app.state.device, frozen)
         try:
             yield
         finally:
             app.state.ready = False
-            unfreeze_heap()
+            unfreeze_heap(frozen_before)
             if grpc_server is not None:
                 # New RPCs are refused; those in flight get as long as uvicorn gives HTTP requests.
                 await grpc_server.stop(settings.body_timeout + settings.request_timeout)
@@ -173,4 +189,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return mount_ui(app)
 
 
-app = create_app()
+app = create_app(configure_process=True)
