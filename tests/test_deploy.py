@@ -1,19 +1,30 @@
-"""The Kubernetes manifest's process settings follow its resources."""
+"""The Kubernetes manifests' process settings follow their resources."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-DEPLOYMENT = Path(__file__).parent.parent / "deploy" / "kubernetes" / "deployment.yaml"
+KUBERNETES = Path(__file__).parent.parent / "deploy" / "kubernetes"
 
 
-def test_torch_threads_follow_the_cpu_request() -> None:
+def _container(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((KUBERNETES / name).read_text())
+    if manifest["kind"] == "Deployment":
+        spec = manifest["spec"]["template"]["spec"]
+    else:  # KServe's InferenceService
+        spec = manifest["spec"]["predictor"]
+    (container,) = spec["containers"]
+    return container
+
+
+@pytest.mark.parametrize("manifest", ["deployment.yaml", "inferenceservice.yaml"])
+def test_torch_threads_follow_the_cpu_request(manifest: str) -> None:
     # torch's default is the node's core count; a pod gets its CPU request.
-    manifest: dict[str, Any] = yaml.safe_load(DEPLOYMENT.read_text())
-    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    container = _container(manifest)
     env = {e["name"]: e for e in container["env"]}
     source = env["POOLSERVE_TORCH_THREADS"]["valueFrom"]["resourceFieldRef"]
     assert source["resource"] == "requests.cpu"
