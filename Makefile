@@ -28,21 +28,45 @@ export GRADIO_ANALYTICS_ENABLED := False
 	      && python3 -m venv .venv; \
 	  else rm -rf .venv; echo "python3 -m venv failed: install your distribution's python3-venv package" >&2; exit 1; fi; }
 
+# Installs follow the locks in requirements/ (made by `make lock`, every file's hash pinned): a fresh install
+# gets exactly what CI tested. torch is left out of them and installed first, pinned: its CPU and CUDA
+# builds differ in their own dependencies. poolserve itself goes in last, without dependencies.
 # Each install leaves a stamp in the environment, so a later `make serve` skips pip (half a minute of
-# re-checking an unchanged install) unless pyproject.toml changed since. The stamp lives in the
+# re-checking an unchanged install) unless pyproject.toml or the lock changed since. The stamp lives in the
 # environment, so switching environments installs afresh.
 ENV_DIR := $(shell $(PY) -c 'import sys; print(sys.prefix)' 2>/dev/null || echo .venv)
 STAMP = $(ENV_DIR)/.poolserve-installed
+LOCKED := $(PIP) --require-hashes --no-deps -r
 
 install: $(VENV)
-	@if [ -f "$(STAMP)-service" ] && [ "$(STAMP)-service" -nt pyproject.toml ]; then \
-	  echo "poolserve is installed in $(ENV_DIR) and pyproject.toml is unchanged: skipping pip"; \
-	else $(PIP) $(TORCH) && $(PIP) -e '.[service]' && touch "$(STAMP)-service"; fi
+	@if [ -f "$(STAMP)-service" ] && [ "$(STAMP)-service" -nt pyproject.toml ] \
+	    && [ "$(STAMP)-service" -nt requirements/service.txt ]; then \
+	  echo "poolserve is installed in $(ENV_DIR) and pyproject.toml and its lock are unchanged: skipping pip"; \
+	else $(PIP) $(TORCH) && $(LOCKED) requirements/service.txt && $(PIP) --no-deps -e . \
+	  && touch "$(STAMP)-service"; fi
 
 install-test: $(VENV)
-	@if [ -f "$(STAMP)-test" ] && [ "$(STAMP)-test" -nt pyproject.toml ]; then \
-	  echo "the test dependencies are installed in $(ENV_DIR) and pyproject.toml is unchanged: skipping pip"; \
-	else $(PIP) $(TORCH) && $(PIP) -e '.[service,test]' && touch "$(STAMP)-test" "$(STAMP)-service"; fi
+	@if [ -f "$(STAMP)-test" ] && [ "$(STAMP)-test" -nt pyproject.toml ] \
+	    && [ "$(STAMP)-test" -nt requirements/test.txt ]; then \
+	  echo "the test dependencies are installed in $(ENV_DIR) and pyproject.toml and its lock are unchanged: skipping pip"; \
+	else $(PIP) $(TORCH) && $(LOCKED) requirements/test.txt && $(PIP) --no-deps -e . \
+	  && touch "$(STAMP)-test" "$(STAMP)-service"; fi
+
+# Refresh the locks from pyproject.toml and PyPI. Versions already locked are kept unless pyproject.toml
+# excludes them: `make lock` after editing a range; `make lock UPGRADE=--upgrade` (or
+# `UPGRADE="--upgrade-package gradio"`) to move to newer releases. requirements/test.txt is the CI set;
+# requirements/service.txt is its service part, at the same versions.
+UV_PIN := uv==0.13.10
+UV ?= $(PY) -m uv
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --index-url https://pypi.org/simple \
+	--no-config --override requirements/torch-excluded.txt --no-emit-package torch --quiet
+.PHONY: lock
+lock: $(VENV)
+	@$(UV) --version >/dev/null 2>&1 || $(PIP) $(UV_PIN)
+	$(UV) pip compile pyproject.toml --extra service --extra test $(LOCK_FLAGS) $(UPGRADE) \
+	  -o requirements/test.txt
+	$(UV) pip compile pyproject.toml --extra service $(LOCK_FLAGS) -c requirements/test.txt \
+	  -o requirements/service.txt
 
 # Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded at run time), and
 # axe-core (the WCAG checker they inject) from npm into the git-ignored .browser-deps/.

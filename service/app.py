@@ -1,5 +1,5 @@
 """App factory: ``create_app(settings)`` builds a fresh app; ``poolserve`` serves one, and so does
-``uvicorn --factory service.app:create_app``.
+``uvicorn --factory service.app:create_served_app``.
 
 Nothing is built at import, and building is cheap: the page's first values come from load events, and the
 device is resolved, and a warm-up op run, in the lifespan.
@@ -7,6 +7,7 @@ device is resolved, and a warm-up op run, in the lifespan.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from .routes.v2 import v2_routes
 from .ui import mount_ui
 from .workers import TorchWorkers
 
-__all__ = ["create_app", "resolve_device"]
+__all__ = ["create_app", "create_served_app", "resolve_device"]
 
 log = logging.getLogger("poolserve")
 
@@ -57,6 +58,16 @@ def _warm_up(device: torch.device) -> None:
     run_pool(torch.ones(1, 1, 4, 4), "avg", {"kernel_size": 2}, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _configure_process(settings: Settings) -> None:
+    """The process-wide settings, once per served process (see ``create_app``)."""
+    if settings.torch_threads is not None:
+        # Before any batch: the default every thread starts with (the workers then set their share per
+        # batch, which also moves that default: docs/configuration.md).
+        torch.set_num_threads(settings.torch_threads)
+    if settings.reuse_freed_memory:
+        reuse_freed_memory()
 
 
 def _document_pool_route(app: FastAPI, settings: Settings) -> None:
@@ -86,8 +97,14 @@ def _document_pool_route(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; ``settings`` default to the environment's (``POOLSERVE_*``)."""
+def create_app(settings: Settings | None = None, *, configure_process: bool = False) -> FastAPI:
+    """A new app; ``settings`` default to the environment's (``POOLSERVE_*``).
+
+    ``configure_process``: at start-up, also apply the settings that change the whole process, not just
+    this app: glibc's heap thresholds (``reuse_freed_memory``) and torch's thread count
+    (``torch_threads``). Only for the app a server process exists to serve (``app`` below); a process
+    that hosts other work too, such as a test session, keeps its own (docs/configuration.md).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -97,8 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.device = resolve_device(settings.device)
         app.state.limits = Limits(settings.max_elements, settings.max_image_pixels, settings.max_jpeg_scans)
         app.state.work_limits = WorkLimits.of(settings)
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)  # process-wide, so only when asked for
+        if configure_process:
+            _configure_process(settings)
         # All torch work, the route's and the UI's, runs in these threads: max_concurrency at once,
         # sharing torch's intra-op threads between them.
         workers = TorchWorkers(
@@ -113,8 +130,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.workers = workers
         app.state.metrics.watch_queue(workers.pending)
-        if settings.reuse_freed_memory:
-            reuse_freed_memory()  # process-wide, like torch_threads
         await workers.run(_warm_up, app.state.device)
         grpc_server = None
         if settings.grpc_port is not None:
@@ -123,8 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from .grpc_server import start_grpc
 
             grpc_server = await start_grpc(app.state, settings)
-        frozen = freeze_heap()  # the start-up heap, out of the cycle collector's walks (see gc_tuning)
+        frozen_before = freeze_heap()  # the start-up heap, out of the cycle collector's walks (gc_tuning)
         app.state.ready = True
+        frozen = gc.get_freeze_count()
         log.info("poolserve ready on %s (%d start-up objects frozen)", app.state.device, frozen)
         # Whether keys are on, and how many; never the keys themselves.
         if settings.api_key_list:
@@ -137,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
-            unfreeze_heap()
+            unfreeze_heap(frozen_before)
             if grpc_server is not None:
                 # New RPCs are refused; those in flight get as long as uvicorn gives HTTP requests.
                 await grpc_server.stop(settings.body_timeout + settings.request_timeout)
@@ -185,3 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[:0] = [*pool_routes(), *v2_routes(), *info_router().routes]
     _document_pool_route(app, settings)
     return mount_ui(app)
+
+
+def create_served_app() -> FastAPI:
+    """The app a server process serves: :func:`create_app` with the environment's settings and the
+    process-wide settings applied (``uvicorn --factory service.app:create_served_app``)."""
+    return create_app(configure_process=True)

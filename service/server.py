@@ -555,7 +555,7 @@ def serve(
     if workers > 1:
         # Each process builds its app and its protocol's limits from the environment.
         uvicorn.run(
-            "service.app:create_app",
+            "service.app:create_served_app",
             factory=True,
             workers=workers,
             http="service.server:GuardedHttpToolsProtocol",
@@ -564,7 +564,7 @@ def serve(
         return
     from .app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, configure_process=True)
 
     # uvicorn dups an --fd socket and closes only its copy at shutdown, so the listener would stay open
     # (connections queue unanswered) after the drain: adopt the descriptor itself instead.

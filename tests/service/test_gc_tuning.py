@@ -31,3 +31,16 @@ def test_the_start_up_heap_is_out_of_the_oldest_generation_while_the_app_runs() 
         assert ref() is None
     # Shut down: unfrozen, so the garbage of a torn-down app can be collected.
     assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_someone_else_froze_stays_frozen_after_shutdown() -> None:
+    # gc.unfreeze() empties the whole permanent generation: the app must not undo a host's own freeze.
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        assert theirs > 0
+        with TestClient(create_app(test_settings())) as client:
+            assert client.get("/ready").status_code == 200
+        assert gc.get_freeze_count() >= theirs
+    finally:
+        gc.unfreeze()  # ours, from this test's gc.freeze()
