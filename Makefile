@@ -58,7 +58,7 @@ install-test: $(VENV)
 # requirements/service.txt is its service part, at the same versions.
 UV_PIN := uv==0.13.10
 UV ?= $(PY) -m uv
-LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --index-url https://pypi.org/simple \
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes \
 	--no-config --override requirements/torch-excluded.txt --no-emit-package torch --quiet
 .PHONY: lock
 lock: $(VENV)
