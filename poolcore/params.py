@@ -6,8 +6,10 @@ protocol, so the window arguments are declared once here and each family adds it
 
 from __future__ import annotations
 
+import difflib
 import functools
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,7 +109,33 @@ def _shorten(value: Any) -> str:
     return text if len(text) <= 64 else text[:64] + "…"
 
 
-def format_validation_error(method: str, error: ValidationError) -> str:
+# Window parameters: a global method takes none of them, so naming one says the method is global.
+_WINDOW_NAMES = frozenset({"kernel_size", "stride", "padding", "ceil_mode", "output_size", "dilation"})
+
+
+def _unknown_hint(field: str, known: Sequence[str]) -> str:
+    """Why an unknown parameter is unknown, when that can be said: the known name it looks like, or that
+    the method pools the whole input."""
+    if field in _WINDOW_NAMES and not _WINDOW_NAMES & set(known):
+        return " (this method pools the whole input: it takes no window)"
+    close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in known if name.startswith(field)][:1] if len(field) >= 3 else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _plain(item: dict[str, Any]) -> str:
+    """pydantic's message in plain words where its own says more about pydantic than the parameter."""
+    if item["type"] == "too_long" and isinstance(item.get("input"), (tuple, list)):
+        most = item.get("ctx", {}).get("max_length")
+        return f"takes at most {most} values, one per spatial dim"
+    if item["type"] == "too_short" and isinstance(item.get("input"), (tuple, list)):
+        least = item.get("ctx", {}).get("min_length")
+        return f"takes at least {least} value, one per spatial dim"
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+def format_validation_error(method: str, error: ValidationError, known: Sequence[str] = ()) -> str:
     """One clause per offending parameter, naming it and the value given, for a ValueError or a 422.
 
     A union field (``int | tuple``) reports one error per branch; the branch whose type matched the
@@ -126,11 +154,11 @@ def format_validation_error(method: str, error: ValidationError) -> str:
         item = (specific or items)[0]
         if item["type"] == "extra_forbidden":
             if len(unknown) <= _NAMED:
-                parts.append(f"{_shorten(field)}: unknown parameter")
+                parts.append(f"{_shorten(field)}: unknown parameter{_unknown_hint(field, known)}")
             elif field == unknown[0]:
                 named = ", ".join(_shorten(name) for name in unknown[:_NAMED])
                 parts.append(f"{len(unknown)} unknown parameters ({named}, …)")
             continue
-        msg = item["msg"].removeprefix("Value error, ")
+        msg = _plain(item)
         parts.append(f"{_shorten(field)}: {msg} (got {_shorten(item['input'])})" if field else msg)
     return f"invalid parameters for {method!r}: " + "; ".join(parts)

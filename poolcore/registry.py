@@ -70,7 +70,9 @@ class MethodSpec:
         try:
             return self.params.model_validate(dict(params or {}))
         except ValidationError as error:
-            raise ValueError(format_validation_error(self.name, error)) from None
+            raise ValueError(
+                format_validation_error(self.name, error, list(self.params.model_fields))
+            ) from None
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The full argument set the functional is called with: defaults filled in, presets applied."""

@@ -186,7 +186,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, StarletteHTTPException):
             return error_response(500, "internal server error")
-        return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        detail = str(exc.detail)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            path = clip(request.url.path)
+            if request.url.path.startswith("/pool/"):
+                detail = (
+                    f"{request.method} is not served at {path}: POST a tensor (JSON, .npy or an image) to "
+                    "it; GET /methods lists the methods and their parameters"
+                )
+            elif allowed:
+                detail = f"{request.method} is not served at {path}; use {allowed}"
+        return error_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
     app.add_exception_handler(ServiceError, described)
     app.add_exception_handler(poolcore.UnknownMethodError, described)

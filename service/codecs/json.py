@@ -28,11 +28,27 @@ DTYPES: dict[str, np.dtype] = {
 _KEYS = ("data", "params", "dtype")
 
 
+# What a body sent as JSON may really be, by its first bytes: named in the error, with the type to send.
+_MAGIC = (
+    (b"\x93NUMPY", ".npy", "application/x-npy"),
+    (b"\x89PNG", "a PNG image", "image/png"),
+    (b"\xff\xd8\xff", "a JPEG image", "image/jpeg"),
+)
+
+
+def _looks_like(body: bytes | bytearray) -> str:
+    for magic, what, media_type in _MAGIC:
+        if bytes(body[: len(magic)]) == magic:
+            return f"; the body looks like {what}: send it with Content-Type: {media_type}"
+    return ""
+
+
 def decode(body: bytes | bytearray, limits: Limits) -> Decoded:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+        hint = _looks_like(body)
+        raise BadRequest(f"malformed JSON: {error}{hint}") from None
     # numpy takes true/false next to numbers as 1/0; look for them only when the text has any.
     if (b"true" in body or b"false" in body) and isinstance(doc, dict) and _has_booleans(doc.get("data")):
         raise Unprocessable("data must hold only numbers (got booleans)")

@@ -567,3 +567,40 @@ def test_mixed_eval_rule_is_a_parameter(client: TestClient, rule: str, p_max: fl
     bad = {"kernel_size": 2, "eval_rule": "vote"}
     r = client.post("/pool/mixed", json={"data": X.tolist(), "params": bad})
     assert r.status_code == 422 and "eval_rule" in r.text
+
+
+NPY_TYPE = {"content-type": "application/x-npy"}
+
+
+class TestMessagesThatSayMore:
+    """Messages that name the likely fix, not just the fault (each checked against the real route)."""
+
+    @pytest.fixture(scope="class")
+    def client(self) -> Iterator[TestClient]:
+        with TestClient(create_app(test_settings())) as client:
+            yield client
+
+    def test_a_misspelt_parameter_suggests_the_name(self, client: TestClient) -> None:
+        r = client.post("/pool/avg?kernel=2", content=npy_bytes(X), headers=NPY_TYPE)
+        assert r.status_code == 422 and "did you mean kernel_size?" in r.json()["detail"]
+
+    def test_get_says_to_post(self, client: TestClient) -> None:
+        r = client.get("/pool/avg")
+        assert r.status_code == 405 and "POST a tensor" in r.json()["detail"]
+
+    def test_npy_sent_as_json_is_named(self, client: TestClient) -> None:
+        r = client.post(
+            "/pool/avg?kernel_size=2", content=npy_bytes(X), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and "looks like .npy" in r.json()["detail"]
+        assert "application/x-npy" in r.json()["detail"]
+
+    def test_a_global_method_says_it_takes_no_window(self, client: TestClient) -> None:
+        r = client.post("/pool/global_avg?kernel_size=2", content=npy_bytes(X), headers=NPY_TYPE)
+        assert r.status_code == 422 and "takes no window" in r.json()["detail"]
+
+    def test_too_many_window_values_in_plain_words(self, client: TestClient) -> None:
+        r = client.post("/pool/avg?kernel_size=2,2,2,2", content=npy_bytes(X), headers=NPY_TYPE)
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and "at most 3 values, one per spatial dim" in detail
+        assert "after validation" not in detail
