@@ -1,7 +1,7 @@
 """Operator benchmark: poolcore's methods against torch's own pooling ops, on the same input, in one run.
 
     python bench/ops.py                  # CPU, fp32, 16x64x112x112, kernel 3/2 and 2/2
-    python bench/ops.py --quick          # a smaller input and fewer repeats (a smoke run)
+    python bench/ops.py --quick          # a smoke run in under a minute: small input, eager rows only
     python bench/ops.py --device cuda    # the same on a GPU
     python bench/ops.py --baseline main  # adds stochastic rows of poolcore/stochastic.py at a git revision
 
@@ -50,7 +50,7 @@ from poolcore.registry import UnknownMethodError
 __all__ = ["main"]
 
 FULL = (16, 64, 112, 112)
-QUICK = (4, 32, 56, 56)
+QUICK = (2, 16, 56, 56)
 WINDOWS = ((3, 2), (2, 2))
 LARGE_WINDOWS = ((5, 1), (7, 1), (11, 1))
 # Methods timed for the large windows (stochastic only, against max_pool2d and the baseline if given).
@@ -330,7 +330,9 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def run(size: tuple[int, ...], repeats: int, device: str, memory: bool, large: bool = True) -> None:
+def run(
+    size: tuple[int, ...], repeats: int, device: str, memory: bool, large: bool = True, compiled: bool = True
+) -> None:
     x = _input(size, device)
     print(
         f"input {tuple(size)} float32 on {device} ({x.numel() * 4 / 2**20:.0f} MiB), "
@@ -376,7 +378,8 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool, large: b
                     f"  speed-up of {name} over unfold+multinomial: {speedup:.1f}x "
                     f"(target >= 5x)  {_verdict(speedup >= 5)}"
                 )
-        _compiled_rows(k, s, x, repeats, device)
+        if compiled:
+            _compiled_rows(k, s, x, repeats, device)
         if memory:
             print("  peak extra memory, as a multiple of the input (includes the output; target <= 2x):")
             for name in (
@@ -403,9 +406,14 @@ def run(size: tuple[int, ...], repeats: int, device: str, memory: bool, large: b
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"input {QUICK} and 5 repeats")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run in under a minute: input {QUICK}, 3 repeats, eager rows only (no compiled, "
+        "memory or large-window rows)",
+    )
     parser.add_argument("--size", type=int, nargs=4, metavar=("N", "C", "H", "W"), help=f"default {FULL}")
-    parser.add_argument("--repeats", type=int, help="timed rounds per method (default 15, quick 5)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per method (default 15, quick 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -425,8 +433,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but no CUDA device is available")
-    repeats = args.repeats or (5 if args.quick else 15)
-    run(size, repeats, args.device, memory=not args.no_memory, large=not args.no_large)
+    repeats = args.repeats or (3 if args.quick else 15)
+    full = not args.quick
+    run(
+        size,
+        repeats,
+        args.device,
+        memory=full and not args.no_memory,
+        large=full and not args.no_large,
+        compiled=full,
+    )
 
 
 if __name__ == "__main__":
