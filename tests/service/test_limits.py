@@ -138,11 +138,13 @@ def test_invalid_geometry_is_left_to_poolcore_and_its_message() -> None:
 # ---- work: window visits --------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", SLIDING)
 def test_work_is_bounded_at_one_visit(method: str, operator_calls: list[str]) -> None:
-    """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem).
+    """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem,
+    × its registry entry's visit_cost for any other method).
     One visit under that is refused before the operator runs; exactly that is allowed."""
     x = torch.ones(1, 1, 16, 16)
     params = {"kernel_size": 8, "stride": 1}
-    factor = 20 if poolcore.get_spec(method).functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else 1
+    spec = poolcore.get_spec(method)
+    factor = 20 if spec.functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else spec.visit_cost
     visits = 9 * 9 * 64 * factor
     with pytest.raises(PayloadTooLarge, match=rf"cost {visits} window visits .* limit of {visits - 1} "):
         run_pool(x, method, params, limits=WorkLimits(max_work=visits - 1))
