@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
-from . import hooks, lp, mixed, stochastic
+from . import hooks, lp, mixed, softpool, stochastic
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
 from .hooks import Explanation, WindowCase
 from .params import AdaptiveParams, GlobalParams, format_validation_error
@@ -282,6 +282,27 @@ def _build() -> dict[str, MethodSpec]:
             guide=_GEM,
             visit_cost=20,
             explain=hooks.gem_explain,
+        ),
+        MethodSpec(
+            "softpool",
+            "SoftPool (Stergiou et al. 2021): each window's softmax-weighted average sum(e^x x) / sum(e^x).",
+            softpool.soft_pool,
+            softpool.SoftPoolParams,
+            modules={1: softpool.SoftPool1d, 2: softpool.SoftPool2d, 3: softpool.SoftPool3d},
+            # exp is not correctly rounded: its vectorised and scalar forms may differ in the last bit.
+            stackable=False,
+            guide=Guide(
+                formula=r"y = \sum_{i \in R} \frac{e^{a_i}}{\sum_{j \in R} e^{a_j}} a_i",
+                paper="Stergiou, Poppe & Kalliatakis 2021, “Refining activation downsampling with SoftPool” "
+                "(ICCV).",
+                use="An average that leans towards each window's largest values, differentiable everywhere: "
+                "keeps more of the window than max pooling and more contrast than average pooling. Pick it "
+                "to downsample while keeping detail, in training and inference alike.",
+            ),
+            # Measured: 7.4 times avg's time at kernel 8, stride 1 on 3×256² (one thread): a window
+            # offset costs a subtraction, an exp, a multiply and two sums.
+            visit_cost=8,
+            explain=softpool.explain,
         ),
         _preset(
             "global_avg",
