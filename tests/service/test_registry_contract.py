@@ -10,16 +10,30 @@ always safe).
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 import poolcore
+from poolcore.hooks import num
 from poolcore.registry import MethodSpec
+from poolcore.softpool import soft_pool
 from poolcore.windows import infer_dims
-from service.pooling import PoolRequest, pool_many
+from service.app import create_app
+from service.errors import PayloadTooLarge
+from service.limits import WorkLimits
+from service.pooling import PoolRequest, pool_many, run_pool
+from service.ui.controls import window_forms
+from service.ui.sampling import is_stochastic
+from service.ui.tiles import display_scale
+from service.ui.walkthrough import explain
+
+from .support import test_settings
 
 # Odd sizes, so a vectorised loop's scalar tail falls at a different element when the planes are stacked.
 SHAPES = [(2, 3, 13, 11), (1, 5, 17, 9), (1, 2, 7, 31)]
@@ -134,3 +148,72 @@ def test_the_service_batches_a_stackable_method_and_answers_each_request_its_lon
             assert outcome.batch == REQUESTS, name
             lone = spec(x, {**params, "dims": 2})
             assert _bitwise_equal(outcome.output, lone), name
+
+
+# ---- a new method is picked up everywhere from its registry entry: SoftPool ----------------------------
+X = torch.rand(1, 3, 8, 9, generator=torch.Generator().manual_seed(21))
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(test_settings())) as c:
+        yield c
+
+
+def test_softpool_is_served_by_pool_methods_and_openapi(client: TestClient) -> None:
+    expected = soft_pool(X.double(), 3, 2, 1).float()
+    answer = client.post(
+        "/pool/softpool", json={"data": X.tolist(), "params": {"kernel_size": 3, "stride": 2, "padding": 1}}
+    )
+    assert answer.status_code == 200, answer.text
+    torch.testing.assert_close(torch.tensor(answer.json()["data"]), expected, rtol=1e-6, atol=1e-6)
+    adaptive = client.post("/pool/softpool", json={"data": X.tolist(), "params": {"output_size": [2, 3]}})
+    torch.testing.assert_close(
+        torch.tensor(adaptive.json()["data"]),
+        soft_pool(X.double(), output_size=(2, 3)).float(),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    methods = {m["name"]: m for m in client.get("/methods").json()["methods"]}
+    assert methods["softpool"]["guide"]["paper"].startswith("Stergiou")
+    op = client.get("/openapi.json").json()["paths"]["/pool/{method}"]["post"]
+    enum = next(p for p in op["parameters"] if p["name"] == "method")["schema"]["enum"]
+    assert "softpool" in enum
+
+
+def test_softpool_is_a_v2_model(client: TestClient) -> None:
+    tensor = {"name": "input", "datatype": "FP32", "shape": list(X.shape), "data": X.flatten().tolist()}
+    body = {"inputs": [tensor], "parameters": {"kernel_size": 2}}
+    answer = client.post("/v2/models/softpool/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    expected = soft_pool(X.double(), 2).float()
+    assert output["shape"] == list(expected.shape)
+    torch.testing.assert_close(torch.tensor(output["data"]), expected.flatten(), rtol=1e-6, atol=1e-6)
+    assert client.get("/v2/models/softpool/ready").status_code == 200
+
+
+def test_softpool_work_is_bounded_by_its_visit_cost(client: TestClient) -> None:
+    """A 16×16 plane, kernel 8, stride 1: 9×9 × 64 visits × its cost; one under is refused with 413."""
+    visits = 9 * 9 * 64 * poolcore.get_spec("softpool").visit_cost
+    x = torch.ones(1, 1, 16, 16)
+    with pytest.raises(
+        PayloadTooLarge, match=rf"cost {visits} window visits .*for softpool\), over the limit"
+    ):
+        run_pool(x, "softpool", {"kernel_size": 8, "stride": 1}, limits=WorkLimits(max_work=visits - 1))
+    run_pool(x, "softpool", {"kernel_size": 8, "stride": 1}, limits=WorkLimits(max_work=visits))
+
+
+def test_softpool_on_the_page(client: TestClient) -> None:
+    """The page's pickers offer it with both window forms, and the walk-through explains its windows."""
+    config = client.get("/ui/config").json()
+    for component in config["components"]:
+        if component["type"] == "dropdown" and str(component["props"].get("elem_id", "")).endswith("-method"):
+            assert "softpool" in [value for _, value in component["props"]["choices"]]
+    assert window_forms("softpool") == ("kernel", "adaptive")
+    assert not is_stochastic("softpool") and display_scale("softpool", {"kernel_size": 3}) == 1.0
+    matrix = torch.tensor([[0.0, math.log(3.0)], [1.0, 2.0]], dtype=torch.float64)
+    output = soft_pool(matrix[None], (1, 2))[0]
+    page = explain(matrix, "softpool", {"kernel_size": [1, 2]}, output, (0, 0), "eval")
+    assert "w = e^(a − max a) = [0.3333, 1]" in page  # weights 1/3 and 1: y = ln 3 · 3/4
+    assert f"= {num(0.75 * math.log(3.0))}" in page
