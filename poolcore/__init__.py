@@ -27,4 +27,12 @@ __all__ = [
     "pool",
     "stochastic_pool",
 ]
+
+# Every registered method's functional, so a new method's registry entry is all it takes to appear here
+# (the names above are spelled out for type checkers).
+for _spec in REGISTRY.values():
+    if _spec.functional.__name__ not in globals():
+        globals()[_spec.functional.__name__] = _spec.functional
+        __all__.append(_spec.functional.__name__)
+del _spec
 __version__ = "0.1.0"

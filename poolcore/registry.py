@@ -15,9 +15,11 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
-from . import lp, mixed, stochastic
+from . import hooks, lp, mixed, softpool, stochastic
 from .basic import AvgParams, MaxParams, avg_pool, max_pool
+from .hooks import Explanation, WindowCase
 from .params import AdaptiveParams, GlobalParams, format_validation_error
+from .windows import Window
 
 __all__ = ["REGISTRY", "Guide", "MethodSpec", "UnknownMethodError", "get_spec", "methods", "pool"]
 
@@ -64,6 +66,18 @@ class MethodSpec:
     # vectorised pow and its scalar tail differ in the last bit. The service batches only stackable ones.
     stackable: bool = True
     guide: Guide = field(default_factory=Guide)
+    # Hooks for the service and the page (poolcore/hooks.py), so nothing outside poolcore names a method.
+    # visit_cost: what one window visit costs in the service's work limit, in plain reads (lp and gem may
+    # rescale every window when the plain form overflows: about 20 times). scratch(planes, window, dtype,
+    # training): working memory beyond input and output in 4-byte units, or None for none worth counting.
+    # explain: the walk-through of one output element; None shows just its value. draws_positions:
+    # training outputs one drawn input per window, marked by the gradient (the page's sampling panel
+    # counts the draws). display_scale(resolved): what the page divides a result by to show it in range.
+    visit_cost: int = 1
+    scratch: Callable[[int, Window, torch.dtype, bool], int] | None = None
+    explain: Callable[[WindowCase], Explanation] | None = None
+    draws_positions: bool = False
+    display_scale: Callable[[Mapping[str, Any]], float] | None = None
 
     def parse(self, params: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate parameters; ``ValueError`` names each offending one."""
@@ -119,6 +133,11 @@ def _preset(
         base=base.name,
         stackable=base.stackable,
         guide=guide,
+        visit_cost=base.visit_cost,
+        scratch=base.scratch,
+        explain=base.explain,
+        draws_positions=base.draws_positions,
+        display_scale=base.display_scale,
     )
 
 
@@ -200,10 +219,20 @@ _ADAPTIVE_MAX = Guide(
 
 def _build() -> dict[str, MethodSpec]:
     avg = MethodSpec(
-        "avg", "Average pooling (torch's avg_pool / adaptive_avg_pool).", avg_pool, AvgParams, guide=_AVG
+        "avg",
+        "Average pooling (torch's avg_pool / adaptive_avg_pool).",
+        avg_pool,
+        AvgParams,
+        guide=_AVG,
+        explain=hooks.avg_explain,
     )
     maxp = MethodSpec(
-        "max", "Max pooling (torch's max_pool / adaptive_max_pool).", max_pool, MaxParams, guide=_MAX
+        "max",
+        "Max pooling (torch's max_pool / adaptive_max_pool).",
+        max_pool,
+        MaxParams,
+        guide=_MAX,
+        explain=hooks.max_explain,
     )
     specs = [
         avg,
@@ -217,6 +246,7 @@ def _build() -> dict[str, MethodSpec]:
             random=True,
             takes_training=True,
             guide=_MIXED,
+            explain=hooks.mixed_explain,
         ),
         MethodSpec(
             "stochastic",
@@ -232,6 +262,9 @@ def _build() -> dict[str, MethodSpec]:
             random=True,
             takes_training=True,
             guide=_STOCHASTIC,
+            scratch=hooks.stochastic_scratch,
+            explain=hooks.stochastic_explain,
+            draws_positions=True,
         ),
         MethodSpec(
             "lp",
@@ -241,6 +274,9 @@ def _build() -> dict[str, MethodSpec]:
             modules={1: lp.LPPool1d, 2: lp.LPPool2d, 3: lp.LPPool3d},
             stackable=False,
             guide=_LP,
+            visit_cost=20,
+            explain=hooks.lp_explain,
+            display_scale=hooks.lp_display_scale,
         ),
         MethodSpec(
             "gem",
@@ -250,6 +286,29 @@ def _build() -> dict[str, MethodSpec]:
             modules={1: lp.GeMPool1d, 2: lp.GeMPool2d, 3: lp.GeMPool3d},
             stackable=False,
             guide=_GEM,
+            visit_cost=20,
+            explain=hooks.gem_explain,
+        ),
+        MethodSpec(
+            "softpool",
+            "SoftPool (Stergiou et al. 2021): each window's softmax-weighted average sum(e^x x) / sum(e^x).",
+            softpool.soft_pool,
+            softpool.SoftPoolParams,
+            modules={1: softpool.SoftPool1d, 2: softpool.SoftPool2d, 3: softpool.SoftPool3d},
+            # exp is not correctly rounded: its vectorised and scalar forms may differ in the last bit.
+            stackable=False,
+            guide=Guide(
+                formula=r"y = \sum_{i \in R} \frac{e^{a_i}}{\sum_{j \in R} e^{a_j}} a_i",
+                paper="Stergiou, Poppe & Kalliatakis 2021, “Refining activation downsampling with SoftPool” "
+                "(ICCV).",
+                use="An average that leans towards each window's largest values, differentiable everywhere: "
+                "keeps more of the window than max pooling and more contrast than average pooling. Pick it "
+                "to downsample while keeping detail, in training and inference alike.",
+            ),
+            # Measured: 7.4 times avg's time at kernel 8, stride 1 on 3×256² (one thread): a window
+            # offset costs a subtraction, an exp, a multiply and two sums.
+            visit_cost=8,
+            explain=softpool.explain,
         ),
         _preset(
             "global_avg",

@@ -2,8 +2,9 @@
 
 Both are worked out from the request's shape and window before anything is allocated, with poolcore's own
 window geometry (:func:`poolcore.windows.make_window`), so a 2×2 input can't ask for a 20000×20000 output
-and a stochastic training request can't make poolcore build gigabytes of per-window tensors. Over either
-limit the answer is 413, naming the limit.
+and a request can't make poolcore build gigabytes of per-window tensors. The costs are the registry's
+(``MethodSpec.visit_cost`` and ``MethodSpec.scratch``), so no method is named here. Over either limit the
+answer is 413, naming the limit.
 
 The answer is bounded the same way: :func:`check_response` works out, from the output's shape and dtype
 and the encoding asked for, how large the answer can be before anything is encoded (exactly for .npy and
@@ -23,7 +24,6 @@ import orjson
 import torch
 from numpy.lib import format as npformat
 
-from poolcore import lp, stochastic
 from poolcore.registry import MethodSpec
 from poolcore.windows import Window, infer_dims, make_window
 
@@ -40,7 +40,6 @@ __all__ = [
     "check_work",
     "output_window",
     "response_bytes",
-    "stochastic_train_scratch",
     "window_visits",
 ]
 
@@ -50,7 +49,7 @@ _DEFAULTS = Settings.model_fields
 @dataclass(frozen=True)
 class WorkLimits:
     """``max_elements``: the largest output (the same limit as the input's); ``max_scratch_elements``:
-    the most working memory beyond input and output, in 4-byte units (see :func:`stochastic_train_scratch`);
+    the most working memory beyond input and output, in 4-byte units (each method's ``MethodSpec.scratch``);
     ``max_work``: the most window visits (see :func:`window_visits`); ``max_response_bytes``: the largest
     answer (see :func:`check_response`). The defaults are the service's."""
 
@@ -102,19 +101,6 @@ def output_window(shape: tuple[int, ...], resolved: Mapping[str, Any]) -> tuple[
     return batched[0] * batched[1], window
 
 
-def stochastic_train_scratch(planes: int, window: Window, dtype: torch.dtype, device: torch.device) -> int:
-    """An upper bound on the working memory of ``stochastic_pool(..., training=True)`` beyond its input and
-    output, in 4-byte units. poolcore bounds it (``poolcore.stochastic._budget``): its blocks take at most
-    twice the input's bytes, and never less than 1 MiB (under autograd it also keeps an int64 index per
-    output, but the service runs under inference mode). The service checks this bound against its own
-    setting, whatever poolcore's blocks do; tests/service/test_limits.py measures it."""
-    in_bytes = planes * math.prod(window.in_size) * dtype.itemsize
-    return (2 * in_bytes + _MIN_BLOCK_BYTES) // 4
-
-
-_MIN_BLOCK_BYTES = 1 << 20  # poolcore.stochastic._MIN_CHUNK_BYTES (tests/service/test_limits.py checks it)
-
-
 def check_work(
     spec: MethodSpec,
     resolved: Mapping[str, Any],
@@ -138,34 +124,28 @@ def check_work(
         )
     visits = window_visits(spec, planes, window)
     if visits > limits.max_work:
+        cost = f", × {spec.visit_cost} for {spec.base or spec.name}" if spec.visit_cost != 1 else ""
         raise PayloadTooLarge(
-            f"this request would cost {visits} window visits (output elements × window elements"
-            f"{', × 20 for lp/gem' if spec.functional in _POWER_PER_VISIT else ''}), over the limit of "
-            f"{limits.max_work} (POOLSERVE_MAX_WORK); use a larger stride or a smaller window or input"
+            f"this request would cost {visits} window visits (output elements × window elements{cost}), "
+            f"over the limit of {limits.max_work} (POOLSERVE_MAX_WORK); use a larger stride or a smaller "
+            "window or input"
         )
-    if training and spec.functional is stochastic.stochastic_pool:
-        scratch = stochastic_train_scratch(planes, window, dtype, device)
-        if scratch > limits.max_scratch_elements:
-            raise PayloadTooLarge(
-                f"stochastic training with this window needs about {scratch} elements of working memory, "
-                f"over the limit of {limits.max_scratch_elements} (POOLSERVE_MAX_SCRATCH_ELEMENTS); use a "
-                "smaller window or input"
-            )
-
-
-# Operators that may take a power per window visit: lp and gem fall back to scaling every window by its
-# own maximum when the plain form overflows even in float64 (poolcore/lp.py), about 20 times the plain
-# form's cost per visit (measured: 92.7 s against 4.1 s for kernel 64, stride 1 on 3×512²).
-_POWER_PER_VISIT = (lp.lp_pool, lp.gem_pool)
-_POWER_VISIT_COST = 20
+    scratch = spec.scratch(planes, window, dtype, training) if spec.scratch is not None else 0
+    if scratch > limits.max_scratch_elements:
+        raise PayloadTooLarge(
+            f"{spec.base or spec.name}{' training' if training else ''} with this window needs about "
+            f"{scratch} elements of working memory, over the limit of {limits.max_scratch_elements} "
+            "(POOLSERVE_MAX_SCRATCH_ELEMENTS); use a smaller window or input"
+        )
 
 
 def window_visits(spec: MethodSpec, planes: int, window: Window) -> int:
     """How many input elements the operator reads, counted per output element: output elements × the
-    largest window (a cost model of the work, not of memory), × 20 for lp and gem."""
+    largest window (a cost model of the work, not of memory), × the method's ``visit_cost`` (20 for the
+    power means, which may rescale every window when the plain form overflows: measured 92.7 s against
+    4.1 s for kernel 64, stride 1 on 3×512²)."""
     per_window = math.prod(window.max_extent(d) for d in range(len(window.in_size)))
-    visits = planes * math.prod(window.out_size) * per_window
-    return visits * _POWER_VISIT_COST if spec.functional in _POWER_PER_VISIT else visits
+    return planes * math.prod(window.out_size) * per_window * spec.visit_cost
 
 
 def _spatial(window: Window, resolved: Mapping[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:

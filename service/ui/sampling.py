@@ -23,9 +23,9 @@ _WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size")
 
 
 def is_stochastic(method: str) -> bool:
-    """True for ``stochastic`` and the presets built on it."""
-    spec = poolcore.get_spec(method)
-    return "stochastic" in (spec.name, spec.base)
+    """True for a method whose training draws one input per window (``MethodSpec.draws_positions``),
+    and the presets built on it: the sampling panel applies to it."""
+    return poolcore.get_spec(method).draws_positions
 
 
 @dataclass(frozen=True)

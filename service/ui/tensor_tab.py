@@ -172,7 +172,8 @@ def _pool_matrix(runtime: Runtime, panel: ControlPanel, rows: Any, args: Sequenc
 
 def tensor_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     names = poolcore.methods()
-    default = "stochastic" if "stochastic" in names else names[0]
+    # The first method the sampling panel applies to shows the most; else the first method.
+    default = next((name for name in names if is_stochastic(name)), names[0])
     panel = ControlPanel("tensor", TENSOR_WINDOW)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):

@@ -1,8 +1,9 @@
 """The Compare tab's tiles: each method's result made visible, with what was done to it said in the caption.
 
-- ``lp`` in its sum form grows with the window (n inputs of value a give n^(1/p)·a), so most of an image in
-  [0, 1] would clamp to white: it is shown divided by n^(1/p), the largest value it can reach per unit of
-  input, and the caption says so.
+- A method whose results leave the input's range is shown divided by its ``MethodSpec.display_scale``,
+  and the caption says so: sum-form lp grows with the window (n inputs of value a give n^(1/p)·a), so most
+  of an image in [0, 1] would clamp to white; it is shown divided by n^(1/p), the largest value it can
+  reach per unit of input.
 - Global presets give one number per channel: a swatch of that colour, and the numbers.
 - ``zoomed crop`` shows the centre of each result, so single windows can be told apart.
 - ``difference from avg`` shows result − avg (the adaptive presets against ``adaptive_avg``), mid-grey for
@@ -11,13 +12,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+import poolcore
 
 from ..codecs.image import to_image
 
@@ -46,14 +48,11 @@ def is_global(output: Tensor) -> bool:
 
 
 def display_scale(method: str, resolved: Mapping[str, Any]) -> float:
-    """What the page divides a result by before showing it: n^(1/p) for sum-form ``lp`` (n inputs per
-    window), 1 for every other method (they stay within the input's range)."""
-    if method != "lp" or resolved.get("kernel_size") is None:
-        return 1.0
-    kernel = resolved["kernel_size"]
-    n = math.prod(kernel) if isinstance(kernel, (tuple, list)) else int(kernel) ** 2
-    p = float(resolved.get("p", 2.0))
-    return 1.0 if math.isinf(p) else float(n) ** (1.0 / p)
+    """What the page divides a result by before showing it: the method's ``MethodSpec.display_scale``
+    (n^(1/p) for sum-form lp, n inputs per window), 1 for every method that stays within the input's
+    range."""
+    hook = poolcore.get_spec(method).display_scale
+    return 1.0 if hook is None else hook(resolved)
 
 
 def channel_values(output: Tensor) -> str:

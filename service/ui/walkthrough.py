@@ -1,14 +1,13 @@
 """One output cell of the Tensor tab, worked by hand: its window highlighted on the input and the method's
 formula written out with that window's numbers (the 3×3 example: Σa²/Σa = 16.52/10 = 1.652).
 
-In train mode the page says what was drawn: for ``stochastic`` each position's probability and the
-position whose value came out; for ``mixed`` the λ (max branch or average branch).
+Each method explains its own window (``MethodSpec.explain``, in poolcore); in train mode the explanation
+says what was drawn (which position, or which branch) and the page marks the drawn positions.
 """
 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,21 +15,11 @@ import torch
 from torch import Tensor
 
 import poolcore
-from poolcore.mixed import eval_weight as mixed_eval_weight
+from poolcore.hooks import WindowCase, num
 
 from .sampling import WindowProbabilities, window_probabilities
 
 __all__ = ["explain", "num", "parse_cell"]
-
-_CLOSE = 1e-5
-
-
-def num(value: float) -> str:
-    """Four significant digits, no trailing zeros: 16.52, 10, 1.652."""
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    text = f"{value:.4g}"
-    return text
 
 
 def parse_cell(text: Any, shape: Sequence[int]) -> tuple[int, int]:
@@ -68,7 +57,7 @@ def _table(matrix: Tensor, window: WindowProbabilities, drawn: set[tuple[int, in
 
 
 def _lines(
-    base: str,
+    spec: poolcore.MethodSpec,
     a: Tensor,
     y: float,
     resolved: Mapping[str, Any],
@@ -76,85 +65,15 @@ def _lines(
     window: WindowProbabilities,
     picked: tuple[int, int] | None = None,
 ) -> tuple[list[str], set[tuple[int, int]]]:
-    """The computation, one step a line, and the positions a train-mode draw picked (``picked``: the one
-    the operator's index names; without it, the positions whose value equals the output)."""
+    """The computation, one step a line, and the positions a train-mode draw picked: the method's own
+    explanation (``MethodSpec.explain``) after the window's values (``picked``: the position the
+    operator's index names, where it is known)."""
     values = a.flatten().double()
-    n = values.numel()
-    s = float(values.sum())
-    drawn: set[tuple[int, int]] = set()
-    lines = [f"a = [{', '.join(num(float(v)) for v in values)}]  (n = {n})"]
-    if base == "avg":
-        lines.append(f"y = Σa / n = {num(s)} / {n} = {num(s / n)}")
-        if abs(s / n - y) > _CLOSE * max(1.0, abs(y)):
-            lines.append(f"torch divides by the padded window size here: y = {num(y)}")
-    elif base == "max":
-        lines.append(f"y = max(a) = {num(y)}")
-    elif base == "stochastic":
-        s2 = float((values * values).sum())
-        if not train:
-            value = s2 / s if s else 0.0
-            lines.append(f"y = Σa² / Σa = {num(s2)} / {num(s)} = {num(value)}" if s else "Σa = 0: y = 0")
-        else:
-            probabilities = ", ".join(f"{num(float(v) / s)}" for v in values) if s else "none (Σa = 0)"
-            lines.append(f"p = a / Σa = a / {num(s)} = [{probabilities}]")
-            positions = window.positions()
-            if picked is not None:
-                drawn.add(picked)
-            else:
-                for (r, c), v in zip(positions, values.tolist(), strict=True):
-                    if abs(v - y) <= _CLOSE * max(1.0, abs(y)) and (v > 0 or not s):
-                        drawn.add((r, c))
-            where = " or ".join(f"a[{r},{c}]" for r, c in sorted(drawn)) or "?"
-            p_drawn = num(y / s) if s else "—"
-            if len(drawn) > 1:  # equal values: the output cannot say which of them was drawn
-                lines.append(f"drawn: {where} (equal values, p = {p_drawn} each); y = {num(y)}")
-            else:
-                lines.append(f"drawn: {where} = {num(y)} (p = {p_drawn}); y = {num(y)}")
-    elif base == "mixed":
-        big, mean = float(values.max()), s / n
-        p_max = float(resolved.get("p_max", 0.5))
-        rule = str(resolved.get("eval_rule", "expectation"))
-        weight = mixed_eval_weight(p_max, "frequent") if rule == "frequent" else p_max
-        if not train and weight != p_max:  # "frequent", decided by p_max: one branch
-            branch = f"max(a) = {num(big)}" if weight == 1 else f"mean(a) = {num(mean)}"
-            side = "above" if weight == 1 else "below"
-            lines.append(f"eval_rule = frequent: p_max = {num(p_max)} is {side} 0.5, so y = {branch}")
-        elif not train:
-            value = p_max * big + (1 - p_max) * mean
-            lines.append(
-                f"y = p_max·max(a) + (1 − p_max)·mean(a) = {num(p_max)}·{num(big)} + "
-                f"{num(1 - p_max)}·{num(mean)} = {num(value)}"
-            )
-        else:
-            is_max = abs(y - big) <= _CLOSE * max(1.0, abs(y))
-            is_mean = abs(y - mean) <= _CLOSE * max(1.0, abs(y))
-            lines.append(f"max(a) = {num(big)}, mean(a) = {num(mean)}, P(λ = 1) = p_max = {num(p_max)}")
-            if is_max and is_mean:
-                lines.append(f"y = {num(y)}: max and mean are equal here, so either λ gives it")
-            elif is_max:
-                lines.append(f"λ drawn = 1 (the max branch): y = max(a) = {num(y)}")
-            elif is_mean:
-                lines.append(f"λ drawn = 0 (the average branch): y = mean(a) = {num(y)}")
-            else:
-                lines.append(f"y = {num(y)}")
-    elif base == "lp":
-        p = float(resolved.get("p", 2.0))
-        if math.isinf(p):
-            lines.append(f"y = max|a| = {num(float(values.abs().max()))}")
-        else:
-            sp = float((values.abs() ** p).sum())
-            lines.append(f"y = (Σ|a|^p)^(1/p) = ({num(sp)})^(1/{num(p)}) = {num(sp ** (1 / p))}")
-    elif base == "gem":
-        p, eps = float(resolved.get("p", 3.0)), float(resolved.get("eps", 1e-6))
-        clamped = values.clamp(min=eps)
-        if math.isinf(p):
-            lines.append(f"y = max(max(a, ε)) = {num(float(clamped.max()))}")
-        else:
-            mp = float((clamped**p).mean())
-            lines.append(f"y = (mean(max(a, ε)^p))^(1/p) = ({num(mp)})^(1/{num(p)}) = {num(mp ** (1 / p))}")
-    else:
-        lines.append(f"y = {num(y)}")
-    return lines, drawn
+    lines = [f"a = [{', '.join(num(float(v)) for v in values)}]  (n = {values.numel()})"]
+    if spec.explain is None:
+        return [*lines, f"y = {num(y)}"], set()
+    explained = spec.explain(WindowCase(values, window.positions(), y, resolved, train, picked))
+    return [*lines, *explained.lines], set(explained.drawn)
 
 
 def explain(
@@ -179,7 +98,7 @@ def explain(
     y = float(output[cell])
     train = mode == "train" and spec.takes_training
     picked = divmod(int(indices[cell]), matrix.shape[-1]) if indices is not None and train else None
-    lines, drawn = _lines(spec.base or spec.name, a, y, resolved, train, window, picked)
+    lines, drawn = _lines(spec, a, y, resolved, train, window, picked)
     i, j = cell
     heading = f"<p><b>Output [{i},{j}] of {html.escape(method)} ({'train' if train else 'eval'} mode)</b></p>"
     steps = "<br>".join(html.escape(line) for line in lines)

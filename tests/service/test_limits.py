@@ -19,13 +19,14 @@ import torch
 from fastapi.testclient import TestClient
 
 import poolcore
-from poolcore import stochastic
+from poolcore import hooks, stochastic
+from poolcore.hooks import stochastic_train_scratch
 from poolcore.registry import MethodSpec
 from poolcore.windows import window_call
 from service import limits as limits_module
 from service.app import create_app
 from service.errors import PayloadTooLarge
-from service.limits import WorkLimits, output_window, stochastic_train_scratch
+from service.limits import WorkLimits, output_window
 from service.pooling import run_pool
 from service.ui.handlers import PageError, Runtime, pool_tensor
 
@@ -137,11 +138,13 @@ def test_invalid_geometry_is_left_to_poolcore_and_its_message() -> None:
 # ---- work: window visits --------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", SLIDING)
 def test_work_is_bounded_at_one_visit(method: str, operator_calls: list[str]) -> None:
-    """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem).
+    """A 16×16 plane, kernel 8, stride 1: 9×9 outputs × 64 positions = 5184 visits (×20 for lp and gem,
+    × its registry entry's visit_cost for any other method).
     One visit under that is refused before the operator runs; exactly that is allowed."""
     x = torch.ones(1, 1, 16, 16)
     params = {"kernel_size": 8, "stride": 1}
-    factor = 20 if poolcore.get_spec(method).functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else 1
+    spec = poolcore.get_spec(method)
+    factor = 20 if spec.functional in (poolcore.lp.lp_pool, poolcore.lp.gem_pool) else spec.visit_cost
     visits = 9 * 9 * 64 * factor
     with pytest.raises(PayloadTooLarge, match=rf"cost {visits} window visits .* limit of {visits - 1} "):
         run_pool(x, method, params, limits=WorkLimits(max_work=visits - 1))
@@ -170,8 +173,8 @@ def test_ordinary_requests_are_far_below_the_default_work_limit() -> None:
 
 # ---- working memory: stochastic training ---------------------------------------------------------------
 def test_the_mirrored_block_floor_matches_poolcore() -> None:
-    """If this fails, poolcore/stochastic.py changed its blocks: revisit service/limits.py's bound."""
-    assert limits_module._MIN_BLOCK_BYTES == stochastic._MIN_CHUNK_BYTES
+    """If this fails, poolcore/stochastic.py changed its blocks: revisit poolcore/hooks.py's bound."""
+    assert hooks.MIN_BLOCK_BYTES == stochastic._MIN_CHUNK_BYTES
 
 
 def test_over_the_budget_stochastic_training_is_refused_before_poolcore_runs(
@@ -221,7 +224,8 @@ _MEASURE = textwrap.dedent(
     """
     import json, sys, torch
     import poolcore
-    from service.limits import output_window, stochastic_train_scratch
+    from poolcore.hooks import stochastic_train_scratch
+    from service.limits import output_window
 
     def kib(field):  # from /proc/self/status: VmRSS now, VmHWM the peak since the last reset
         return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))

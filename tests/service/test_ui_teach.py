@@ -21,7 +21,7 @@ from service.ui.page import SEED_MATRIX, build_blocks
 from service.ui.tiles import channel_values, display_scale, tile
 from service.ui.walkthrough import explain, parse_cell
 
-from .test_ui import _value, event, helper, reference_tensor
+from .test_ui import _call, _value, event, helper, reference_tensor
 
 SEED = torch.tensor(SEED_MATRIX)
 
@@ -163,14 +163,23 @@ def test_walkthrough_highlights_the_chosen_window() -> None:
 
 
 def test_tensor_tab_is_not_empty_on_first_load(blocks: gr.Blocks) -> None:
-    """The page starts with the example window pooled and explained, not an empty table and blank plot."""
-    by_id = _by_id(blocks)
-    table = by_id["tensor-output"].value
-    assert table["data"] == [[pytest.approx(1.652, abs=1e-3)]]
-    assert "16.52 / 10 = 1.652" in by_id["tensor-walk"].value
-    assert "p = a / Σa" in by_id["tensor-probabilities"].value
-    assert by_id["tensor-plot"].value is not None and by_id["tensor-plot"].visible
-    assert "**output** 1×1×1" in by_id["tensor-info"].value
+    """The page starts with the example window pooled and explained, not an empty table and blank plot:
+    the tab's load event (run when the page loads, not when the app is built) fills them."""
+    load = next(
+        f
+        for f in blocks.fns.values()
+        if f.fn is not None
+        and any(trigger == "load" for _, trigger in f.targets)
+        and f.outputs
+        and f.outputs[0].elem_id == "tensor-output"
+    )
+    table, info, _seed, last = _call(load)
+    assert _value(table) == [[pytest.approx(1.652, abs=1e-3)]]
+    assert "**output** 1×1×1" in _value(info)
+    walk, probabilities, plot = helper(blocks, "tensor-walk", state=last, tensor_cell="0,0")
+    assert "16.52 / 10 = 1.652" in walk
+    assert "p = a / Σa" in _value(probabilities)
+    assert _value(plot) is not None and plot.get("visible", True)
 
 
 def test_walkthrough_through_the_page_follows_the_picked_cell(blocks: gr.Blocks) -> None:
