@@ -44,3 +44,20 @@ def reuse_freed_memory() -> bool:
     if not done:
         log.warning("mallopt refused the heap thresholds; large buffers are allocated fresh per request")
     return done
+
+
+def trim_heap() -> bool:
+    """Hand glibc's free heap pages back to the kernel now (``malloc_trim(0)``, every arena): after an
+    answer that was never taken is dropped, so its memory does not stay with the process under the raised
+    thresholds above. ``False`` where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True

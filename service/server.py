@@ -51,6 +51,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings, get_settings
 from .logs import check_level, flush_dropped, log_config
+from .memory import trim_heap
 
 __all__ = [
     "DrainingServer",
@@ -59,6 +60,9 @@ __all__ = [
     "raise_file_limit",
     "serve",
 ]
+
+# Seconds after a slow reader's connection is aborted before the freed heap is trimmed.
+_TRIM_AFTER = 0.5
 
 log = logging.getLogger("poolserve")
 
@@ -327,6 +331,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 extra={"peer": self._peer, "request_id": self._request_id},
             )
             self._abort()
+            # The answer is dropped with the transport's buffer; the worker's references go within moments.
+            # Then give the freed pages back, off the loop: under the raised heap thresholds
+            # (service.memory) they would otherwise stay with the process.
+            self.loop.call_later(_TRIM_AFTER, self.loop.run_in_executor, None, trim_heap)
             return
         self._write_timer = self.loop.call_later(self._body_timeout / _WRITE_CHECKS, self._check_reader)
 

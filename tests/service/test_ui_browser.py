@@ -476,11 +476,13 @@ def test_tensor_walkthrough(page: tuple[Any, Network]) -> None:
 
 
 # ---- no stale or misleading state; both widths ----------------------------------------------------------
-def _summary_changes(pg: Any, selector: str, before: str) -> str:
+def _summary_shows(pg: Any, selector: str, *texts: str) -> str:
+    """The summary once it holds all of ``texts`` and is settled (no progress timer, not out of date)."""
     pg.wait_for_function(
-        "([s, b]) => { const e = document.querySelector(s); return !!e && e.innerText.trim() !== b"
-        " && !e.innerText.includes('Out of date') && e.innerText.includes('output'); }",
-        arg=[selector, before],
+        "([s, texts]) => { const e = document.querySelector(s); if (!e) return false;"
+        " const t = e.innerText; return texts.every(x => t.includes(x)) && !t.includes('Out of date')"
+        " && !/^\\s*[0-9.]+s\\b/.test(t); }",
+        arg=[selector, list(texts)],
     )
     return str(pg.locator(selector).inner_text())
 
@@ -490,19 +492,19 @@ def test_image_tab_never_shows_a_stale_result(page: tuple[Any, Network]) -> None
     Pool is pressed; a method that trains shows the mode it will run in."""
     pg, _ = page
     info = "#image-info"
-    pg.locator(info).get_by_text("3×24×24").wait_for()  # the first example, pooled on load
-    before = pg.locator(info).inner_text().strip()
+    _summary_shows(pg, info, "3×96×96", "3×24×24")  # the first example, pooled on load
     pg.locator("#image-input input[type=file]").set_input_files(str(ASSETS / "checkerboard.png"))
-    text = _summary_changes(pg, info, before)
-    assert "1×16×16" in text  # checkerboard: one channel, 64 // 4
+    _summary_shows(pg, info, "1×64×64", "1×16×16")  # checkerboard: one channel, 64 // 4
     _pick(pg, "image-method", "max")
-    text = _summary_changes(pg, info, text.strip())
-    assert "max" in text and "1×16×16" in text
-    pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("8")
+    text = _summary_shows(pg, info, "1×16×16", "max ·")
+    assert "avg ·" not in text
+    box = pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first
+    box.click()
+    box.press("Control+A")
+    pg.keyboard.type("8")  # typed, as a person does (a programmatic fill fires no input event)
     pg.locator(info).get_by_text("Out of date").wait_for()
     pg.locator("#image-run").click()
-    text = _summary_changes(pg, info, pg.locator(info).inner_text().strip())
-    assert "1×8×8" in text
+    _summary_shows(pg, info, "1×8×8")
     _pick(pg, "image-method", "stochastic")
     mode = pg.locator("#image-mode")
     mode.wait_for()
