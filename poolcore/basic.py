@@ -35,6 +35,7 @@ def avg_pool(
     *,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Average pooling; ``kernel_size`` windows as ``F.avg_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "avg")
@@ -47,6 +48,7 @@ def avg_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
 
 
@@ -59,6 +61,7 @@ def max_pool(
     *,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Max pooling; ``kernel_size`` windows as ``F.max_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "max")
@@ -71,4 +74,5 @@ def max_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )

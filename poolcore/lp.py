@@ -162,7 +162,7 @@ def _scaled_sums(t: Tensor, w: Window, scale: Tensor, p: float, grad: bool) -> T
     for index in itertools.product(*(range(o) for o in w.out_size)):
         region: tuple[Any, ...] = (
             ...,
-            *(slice(bounds[d][0][i], bounds[d][1][i]) for d, i in enumerate(index)),
+            *(slice(bounds[d][0][i], bounds[d][1][i], w.step(d)) for d, i in enumerate(index)),
         )
         at: tuple[Any, ...] = (..., *(slice(i, i + 1) for i in index))
         sums.append((t[region] / scale[at]).pow(p).sum(dim=w.spatial_dims, keepdim=True).flatten(2))
@@ -254,6 +254,7 @@ def lp_pool(
     output_size: OptIntTuple = None,
     dims: int | None = None,
     p: Power = 2.0,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Power-average (Lp) pooling, sum form; see :class:`LPPool2d`."""
     check_float(x, "lp")
@@ -267,6 +268,7 @@ def lp_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
 
 
@@ -281,6 +283,7 @@ def gem_pool(
     dims: int | None = None,
     p: Power = 3.0,
     eps: float = 1e-6,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Generalised-mean (GeM) pooling, mean form; see :class:`GeMPool2d`."""
     check_float(x, "gem")
@@ -296,6 +299,7 @@ def gem_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
 
 
@@ -319,8 +323,9 @@ class _PowerPoolNd(PoolNd):
         output_size: OptIntTuple = None,
         p: float | None = None,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size, dilation=dilation)
         value = _check_p(self.default_p if p is None else p, self.method)
         if isinstance(value, Tensor):
             raise TypeError(f"the module's p must be a float (got a tensor {value!r})")
@@ -372,6 +377,7 @@ class _LPPoolNd(_PowerPoolNd):
         output_size: OptIntTuple = None,
         p: float | None = None,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
         if norm_type is not None and p is not None:
             raise ValueError(
@@ -385,6 +391,7 @@ class _LPPoolNd(_PowerPoolNd):
             output_size=output_size,
             p=p if norm_type is None else norm_type,
             learn_p=learn_p,
+            dilation=dilation,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -406,9 +413,17 @@ class _GeMPoolNd(_PowerPoolNd):
         p: float | None = None,
         eps: float = 1e-6,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
         super().__init__(
-            kernel_size, stride, padding, ceil_mode, output_size=output_size, p=p, learn_p=learn_p
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            output_size=output_size,
+            p=p,
+            learn_p=learn_p,
+            dilation=dilation,
         )
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
             raise ValueError(f"eps must be a non-negative float (got {eps!r})")
