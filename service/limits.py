@@ -96,6 +96,7 @@ def output_window(shape: tuple[int, ...], resolved: Mapping[str, Any]) -> tuple[
             resolved.get("padding", 0),
             resolved.get("ceil_mode", False),
             resolved.get("output_size"),
+            resolved.get("dilation", 1),
         )
     except (ValueError, TypeError):
         return None
@@ -109,6 +110,16 @@ def stochastic_train_scratch(planes: int, window: Window, dtype: torch.dtype, de
     output, but the service runs under inference mode). The service checks this bound against its own
     setting, whatever poolcore's blocks do; tests/service/test_limits.py measures it."""
     in_bytes = planes * math.prod(window.in_size) * dtype.itemsize
+    if window.dilated:
+        # A dilated window takes poolcore's whole-tensor walk: a float64 prefix sum per window position
+        # and a few temporaries per output, padded copies of the input, and one plane's position index
+        # and real-position counts (shared by the planes). Measured at stride 1, 3×3 windows, dilation 2:
+        # 121 bytes per output for 64×128² fp32 planes, 266 for one 1024² plane, where this bound gives
+        # 193 and 315.
+        outputs = planes * math.prod(window.out_size)
+        positions = math.prod(window.kernel_size or ())
+        one_plane = 32 * math.prod(window.in_size) + (positions + 2) * 8 * math.prod(window.out_size)
+        return (6 * in_bytes + (positions + 12) * 8 * outputs + one_plane + _MIN_BLOCK_BYTES) // 4
     return (2 * in_bytes + _MIN_BLOCK_BYTES) // 4
 
 
