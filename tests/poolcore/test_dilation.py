@@ -309,3 +309,15 @@ class TestReplacePooling:
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
         new = replace_pooling(nn.Sequential(nn.MaxPool2d(3, 2, dilation=2)), {nn.MaxPool2d: GeMPool2d}, p=4.0)
         torch.testing.assert_close(new(x), poolcore.gem_pool(x, 3, 2, dilation=2, p=4.0), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_of_a_dilated_window() -> None:
+    """torch.compile(fullgraph=True, dynamic=True) on CPU: avg's dilated offsets and real-position counts,
+    and stochastic eval, trace without a graph break and give eager's values at two input sizes."""
+    kw: dict[str, Any] = {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True}
+    for module in [poolcore.nn.Pool("avg", **kw, count_include_pad=False), StochasticPool2d(**kw).eval()]:
+        compiled = torch.compile(module, fullgraph=True, dynamic=True)
+        for shape in [(2, 3, 13, 12), (1, 2, 17, 11)]:
+            x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[-1]))
+            torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
