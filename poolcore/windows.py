@@ -229,11 +229,31 @@ class Window:
         ``include_pad``, of positions inside the zero-padded input (see :meth:`counts`)."""
         count = torch.ones((), device=device, dtype=dtype)
         for d in range(len(self.in_size)):
-            lengths = torch.tensor(self.counts(d, include_pad), dtype=dtype, device=device)
+            if self.dilated:
+                lengths = self._dilated_counts(d, include_pad, device).to(dtype)
+            else:
+                lengths = torch.tensor(self.counts(d, include_pad), dtype=dtype, device=device)
             shape = [1] * len(self.in_size)
             shape[d] = -1
             count = count * lengths.view(shape)
         return count
+
+    def _dilated_counts(self, d: int, include_pad: bool, device: torch.device) -> Tensor:
+        """:meth:`counts` as tensor ops on the sizes, so an exported graph computes them for its input's
+        own size (a list built from the example's sizes would be baked in)."""
+        k, s, p, step, length = (
+            self.kernel_size or (),
+            self.stride[d],
+            self.padding[d],
+            self.step(d),
+            self.in_size[d],
+        )
+        starts = torch.arange(self.out_size[d], device=device) * s - p
+        if include_pad:  # positions before length + p: ceil((length + p - start) / step), at most k
+            return (-torch.div(starts - (length + p), step, rounding_mode="floor")).clamp_max(k[d])
+        first = torch.where(starts < 0, starts.remainder(step), starts)
+        end = torch.clamp_max(starts + self.span(d), length)
+        return (-torch.div(first - end, step, rounding_mode="floor")).clamp_min(0)
 
     # ---- reductions over each window --------------------------------------------------------------
     def sum(self, x: Tensor, *, out: Tensor | None = None) -> Tensor:
@@ -390,6 +410,20 @@ class Window:
         """
         n = len(self.in_size)
         extents = [self.max_extent(d) for d in range(n)]
+        if self.dilated:
+            # Views of unfold's windows (of the span, on the input padded for every size), then the
+            # dilated positions of each: slices whose end could pass the input would make an exported graph
+            # guard on its size, as stochastic's _padded_views explains.
+            xp = self._padded(x, self.kernel_size or ())
+            base = x.dim() - n
+            for d in range(n):
+                xp = xp.unfold(base + d, self.span(d), self.stride[d])
+            for offset in itertools.product(*(range(e) for e in extents)):
+                view = xp
+                for d in reversed(range(n)):
+                    view = view.select(-1, offset[d] * self.step(d))
+                yield view
+            return
         if self.kernel_size is not None:
             xp = self._padded(x, self.kernel_size)
             for offset in itertools.product(*(range(e) for e in extents)):
@@ -417,7 +451,10 @@ class Window:
         pads: list[int] = []
         for d in reversed(range(len(self.in_size))):
             k, s, p = self.step(d) * (kernel_size[d] - 1) + 1, self.stride[d], self.padding[d]
-            right = max(0, (self.out_size[d] - 1) * s + k - self.in_size[d] - p)
+            if self.dilated:  # enough for every length (see make_window's count): no guard on the size
+                right = min(p + s - 1, k - 1) if self.ceil_mode else p
+            else:
+                right = max(0, (self.out_size[d] - 1) * s + k - self.in_size[d] - p)
             pads += [p, right]
         return F.pad(x, pads) if any(pads) else x
 

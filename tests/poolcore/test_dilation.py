@@ -321,3 +321,22 @@ def test_compile_fullgraph_of_a_dilated_window() -> None:
         for shape in [(2, 3, 13, 12), (1, 2, 17, 11)]:
             x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[-1]))
             torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
+
+
+def test_export_with_dynamic_sizes_computes_the_dilated_windows_per_input() -> None:
+    """torch.export with dynamic batch and spatial sizes: the padding, offsets and real-position counts of a
+    dilated window follow each input's size instead of the example's."""
+    from tests.poolcore import export_harness
+
+    kw: dict[str, Any] = {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2}
+    modules = [
+        poolcore.nn.Pool("avg", **kw, count_include_pad=False, ceil_mode=True),
+        StochasticPool2d(**kw).eval(),
+        GeMPool2d(**kw, p=3.0),
+    ]
+    for module in modules:
+        x = torch.rand(2, 3, 13, 12, generator=torch.Generator().manual_seed(0))
+        exported = export_harness.export_dynamic(module, x, min_size=8).module()
+        for shape in [(1, 3, 21, 17), (3, 3, 9, 10)]:
+            y = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[-1]))
+            torch.testing.assert_close(exported(y), module(y), rtol=1e-5, atol=1e-6)
