@@ -83,17 +83,19 @@ class PoolNd(nn.Module):
         ceil_mode: bool = False,
         *,
         output_size: OptIntTuple = None,
+        dilation: IntTuple = 1,
     ) -> None:
         super().__init__()
         if self.dims is not None:
             # Validate eagerly against a nominal input so a bad module fails at construction, not in forward.
             spatial = [1, 10**6] if self.dims == 1 else [10**6] * self.dims
-            make_window(spatial, self.dims, kernel_size, stride, padding, ceil_mode, output_size)
+            make_window(spatial, self.dims, kernel_size, stride, padding, ceil_mode, output_size, dilation)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
         self.ceil_mode = ceil_mode
         self.output_size = output_size
+        self.dilation = dilation
 
     def window_kwargs(self) -> dict[str, Any]:
         return {
@@ -103,12 +105,14 @@ class PoolNd(nn.Module):
             "ceil_mode": self.ceil_mode,
             "output_size": self.output_size,
             "dims": self.dims,
+            "dilation": self.dilation,
         }
 
     def extra_repr(self) -> str:
         if self.output_size is not None:
             return f"output_size={self.output_size}"
+        dilation = "" if self.dilation == 1 else f", dilation={self.dilation}"
         return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{dilation}, "
             f"ceil_mode={self.ceil_mode}"
         )

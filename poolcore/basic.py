@@ -36,6 +36,7 @@ def avg_pool(
     *,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Average pooling; ``kernel_size`` windows as ``F.avg_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "avg")
@@ -48,6 +49,7 @@ def avg_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
     return keep_memory_format(x, out)
 
@@ -61,6 +63,7 @@ def max_pool(
     *,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Max pooling; ``kernel_size`` windows as ``F.max_pool2d``, ``output_size`` as adaptive."""
     check_float(x, "max")
@@ -73,5 +76,6 @@ def max_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
     return keep_memory_format(x, out)

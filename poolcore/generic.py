@@ -17,7 +17,7 @@ from .registry import get_spec
 
 __all__ = ["GlobalPool", "Pool"]
 
-_WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size")
+_WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size", "dilation")
 
 
 class Pool(nn.Module):

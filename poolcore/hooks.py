@@ -183,6 +183,16 @@ def stochastic_train_scratch(planes: int, window: Window, dtype: torch.dtype, de
     twice the input's bytes, and never less than 1 MiB (under autograd it also keeps an int64 index per
     output, but the service runs under inference mode). tests/service/test_limits.py measures it."""
     in_bytes = planes * math.prod(window.in_size) * dtype.itemsize
+    if window.dilated:
+        # A dilated window takes the whole-tensor walk: a float64 prefix sum per window position and a few
+        # temporaries per output, padded copies of the input, and one plane's position index and
+        # real-position counts (shared by the planes). Measured at stride 1, 3×3 windows, dilation 2: 121
+        # bytes per output for 64×128² fp32 planes, 266 for one 1024² plane, where this bound gives 193
+        # and 315.
+        outputs = planes * math.prod(window.out_size)
+        positions = math.prod(window.kernel_size or ())
+        one_plane = 32 * math.prod(window.in_size) + (positions + 2) * 8 * math.prod(window.out_size)
+        return (6 * in_bytes + (positions + 12) * 8 * outputs + one_plane + MIN_BLOCK_BYTES) // 4
     return (2 * in_bytes + MIN_BLOCK_BYTES) // 4
 
 

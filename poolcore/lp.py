@@ -191,7 +191,8 @@ def _window_power_sums(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -
     a maximum of 0 (an all-zero window)."""
     n = len(w.in_size)
     spatial = tuple(range(-n, 0))
-    if w.kernel_size is not None and not w.is_global:
+    # Dense sliding windows take the fast path; dilated ones, like adaptive bins, the offsets' walk below.
+    if w.kernel_size is not None and not w.is_global and not w.dilated:
         padded = _padded(t, w)
         if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             # Sliced views add guards that export cannot prove for every size; a convolution does not.
@@ -305,6 +306,7 @@ def lp_pool(
     output_size: OptIntTuple = None,
     dims: int | None = None,
     p: Power = 2.0,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Power-average (Lp) pooling, sum form; see :class:`LPPool2d`."""
     check_float(x, "lp")
@@ -318,6 +320,7 @@ def lp_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
     return keep_memory_format(x, out)
 
@@ -333,6 +336,7 @@ def gem_pool(
     dims: int | None = None,
     p: Power = 3.0,
     eps: float = 1e-6,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Generalised-mean (GeM) pooling, mean form; see :class:`GeMPool2d`."""
     check_float(x, "gem")
@@ -348,6 +352,7 @@ def gem_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
     return keep_memory_format(x, out)
 
@@ -376,8 +381,9 @@ class _PowerPoolNd(PoolNd):
         output_size: OptIntTuple = None,
         p: float | None = None,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size, dilation=dilation)
         value = _check_p(self.default_p if p is None else p, self.method)
         if isinstance(value, Tensor):
             raise TypeError(f"the module's p must be a float (got a tensor {value!r})")
@@ -462,6 +468,7 @@ class _LPPoolNd(_PowerPoolNd):
         output_size: OptIntTuple = None,
         p: float | None = None,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
         if norm_type is not None and p is not None:
             raise ValueError(
@@ -475,6 +482,7 @@ class _LPPoolNd(_PowerPoolNd):
             output_size=output_size,
             p=p if norm_type is None else norm_type,
             learn_p=learn_p,
+            dilation=dilation,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -496,9 +504,17 @@ class _GeMPoolNd(_PowerPoolNd):
         p: float | None = None,
         eps: float = 1e-6,
         learn_p: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
         super().__init__(
-            kernel_size, stride, padding, ceil_mode, output_size=output_size, p=p, learn_p=learn_p
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            output_size=output_size,
+            p=p,
+            learn_p=learn_p,
+            dilation=dilation,
         )
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
             raise ValueError(f"eps must be a non-negative float (got {eps!r})")

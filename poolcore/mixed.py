@@ -91,6 +91,7 @@ def _use_onednn(x: Tensor, window: Window) -> bool:
     pair on CPU; it has no autograd, so it is only used when no gradient is needed."""
     return (
         window.kernel_size is not None
+        and not window.dilated
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
@@ -172,6 +173,7 @@ def _onednn_compiled(x: Tensor, window: Window) -> bool:
         torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
         and window.kernel_size is not None
+        and not window.dilated
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
@@ -187,6 +189,7 @@ def _unfolds(window: Window) -> bool:
         torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
         and window.kernel_size is not None
+        and not window.dilated
         and not window.ceil_mode
         and all(p == 0 for p in window.padding)
     )
@@ -340,6 +343,7 @@ def mixed_pool(
     eval_rule: EvalRule = "expectation",
     training: bool = False,
     generator: torch.Generator | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """Mixed max/average pooling; see :class:`MixedPool2d`."""
     p_max = _check_mixed(p_max, scope)
@@ -351,6 +355,7 @@ def mixed_pool(
         "ceil_mode": ceil_mode,
         "output_size": output_size,
         "dims": dims,
+        "dilation": dilation,
     }
     if training:
         return _mixed(x, window_kwargs, p_max, scope, True, generator)[0]
@@ -375,8 +380,9 @@ class _MixedPoolNd(PoolNd):
         p_max: float = 0.5,
         scope: Scope = "region",
         eval_rule: EvalRule = "expectation",
+        dilation: IntTuple = 1,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size, dilation=dilation)
         self.p_max = _check_mixed(p_max, scope)
         self.scope = scope
         self.eval_rule = _check_eval_rule(eval_rule)

@@ -56,6 +56,7 @@ class WindowParams(_Params):
         Field(0, description="Implicit zero padding on both sides, at most half the kernel.")
     )
     ceil_mode: bool = Field(False, description="Use ceil instead of floor for the output size.")
+    dilation: Size = Field(1, description="Spacing between a window's positions, as in torch's max_pool.")
     output_size: OptionalSize | None = Field(
         None, description="Adaptive output size; a null entry keeps that input size."
     )
@@ -67,8 +68,14 @@ class WindowParams(_Params):
                 "give exactly one of kernel_size (sliding windows) or output_size (adaptive bins) "
                 f"(got kernel_size={self.kernel_size!r}, output_size={self.output_size!r})"
             )
-        if self.output_size is not None and (self.stride is not None or self.padding != 0 or self.ceil_mode):
-            raise ValueError("stride, padding and ceil_mode apply to kernel_size windows, not to output_size")
+        dilation = self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)
+        dilated = any(d != 1 for d in dilation)
+        if self.output_size is not None and (
+            self.stride is not None or self.padding != 0 or self.ceil_mode or dilated
+        ):
+            raise ValueError(
+                "stride, padding, dilation and ceil_mode apply to kernel_size windows, not to output_size"
+            )
         return self
 
 

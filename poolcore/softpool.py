@@ -80,7 +80,8 @@ def _soft(b: Tensor, w: Window) -> Tensor:
         m = t.detach().amax(dim=w.spatial_dims, keepdim=True)
         weight = (t - m).exp()
         y = (weight * t).sum(dim=w.spatial_dims, keepdim=True) / weight.sum(dim=w.spatial_dims, keepdim=True)
-    elif math.prod(w.max_extent(d) for d in range(len(w.in_size))) <= math.prod(w.out_size):
+    elif w.dilated or math.prod(w.max_extent(d) for d in range(len(w.in_size))) <= math.prod(w.out_size):
+        # By window offsets (a dilated window's step by d); else window by window, for few large bins.
         m = w.max(t.detach())
         numerator, denominator = _by_offsets(t, w, m)
         y = numerator / denominator
@@ -100,6 +101,7 @@ def soft_pool(
     *,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Tensor:
     """SoftPool, the softmax-weighted average of each window; see :class:`SoftPool2d`."""
     check_float(x, "softpool")
@@ -112,6 +114,7 @@ def soft_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
 
 
@@ -138,6 +141,8 @@ _DOC = r"""Applies {d}d SoftPool (Stergiou et al. 2021) over an input signal.
         ceil_mode: use ceil instead of floor for the output size. Default: ``False``
         output_size: adaptive output size instead of ``kernel_size`` (keyword-only); ``None`` entries
             keep that size. ``output_size=1`` is global SoftPool. Default: ``None``
+        dilation: the spacing between a kernel window's positions (keyword-only), as in
+            :class:`torch.nn.MaxPool{d}d`. Default: ``1``
 
     The output size of each pooled dim is :math:`\lfloor (L_{{in}} + 2 \cdot padding - kernel\_size) /
     stride \rfloor + 1` (ceil with ``ceil_mode``), as for :class:`torch.nn.AvgPool{d}d`.

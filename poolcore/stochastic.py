@@ -599,6 +599,9 @@ def _train(
     if _tracing():
         _refuse_legacy_onnx(w)
         return _train_traced(x, w, generator, return_indices)
+    if w.dilated:  # the whole-tensor walk over the window's offsets, which step by the dilation
+        _check_input(x, generator, check_values)
+        return _train_traced(x, w, generator, return_indices)
     need_index = return_indices or (torch.is_grad_enabled() and x.requires_grad)
     if compiled and not need_index and _can_fuse(x, w):
         _check_input(x, generator, check_values)
@@ -636,8 +639,9 @@ def _train_traced(
     plane = torch.arange(math.prod(x.shape[2:]), device=x.device).view(1, 1, *x.shape[2:])
     ones = torch.ones((1, 1, *x.shape[2:]), dtype=_F64, device=x.device)
     valid: list[Tensor] | None
-    if w.kernel_size is None:
-        _refuse_dynamic_adaptive_export(w)
+    if w.kernel_size is None or w.dilated:
+        if w.kernel_size is None:
+            _refuse_dynamic_adaptive_export(w)
         views, valid, where = list(w.offsets(relu)), list(w.offsets(ones)), list(w.offsets(plane))
     else:
         views = _padded_views(relu, w, x.dtype)
@@ -704,8 +708,8 @@ def _safe_ratio(squares: Tensor, sums: Tensor) -> Tensor:
 def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool | None = None) -> Tensor:
     _check_input(x, None, check_values)
     _refuse_legacy_onnx(w)
-    if _tracing() or (compiled and _can_fuse(x, w)):
-        if w.kernel_size is not None:
+    if w.dilated or _tracing() or (compiled and _can_fuse(x, w)):
+        if w.kernel_size is not None and not w.dilated:
             return _compiled("eval")(x, w) if compiled and not _tracing() else _fused_eval(x, w)
         xc = x.to(_compute_dtype(x.dtype)).clamp_min(0)
         return _safe_ratio(w.sum(xc * xc), w.sum(xc)).to(x.dtype)
@@ -802,7 +806,7 @@ def _compiled(name: str) -> Callable[..., Tensor]:
 def _can_fuse(x: Tensor, w: Window) -> bool:
     # Kernel windows only (adaptive bins are not strided views); with autograd on, the index path is
     # needed so that the gradient goes to the sampled position.
-    return w.kernel_size is not None and not (torch.is_grad_enabled() and x.requires_grad)
+    return w.kernel_size is not None and not w.dilated and not (torch.is_grad_enabled() and x.requires_grad)
 
 
 # ---- functional -------------------------------------------------------------------------------------------
@@ -821,6 +825,7 @@ def stochastic_pool(
     check_input: bool | None = ...,
     compiled: bool = ...,
     return_indices: Literal[False] = ...,
+    dilation: IntTuple = ...,
 ) -> Tensor: ...
 
 
@@ -839,6 +844,7 @@ def stochastic_pool(
     check_input: bool | None = ...,
     compiled: bool = ...,
     return_indices: Literal[True],
+    dilation: IntTuple = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -857,6 +863,7 @@ def stochastic_pool(
     check_input: bool | None = ...,
     compiled: bool = ...,
     return_indices: bool,
+    dilation: IntTuple = ...,
 ) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
@@ -874,6 +881,7 @@ def stochastic_pool(
     check_input: bool | None = None,
     compiled: bool = False,
     return_indices: bool = False,
+    dilation: IntTuple = 1,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Stochastic pooling (Zeiler & Fergus 2013); see :class:`StochasticPool2d` for the arguments."""
     # Type and generator checks now; the value check runs inside _train/_eval, where the walk can fuse it.
@@ -896,6 +904,7 @@ def stochastic_pool(
         ceil_mode=ceil_mode,
         output_size=output_size,
         dims=dims,
+        dilation=dilation,
     )
     if x.dim() == infer_dims(x.dim(), kernel_size, output_size, dims) + 2:
         fmt = _memory_format(x)
@@ -930,8 +939,9 @@ class _StochasticPoolNd(PoolNd):
         *,
         output_size: OptIntTuple = None,
         return_indices: bool = False,
+        dilation: IntTuple = 1,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size)
+        super().__init__(kernel_size, stride, padding, ceil_mode, output_size=output_size, dilation=dilation)
         if not isinstance(return_indices, bool):
             raise TypeError(f"return_indices must be a bool (got {return_indices!r})")
         self.return_indices = return_indices

@@ -1,8 +1,9 @@
 """Swap the pooling layers of an existing model for poolcore's, keeping every layer's window.
 
 ``replace_pooling(model, {nn.MaxPool2d: "gem"}, p=3.0)`` replaces each ``nn.MaxPool2d`` (nested ones
-included) by a :class:`poolcore.nn.GeMPool2d` with the same kernel, stride, padding and ceil_mode, so every
-output shape stays what it was. A layer that has no exact poolcore counterpart is refused by name.
+included) by a :class:`poolcore.nn.GeMPool2d` with the same kernel, stride, padding, dilation and
+ceil_mode, so every output shape stays what it was. A layer that has no exact poolcore counterpart is
+refused by name.
 """
 
 from __future__ import annotations
@@ -55,8 +56,6 @@ def _window(name: str, layer: nn.Module, method: str | None) -> dict[str, Any]:
         raise ValueError(f"{where}: return_indices=True has no poolcore counterpart (it returns two tensors)")
     if type(layer) in _ADAPTIVE or isinstance(layer, tuple(_ADAPTIVE)):
         return {"output_size": layer.output_size}
-    if not _ones(getattr(layer, "dilation", 1)):
-        raise ValueError(f"{where}: dilation={layer.dilation} is not supported; poolcore windows are dense")
     if getattr(layer, "divisor_override", None) is not None:
         raise ValueError(f"{where}: divisor_override={layer.divisor_override} has no poolcore counterpart")
     window: dict[str, Any] = {
@@ -65,6 +64,8 @@ def _window(name: str, layer: nn.Module, method: str | None) -> dict[str, Any]:
         "padding": layer.padding,
         "ceil_mode": layer.ceil_mode,
     }
+    if not _ones(getattr(layer, "dilation", 1)):  # only max pools have one; left out when 1
+        window["dilation"] = layer.dilation
     if isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         include = bool(layer.count_include_pad)
         if method == "avg":
@@ -119,8 +120,8 @@ def replace_pooling(model: nn.Module, mapping: Mapping[type[nn.Module], Target],
         **params: the method's own parameters for every replacement (``p=3.0``, ``learn_p=True``,
             ``p_max=0.5``...).
 
-    Each replacement keeps the layer's window (kernel_size, stride, padding, ceil_mode; or output_size),
-    so output shapes are unchanged, and its train/eval mode and device. Layers with dilation != 1,
+    Each replacement keeps the layer's window (kernel_size, stride, padding, dilation, ceil_mode; or
+    output_size), so output shapes are unchanged, and its train/eval mode and device. Layers with
     ``return_indices=True``, ``divisor_override``, or ``count_include_pad=True`` with padding mapped to
     a method that averages real positions only are refused with a ``ValueError`` naming the layer.
 

@@ -6,6 +6,9 @@ the reductions below only ever see 2d or 3d spatial shapes and can use torch's o
 
 Adaptive bins are torch's (``aten/src/ATen/native/AdaptivePooling.h``): ``start = floor(i*L/out)``,
 ``end = ceil((i+1)*L/out)``.
+
+Kernel windows may be dilated as torch's max pools are: a window's ``k`` positions step by ``dilation``, so
+it spans ``dilation*(k-1)+1`` inputs, and the output size is torch's with that effective kernel.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def _tuple(value: object, n: int, name: str, *, minimum: int, allow_none: bool =
 
 def _kernel_out(length: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     """torch's output length (``pooling_output_shape``), including the ceil_mode rule that the last window
-    must start inside the input or its left padding."""
+    must start inside the input or its left padding. ``k`` is the effective (dilated) kernel."""
     span = length + 2 * p - k
     if not ceil_mode:
         return span // s + 1
@@ -146,9 +149,10 @@ def _kernel_out(length: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 class Window:
     """Resolved geometry for a batched ``(B, C, *spatial)`` tensor with 2 or 3 spatial dims.
 
-    Exactly one of two forms: kernel (``kernel_size``/``stride``/``padding``/``ceil_mode``) or adaptive
-    (``kernel_size is None``; bins derived from ``in_size`` and ``out_size``). Global pooling is the
-    adaptive form with every output size 1.
+    Exactly one of two forms: kernel (``kernel_size``/``stride``/``padding``/``dilation``/``ceil_mode``)
+    or adaptive (``kernel_size is None``; bins derived from ``in_size`` and ``out_size``). Global pooling is
+    the adaptive form with every output size 1. A kernel window's offset ``j`` along a dim reads the input
+    at ``start + j*dilation``; an empty ``dilation`` means 1 everywhere.
     """
 
     in_size: tuple[int, ...]
@@ -157,6 +161,22 @@ class Window:
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
     ceil_mode: bool = False
+    dilation: tuple[int, ...] = ()
+
+    @property
+    def dilated(self) -> bool:
+        """Whether some kernel dim's positions are spread out (a dilation above 1)."""
+        return any(d != 1 for d in self.dilation)
+
+    def step(self, d: int) -> int:
+        """The distance between a window's neighbouring positions along spatial dim ``d``."""
+        return self.dilation[d] if self.dilation else 1
+
+    def span(self, d: int) -> int:
+        """How many inputs a kernel window covers along ``d``, gaps included: ``dilation*(k-1)+1``."""
+        if self.kernel_size is None:
+            raise ValueError("span applies to kernel_size windows, not to output_size")
+        return self.step(d) * (self.kernel_size[d] - 1) + 1
 
     @property
     def adaptive(self) -> bool:
@@ -173,16 +193,29 @@ class Window:
 
     # ---- per-dimension bins ---------------------------------------------------------------------
     def bounds(self, d: int) -> tuple[list[int], list[int]]:
-        """Start and end (exclusive) of each window along spatial dim ``d``, clipped to the real input,
-        so padding and ceil-mode overhang are excluded."""
+        """First real position and end (exclusive) of each window along spatial dim ``d``, clipped to the
+        real input, so padding and ceil-mode overhang are excluded. A dilated window's real positions are
+        ``range(start, end, self.step(d))``."""
         length, out = self.in_size[d], self.out_size[d]
         if self.kernel_size is None:
             starts = [(i * length) // out for i in range(out)]
             ends = [-(-((i + 1) * length) // out) for i in range(out)]
             return starts, ends
-        k, s, p = self.kernel_size[d], self.stride[d], self.padding[d]
+        s, p, step, span = self.stride[d], self.padding[d], self.step(d), self.span(d)
         starts = [i * s - p for i in range(out)]
-        return [max(a, 0) for a in starts], [min(a + k, length) for a in starts]
+        # A window that starts in the left padding: its first position at or past 0 on its own grid.
+        first = [a if a >= 0 else a % step for a in starts]
+        return first, [min(a + span, length) for a in starts]
+
+    def counts(self, d: int, include_pad: bool = False) -> list[int]:
+        """Positions of each window along ``d``: the real ones, or with ``include_pad`` those inside the
+        zero-padded input (torch's avg_pool divisor, which leaves out ceil-mode overhang only)."""
+        if self.kernel_size is None or not include_pad:
+            step = self.step(d) if self.kernel_size is not None else 1
+            return [max(0, -((s - e) // step)) for s, e in zip(*self.bounds(d))]
+        k, s, p, step = self.kernel_size[d], self.stride[d], self.padding[d], self.step(d)
+        limit = self.in_size[d] + p
+        return [min(k, -((i * s - p - limit) // step)) for i in range(self.out_size[d])]
 
     def max_extent(self, d: int) -> int:
         """The most positions any window spans along ``d`` (the kernel size, or the widest adaptive bin)."""
@@ -191,16 +224,36 @@ class Window:
         starts, ends = self.bounds(d)
         return max(e - s for s, e in zip(starts, ends))
 
-    def valid_count(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Number of real (non-padded) input positions in each window, shaped ``out_size``."""
+    def valid_count(self, device: torch.device, dtype: torch.dtype, include_pad: bool = False) -> Tensor:
+        """Number of real (non-padded) input positions in each window, shaped ``out_size``; with
+        ``include_pad``, of positions inside the zero-padded input (see :meth:`counts`)."""
         count = torch.ones((), device=device, dtype=dtype)
         for d in range(len(self.in_size)):
-            starts, ends = self.bounds(d)
-            lengths = torch.tensor([e - s for s, e in zip(starts, ends)], dtype=dtype, device=device)
+            if self.dilated:
+                lengths = self._dilated_counts(d, include_pad, device).to(dtype)
+            else:
+                lengths = torch.tensor(self.counts(d, include_pad), dtype=dtype, device=device)
             shape = [1] * len(self.in_size)
             shape[d] = -1
             count = count * lengths.view(shape)
         return count
+
+    def _dilated_counts(self, d: int, include_pad: bool, device: torch.device) -> Tensor:
+        """:meth:`counts` as tensor ops on the sizes, so an exported graph computes them for its input's
+        own size (a list built from the example's sizes would be baked in)."""
+        k, s, p, step, length = (
+            self.kernel_size or (),
+            self.stride[d],
+            self.padding[d],
+            self.step(d),
+            self.in_size[d],
+        )
+        starts = torch.arange(self.out_size[d], device=device) * s - p
+        if include_pad:  # positions before length + p: ceil((length + p - start) / step), at most k
+            return (-torch.div(starts - (length + p), step, rounding_mode="floor")).clamp_max(k[d])
+        first = torch.where(starts < 0, starts.remainder(step), starts)
+        end = torch.clamp_max(starts + self.span(d), length)
+        return (-torch.div(first - end, step, rounding_mode="floor")).clamp_min(0)
 
     # ---- reductions over each window --------------------------------------------------------------
     def sum(self, x: Tensor, *, out: Tensor | None = None) -> Tensor:
@@ -214,6 +267,8 @@ class Window:
             if _export_bins(self):
                 return self._binned(x, "sum")
             return torch.mul(self._adaptive_avg(x), self.valid_count(x.device, x.dtype), out=out)
+        if self.dilated:
+            return self._dilated_sum(x, out)
         k, s, p = self.kernel_size, self.stride, self.padding
         if self.ceil_mode:
             if torch.jit.is_tracing():
@@ -241,6 +296,9 @@ class Window:
         if self.kernel_size is None:
             result = self._binned(x, "mean") if _export_bins(self) else self._adaptive_avg(x)
             return result if out is None else out.copy_(result)
+        if self.dilated:  # torch's avg_pool has no dilation: the sum over offsets, then the divisor
+            count = self.valid_count(x.device, x.dtype, include_pad=count_include_pad)
+            return torch.div(self._dilated_sum(x), count, out=out)
         k, s, p, c = self.kernel_size, self.stride, self.padding, self.ceil_mode
         if out is None:
             avg: Any = F.avg_pool2d if len(self.in_size) == 2 else F.avg_pool3d
@@ -260,7 +318,7 @@ class Window:
             adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
             return adaptive(x, self.out_size)
         pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
-        return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
+        return pool(x, self.kernel_size, self.stride, self.padding, self.dilation or 1, self.ceil_mode)
 
     def argmax(self, x: Tensor) -> Tensor:
         """Flat in-plane index (over ``in_size``) of each window's largest value, as torch's max pools
@@ -272,7 +330,18 @@ class Window:
             adaptive: Any = F.adaptive_max_pool2d if len(self.in_size) == 2 else F.adaptive_max_pool3d
             return adaptive(x, self.out_size, return_indices=True)[1]
         pool: Any = F.max_pool2d if len(self.in_size) == 2 else F.max_pool3d
-        return pool(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, return_indices=True)[1]
+        dilation = self.dilation or 1
+        return pool(
+            x, self.kernel_size, self.stride, self.padding, dilation, self.ceil_mode, return_indices=True
+        )[1]
+
+    def _dilated_sum(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Sum over each dilated kernel window, one strided view per offset (padding reads 0)."""
+        views = self.offsets(x)
+        total = next(views).clone() if out is None else out.copy_(next(views))
+        for value in views:
+            total.add_(value)
+        return total
 
     # ---- cache-sized chunks of planes ---------------------------------------------------------------
     def map_planes(
@@ -341,13 +410,27 @@ class Window:
         """
         n = len(self.in_size)
         extents = [self.max_extent(d) for d in range(n)]
+        if self.dilated:
+            # Views of unfold's windows (of the span, on the input padded for every size), then the
+            # dilated positions of each: slices whose end could pass the input would make an exported graph
+            # guard on its size, as stochastic's _padded_views explains.
+            xp = self._padded(x, self.kernel_size or ())
+            base = x.dim() - n
+            for d in range(n):
+                xp = xp.unfold(base + d, self.span(d), self.stride[d])
+            for offset in itertools.product(*(range(e) for e in extents)):
+                view = xp
+                for d in reversed(range(n)):
+                    view = view.select(-1, offset[d] * self.step(d))
+                yield view
+            return
         if self.kernel_size is not None:
             xp = self._padded(x, self.kernel_size)
             for offset in itertools.product(*(range(e) for e in extents)):
                 index: tuple[Any, ...] = (Ellipsis,)
                 for d, o in enumerate(offset):
-                    s = self.stride[d]
-                    index += (slice(o, o + s * (self.out_size[d] - 1) + 1, s),)
+                    s, at = self.stride[d], o * self.step(d)
+                    index += (slice(at, at + s * (self.out_size[d] - 1) + 1, s),)
                 yield xp[index]
             return
         gathers = [self._adaptive_index(d, x.device) for d in range(n)]
@@ -367,8 +450,11 @@ class Window:
     def _padded(self, x: Tensor, kernel_size: tuple[int, ...]) -> Tensor:
         pads: list[int] = []
         for d in reversed(range(len(self.in_size))):
-            k, s, p = kernel_size[d], self.stride[d], self.padding[d]
-            right = max(0, (self.out_size[d] - 1) * s + k - self.in_size[d] - p)
+            k, s, p = self.step(d) * (kernel_size[d] - 1) + 1, self.stride[d], self.padding[d]
+            if self.dilated:  # enough for every length (see make_window's count): no guard on the size
+                right = min(p + s - 1, k - 1) if self.ceil_mode else p
+            else:
+                right = max(0, (self.out_size[d] - 1) * s + k - self.in_size[d] - p)
             pads += [p, right]
         return F.pad(x, pads) if any(pads) else x
 
@@ -394,6 +480,7 @@ def make_window(
     padding: IntTuple = 0,
     ceil_mode: bool = False,
     output_size: OptIntTuple = None,
+    dilation: IntTuple = 1,
 ) -> Window:
     """Validate window arguments for a ``dims``-d input with spatial size ``spatial`` (already lifted:
     1d inputs have a leading spatial size of 1)."""
@@ -403,7 +490,12 @@ def make_window(
             "give exactly one of kernel_size (sliding windows) or output_size (adaptive bins) "
             f"(got kernel_size={kernel_size!r}, output_size={output_size!r})"
         )
+    dil = _tuple(dilation, dims, "dilation", minimum=1)
     if output_size is not None:
+        if any(d != 1 for d in dil):  # an adaptive bin is every position between its bounds
+            raise ValueError(
+                f"dilation applies to kernel_size windows, not to output_size (got dilation={dilation!r})"
+            )
         sizes = _tuple(output_size, dims, "output_size", minimum=1, allow_none=True)
         out = tuple(s if o is None else o for o, s in zip(sizes, spatial[lifted:]))
         return Window(in_size=tuple(spatial), out_size=(1,) * lifted + out)
@@ -413,17 +505,32 @@ def make_window(
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be a bool (got {ceil_mode!r})")
     for kd, pd in zip(k, p):
-        if pd > kd // 2:
+        if pd > kd // 2:  # torch's rule, on the kernel size also when it is dilated
             raise ValueError(
                 f"padding must be at most half of kernel_size (got padding={p}, kernel_size={k})"
             )
     out_size = []
-    for length, kd, sd, pd in zip(spatial[lifted:], k, s, p):
-        if length + 2 * pd < kd:
+    for length, kd, sd, pd, dd in zip(spatial[lifted:], k, s, p, dil):
+        span = dd * (kd - 1) + 1
+        if length + 2 * pd < span:
+            spread = "" if dd == 1 else f" (spanning {span} with dilation {dil})"
             raise ValueError(
-                f"kernel_size {k} is larger than the padded input {tuple(spatial[lifted:])} with padding {p}"
+                f"kernel_size {k}{spread} is larger than the padded input {tuple(spatial[lifted:])} with "
+                f"padding {p}"
             )
-        out_size.append(_kernel_out(length, kd, sd, pd, ceil_mode))
+        out_size.append(_kernel_out(length, span, sd, pd, ceil_mode))
+        # Only a window that starts in the left padding can miss the input, by stepping over all of it
+        # (kernel 2, padding 1, dilation 4 on 3 inputs reads -1 and 3): torch's max gives -inf there, a
+        # mean has nothing to divide. Such windows are the first ceil(p/s) ones;
+        # a dense one always holds input.
+        for i in range(min(out_size[-1], -(-pd // sd)) if dd > 1 else 0):
+            a = i * sd - pd
+            first = a % dd  # the window's first position at or past 0
+            if first >= length or first > a + (kd - 1) * dd:
+                raise ValueError(
+                    f"kernel_size {k} with dilation {dil} and padding {p} gives a window that holds "
+                    f"only padding on input size {tuple(spatial[lifted:])}"
+                )
     one = (1,) * lifted
     zero = (0,) * lifted
     return Window(
@@ -433,6 +540,7 @@ def make_window(
         stride=one + s,
         padding=zero + p,
         ceil_mode=ceil_mode,
+        dilation=one + dil,
     )
 
 
@@ -446,6 +554,7 @@ def window_call(
     ceil_mode: bool = False,
     output_size: OptIntTuple = None,
     dims: int | None = None,
+    dilation: IntTuple = 1,
 ) -> Any:
     """Bring ``x`` to ``(B, C, *spatial)`` with 2 or 3 spatial dims, resolve the window, apply
     ``fn(batched, window)`` and restore the caller's layout (to each tensor, where ``fn`` returns a tuple
@@ -467,7 +576,9 @@ def window_call(
         batched = batched.unsqueeze(0)
     if dims == 1:
         batched = batched.unsqueeze(-2)
-    window = make_window(batched.shape[2:], dims, kernel_size, stride, padding, ceil_mode, output_size)
+    window = make_window(
+        batched.shape[2:], dims, kernel_size, stride, padding, ceil_mode, output_size, dilation
+    )
     result = fn(batched, window)
 
     def restore(out: Tensor) -> Tensor:

@@ -95,6 +95,7 @@ def output_window(shape: tuple[int, ...], resolved: Mapping[str, Any]) -> tuple[
             resolved.get("padding", 0),
             resolved.get("ceil_mode", False),
             resolved.get("output_size"),
+            resolved.get("dilation", 1),
         )
     except (ValueError, TypeError):
         return None

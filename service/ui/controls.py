@@ -39,7 +39,7 @@ Kind = Literal["bool", "choice", "int", "float", "size", "text"]
 WindowForm = Literal["kernel", "adaptive"]
 
 # WindowParams takes exactly one window form: these fields belong to the sliding-window form only ...
-KERNEL_ONLY = frozenset({"kernel_size", "stride", "padding", "ceil_mode"})
+KERNEL_ONLY = frozenset({"kernel_size", "stride", "padding", "ceil_mode", "dilation"})
 # ... and this one to the adaptive form.
 ADAPTIVE_ONLY = frozenset({"output_size"})
 # The window's own size: no default, the form needs it (blank is a 422, so the help must not say "default").

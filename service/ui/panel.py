@@ -41,7 +41,7 @@ __all__ = [
     "shape_text",
 ]
 
-WINDOW_FIELDS = frozenset({"kernel_size", "stride", "padding", "ceil_mode", "output_size"})
+WINDOW_FIELDS = frozenset({"kernel_size", "stride", "padding", "ceil_mode", "output_size", "dilation"})
 
 # Helpers the page calls (field visibility, snippets): hidden from gradio_client and the API page.
 PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}

@@ -19,7 +19,7 @@ from poolcore.windows import make_window
 
 __all__ = ["WindowProbabilities", "is_stochastic", "sample_counts", "window_probabilities"]
 
-_WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size")
+_WINDOW_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "output_size", "dilation")
 
 
 def is_stochastic(method: str) -> bool:
@@ -30,7 +30,8 @@ def is_stochastic(method: str) -> bool:
 
 @dataclass(frozen=True)
 class WindowProbabilities:
-    """One output position's window: its index, the input rows/cols it covers, and p = a / Σa."""
+    """One output position's window: its index, the input rows/cols it covers (stepping by the dilation),
+    and p = a / Σa."""
 
     index: tuple[int, int]
     rows: range
@@ -50,15 +51,15 @@ def window_probabilities(matrix: Tensor, method: str, params: Mapping[str, Any])
     args: dict[str, Any] = {k: resolved[k] for k in _WINDOW_ARGS if k in resolved}
     window = make_window(tuple(matrix.shape), 2, **args)
     (row_starts, row_ends), (col_starts, col_ends) = window.bounds(0), window.bounds(1)
+    dr, dc = window.step(0), window.step(1)
     out = []
     values = matrix.double()
     for i, (r0, r1) in enumerate(zip(row_starts, row_ends, strict=True)):
         for j, (c0, c1) in enumerate(zip(col_starts, col_ends, strict=True)):
-            block = values[r0:r1, c0:c1]
+            block = values[r0:r1:dr, c0:c1:dc]
             total = float(block.sum())
-            out.append(
-                WindowProbabilities((i, j), range(r0, r1), range(c0, c1), block / total if total else None)
-            )
+            rows, cols = range(r0, r1, dr), range(c0, c1, dc)
+            out.append(WindowProbabilities((i, j), rows, cols, block / total if total else None))
     return out
 
 
@@ -84,6 +85,7 @@ def sample_counts(
         for window in windows:
             i, j = window.index
             (grad,) = torch.autograd.grad(out[:, 0, i, j].sum(), batch, retain_graph=True)
-            picked = grad[:, 0, window.rows.start : window.rows.stop, window.cols.start : window.cols.stop]
+            rows, cols = window.rows, window.cols
+            picked = grad[:, 0, rows.start : rows.stop : rows.step, cols.start : cols.stop : cols.step]
             counts.append(picked.sum(0).detach().cpu())
     return counts

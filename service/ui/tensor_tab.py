@@ -52,8 +52,8 @@ def _probability_html(windows: list[Any]) -> str:
     for window in windows[:MAX_PROBABILITY_TABLES]:
         i, j = window.index
         caption = (
-            f"window [{i},{j}]: rows {window.rows.start}–{window.rows.stop - 1}, "
-            f"cols {window.cols.start}–{window.cols.stop - 1}"
+            f"window [{i},{j}]: rows {window.rows[0]}–{window.rows[-1]}, "
+            f"cols {window.cols[0]}–{window.cols[-1]}"
         )
         if window.probabilities is None:
             body = "<tr><td>Σa = 0: no probabilities</td></tr>"
@@ -80,7 +80,7 @@ def _frequency_frame(windows: list[Any], counts: list[Any], draws: int) -> pd.Da
             exact = (
                 0.0
                 if window.probabilities is None
-                else float(window.probabilities[r - window.rows.start, c - window.cols.start])
+                else float(window.probabilities[window.rows.index(r), window.cols.index(c)])
             )
             rows.append(
                 {"position": f"{where} drawn", "share": n / draws, "series": f"sampled ({draws} draws)"}

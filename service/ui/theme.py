@@ -47,6 +47,9 @@ CSS = """
     border: 1px solid #767676; box-sizing: border-box;
     background: #f3f4f6; }
 #compare-tiles figcaption { font-size: 0.85em; line-height: 1.3; overflow-wrap: anywhere; margin-top: 4px; }
+/* A row of controls whose every control is hidden (a global method has no window) takes no room: without
+   this its empty flex box still adds the column's gap, a blank band above the guide. */
+.pool-controls > .row:not(:has(.block)) { display: none; }
 /* A display formula wider than its column scrolls inside it instead of being cut off. */
 .katex-display { overflow-x: auto; overflow-y: hidden; padding-bottom: 2px; }
 /* On a phone the columns stack: the image comes first, the controls after it. */

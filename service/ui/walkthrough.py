@@ -50,8 +50,8 @@ def _table(matrix: Tensor, window: WindowProbabilities, drawn: set[tuple[int, in
         rows.append("<tr>" + "".join(cells) + "</tr>")
     i, j = window.index
     caption = (
-        f"input: the window of output [{i},{j}] (rows {window.rows.start}–{window.rows.stop - 1}, "
-        f"cols {window.cols.start}–{window.cols.stop - 1}) highlighted"
+        f"input: the window of output [{i},{j}] (rows {window.rows[0]}–{window.rows[-1]}, "
+        f"cols {window.cols[0]}–{window.cols[-1]}) highlighted"
     )
     return f"<table class='window-table'><caption>{html.escape(caption)}</caption>{''.join(rows)}</table>"
 
@@ -94,7 +94,8 @@ def explain(
     resolved = spec.resolve(params)
     windows = {w.index: w for w in window_probabilities(matrix, method, params)}
     window = windows[cell]
-    a = matrix[window.rows.start : window.rows.stop, window.cols.start : window.cols.stop]
+    rows, cols = window.rows, window.cols
+    a = matrix[rows.start : rows.stop : rows.step, cols.start : cols.stop : cols.step]
     y = float(output[cell])
     train = mode == "train" and spec.takes_training
     picked = divmod(int(indices[cell]), matrix.shape[-1]) if indices is not None and train else None

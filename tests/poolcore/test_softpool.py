@@ -233,3 +233,18 @@ def test_replace_pooling_swaps_max_pooling_for_softpool() -> None:
     assert isinstance(model[1], SoftPool2d)
     assert model(x).shape == shape
     torch.testing.assert_close(model[1](model[0](x)), soft_pool(model[0](x), 3, 2, 1, True), rtol=0, atol=0)
+
+
+def test_dilated_windows_weigh_their_own_positions() -> None:
+    """A dilated window (registry-wide ``dilation``) is the softmax-weighted average of the positions it
+    spans d apart: against the float64 formula over F.unfold's dilated columns."""
+    import torch.nn.functional as F
+
+    from poolcore.softpool import soft_pool
+
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 4
+    y = soft_pool(x, 3, stride=2, dilation=2)
+    cols = F.unfold(x, 3, dilation=2, stride=2).reshape(2, 3, 9, -1)
+    weights = (cols - cols.amax(dim=2, keepdim=True)).exp()
+    expected = ((weights * cols).sum(2) / weights.sum(2)).reshape(y.shape)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)

@@ -107,7 +107,6 @@ def test_mode_and_device_follow_the_layer() -> None:
 @pytest.mark.parametrize(
     ("layer", "target", "message"),
     [
-        (nn.MaxPool2d(2, dilation=2), "max", r"layer 1 \(MaxPool2d.*dilation=2"),
         (nn.MaxPool2d(2, return_indices=True), "gem", r"layer 1 .*return_indices"),
         (nn.AdaptiveMaxPool2d(2, return_indices=True), "max", r"layer 1 .*return_indices"),
         (nn.AvgPool2d(3, 1, 1), "gem", r"layer 1 .*count_include_pad=True with padding"),
@@ -120,6 +119,21 @@ def test_layers_that_cannot_map_exactly_are_refused_by_name(layer: nn.Module, ta
     model = nn.Sequential(nn.Identity(), layer)
     with pytest.raises(ValueError, match=message):
         replace_pooling(model, {type(layer): target})
+
+
+@pytest.mark.parametrize("method", ["max", "avg", "mixed", "stochastic", "lp", "gem"])
+def test_dilated_max_pools_keep_their_dilation(method: str) -> None:
+    """torch's nn.MaxPool2d(3, 2, dilation=2): same output shape for every method, same values for max."""
+    layer = nn.MaxPool2d(3, 2, dilation=2)
+    want = layer(X)
+    model = replace_pooling(
+        nn.Sequential(nn.Identity(), nn.MaxPool2d(3, 2, dilation=2)), {nn.MaxPool2d: method}
+    )
+    got = model.eval()(X)
+    assert got.shape == want.shape
+    if method == "max":
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert "dilation=2" in repr(model.get_submodule("1"))
 
 
 def test_mapping_keys_must_be_torch_pooling_classes() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,61 @@ class TestNoRankGuessing:
         torch.testing.assert_close(poolcore.pool(x, "avg", kernel_size=2), F.avg_pool2d(x, 2))
         v = torch.rand(1, 2, 4, 4, 4)
         torch.testing.assert_close(poolcore.pool(v, "max", kernel_size=2), F.max_pool3d(v, 2))
+
+
+class TestDilatedWindows:
+    """A dilated kernel window's offsets step by the dilation: torch's ``F.unfold`` (zero padding, dilation,
+    offsets in row-major order) is the reference for the offsets and for the real-position counts."""
+
+    @pytest.mark.parametrize(
+        "k, s, p, d",
+        [
+            ((3, 3), (1, 1), (0, 0), (2, 2)),
+            ((2, 3), (2, 1), (1, 1), (3, 2)),
+            ((3, 2), (3, 2), (1, 0), (1, 4)),
+        ],
+    )
+    def test_offsets_sum_and_counts_match_unfold(self, k, s, p, d) -> None:
+        x = torch.randn(2, 1, 9, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        w = make_window((9, 10), 2, k, s, p, False, dilation=d)
+        cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (2, K, L)
+        views = torch.stack([v.flatten(2)[:, 0] for v in w.offsets(x)], 1)
+        torch.testing.assert_close(views, cols, rtol=0, atol=0)
+        torch.testing.assert_close(w.sum(x).flatten(2)[:, 0], cols.sum(1))
+        ones = F.unfold(torch.ones(1, 1, 9, 10, dtype=torch.float64), k, dilation=d, padding=p, stride=s)
+        torch.testing.assert_close(w.valid_count(x.device, x.dtype).flatten(), ones.sum(1).flatten())
+        starts, ends = w.bounds(1)
+        for i, (a, e) in enumerate(zip(starts, ends)):  # the real positions are range(start, end, dilation)
+            want = [i * s[1] - p[1] + j * d[1] for j in range(k[1])]
+            assert list(range(a, e, w.step(1))) == [q for q in want if 0 <= q < 10]
+
+    def test_output_size_uses_the_dilated_span(self) -> None:
+        w = make_window((1, 9), 1, 3, 2, 1, True, dilation=3)
+        assert w.out_size == (1, F.max_pool1d(torch.rand(1, 1, 9), 3, 2, 1, 3, True).shape[-1])
+        with pytest.raises(RuntimeError, match=r"output size"):
+            F.max_pool1d(torch.rand(1, 1, 6), 3, 1, 0, 3)
+        with pytest.raises(
+            ValueError, match=r"kernel_size \(3,\) \(spanning 7 with dilation \(3,\)\) is larger"
+        ):
+            make_window((1, 6), 1, 3, 1, 0, dilation=3)  # torch: an output size of 0
+
+    def test_adaptive_bins_take_no_dilation(self) -> None:
+        with pytest.raises(ValueError, match=r"dilation applies to kernel_size windows, not to output_size"):
+            make_window((8, 8), 2, output_size=3, dilation=2)
+        with pytest.raises(ValueError, match=r"dilation applies to kernel_size windows"):
+            window_call(torch.rand(1, 1, 8, 8), lambda b, w: b, output_size=1, dilation=(1, 2))
+        assert not make_window((8, 8), 2, output_size=3, dilation=1).dilated
+
+    def test_a_window_of_padding_only_is_refused(self) -> None:
+        """torch's max gives -inf for it (kernel 2, padding 1, dilation 4 on 3 inputs reads -1 and 3)."""
+        assert F.max_pool1d(torch.rand(1, 1, 3), 2, 1, 1, 4)[0, 0, 0] == -math.inf
+        with pytest.raises(ValueError, match=r"holds only padding on input size \(3,\)"):
+            make_window((1, 3), 1, 2, 1, 1, dilation=4)
+        make_window((1, 4), 1, 2, 1, 1, dilation=4)  # reads -1 and 3: one real position
+
+    @pytest.mark.parametrize(
+        "bad, error", [(0, ValueError), ((2, -1), ValueError), (1.5, TypeError), (True, TypeError)]
+    )
+    def test_bad_dilation_names_the_value(self, bad, error) -> None:
+        with pytest.raises(error, match=r"dilation"):
+            make_window((8, 8), 2, 2, dilation=bad)

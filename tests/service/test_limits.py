@@ -110,6 +110,7 @@ def test_global_methods_run_at_the_limit(method: str) -> None:
         ((2, 1, 5, 6, 7), {"kernel_size": 2, "padding": 1, "dims": 3}),
         ((5, 6), {"output_size": (None, 4)}),
         ((4, 6, 6), {"output_size": 1, "dims": 2}),
+        ((2, 3, 11, 9), {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": (2, 3), "ceil_mode": True}),
     ],
 )
 def test_output_window_agrees_with_poolcore(shape: tuple[int, ...], params: dict[str, Any]) -> None:
@@ -231,8 +232,8 @@ _MEASURE = textwrap.dedent(
         return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 
     torch.set_num_threads(1)
-    side, kernel = int(sys.argv[1]), int(sys.argv[2])
-    params = {"kernel_size": kernel, "stride": 1}
+    side, kernel, dilation = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    params = {"kernel_size": kernel, "stride": 1, "dilation": dilation}
     spec = poolcore.get_spec("stochastic")
     x = torch.rand(1, 1, side, side)
     spec(torch.rand(1, 1, 16, 16), params, training=True)  # warm up torch's own allocations
@@ -249,12 +250,12 @@ _MEASURE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("side", "kernel"), [(1024, 7), (1024, 3)])
-def test_the_estimate_bounds_the_memory_poolcore_really_takes(side: int, kernel: int) -> None:
+@pytest.mark.parametrize(("side", "kernel", "dilation"), [(1024, 7, 1), (1024, 3, 1), (1024, 3, 2)])
+def test_the_estimate_bounds_the_memory_poolcore_really_takes(side: int, kernel: int, dilation: int) -> None:
     """Measured in a fresh process: peak RSS growth of the training call against the estimate (bytes); the
     output (a quarter of the input or less here) is part of the growth, so it is added to the estimate."""
     run = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(side), str(kernel)],
+        [sys.executable, "-c", _MEASURE, str(side), str(kernel), str(dilation)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -263,7 +264,7 @@ def test_the_estimate_bounds_the_memory_poolcore_really_takes(side: int, kernel:
         check=True,
     )
     figures = json.loads(run.stdout.strip().splitlines()[-1])
-    print(f"stochastic train {side}² kernel {kernel}: {figures}")
+    print(f"stochastic train {side}² kernel {kernel} dilation {dilation}: {figures}")
     assert figures["grown"] <= figures["estimate"] + (8 << 20), figures
 
 

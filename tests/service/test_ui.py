@@ -333,6 +333,25 @@ def test_window_probabilities_cover_overlapping_windows() -> None:
         torch.testing.assert_close(w.probabilities, block / block.sum())
 
 
+def test_window_probabilities_and_draws_of_a_dilated_window() -> None:
+    """Kernel 2 at dilation 3 on a 5×5 input: rows and cols {0, 3} and {1, 4}; the draws land on those."""
+    from service.ui.sampling import sample_counts, window_probabilities
+
+    x = torch.arange(1.0, 26.0).reshape(5, 5)
+    params = {"kernel_size": 2, "stride": 1, "dilation": 3}
+    windows = window_probabilities(x, "stochastic", params)
+    assert [w.index for w in windows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert (list(windows[1].rows), list(windows[1].cols)) == ([0, 3], [1, 4])
+    for w in windows:
+        block = x[[[r] for r in w.rows], list(w.cols)].double()
+        assert w.probabilities is not None
+        torch.testing.assert_close(w.probabilities, block / block.sum())
+    counts = sample_counts(x, "stochastic", params, windows, draws=200, seed=5)
+    assert all(int(c.sum()) == 200 for c in counts)  # every draw is one of the window's positions
+    assert "dilation" not in controls.visible_names("avg", "adaptive")
+    assert "dilation" in controls.visible_names("avg", "kernel")
+
+
 # ---- errors: the service's own message --------------------------------------------------------------------
 def _service_message(x: torch.Tensor, method: str, params: dict[str, Any]) -> str:
     with pytest.raises((ValueError, TypeError)) as error:

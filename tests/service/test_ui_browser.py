@@ -510,6 +510,15 @@ def test_image_tab_never_shows_a_stale_result(page: tuple[Any, Network]) -> None
     mode.wait_for()
     assert mode.get_by_label("eval").is_checked()  # a choice made, never neither
     _shot(pg, "ui-image-stale")
+    # A global method: no window controls, and no blank band where they were; its numbers are shown.
+    _pick(pg, "image-method", "global_avg")
+    _summary_shows(pg, info, "1×1×1", "One value per channel: ")
+    gap = pg.evaluate(
+        "() => document.querySelector('#image-guide-box').getBoundingClientRect().top"
+        " - document.querySelector('#image-method').closest('.form').getBoundingClientRect().bottom"
+    )
+    assert gap < 40, gap
+    _shot(pg, "ui-image-global")
 
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])

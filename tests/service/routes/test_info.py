@@ -57,6 +57,17 @@ def test_methods_lists_the_registry(client: TestClient) -> None:
     )
 
 
+def test_methods_and_openapi_offer_dilation_for_kernel_windows_only(client: TestClient) -> None:
+    doc = {m["name"]: m for m in client.get("/methods").json()["methods"]}
+    for name in ["avg", "max", "mixed", "stochastic", "lp", "gem"]:
+        assert doc[name]["defaults"]["dilation"] == 1, name
+        assert "dilation" in doc[name]["schema"]["properties"]
+    for name in ["adaptive_avg", "adaptive_max", "global_avg", "global_max"]:
+        assert "dilation" not in doc[name]["schema"]["properties"], name
+    query = client.get("/openapi.json").json()["paths"]["/pool/{method}"]["post"]["parameters"]
+    assert "dilation" in {p["name"] for p in query}
+
+
 def test_openapi_has_an_example_per_content_type(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     op = schema["paths"]["/pool/{method}"]["post"]

@@ -48,6 +48,27 @@ def _decode(response: Any) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
+@pytest.mark.parametrize("method", ["max", "avg", "mixed", "stochastic", "lp", "gem"])
+def test_dilation_is_a_window_parameter(client: TestClient, method: str) -> None:
+    """POST /pool/{method}?kernel_size=3&dilation=2: max is torch's dilated max_pool2d, every method gives its
+    output shape; a dilation with output_size, or one whose window outgrows the input, is a 422 naming it."""
+    x = RNG.uniform(0.1, 1.0, (1, 2, 9, 10)).astype(np.float32)
+    r = client.post(f"/pool/{method}?kernel_size=3&dilation=2&stride=2&padding=1", json={"data": x.tolist()})
+    assert r.status_code == 200, r.text
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, 2)
+    assert r.json()["shape"] == list(want.shape) and r.json()["params"]["dilation"] == 2
+    if method == "max":
+        np.testing.assert_array_equal(_decode(r), want.numpy())
+    r = client.post(
+        f"/pool/{method}", json={"data": x.tolist(), "params": {"kernel_size": 3, "dilation": [5, 1]}}
+    )
+    assert r.status_code == 422 and "dilation (5, 1)" in r.json()["detail"], r.text
+    r = client.post(f"/pool/{method}?output_size=2&dilation=2", json={"data": x.tolist()})
+    assert r.status_code == 422 and "dilation" in r.json()["detail"], r.text
+    r = client.post(f"/pool/{method}?kernel_size=3&dilation=0", json={"data": x.tolist()})
+    assert r.status_code == 422 and "dilation" in r.json()["detail"], r.text
+
+
 class TestEveryMethod:
     @pytest.mark.parametrize("method", METHODS)
     def test_json_matches_poolcore(self, client: TestClient, method: str) -> None:
