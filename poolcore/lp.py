@@ -547,6 +547,8 @@ _LP_DOC = r"""Applies {d}d power-average (Lp) pooling, sum form, over an input s
         padding: implicit zero padding on both sides (keyword-only). Default: 0.
         output_size: adaptive output size instead of ``kernel_size`` (keyword-only); ``None`` entries
             keep that size. Default: None.
+        dilation: the spacing between a kernel window's positions (keyword-only), as in torch's dilated
+            pools. Default: 1.
         learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a
             straight-through gradient, so p may start at 1 and leave it. Otherwise p is a buffer.
             Default: False.
@@ -583,6 +585,8 @@ _GEM_DOC = r"""Applies {d}d generalised-mean (GeM) pooling over an input signal.
         ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
             Default: None.
+        dilation: the spacing between a kernel window's positions (keyword-only), as in torch's dilated
+            pools. Default: 1.
         p: the power, >= 1. Default: 3.
         eps: inputs are clamped to at least eps. Default: 1e-6.
         learn_p: make p learnable: the ``nn.Parameter`` ``p_raw``, with ``p = max(p_raw, 1)`` and a

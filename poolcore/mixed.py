@@ -451,6 +451,8 @@ _DOC = r"""Applies {d}d mixed pooling (Yu et al. 2014) over an input signal.
         ceil_mode: use ceil instead of floor for the output size. Default: False.
         output_size: adaptive output size instead of ``kernel_size``; ``None`` entries keep that size.
             Default: None.
+        dilation: the spacing between a kernel window's positions (keyword-only), as in torch's dilated
+            pools. Default: 1.
         p_max: probability of the max branch. Default: 0.5.
         scope: ``"region"``, ``"channel"`` or ``"layer"``. Default: ``"region"``.
         eval_rule: ``"expectation"`` or ``"frequent"``. Default: ``"expectation"``.

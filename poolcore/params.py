@@ -135,10 +135,10 @@ def _plain(item: dict[str, Any]) -> str:
     """pydantic's message in plain words where its own says more about pydantic than the parameter."""
     if item["type"] == "too_long" and isinstance(item.get("input"), (tuple, list)):
         most = item.get("ctx", {}).get("max_length")
-        return f"takes at most {most} values, one per spatial dim"
+        return f"takes at most {most} values, one per spatial dim, not {len(item['input'])}"
     if item["type"] == "too_short" and isinstance(item.get("input"), (tuple, list)):
         least = item.get("ctx", {}).get("min_length")
-        return f"takes at least {least} value, one per spatial dim"
+        return f"takes at least {least} value, one per spatial dim, not {len(item['input'])}"
     return str(item["msg"]).removeprefix("Value error, ")
 
 

@@ -997,6 +997,8 @@ _DOC_RULES = r"""
         ceil_mode: use ceil instead of floor to compute the output shape. Default: ``False``.
         output_size: adaptive output size instead of a kernel; ``None`` entries keep the input size, and
             ``1`` is global stochastic pooling. Default: ``None``.
+        dilation: the spacing between a kernel window's positions (keyword-only), as in torch's dilated
+            pools. Default: 1.
         return_indices: also return the index of each output's position (see above). Default: ``False``.
 """
 

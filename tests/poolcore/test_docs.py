@@ -49,9 +49,7 @@ def test_the_runner_sees_a_failing_example() -> None:
 PUBLIC = [
     cls
     for name in poolcore.nn.__all__
-    if inspect.isclass(cls := getattr(poolcore.nn, name))
-    and issubclass(cls, torch.nn.Module)
-    and not name.startswith("Stochastic")  # documented on its own branch
+    if inspect.isclass(cls := getattr(poolcore.nn, name)) and issubclass(cls, torch.nn.Module)
 ]
 
 
