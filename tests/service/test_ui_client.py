@@ -135,6 +135,14 @@ def test_readme_snippet_runs_as_written(base: str, monkeypatch: pytest.MonkeyPat
     lines = out.getvalue().splitlines()
     assert any(line.startswith("**input** 3×96×96 → **output** 3×24×24") for line in lines)
     assert lines[-2:] == [str(poolcore.methods()), "[[1.652]]"]
+    # What it prints is what the README shows under it.
+    from tests.test_readme import _matches
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"```python\n" + re.escape(README_SNIPPET) + r"```\n```text\n(.*?)```", text, re.S)
+    assert shown is not None, "the README shows no output under its gradio_client block"
+    expected = shown.group(1).replace("http://127.0.0.1:8000", base)
+    assert _matches(expected, out.getvalue()), out.getvalue()
 
 
 def test_the_api_page_points_nowhere_outside(client: Any, base: str) -> None:
