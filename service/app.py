@@ -21,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .codecs import Limits
 from .config import Settings, get_settings
-from .docs import pool_operation, v2_paths
+from .docs import error_responses, oip_error_responses, pool_operation, v2_paths
 from .errors import install_error_handlers
 from .gc_tuning import freeze_heap, unfreeze_heap
 from .keys import AuthThrottle
@@ -89,8 +89,15 @@ def _document_pool_route(app: FastAPI, settings: Settings) -> None:
                 schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "POOLSERVE_API_KEYS"}
                 for path, operations in schema["paths"].items():
                     if needs_key(path):
+                        v2 = path == "/v2" or path.startswith("/v2/")
+                        throttled = oip_error_responses(401, 429) if v2 else error_responses(401, 429)
                         for operation in operations.values():
                             operation["security"] = [{"apiKey": []}]
+                            # With keys on, any keyed route may answer 401, and 429 to an address that
+                            # sent too many wrong keys (service.keys.AuthThrottle).
+                            responses = operation.setdefault("responses", {})
+                            for code, response in throttled.items():
+                                responses.setdefault(str(code), response)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -15,6 +15,7 @@ __all__ = [
     "ERRORS",
     "TRANSPORT_ERRORS",
     "error_responses",
+    "oip_error_responses",
     "pool_operation",
     "query_parameters",
     "v2_paths",
@@ -54,6 +55,11 @@ ERRORS: dict[int, tuple[str, str]] = {
         "a ragged or non-numeric array, a non-finite result).",
         "invalid parameters for 'avg': kernel_size: unknown parameter",
     ),
+    429: (
+        "Too many wrong API keys from this address within a minute: refused for a minute, even with a right "
+        "key; retry after Retry-After.",
+        "too many wrong API keys from this address: retry after 60 s",
+    ),
     431: ("Request line and headers over the limit.", "the request head is over the limit of 65536 bytes"),
     503: (
         "Not ready, shutting down, queue full or a device fault: try again after Retry-After.",
@@ -72,7 +78,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         text, example = ERRORS[code]
         content = {"application/json": {"schema": _ERROR, "example": {"detail": example}}}
         responses[code] = {"description": text, "content": content}
-        if code in (401, 503):
+        if code in (401, 429, 503):
             header = "WWW-Authenticate" if code == 401 else "Retry-After"
             responses[code]["headers"] = {header: {"schema": {"type": "string"}}}
     return responses
@@ -444,12 +450,13 @@ _OIP_ERROR = {
 }
 
 
-def _oip_errors(*codes: int) -> dict[str, dict[str, Any]]:
+def oip_error_responses(*codes: int) -> dict[str, dict[str, Any]]:
     """The protocol's error responses: 400 stands for every invalid request (/pool's 422 included)."""
     texts = {
         400: "Invalid request: its JSON, a tensor, a parameter the method refuses.",
         401: "No or wrong API key, when POOLSERVE_API_KEYS is set.",
         404: "Unknown model (method) or version.",
+        429: "Too many wrong API keys from this address within a minute: retry after Retry-After.",
         413: "Body, elements, output or answer over a limit (see GET /methods).",
         503: "Not ready, shutting down, queue full or a device fault: try again after Retry-After.",
     }
@@ -565,7 +572,7 @@ def v2_paths() -> dict[str, Any]:
                 "summary": "Server metadata",
                 "responses": {
                     "200": ok("The server's name, version and protocol extensions.", {"type": "object"}),
-                    **_oip_errors(401),
+                    **oip_error_responses(401),
                 },
             }
         },
@@ -598,7 +605,7 @@ def v2_paths() -> dict[str, Any]:
                 "tags": tags,
                 "summary": "Model metadata: the method's tensors and datatypes",
                 "parameters": parameters,
-                "responses": {"200": ok("The model's metadata.", metadata), **_oip_errors(401, 404)},
+                "responses": {"200": ok("The model's metadata.", metadata), **oip_error_responses(401, 404)},
             }
         }
         paths[f"{prefix}/ready"] = {
@@ -612,7 +619,7 @@ def v2_paths() -> dict[str, Any]:
                         {"type": "object", "properties": {"name": {"type": "string"}, "ready": boolean}},
                     ),
                     "503": ok("Not ready.", {"type": "object"}),
-                    **_oip_errors(401, 404),
+                    **oip_error_responses(401, 404),
                 },
             }
         }
@@ -629,7 +636,7 @@ def v2_paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": ok("The pooled tensor as the protocol's output.", infer_response),
-                    **_oip_errors(400, 401, 404, 413, 503),
+                    **oip_error_responses(400, 401, 404, 413, 503),
                 },
             }
         }

@@ -63,7 +63,7 @@ TABLE = [
         NPY,
         {"kernel_size": ",".join(["1"] * 5000)},
         422,
-        "at most 3 items after validation, not 5000",
+        "at most 3 values, one per spatial dim, not 5000",
     ),
     Hostile(
         "json_stride_1e18.json", JSON, {}, 422, "stride: input should be less than or equal to 2147483647"

@@ -453,11 +453,13 @@ def test_unknown_functions_get_4xx(cache_dir: Path) -> None:
 def test_malformed_ui_calls_get_4xx(cache_dir: Path) -> None:
     """Inputs Gradio cannot take (it answers each with a 500) get 422 and the reason, without internals."""
     with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
+        # As many values as /pool_image takes (one per control the registry gives the page), each wrong.
+        n = len(client.get("/ui/gradio_api/info").json()["named_endpoints"]["/pool_image"]["parameters"])
         cases = [
             ("/ui/gradio_api/call/v2/pool_image", {"bogus": 1}, "`bogus` is not a valid"),
             ("/ui/gradio_api/run/pool_image", {"data": []}, "didn't receive enough input values"),
-            ("/ui/gradio_api/api/pool_image", {"data": [None] + [1] * 14}, "not in the list of choices"),
-            ("/ui/gradio_api/run/pool_image", {"data": [1] * 15}, "validation error for ImageData"),
+            ("/ui/gradio_api/api/pool_image", {"data": [None] + [1] * (n - 1)}, "not in the list of choices"),
+            ("/ui/gradio_api/run/pool_image", {"data": [1] * n}, "validation error for ImageData"),
             (
                 "/ui/gradio_api/component_server",
                 {"session_hash": "s", "component_id": 99999, "fn_name": "x", "data": None},
