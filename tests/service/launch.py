@@ -8,15 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from .support import ROOT
+from .support import ROOT, wait_ready
 
 __all__ = ["Poolserve", "poolserve", "rss_bytes"]
 
@@ -74,18 +71,7 @@ def poolserve(
     sock.close()  # the child holds its own copy
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"poolserve exited with {proc.returncode}: {err.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2.0, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"poolserve not ready after {timeout} s")
-            time.sleep(0.2)
+        wait_ready(base, proc, timeout, "poolserve", lambda: f": {err.read_text()[-2000:]}")
         yield Poolserve(base, proc, out, err)
     finally:
         if proc.poll() is None:

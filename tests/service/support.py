@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,25 @@ class LiveServer:
     process: subprocess.Popen[bytes]
 
 
+def wait_ready(
+    base: str, proc: subprocess.Popen, timeout: float, name: str, why: Callable[[], str] = lambda: ""
+) -> None:
+    """Poll ``base``/ready until it answers 200; a ``RuntimeError`` naming ``name`` (and ``why()``, what
+    the process left behind) if the process exits first or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before it was ready{why()}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2.0, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout} s")
+        time.sleep(0.2)
+
+
 @contextmanager
 def live_server(
     env: Mapping[str, str] | None = None,
@@ -154,18 +173,7 @@ def live_server_process(
     sock.close()  # the child holds its own copy
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {proc.returncode} before it was ready")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2.0, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn not ready after {timeout} s")
-            time.sleep(0.2)
+        wait_ready(base, proc, timeout, "uvicorn")
         yield LiveServer(base, proc)
     finally:
         if proc.poll() is None:
