@@ -255,7 +255,9 @@ def test_image_tab_pools_an_uploaded_image(page: tuple[Any, Network]) -> None:
 def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
     pg, _ = page
     pg.locator("#image-input input[type=file]").set_input_files(str(ASSETS / "checkerboard.png"))
-    pg.locator("#image-input img").wait_for()
+    # The tab opens on a 96×96 example: wait until the upload has landed (the page pools it by itself),
+    # or Pool may still send the example.
+    _summary_shows(pg, "#image-info", "1×64×64")
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("100")
     pg.locator("#image-run").click()
     settings = Settings()
