@@ -22,7 +22,7 @@ from fastapi.responses import RedirectResponse
 from starlette.routing import Mount
 
 from .cache import UICache
-from .guard import UIGuard, close_upstream_hole, file_paths, key_checker
+from .guard import UIGuard, close_upstream_hole, file_paths, key_checker, mark_page_code
 from .handlers import Runtime
 from .imaging import ASSETS
 
@@ -78,6 +78,7 @@ def mount_ui(app: FastAPI) -> FastAPI:
         css=CSS,
     )
     close_upstream_hole(blocks)
+    mark_page_code(blocks)
     mount = next(r for r in app.router.routes if isinstance(r, Mount) and r.path == PATH)
     gradio_app: Any = mount.app
     cache = UICache(

@@ -13,6 +13,10 @@
   evicted only for bytes that arrive. No answer tells how full the cache is.
 - **Unknown functions** (finding 12). An ``fn_index`` or API name the page does not have gets 404 here;
   Gradio answers both with a 500.
+- **Gradio's 500s** (issue 18, bug 2). Gradio answers 500 both to inputs it cannot take and to a failure in
+  the page's own code or its output. :func:`mark_page_code` tells them apart: a call refused before any of
+  the page's functions ran is the client's mistake (422, with Gradio's reason); one that failed after is a
+  bug (a logged 500 that names only the request id).
 - **API keys**. With ``POOLSERVE_API_KEYS`` set, every route but the login page and its static files needs
   Gradio's login cookie or ``Authorization: Bearer <key>``; the rest get 401. Keys are checked by
   :func:`service.keys.key_problem`; wrong ones, at the login or in a Bearer header, are counted per client
@@ -29,6 +33,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
@@ -48,7 +54,7 @@ from ..errors import error_body
 from ..keys import AuthThrottle, client_address, encode_keys, key_problem
 from .cache import CacheFull, ClientShareFull, UICache, UploadTooLarge
 
-__all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker"]
+__all__ = ["BEARER_USER", "UIGuard", "close_upstream_hole", "file_paths", "key_checker", "mark_page_code"]
 
 log = logging.getLogger("poolserve")
 
@@ -95,6 +101,45 @@ def close_upstream_hole(blocks: gr.Blocks) -> None:
     behaviour; when that test fails, Gradio sets the flag itself and this line can go (the guard stays).
     """
     blocks.has_launched = True
+
+
+class _Call:
+    """One UI call through the guard: whether it reached any of the page's own functions."""
+
+    reached = False
+
+
+# Set by the guard around a call; Gradio runs the page's functions in threads that copy the context.
+_THIS_CALL: ContextVar[_Call | None] = ContextVar("poolserve_ui_call", default=None)
+
+
+def mark_page_code(blocks: gr.Blocks) -> None:
+    """Wrap each of the page's functions (Gradio 6.31's ``blocks.fns``) so a call notes that it reached them.
+
+    Gradio checks a call's inputs (count, choices, file data) before it calls the function, and answers a
+    failure there or later with the same 500; only the mark tells the guard whose fault it was. The page's
+    functions are plain ones: a coroutine or generator function is refused here rather than wrapped wrong
+    (Gradio inspects the function for those).
+    """
+
+    def marked(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)  # Gradio reads the signature through __wrapped__
+        def call(*args: Any, **kwargs: Any) -> Any:
+            current = _THIS_CALL.get()
+            if current is not None:
+                current.reached = True
+            return fn(*args, **kwargs)
+
+        return call
+
+    for block_fn in blocks.fns.values():
+        fn = block_fn.fn
+        if fn is None:
+            continue  # a browser-only event (js=...)
+        special = (inspect.iscoroutinefunction, inspect.isgeneratorfunction, inspect.isasyncgenfunction)
+        if any(test(fn) for test in special):
+            raise TypeError(f"page function {fn.__name__!r} is not a plain function: it can't be marked")
+        block_fn.fn = marked(fn)
 
 
 def key_checker(keys: Iterable[str]) -> Callable[[str, str], bool]:
@@ -454,12 +499,12 @@ class UIGuard:
             raise _Refused(404, f"no UI endpoint named {_shown(name)}; known: {', '.join(names)}")
 
     async def _without_500(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """Run a call; a 500 from Gradio becomes 422 with its reason.
+        """Run a call; a 500 from Gradio for inputs it could not take becomes 422 with its reason.
 
         Gradio answers 500 to a call whose inputs it cannot take (too few values, a value a component
-        rejects, an unknown argument or component); the page's own handlers never raise (their errors are
-        shown on the page), so here a 500 means the request was wrong. It is still logged, with its
-        traceback, in case it was not."""
+        rejects, an unknown argument or component), before any of the page's functions runs. A 500 after
+        one ran (:func:`mark_page_code`) is a bug in the page's code or its output: logged with the request
+        id, and answered 500 naming only the request id."""
         swapped = False
         started = False
         body: list[bytes] = []
@@ -476,14 +521,23 @@ class UIGuard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        call = _Call()
+        token = _THIS_CALL.set(call)
         reason = ""
         try:
             await self.app(scope, receive, watch)
         except Exception as error:
             if started:
                 raise
+            if call.reached:
+                rid = _request_id(scope)
+                log.error("UI request %s (%s) failed in the page's code", rid, path, exc_info=True)
+                await _respond(scope, send, _internal(scope))
+                return
             log.warning("UI request %s failed; answered 422", path, exc_info=True)
             swapped, reason = True, f"{type(error).__name__}: {error}"
+        finally:
+            _THIS_CALL.reset(token)
         if not swapped:
             return
         if not reason:
@@ -491,7 +545,16 @@ class UIGuard:
                 reason = str(orjson.loads(b"".join(body)).get("error") or "")
             except (orjson.JSONDecodeError, AttributeError):
                 reason = ""
-            log.warning("UI request %s: Gradio answered 500 (%s); answered 422", path, reason[:300])
+        if call.reached:
+            log.error(
+                "UI request %s (%s): Gradio answered 500 after the page's code ran: %s",
+                _request_id(scope),
+                path,
+                reason[:300],
+            )
+            await _respond(scope, send, _internal(scope))
+            return
+        log.warning("UI request %s: Gradio answered 500 (%s); answered 422", path, reason[:300])
         reason = re.sub(r" object at 0x[0-9a-f]+", "", " ".join(reason.split()))[:300] or "unknown error"
         detail = f"the UI could not process this request: {reason}"
         await _respond(scope, send, _Refused(422, detail))
@@ -583,6 +646,11 @@ def _public(method: str, path: str) -> bool:
     if method == "HEAD":
         method = "GET"
     return (method, path) in _PUBLIC_EXACT or (method == "GET" and path.startswith(_PUBLIC_PREFIXES))
+
+
+def _internal(scope: Scope) -> _Refused:
+    """The 500 of a bug: the request id, nothing internal (as :func:`service.errors.describe` answers)."""
+    return _Refused(500, f"internal server error (request id {_request_id(scope)})")
 
 
 def _request_id(scope: Scope) -> str:

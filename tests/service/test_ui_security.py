@@ -474,6 +474,56 @@ def test_malformed_ui_calls_get_4xx(cache_dir: Path) -> None:
             assert "Traceback" not in detail and " at 0x" not in detail and len(detail) < 400
 
 
+def test_a_failure_in_the_page_code_is_a_logged_500_not_a_422(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gradio answers 500 both to inputs it cannot take and to a bug in the page's function; only the first
+    is the client's mistake. A bug is a 500 that names the request id and nothing internal, and is logged."""
+    from service.ui import image_tab
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal state")
+
+    monkeypatch.setattr(image_tab, "pool_image", broken)  # run_fn looks it up when it runs
+    with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
+        parameters = client.get("/ui/gradio_api/info").json()["named_endpoints"]["/pool_image"]["parameters"]
+        data = [p.get("parameter_default") for p in parameters]  # the page's own defaults, no image
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="poolserve"):
+            response = client.post("/ui/gradio_api/run/pool_image", json={"data": data})
+        request_id = response.headers["x-request-id"]
+        assert response.status_code == 500, response.text[:300]
+        assert response.json()["detail"] == f"internal server error (request id {request_id})"
+        assert "secret" not in response.text
+        assert any(request_id in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+        # The same call with inputs Gradio refuses never reaches the page's code: still the client's 422.
+        refused = client.post("/ui/gradio_api/run/pool_image", json={"data": data[:1]})
+        assert refused.status_code == 422 and "didn't receive enough input values" in refused.text
+
+
+def test_every_page_function_is_marked() -> None:
+    """The guard tells the client's mistakes from bugs by a mark on every page function; one registered
+    unmarked (a coroutine, a generator, or added after the mount) would turn its bugs back into 422s."""
+    from service.ui import guard
+
+    app = create_app(test_settings())
+    mount = next(r for r in app.router.routes if isinstance(r, Mount) and r.path == PATH)
+    blocks: Any = getattr(mount.app, "gradio_app", mount.app).get_blocks()
+    fns = [f.fn for f in blocks.fns.values() if f.fn is not None]
+    assert len(fns) > 10
+    for fn in fns:
+        assert getattr(fn, "__wrapped__", None) is not None and fn.__code__ is not fn.__wrapped__.__code__
+    with pytest.raises(TypeError, match="not a plain function"):
+        with gr.Blocks() as extra:
+            button = gr.Button()
+
+            async def handler() -> None:
+                return None
+
+            button.click(handler)
+        guard.mark_page_code(extra)
+
+
 # ---- API keys ----------------------------------------------------------------------------------------------
 def _concrete(path: str) -> str:
     """A route's path with each parameter filled in."""
