@@ -22,6 +22,7 @@ from torch import Tensor
 import poolcore
 
 from ..codecs.image import to_image
+from .controls import window_forms
 
 __all__ = [
     "CROP",
@@ -65,8 +66,11 @@ def channel_values(output: Tensor) -> str:
 
 
 def reference_of(method: str) -> str:
-    """The method a result is compared with in the difference view (same output shape)."""
-    return "adaptive_avg" if method.startswith("adaptive") else "avg"
+    """The method a result is compared with in the difference view: the first registered method that takes
+    the same window forms, so the outputs have the same shape. The registry lists the plain average first
+    in each family (``avg``, ``adaptive_avg``, ``global_avg``); the page names no method itself."""
+    forms = window_forms(method)
+    return next(m for m in poolcore.methods() if window_forms(m) == forms)
 
 
 def _crop(x: Tensor, size: int = CROP) -> tuple[Tensor, str]:

@@ -30,7 +30,7 @@ from service.limits import WorkLimits
 from service.pooling import PoolRequest, pool_many, run_pool
 from service.ui.controls import window_forms
 from service.ui.sampling import is_stochastic
-from service.ui.tiles import display_scale
+from service.ui.tiles import display_scale, reference_of
 from service.ui.walkthrough import explain
 
 from .support import test_settings
@@ -217,3 +217,17 @@ def test_softpool_on_the_page(client: TestClient) -> None:
     page = explain(matrix, "softpool", {"kernel_size": [1, 2]}, output, (0, 0), "eval")
     assert "w = e^(a − max a) = [0.3333, 1]" in page  # weights 1/3 and 1: y = ln 3 · 3/4
     assert f"= {num(0.75 * math.log(3.0))}" in page
+
+
+@pytest.mark.parametrize("method", poolcore.methods())
+def test_the_difference_view_compares_with_an_average_of_the_same_shape(method: str) -> None:
+    """The page's difference view compares each method with a reference it finds in the registry (no name
+    in the page): a plain average (``avg`` or a preset of it) whose output has the method's shape."""
+    reference = reference_of(method)
+    spec = poolcore.get_spec(reference)
+    assert reference == "avg" or spec.base == "avg", (method, reference)
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    for params in _param_sets(poolcore.get_spec(method))[:1]:
+        ours = poolcore.get_spec(method)(x, {**params, "dims": 2})
+        theirs = spec(x, {**params, "dims": 2})
+        assert ours.shape == theirs.shape, (method, reference, params)
