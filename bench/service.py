@@ -429,8 +429,11 @@ def measure(
             url = bases[server] + _path(server, case)
             _check_answer(server, url, body, content_type, x)
             result(wrk(url, case.connections, 1, script, body_file, content_type), f"{server} warm-up")
-        for _ in range(rounds):
-            for server in servers:
+        for round_ in range(rounds):
+            # Each round starts with another server, so none always runs first (or right after another's
+            # load) on a machine whose speed drifts.
+            shift = round_ % len(servers)
+            for server in servers[shift:] + servers[:shift]:
                 url = bases[server] + _path(server, case)
                 load = wrk(url, case.connections, seconds, script, body_file, content_type)
                 if case.health and server != "litserve":
