@@ -234,6 +234,7 @@ class TorchWorkers:
         self._closed = False
         self._wakes: set[asyncio.AbstractEventLoop] = set()  # loops with a _wake due (see run_batched)
         self._watch_wake = threading.Event()
+        self._watch_idle = False  # the watchdog sleeps until woken: no batch was running when it looked
         self._watchdog: threading.Thread | None = None
         if run_timeout is not None:
             self._watchdog = threading.Thread(target=self._watch, name=f"{name}_watchdog", daemon=True)
@@ -421,7 +422,11 @@ class TorchWorkers:
                     run.deadline = time.monotonic() + self._run_timeout
                     run.thread = threading.current_thread().name
                     self._runs.add(run)
-                    self._watch_wake.set()
+                    # Only a watchdog with no deadline needs waking: every later batch's deadline comes
+                    # after the ones it sleeps towards, and a wake-up per batch costs a context switch.
+                    if self._watch_idle:
+                        self._watch_idle = False
+                        self._watch_wake.set()
             if share != intra_op:
                 torch.set_num_threads(share)  # this thread's OpenMP team size
                 intra_op = share
@@ -492,7 +497,7 @@ class TorchWorkers:
         """The watchdog thread (with ``run_timeout``): abandons each batch past its deadline, answers its
         callers with :class:`RunTimeout` and gives its slot to a spare thread."""
         while True:
-            self._watch_wake.clear()  # before looking: a batch taken from now on sets it again
+            self._watch_wake.clear()  # before looking: a batch taken from now on may set it again
             expired: list[tuple[_Run, list[_Job[Any]], bool]] = []
             with self._lock:
                 now = time.monotonic()
@@ -512,6 +517,7 @@ class TorchWorkers:
                     expired.append((run, run.jobs, replaced))
                 self._dispatch()
                 nearest = min((run.deadline for run in self._runs), default=math.inf)
+                self._watch_idle = nearest == math.inf
                 if self._closed and not self._runs and not self._jobs:
                     return
             for run, jobs, replaced in expired:
