@@ -1,6 +1,6 @@
 """Benchmark: poolserve against what a user would run instead, on this machine, in one run.
 
-    PYTHONPATH=. python bench/service.py [--seconds 8] [--rounds 1] [--oip]
+    PYTHONPATH=. python bench/service.py [--seconds 8] [--rounds 1] [--oip] [--busy N] [--baseline REV]
     make bench-service      # installs wrk (Debian) and LitServe (the bench extras) first
 
 The peers (``bench/peers/``), each started here as its own server process on loopback:
@@ -27,6 +27,8 @@ pooling). ``--oip`` adds the Open Inference Protocol rows: the npy request throu
 data) over HTTP and gRPC, as p50 ratios to the same request to ``/pool`` with npy (target ≤ 1.2× each).
 
 ``--busy N`` runs N processes that spin on a core each throughout, for a machine doing other work.
+``--baseline REV`` also serves poolserve at git revision REV (exported to a temporary directory), in
+turn with this checkout in every round, and adds new÷old per case: a before and after from one run.
 Timings on a shared machine are noisy: the load average is printed with the results.
 """
 
