@@ -1,15 +1,17 @@
 """The threads that do all of the service's torch work, for the routes and the browser UI alike.
 
-The threads are a :class:`concurrent.futures.ThreadPoolExecutor` of ``threads`` threads. Jobs wait in one
-FIFO queue in front of it (so that waiting holds no thread, and the queue can be bounded, inspected and
-withdrawn from); a thread submitted to the executor takes the next job and the small jobs of the same batch
-function right behind it (up to :data:`MAX_BATCH` jobs and :data:`BATCH_BYTES` of input; a large job, and
-a plain call, go alone), hands them to that function in one call (the routes' batch function stacks
-same-question requests into one operator call, :func:`service.pooling.answer_jobs`), and keeps taking
-batches until the queue is empty, so a busy thread keeps the work warm. Event-loop callers wake a thread
-once per loop pass, after every request of that pass has queued, and get their results in one
-``call_soon_threadsafe`` per batch. torch's intra-op threads are shared by the batches running and queued
-(``set_num_threads`` is per thread); a batch under :data:`SMALL_JOB_BYTES` runs on one.
+The threads are one-thread :class:`concurrent.futures.ThreadPoolExecutor` objects, one per thread, so that
+work goes to the thread freed last: one warm thread (its CPU caches, its OpenMP team) keeps the work,
+where one executor's shared queue would hand it to every thread in turn. Jobs wait in one FIFO queue in
+front of them (so that waiting holds no thread, and the queue can be bounded, inspected and withdrawn
+from); a thread given a drain takes the next job and the small jobs of the same batch function right
+behind it (up to :data:`MAX_BATCH` jobs and :data:`BATCH_BYTES` of input; a large job, and a plain call,
+go alone), hands them to that function in one call (the routes' batch function stacks same-question
+requests into one operator call, :func:`service.pooling.answer_jobs`), and keeps taking batches until the
+queue is empty. Event-loop callers wake a thread once per loop pass, after every request of that pass has
+queued, and get their results in one ``call_soon_threadsafe`` per batch. torch's intra-op threads are
+shared by the batches running and queued (``set_num_threads`` is per thread); a batch under
+:data:`SMALL_JOB_BYTES` runs on one.
 
 The queue is bounded (``max_queue``, :class:`QueueFull`) and so is the wait in it (``queue_timeout``,
 :class:`QueueTimeout`); a job offered after :meth:`TorchWorkers.close` gets :class:`WorkersClosed`: all
@@ -20,10 +22,10 @@ Two small custom pieces, because the executor has no way to do them:
 
 - the watchdog (with ``run_timeout``): a batch still running that long after a thread took it is
   abandoned, its callers get :class:`RunTimeout` at once and its result is dropped. The thread can't be
-  stopped (it may be stuck in C code) and an executor can neither grow nor lose a thread, so a one-thread
-  *spare* executor takes its place, and is shut down (its thread exits) when a stuck thread finishes. At
-  most ``max_stuck`` threads are replaced at once; past that the pool runs short until one finishes, so the
-  process never runs more than ``threads + max_stuck`` worker threads;
+  stopped (it may be stuck in C code), so a *spare* executor takes its place, and is shut down (its thread
+  exits) when a stuck thread finishes. At most ``max_stuck`` threads are replaced at once; past that the
+  pool runs short until one finishes, so the process never runs more than ``threads + max_stuck`` worker
+  threads;
 - the batching queue itself (the executor's own queue can't be bounded, counted or taken from in batches).
 """
 
@@ -131,11 +133,12 @@ class _Job(Generic[I]):
 
 @dataclass(eq=False)
 class _Pool:
-    """An executor and, under the lock, how many of its threads have a drain submitted or running."""
+    """A one-thread executor and, under the lock, whether a drain is submitted to it or running there."""
 
     executor: concurrent.futures.ThreadPoolExecutor
-    capacity: int
-    assigned: int = 0
+    spare: bool = False  # started in place of a stuck thread (see the module docstring)
+    busy: bool = False
+    freed: int = 0  # when its last drain ended (a counter): the most recently freed thread goes first
 
 
 @dataclass(eq=False)
@@ -223,8 +226,11 @@ class TorchWorkers:
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)  # a drain ended (join waits on it)
         self._jobs: deque[_Job[Any]] = deque()
-        self._main = _Pool(concurrent.futures.ThreadPoolExecutor(threads, name), threads)
-        self._pools = [self._main]  # the main executor, then a spare per stuck thread replaced
+        # One executor per thread, so that work goes to the thread freed last: one warm thread (its CPU
+        # caches, its OpenMP team) keeps the work instead of every thread in turn, as an executor's shared
+        # queue would hand it out. Then a spare per stuck thread replaced.
+        self._pools = [_Pool(concurrent.futures.ThreadPoolExecutor(1, f"{name}_{i}")) for i in range(threads)]
+        self._frees = 0
         self._spares = 0
         self._size = threads  # batches that may run at once: short while more than max_stuck are stuck
         self._drains = 0  # drains submitted or running and not abandoned (at most _size)
@@ -369,15 +375,15 @@ class TorchWorkers:
         that takes a batch and leaves jobs behind dispatches the next)."""
         if not self._jobs or self._drains >= self._size:
             return
-        for pool in self._pools:
-            if pool.assigned < pool.capacity:
-                try:
-                    pool.executor.submit(self._drain, pool)
-                except RuntimeError:  # shut down: join() gave up waiting for the queue
-                    return
-                pool.assigned += 1
-                self._drains += 1
-                return
+        pool = max((p for p in self._pools if not p.busy), key=lambda p: p.freed, default=None)
+        if pool is None:
+            return
+        try:
+            pool.executor.submit(self._drain, pool)
+        except RuntimeError:  # shut down: join() gave up waiting for the queue
+            return
+        pool.busy = True
+        self._drains += 1
 
     def _take(self) -> tuple[list[_Job[Any]], int]:
         """Under the lock: the next job and the small ones of its batch function right behind it, with
@@ -445,10 +451,14 @@ class TorchWorkers:
 
     def _end_drain(self, pool: _Pool) -> None:
         """Under the lock: a drain ends, its thread back in its executor."""
-        pool.assigned -= 1
+        self._free(pool)
         self._drains -= 1
         self._dispatch()  # a retired spare may leave jobs behind
         self._drained.notify_all()
+
+    def _free(self, pool: _Pool) -> None:
+        self._frees += 1
+        pool.busy, pool.freed = False, self._frees
 
     @staticmethod
     def _call(jobs: list[_Job[Any]]) -> list[Any]:
@@ -482,13 +492,12 @@ class TorchWorkers:
             self._size += 1
             self._drains += 1
             return True
-        spares = [pool for pool in self._pools[1:] if pool is run.pool] or [
-            pool for pool in sorted(self._pools[1:], key=lambda p: p.assigned)
-        ]
-        if spares:
-            self._pools.remove(spares[0])
-            spares[0].executor.shutdown(wait=False)
-        run.pool.assigned -= 1
+        spares = [pool for pool in self._pools if pool.spare]
+        retired = run.pool if run.pool in spares else min(spares, key=lambda p: p.busy, default=None)
+        if retired is not None:  # an idle one if any; a busy one leaves after its batch
+            self._pools.remove(retired)
+            retired.executor.shutdown(wait=False)
+        self._free(run.pool)
         self._dispatch()
         self._drained.notify_all()
         return False
@@ -511,7 +520,7 @@ class TorchWorkers:
                     if replaced:
                         self._spares += 1
                         spare = concurrent.futures.ThreadPoolExecutor(1, f"{self._name}_spare{self._spares}")
-                        self._pools.append(_Pool(spare, 1))
+                        self._pools.append(_Pool(spare, spare=True))
                     else:
                         self._size -= 1  # the pool is one thread short until a stuck one finishes
                     expired.append((run, run.jobs, replaced))
