@@ -1,6 +1,6 @@
 """Benchmark: poolserve against what a user would run instead, on this machine, in one run.
 
-    PYTHONPATH=. python bench/service.py [--seconds 8] [--rounds 1] [--oip]
+    PYTHONPATH=. python bench/service.py [--seconds 8] [--rounds 1] [--oip] [--busy N] [--baseline REV]
     make bench-service      # installs wrk (Debian) and LitServe (the bench extras) first
 
 The peers (``bench/peers/``), each started here as its own server process on loopback:
@@ -27,6 +27,8 @@ pooling). ``--oip`` adds the Open Inference Protocol rows: the npy request throu
 data) over HTTP and gRPC, as p50 ratios to the same request to ``/pool`` with npy (target ≤ 1.2× each).
 
 ``--busy N`` runs N processes that spin on a core each throughout, for a machine doing other work.
+``--baseline REV`` also serves poolserve at git revision REV (exported to a temporary directory), in
+turn with this checkout in every round, and adds new÷old per case: a before and after from one run.
 Timings on a shared machine are noisy: the load average is printed with the results.
 """
 
@@ -68,10 +70,12 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(root: Path = ROOT, **extra: str) -> dict[str, str]:
+    # Another tree (--baseline) gets its own path alone: the caller's PYTHONPATH may name this checkout.
+    path = [str(root)] if root != ROOT else [str(ROOT), os.environ.get("PYTHONPATH")]
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, path)),
         "GRADIO_ANALYTICS_ENABLED": "False",
         **extra,
     }
@@ -79,10 +83,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def _process(
-    name: str, cmd: list[str], env: dict[str, str], base: str, ready: str, **popen: object
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    base: str,
+    ready: str,
+    root: Path = ROOT,
+    **popen: object,
 ) -> Iterator[None]:
     # A session of its own: LitServe's worker processes go down with the server (one signal to the group).
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -106,10 +116,11 @@ def _process(
 
 
 @contextmanager
-def poolserve(torch_threads: int | None, grpc: bool) -> Iterator[tuple[str, int, int]]:
+def poolserve(torch_threads: int | None, grpc: bool, root: Path = ROOT) -> Iterator[tuple[str, int, int]]:
     """poolserve's own server (``python -m service --fd``, the guarded protocol and all) on a loopback
     socket bound here, with its default settings like the peers; with ``grpc``, the Open Inference
-    Protocol's gRPC service too, on a free port."""
+    Protocol's gRPC service too, on a free port. ``root``: the source tree it runs from (this checkout,
+    or an old revision's for ``--baseline``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Accepted sockets inherit TCP_NODELAY (asyncio does not set it on an --fd socket it can't tell is
     # TCP), as they have it when the server binds a host and port itself.
@@ -118,7 +129,7 @@ def poolserve(torch_threads: int | None, grpc: bool) -> Iterator[tuple[str, int,
     sock.listen(1024)
     port = sock.getsockname()[1]
     grpc_port = _free_port()
-    env = _env(POOLSERVE_DEVICE=os.environ.get("POOLSERVE_DEVICE", "cpu"))
+    env = _env(root, POOLSERVE_DEVICE=os.environ.get("POOLSERVE_DEVICE", "cpu"))
     if torch_threads is not None:
         env["POOLSERVE_TORCH_THREADS"] = str(torch_threads)
     if grpc:
@@ -126,11 +137,28 @@ def poolserve(torch_threads: int | None, grpc: bool) -> Iterator[tuple[str, int,
     cmd = [sys.executable, "-m", "service", "--fd", str(sock.fileno()), "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
     try:
-        with _process("poolserve", cmd, env, base, "/ready", pass_fds=(sock.fileno(),)):
+        with _process("poolserve", cmd, env, base, "/ready", root, pass_fds=(sock.fileno(),)):
             sock.close()
             yield base, port, grpc_port
     finally:
         sock.close()
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """The tracked files of git revision ``rev`` of this checkout, written under ``into`` (``git
+    archive``: no work tree, no checkout state touched), for serving an old poolserve beside this one."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline {rev!r}: not a revision of this repository ({commit.stderr.strip()})")
+    tree = into / f"baseline-{commit.stdout.strip()[:12]}"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit.stdout.strip()], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 @contextmanager
@@ -403,8 +431,11 @@ def measure(
             url = bases[server] + _path(server, case)
             _check_answer(server, url, body, content_type, x)
             result(wrk(url, case.connections, 1, script, body_file, content_type), f"{server} warm-up")
-        for _ in range(rounds):
-            for server in servers:
+        for round_ in range(rounds):
+            # Each round starts with another server, so none always runs first (or right after another's
+            # load) on a machine whose speed drifts.
+            shift = round_ % len(servers)
+            for server in servers[shift:] + servers[:shift]:
                 url = bases[server] + _path(server, case)
                 load = wrk(url, case.connections, seconds, script, body_file, content_type)
                 if case.health and server != "litserve":
@@ -441,7 +472,7 @@ def report(runs: dict[tuple[str, str], list[Run]], health: dict[str, list[Run]],
             for s in servers
             if (case.name, s) in runs
         }
-        best_peer = max((s for s in rps if s != "poolserve"), key=lambda s: rps[s])
+        best_peer = max((s for s in rps if s not in ("poolserve", "baseline")), key=lambda s: rps[s])
         ratio = rps["poolserve"] / rps[best_peer]
         plain_ratio = rps["poolserve"] / rps["plain"]
         p99_ratio = p99["poolserve"] / p99["plain"]
@@ -456,6 +487,9 @@ def report(runs: dict[tuple[str, str], list[Run]], health: dict[str, list[Run]],
             ok = ok and hp99["poolserve"] < HEALTH_P99_MS
             target += f", /health < {HEALTH_P99_MS:g}"
             health_cell = " / ".join(f"{hp99[s]:.1f}" for s in servers if s in hp99)
+        if "baseline" in rps:
+            health_cell += f"  new÷old {rps['poolserve'] / rps['baseline']:.2f}×"
+            health_cell += f" (p99 {p99['poolserve'] / p99['baseline']:.2f}×)"
         print(
             f"{case.name:30} {' / '.join(cell(case, s, lambda r: r.rps, '.0f') for s in servers):>34} "
             f"{' / '.join(cell(case, s, lambda r: r.p50_ms, '.1f') for s in servers):>20} "
@@ -467,6 +501,8 @@ def report(runs: dict[tuple[str, str], list[Run]], health: dict[str, list[Run]],
     )
     print("targets are against the plain endpoint; /health p99: a second wrk asking GET /health on one")
     print("connection while the case's load runs (poolserve / plain); ranges over rounds where they differ")
+    if "baseline" in servers:
+        print("baseline: poolserve at --baseline, run interleaved with this checkout; new÷old: req/s ratio")
 
 
 def oip_rows(port: int, grpc_port: int, repeats: int) -> None:
@@ -497,6 +533,12 @@ def main() -> None:
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="a subset of " + ",".join(SERVERS))
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also serve poolserve at git revision REV (exported to a temporary directory), interleaved "
+        "with this checkout in every round, for a before-and-after in one run",
+    )
+    parser.add_argument(
         "--busy",
         type=int,
         default=0,
@@ -522,7 +564,12 @@ def main() -> None:
             stack.callback(spinner.wait)
             stack.callback(spinner.kill)
         base, port, grpc_port = stack.enter_context(poolserve(args.torch_threads, grpc=args.oip))
-        bases = {"poolserve": base, "plain": stack.enter_context(plain())}
+        bases = {"poolserve": base}
+        if args.baseline:
+            old = export_revision(args.baseline, Path(tmp))
+            bases["baseline"] = stack.enter_context(poolserve(args.torch_threads, grpc=False, root=old))[0]
+            servers.insert(1, "baseline")
+        bases["plain"] = stack.enter_context(plain())
         if "litserve" in servers:
             bases["litserve"] = stack.enter_context(litserve())
         runs, health = measure(bases, args.seconds, args.rounds, Path(tmp))
@@ -535,6 +582,7 @@ def main() -> None:
         f"{args.seconds:g} s per case and server, {args.rounds} round(s), {args.busy} busy process(es); "
         f"poolserve torch threads {args.torch_threads or 'default'} "
         f"(torch's default here: {torch.get_num_threads()})"
+        + (f"; baseline: {args.baseline}" if args.baseline else "")
     )
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min): shared machine, noisy"

@@ -73,3 +73,23 @@ def test_long_dtype_and_keys_are_cut_in_messages() -> None:
         with pytest.raises(Unprocessable) as error:
             json.decode(orjson.dumps(doc), LIMITS)
         assert len(str(error.value)) < 300 and "…" in str(error.value)
+
+
+def test_the_boolean_prefilter_finds_exactly_what_a_substring_search_finds() -> None:
+    """``_mentions_booleans`` (a byte search on ``t`` and ``f``, the text's rare letters, in place of a
+    substring search over a body of numbers) must say what ``b"true" in body or b"false" in body`` says,
+    on bodies with few and with many ``t``/``f`` bytes, and at either end of the body."""
+    rng = np.random.default_rng(7)
+    alphabet = np.frombuffer(b'tfrueals[]{}",:0123456789.e-', dtype=np.uint8)
+    bodies = [bytearray(rng.choice(alphabet, size=int(rng.integers(0, 300))).tobytes()) for _ in range(2000)]
+    bodies += [
+        bytearray(b"t" * 500 + b"true"),  # past the hits after which it falls back to the plain search
+        bytearray(b"f" * 500 + b"fals"),
+        bytearray(b"true"),
+        bytearray(b"[1.5,false]"),
+        bytearray(b'{"dtype": "float32", "data": [1, 2]}'),
+    ]
+    for body in bodies:
+        expected = b"true" in body or b"false" in body
+        assert json._mentions_booleans(body) is expected, bytes(body)
+        assert json._mentions_booleans(bytes(body)) is expected, bytes(body)
