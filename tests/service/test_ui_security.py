@@ -508,7 +508,8 @@ def test_every_page_function_is_marked() -> None:
 
     app = create_app(test_settings())
     mount = next(r for r in app.router.routes if isinstance(r, Mount) and r.path == PATH)
-    blocks: Any = getattr(mount.app, "gradio_app", mount.app).get_blocks()
+    gradio_app: Any = getattr(mount.app, "gradio_app", mount.app)
+    blocks = gradio_app.get_blocks()
     fns = [f.fn for f in blocks.fns.values() if f.fn is not None]
     assert len(fns) > 10
     for fn in fns:
