@@ -526,20 +526,36 @@ def _train_walk(
 def _uniform_offset(w: Window, tables: list[tuple[Tensor, Tensor, Tensor]], q: Tensor, u: Tensor) -> Tensor:
     """For window ``q`` (flat output index, broadcast against ``u``), the window offset (flat, row-major over
     the extents) of its real position number ``floor(u * n)`` in row-major order, ``n`` its number of real
-    positions: a uniform draw among them for ``u`` uniform in [0, 1)."""
+    positions: a uniform draw among them for ``u`` uniform in [0, 1). In int32 (offsets are small), where
+    int64 arithmetic is several times slower on CPU; where every window is whole (no padding or overhang)
+    the offset is that number itself."""
     ext = _extents(w)
+    if _whole_windows(w):
+        k = math.prod(ext)
+        return torch.clamp_max((u * k).to(torch.int32), k - 1)
     lengths, firsts = [], []
     for d, i in enumerate(_unravel(q, w.out_size)):
         start, lo, hi = (t[i] for t in tables[d])
-        lengths.append(hi - lo)
-        firsts.append(lo - start)
+        lengths.append((hi - lo).int())
+        firsts.append((lo - start).int())
     n = math.prod(lengths)
-    r = torch.minimum((u * n).long(), n - 1)  # type: ignore[arg-type]
-    offset = torch.zeros((), dtype=torch.long, device=u.device)
+    r = torch.minimum((u * n).to(torch.int32), n - 1)  # type: ignore[arg-type]
+    offset = torch.zeros((), dtype=torch.int32, device=u.device)
     for d in reversed(range(len(ext))):
         offset = offset + (firsts[d] + r % lengths[d]) * math.prod(ext[d + 1 :])
         r = r // lengths[d]
     return offset
+
+
+def _whole_windows(w: Window) -> bool:
+    """Whether every window of a kernel form covers its whole kernel (no padding, no ceil-mode overhang)."""
+    if w.kernel_size is None or w.dilated:
+        return False
+    for d in range(len(w.in_size)):
+        first, end = w.bounds(d)
+        if any(b - a != w.kernel_size[d] for a, b in zip(first, end, strict=True)):
+            return False
+    return True
 
 
 def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
