@@ -3,14 +3,20 @@
     python bench/ops.py                  # CPU, fp32, 16x64x112x112, kernel 3/2 and 2/2
     python bench/ops.py --quick          # a smoke run in under a minute: small input, eager rows only
     python bench/ops.py --device cuda    # the same on a GPU
-    python bench/ops.py --baseline main  # adds stochastic rows of poolcore/stochastic.py at a git revision
+    python bench/ops.py --baseline main  # adds every method of poolcore at a git revision, old beside new
 
 Large windows (kernel 5, 7 and 11 at stride 1) get stochastic-only rows with a memory column: windows of
 more than 25 positions once built (P, K) tensors (3.3 GB for one 2048^2 plane at kernel 7).
 
 For each window it prints every method's median time and its ratio to the torch op it replaces, with
 the target and PASS/MISS; the speed-up of stochastic pooling over the usual unfold + multinomial code;
-and each method's peak extra memory as a multiple of the input size.
+and each method's peak extra memory as a multiple of the input size. At the end it prints the same
+figures as Markdown tables, ready for docs/benchmarks.md.
+
+``--baseline REV`` imports the whole ``poolcore`` package as it was at git revision REV (``git archive``
+into a temporary folder, imported as the package ``poolcore_baseline``) and times every method old beside
+new, interleaved in the same rounds: train and eval forwards, and forward+backward for stochastic and mixed
+training and for lp and gem with a learnable p, printing new/old.
 
 Timing: methods run interleaved (one call of each per round) so that load from other processes hits them
 alike; the median over rounds is reported. On a shared machine the ratios are more stable than the times.
@@ -27,12 +33,18 @@ benchmarked once merged and reported as "not registered yet" until then.
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
+import io
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,31 +76,42 @@ LARGE_METHODS = (
     "stochastic train, baseline",
     "stochastic eval, baseline",
 )
-# A git revision whose poolcore/stochastic.py is benchmarked beside the current one (--baseline).
+# A git revision whose poolcore package is benchmarked beside the current one (--baseline).
 BASELINE: dict[str, Any] = {}
+_BASELINE_PACKAGE = "poolcore_baseline"
 
 
 def _baseline_module() -> Any:
-    """poolcore/stochastic.py at the --baseline revision, imported as a sibling of the current modules."""
+    """poolcore at the --baseline revision: ``git archive REV poolcore`` unpacked into a temporary folder
+    (removed at exit) and imported as the package ``poolcore_baseline``, beside the current ``poolcore``.
+    Every module of it is the old one (its imports are relative), so each method runs its old code."""
     if "module" not in BASELINE:
-        import importlib.util
-
         rev = BASELINE["rev"]
         root = Path(__file__).resolve().parents[1]
-        source = subprocess.run(
-            ["git", "show", f"{rev}:poolcore/stochastic.py"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", rev, "poolcore"], cwd=root, capture_output=True, check=True
         ).stdout
-        spec = importlib.util.spec_from_loader("poolcore._baseline_stochastic", loader=None)
-        assert spec is not None
-        module = importlib.util.module_from_spec(spec)
-        module.__package__ = "poolcore"
-        sys.modules[spec.name] = module  # dataclasses look their module up there while the class is built
-        exec(compile(source, f"{rev}:poolcore/stochastic.py", "exec"), module.__dict__)
-        BASELINE["module"] = module
+        folder = Path(tempfile.mkdtemp(prefix="poolcore-baseline-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+        (folder / "poolcore").rename(folder / _BASELINE_PACKAGE)
+        # Custom operators (torch.library) are registered once per name: the old ones get their own
+        # namespace, or importing the old package would fail on the current one's registrations.
+        for path in (folder / _BASELINE_PACKAGE).rglob("*.py"):
+            text = path.read_text()
+            for old, new in (
+                ('Library("poolcore"', f'Library("{_BASELINE_PACKAGE}"'),
+                ('"poolcore::', f'"{_BASELINE_PACKAGE}::'),
+                ("torch.ops.poolcore.", f"torch.ops.{_BASELINE_PACKAGE}."),
+            ):
+                text = text.replace(old, new)
+            path.write_text(text)
+        sys.path.insert(0, str(folder))
+        try:
+            BASELINE["module"] = importlib.import_module(_BASELINE_PACKAGE)
+        finally:
+            sys.path.remove(str(folder))
     return BASELINE["module"]
 
 
@@ -330,6 +353,163 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+# Methods timed old beside new (--baseline): (registry name, parameters); lp and gem also with a learnable p.
+PACKAGE_METHODS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("avg", {}),
+    ("max", {}),
+    ("stochastic", {}),
+    ("mixed", {}),
+    ("lp", {"p": 2.0}),
+    ("gem", {"p": 3.0}),
+    ("softpool", {}),
+)
+LEARNABLE = (("lp", "LPPool2d", 2.0), ("gem", "GeMPool2d", 3.0))
+
+
+def _package_rows(pkg: Any, k: int, s: int) -> dict[str, Callable[[torch.Tensor], object] | None]:
+    """Every method of one poolcore package (the current one or the baseline) for one window, by row name;
+    None where that package lacks the method. Randomised methods get train and eval rows, deterministic
+    ones one forward row; forwards run under ``torch.no_grad``, the fwd+bwd rows from a leaf input."""
+
+    def has(name: str) -> bool:
+        try:
+            pkg.get_spec(name)
+        except Exception:  # the package's own UnknownMethodError
+            return False
+        return True
+
+    def forward(module: torch.nn.Module, training: bool) -> Callable[[torch.Tensor], object]:
+        module.train(training)
+
+        def call(x: torch.Tensor) -> object:
+            with torch.no_grad():
+                return module(x)
+
+        return call
+
+    def backward(module: torch.nn.Module) -> Callable[[torch.Tensor], object]:
+        module.train()
+
+        def call(x: torch.Tensor) -> object:
+            leaf = x.detach().requires_grad_()
+            module(leaf).sum().backward()
+            return leaf.grad
+
+        return call
+
+    rows: dict[str, Callable[[torch.Tensor], object] | None] = {}
+    for name, params in PACKAGE_METHODS:
+        label = " ".join([name, *(f"{key}={value:g}" for key, value in params.items())])
+        present = has(name)
+
+        def make(name: str = name, params: dict[str, float] = params) -> torch.nn.Module:
+            return pkg.nn.Pool(name, kernel_size=k, stride=s, dims=2, **params)
+
+        if name in ("stochastic", "mixed"):
+            rows[f"{label} train"] = forward(make(), True) if present else None
+            rows[f"{label} eval"] = forward(make(), False) if present else None
+            rows[f"{label} train, fwd+bwd"] = backward(make()) if present else None
+        else:
+            rows[f"{label} forward"] = forward(make(), False) if present else None
+    for name, cls, p in LEARNABLE:
+        module = getattr(pkg.nn, cls, None)
+        learnable = None if module is None else module(kernel_size=k, stride=s, p=p, learn_p=True)
+        rows[f"{name} learnable p={p:g}, fwd+bwd"] = None if learnable is None else backward(learnable)
+    return rows
+
+
+def _baseline_rows(
+    k: int, s: int, x: torch.Tensor, repeats: int, device: str
+) -> dict[str, tuple[float, float]]:
+    """Each method's median time, current and --baseline, timed interleaved in the same rounds."""
+    new, old = _package_rows(poolcore, k, s), _package_rows(_baseline_module(), k, s)
+    fns: dict[str, Callable[[torch.Tensor], object]] = {}
+    for row, fn in new.items():
+        before = old.get(row)
+        if fn is not None and before is not None:
+            fns[f"{row} | new"], fns[f"{row} | old"] = fn, before
+    times = _time(fns, x, repeats, device)  # type: ignore[arg-type]
+    rev = BASELINE["rev"]
+    print(
+        f"  {'old beside new (--baseline ' + rev + ')':38s} {'new ms':>10s} {'old ms':>10s} {'new/old':>8s}"
+    )
+    pairs: dict[str, tuple[float, float]] = {}
+    for row, fn in new.items():
+        if f"{row} | new" not in times:
+            why = "not registered yet" if fn is None else f"not in {rev}"
+            print(f"  {row:38s} {why}")
+            continue
+        pairs[row] = (times[f"{row} | new"], times[f"{row} | old"])
+        now, then = pairs[row]
+        print(f"  {row:38s} {now * 1e3:10.1f} {then * 1e3:10.1f} {now / then:7.2f}x")
+    return pairs
+
+
+def _markdown(summary: dict[tuple[int, int], dict[str, Any]], header: str) -> None:
+    """The run's figures as Markdown tables (docs/benchmarks.md's operator section)."""
+    windows = [w for w in WINDOWS if w in summary]
+    if not windows:
+        return
+    cols = " | ".join(f"kernel {k} / stride {s}" for k, s in windows)
+    print(f"\nMarkdown ({header}):\n")
+    print(f"| method (target) | {cols} |")
+    print("|---|" + "---|" * len(windows))
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str | None]) -> None:
+        cells = [cell(summary[w]) for w in windows]
+        if any(c is not None for c in cells):
+            print(f"| {label} | " + " | ".join(c or "" for c in cells) + " |")
+
+    def ratio(name: str, ref: str) -> Callable[[dict[str, Any]], str | None]:
+        def cell(run: dict[str, Any]) -> str | None:
+            t = run["times"]
+            return f"{t[name] / t[ref]:.2f}×" if name in t and ref in t else None
+
+        return cell
+
+    def ms(run: dict[str, Any]) -> str | None:
+        t = run["times"]
+        return " / ".join(f"{t[n] * 1e3:.1f}" for n in ("F.max_pool2d", "F.avg_pool2d", "F.lp_pool2d p=2"))
+
+    row("`F.max_pool2d` / `F.avg_pool2d` / `F.lp_pool2d` p=2, ms", ms)
+    for case in CASES:
+        if case.target is not None and case.ref is not None:
+            goal = (
+                f" (≤ {case.target:g}×)"
+                if "compiled" not in case.name and "check_input" not in case.name
+                else ""
+            )
+            row(f"{case.name} / {case.ref}{goal}", ratio(case.name, case.ref))
+    row("stochastic train / unfold + multinomial (≤ 0.2×)", ratio("stochastic train", "unfold+multinomial"))
+    row(
+        "stochastic train, baseline / stochastic train",
+        ratio("stochastic train, baseline", "stochastic train"),
+    )
+    names = ("stochastic train", "stochastic eval", "mixed train", "lp p=2", "gem p=3")
+
+    def memory(run: dict[str, Any]) -> str | None:
+        extra = run.get("memory", {})
+        return ", ".join(f"{extra[n]:.2f}" if n in extra else "–" for n in names) if extra else None
+
+    row(f"peak extra memory / input (≤ 2×): {', '.join(names)}", memory)
+    if not any("baseline" in summary[w] for w in windows):
+        return
+    rev = BASELINE["rev"]
+    print(
+        f"\n| method, old beside new ({rev}) | "
+        + " | ".join(f"{k}/{s}: new ms, new/old" for k, s in windows)
+        + " |"
+    )
+    print("|---|" + "---|" * len(windows))
+    rows = list(dict.fromkeys(r for w in windows for r in summary[w].get("baseline", {})))
+    for r in rows:
+        cells = []
+        for w in windows:
+            pair = summary[w].get("baseline", {}).get(r)
+            cells.append(f"{pair[0] * 1e3:.1f} ms, {pair[0] / pair[1]:.2f}×" if pair else f"not in {rev}")
+        print(f"| {r} | " + " | ".join(cells) + " |")
+
+
 def run(
     size: tuple[int, ...], repeats: int, device: str, memory: bool, large: bool = True, compiled: bool = True
 ) -> None:
@@ -346,17 +526,25 @@ def run(
             "descheduled threads once per op, which penalises multi-op methods against single-kernel "
             "torch ops. Compare with --threads 1 as well."
         )
+    summary: dict[tuple[int, int], dict[str, Any]] = {}
     for k, s in WINDOWS + (LARGE_WINDOWS if large else ()):
         fns = _methods(k, s)
         if (k, s) in LARGE_WINDOWS:
             fns = {name: (fn if name in LARGE_METHODS else None) for name, fn in fns.items()}
+        if not compiled:  # --quick: eager rows only (compiling takes longer than the whole smoke run)
+            fns = {name: (None if "compiled" in name else fn) for name, fn in fns.items()}
         present = {name: fn for name, fn in fns.items() if fn is not None}
         print(f"\nkernel {k}, stride {s}")
         times = _time(present, x, repeats, device)
+        summary[(k, s)] = {"times": times}
         print(f"  {'method':38s} {'median ms':>10s} {'ratio':>8s}  {'target':>10s}  verdict")
         for case in CASES:
             if fns[case.name] is None:
-                if (k, s) not in LARGE_WINDOWS and "baseline" not in case.name:
+                if (
+                    (k, s) not in LARGE_WINDOWS
+                    and "baseline" not in case.name
+                    and "compiled" not in case.name
+                ):
                     print(f"  {case.name:38s} {'':>10s} {'':>8s}  {'':>10s}  not registered yet")
                 continue
             ms = times[case.name] * 1e3
@@ -378,6 +566,8 @@ def run(
                     f"  speed-up of {name} over unfold+multinomial: {speedup:.1f}x "
                     f"(target >= 5x)  {_verdict(speedup >= 5)}"
                 )
+        if BASELINE and (k, s) in WINDOWS:
+            summary[(k, s)]["baseline"] = _baseline_rows(k, s, x, repeats, device)
         if compiled:
             _compiled_rows(k, s, x, repeats, device)
         if memory:
@@ -400,8 +590,14 @@ def run(
                 extra = _memory(name, k, s, size, device)
                 if extra is None:
                     continue
+                summary[(k, s)].setdefault("memory", {})[name] = extra
                 verdict = "" if name.startswith(("F.", "unfold")) else f"  {_verdict(extra <= 2.0)}"
                 print(f"    {name:36s} {extra:5.2f}x{verdict}")
+    _markdown(
+        summary,
+        f"{time.strftime('%Y-%m-%d')}, {device}, fp32, input {tuple(size)}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, medians of {repeats}, load average {load:.2f} at the start",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -417,8 +613,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    parser.add_argument("--baseline", help="git revision whose stochastic.py is timed beside the current one")
+    parser.add_argument(
+        "--baseline",
+        help="git revision whose poolcore package is timed beside the current one, method by method",
+    )
     parser.add_argument("--no-large", action="store_true", help="skip the kernel 5/7/11 stochastic rows")
+    parser.add_argument(
+        "--no-compiled", action="store_true", help="skip the torch.compile rows (compiling takes minutes)"
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--window", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -441,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device,
         memory=full and not args.no_memory,
         large=full and not args.no_large,
-        compiled=full,
+        compiled=full and not args.no_compiled,
     )
 
 

@@ -94,12 +94,25 @@ def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
 
 
 def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
-    """``z^p`` for ``0 <= z <= 1``; in place when ``z`` is a temporary and no gradient is needed."""
-    if isinstance(p, Tensor):
-        return z.pow(p.to(z.dtype))
-    if p == 2:
-        return z.mul_(z) if inplace else z * z
-    return z.pow_(p) if inplace else z.pow(p)
+    """``z^p`` for ``0 <= z <= 1``; in place when ``z`` is a temporary and no gradient is needed.
+
+    p=2 and p=3 take torch's own fast paths; every other p (a learnable one included) is
+    ``exp(p * log z)``: torch's pow with any other exponent runs a scalar loop on CPU (about 10 ns an
+    element, 3.5x exp and log together). The terms that count (at least ~1e-3 of a window's largest,
+    which is exactly 1) have ``p * |log z| < 7``, so their relative error stays near 1e-6. ``log 0 = -inf``
+    gives ``exp(-inf) = 0``; with autograd, ``log`` reads ``z`` clamped to the smallest normal number and
+    the result is multiplied by ``z > 0``, which keeps the gradient at ``z = 0`` finite (0) with no
+    ``where`` (whose backward fills a fresh zero tensor per call)."""
+    if not isinstance(p, Tensor) and (p in (2, 3) or not p < torch.finfo(z.dtype).max):
+        # (A p past the dtype's range would read inf, and log 1 * inf is NaN: torch's pow gives 1.)
+        if p == 2:
+            return z.mul_(z) if inplace else z * z
+        return z.pow_(p) if inplace else z.pow(p)
+    power = p.to(z.dtype) if isinstance(p, Tensor) else p
+    if inplace:
+        return z.log_().mul_(power).exp_()
+    tiny = torch.finfo(z.dtype).smallest_normal
+    return torch.exp(torch.log(z.clamp_min(tiny)) * power) * (z > 0)
 
 
 Core = Callable[[Tensor, bool], Tensor]
@@ -174,11 +187,39 @@ def _offset_views(padded: Tensor, w: Window, out_size: Sequence[Any]) -> Iterato
         yield padded[index]
 
 
+def _phase_offset_views(padded: Tensor, w: Window, out_size: Sequence[Any]) -> Iterator[Tensor]:
+    """:func:`_offset_views` in eager code, where a strided window first splits its input into stride
+    phases (``padded[..., a::s, b::s]``, one copy each): every offset is then a unit-stride view of a
+    phase, and the per-offset ops read it at contiguous speed (a strided read cost several times more,
+    once per offset)."""
+    k, s = w.kernel_size or (), w.stride
+    if all(sd == 1 for sd in s):
+        yield from _offset_views(padded, w, out_size)
+        return
+    n = len(k)
+    phases: dict[tuple[int, ...], Tensor] = {}
+    for offset in itertools.product(*(range(kd) for kd in k)):
+        phase = tuple(o % sd for o, sd in zip(offset, s, strict=True))
+        if phase not in phases:
+            index: tuple[Any, ...] = (..., *(slice(ph, None, sd) for ph, sd in zip(phase, s, strict=True)))
+            phases[phase] = padded[index].contiguous()
+        start = [o // sd for o, sd in zip(offset, s, strict=True)]
+        window: tuple[Any, ...] = (..., *(slice(start[d], start[d] + out_size[d]) for d in range(n)))
+        yield phases[phase][window]
+
+
 def _sum_scaled(values: Iterable[Tensor], scale: Tensor, p: Power, grad: bool) -> Tensor:
-    """``Σ (v / scale)^p`` over output-shaped ``values``, one output-sized step each."""
+    """``Σ (v / scale)^p`` over output-shaped ``values``, one output-sized step each (without autograd in
+    eager code, through one reused buffer: a fresh output per step cost page faults)."""
     total: Tensor | None = None
+    reuse = not grad and not is_traced()
+    buf: Tensor | None = None
     for value in values:
-        term = _powered(value / scale, p, inplace=not grad)
+        if reuse and total is not None:
+            buf = torch.div(value, scale, out=buf) if buf is not None else value / scale
+            term = _powered(buf, p, inplace=True)
+        else:
+            term = _powered(value / scale, p, inplace=not grad)
         total = term if total is None else (total + term if grad else total.add_(term))
     if total is None:  # a window has at least one position
         raise RuntimeError("a window without positions")
@@ -201,12 +242,19 @@ def _window_power_sums(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -
             scale = torch.where(m > 0, m, torch.ones_like(m))
             s = _powered(cols / scale.unsqueeze(2), p, inplace=False).sum(dim=2)
             return m, (s / _kernel_count(t, w) if mean else s)
-        m = _windows(padded, w).detach().amax(dim=spatial)  # the padding's zeros never exceed t >= 0
+        if is_traced():
+            m = _windows(padded, w).detach().amax(dim=spatial)  # the padding's zeros never exceed t >= 0
+            views = list(_offset_views(padded, w, m.shape[-n:]))
+        else:  # the offsets' unit-stride views give the maximum too: K - 1 fast steps
+            views = list(_phase_offset_views(padded, w, tuple(w.out_size)))
+            m = torch.maximum(views[0].detach(), views[-1].detach()) if len(views) > 1 else views[0].detach()
+            for v in views[1:-1]:
+                torch.maximum(m, v.detach(), out=m)
         scale = torch.where(m > 0, m, torch.ones_like(m))
-        # One output-sized step per window offset, on strided views, so each value is divided by the
-        # maximum of each window that holds it. (Dividing the unfolded view at once made inductor's
+        # One output-sized step per window offset, on views of the input, so each value is divided by
+        # the maximum of each window that holds it. (Dividing the unfolded view at once made inductor's
         # backward write out of bounds.)
-        s = _sum_scaled(_offset_views(padded, w, m.shape[-n:]), scale, p, grad)
+        s = _sum_scaled(views, scale, p, grad)
         return m, (s / _kernel_count(t, w) if mean else s)
     m = w.max(t.detach())
     scale = torch.where(m > 0, m, torch.ones_like(m))

@@ -7,18 +7,25 @@ global) and rank (1d/2d/3d) goes through :func:`poolcore.windows.window_call`.
 How sampling works: one uniform ``u`` per output, ``t = u * S`` with ``S`` the window sum, then the
 first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse CDF).
 
-* **Randomness.** ``u`` is a float64 uniform (53 bits) from torch's own generator (``generator=``, or the
-  default one that ``torch.manual_seed`` sets), one per output in row-major output order. Prefix sums,
-  ``S`` and ``t`` are float64 for every input dtype, so a position of weight ``a_i`` is chosen with
-  probability ``a_i / S`` up to float64 rounding (about 2^-50 relative), far below 2^-32. torch's CPU
-  generator is serial (mt19937), so drawing the uniforms chunk by chunk gives the same values as one
-  draw over the whole output: samples do not depend on chunking, window size or path.
+* **Randomness.** ``u`` is a uniform in the compute dtype from torch's own generator (``generator=``, or
+  the default one that ``torch.manual_seed`` sets), one per output in row-major output order: the values
+  ``torch.rand(out_shape, dtype=cdt, generator=generator)`` gives, with ``cdt`` float32 (24 bits) for
+  float32 and half inputs and float64 (53 bits) for float64 inputs. The walk's prefix sums, ``S`` and ``t``
+  are in that dtype too, so a position of weight ``a_i`` is chosen with probability ``a_i / S`` up to the
+  input dtype's own rounding (for float32, within a few 2^-24 of ``S``; finer weights are below what a
+  float32 window sum can tell apart). torch's CPU generator is serial (mt19937), so drawing the uniforms
+  chunk by chunk gives the same values as one draw over the whole output: samples do not depend on
+  chunking. (Float64 uniforms and sums for every dtype, as before, cost about twice as much. A
+  counter-based generator (Philox) written in torch's integer ops measured about three times
+  the serial float32 uniforms on a 2-core AVX2 CPU, where 64-bit products are not vectorised.)
 * **Kernel windows, and adaptive bins of ``K <= _WALK_MAX`` positions,** walk the K offsets: prefix
   ``c_j`` per offset (all kept for ``K <= _KEEP_PREFIXES``, else one running prefix over two passes), then
   ``out = lerp(out, v_j, [c_{j-1} <= t])``. A zero-weight position never survives: a zero in the middle
   leaves ``c`` unchanged, so the next position overwrites it; trailing zeros (padding, ceil-mode overhang,
-  short adaptive bins) could only be picked if ``t >= S``, which the guard ``t <= nextafter(S, 0)``
-  excludes. ``S`` is the walk's own last prefix (same additions, same order), so the guard is exact.
+  short adaptive bins) could only be picked if ``t >= S``, which cannot happen: ``u < 1`` keeps ``u * S``
+  below a normal ``S``, and ``t <= S - tiny`` (the smallest subnormal) below a subnormal one (see
+  :func:`_guarded_t`). ``S`` is the walk's own last prefix (same additions, same order), so the guard is
+  exact. With the value check on (the CPU default), negative input raises, so the walk skips the ReLU.
   ``lerp`` with a 0/1 weight is exact and, unlike ``torch.where``, vectorised on CPU.
 * Kernel windows with a stride are first split into stride phases (``x[..., p::s, q::s]``), so every
   offset is a unit-stride view.
@@ -29,18 +36,19 @@ first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse C
   included, stays within 2x the input for inputs of a few MiB and more, whatever the window.
 * **Large adaptive windows** (global, bins of more than ``_WALK_MAX`` positions) gather a
   block of windows' values as ``(n, P_block, K_block)`` from index arithmetic (nothing cached), then
-  ``cumsum`` and ``searchsorted``. A window larger than a block is scanned in two passes with a running
-  carry (the same additions both times, so the guard stays exact).
+  ``cumsum`` and ``searchsorted``, in float64 (``t = u * S`` with the same uniform ``u``): long sums stay
+  exact to the input's precision, and this path is not the hot one. A window larger than a block is
+  scanned in two passes with a running carry (the same additions both times, so the guard stays exact).
 * With autograd on, the chosen position is recorded and the output gathered from ``x`` there, so the
   gradient reaches the sampled position only (summed where overlapping windows pick the same one); the
   int64 index (8 bytes per output) is kept for backward, as ``max_pool2d``'s indices are.
 
-Half precision inputs are sampled through float64 sums as well; the output is the input's value.
+Half precision inputs are sampled in float32; the output is the input's value.
 
 **Eager, compiled and exported.** ``compiled=True`` runs kernel windows (without autograd) through
 ``torch.compile``: the K strided views, the prefix sums and the selection become one fused loop. It draws
 the same uniforms in the same order as the eager path (they are drawn eagerly and passed in; this holds
-the float64 uniforms, 8 bytes per output) and gives the same samples. Under ``torch.compile``,
+the uniforms, 4 bytes per output for float32) and gives the same samples. Under ``torch.compile``,
 ``torch.export`` and ONNX export of a model, the same selection is traced as one whole-tensor expression
 (no chunk loop, no host sync; the input's value check is skipped there) and the uniforms come from
 ``torch.rand``: inductor replaces that with its own Philox stream, so compiled samples follow the same
@@ -80,7 +88,7 @@ __all__ = [
 _WALK_MAX = 25
 # Windows of at most this many positions keep every prefix sum (one pass); larger ones take two passes
 # with one running prefix, whose smaller scratch allows larger blocks (faster from 3x3 windows on).
-_KEEP_PREFIXES = 4
+_KEEP_PREFIXES = 9
 # Scratch per block (see _budget), within [1 MiB, 16 MiB] on CPU (cache-sized, while keeping the
 # number of small parallel ops per call in the hundreds) and [1 MiB, 256 MiB] on CUDA.
 _CHUNK_BYTES_CPU = 16 << 20
@@ -209,21 +217,18 @@ def _positions(
     return flat, valid
 
 
-# The largest double below 1: for a normal double S > 0, S * _BELOW_ONE rounds to nextafter(S, 0) (S - S/2^53
-# lies more than half an ulp below S, and less than one; for a power of two, exactly on the next double).
-_BELOW_ONE = 1.0 - 2.0**-53
+def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
+    """``t = u * total`` in place of ``u``, kept strictly below a non-zero ``total``.
 
-
-def _guarded_t(u: Tensor, total: Tensor, normal: bool = False) -> Tensor:
-    """``t = u * total`` in place of ``u``, kept strictly below ``total`` (and 0 for a zero total).
-
-    ``normal``: every non-zero total is a normal double, as a float64 sum of float32 or half values
-    always is; then one multiplication gives ``nextafter(total, 0)``, at a third of nextafter's cost."""
+    For ``0 <= u < 1`` (so ``u <= 1 - eps/2``) and a normal ``total``, ``u * total`` already rounds below
+    it: ``total * eps/2`` is at least half an ulp of ``total``, and the tie (a power of two) lands on the
+    next number down. Only a subnormal total needs the guard ``total - tiny`` (``tiny`` the smallest
+    subnormal: exact there, and no change to a normal total), one subtraction where ``nextafter`` costs
+    several. A zero total gives ``t = -tiny``: no prefix is at or below it (all-zero windows are handled
+    by the callers)."""
     u.mul_(total)
-    below = (
-        total * _BELOW_ONE if normal else torch.nextafter(total, torch.zeros((), dtype=_F64, device=u.device))
-    )
-    return torch.minimum(u, below, out=u)
+    tiny = torch.finfo(total.dtype).smallest_normal * torch.finfo(total.dtype).eps
+    return torch.minimum(u, total - tiny, out=u)
 
 
 # ---- blocks of work ---------------------------------------------------------------------------------------
@@ -316,10 +321,14 @@ class _Views:
     is a unit-stride view of a phase. With ``reuse`` the phase (and padding) buffers are allocated once
     per call and overwritten chunk after chunk: fresh large buffers per chunk cost page faults that
     showed up as a third of the time. Autograd needs ``reuse=False`` (saved views must stay intact).
+    ``relu=False`` leaves negative values as they are, for callers whose value check rejects them anyway
+    (one pass less over the input).
     """
 
-    def __init__(self, w: Window, chunk: int, cdt: torch.dtype, device: torch.device, reuse: bool) -> None:
-        self.w, self.cdt, self.reuse = w, cdt, reuse
+    def __init__(
+        self, w: Window, chunk: int, cdt: torch.dtype, device: torch.device, reuse: bool, relu: bool = True
+    ) -> None:
+        self.w, self.cdt, self.reuse, self.relu = w, cdt, reuse, relu
         self.device = device
         self.chunk = chunk
         self._buffers: dict[object, Tensor] = {}
@@ -336,13 +345,23 @@ class _Views:
 
     def _relu(self, buf: Tensor) -> Tensor:
         # In place on this object's own buffers; out of place under autograd, whose graph holds them.
+        if not self.relu:
+            return buf
         return buf.clamp_min_(0) if self.reuse else buf.clamp_min(0)
+
+    def _fill(self, buf: Tensor, src: Tensor, relu_done: bool) -> Tensor:
+        """``buf`` holds ``src`` (with negatives as 0 unless ``relu_done`` or ``relu=False``): one pass."""
+        if self.relu and not relu_done and src.dtype == buf.dtype:
+            return torch.clamp_min(src, 0, out=buf) if self.reuse else src.clamp_min(0)
+        buf.copy_(src)
+        return buf if relu_done else self._relu(buf)
 
     def __call__(self, xc: Tensor) -> list[Tensor]:
         """Negative values read as 0 (the operator's rule: the result is that of ``x.relu()``)."""
         w = self.w
         if w.kernel_size is None:
-            return [v.squeeze(0) for v in w.offsets(xc.to(self.cdt).clamp_min(0).unsqueeze(0))]
+            xc = xc.to(self.cdt)
+            return [v.squeeze(0) for v in w.offsets((xc.clamp_min(0) if self.relu else xc).unsqueeze(0))]
         n, n_sp = xc.shape[0], len(w.in_size)
         k, s, p = w.kernel_size, w.stride, w.padding
         right = [max(0, (w.out_size[d] - 1) * s[d] + k[d] - w.in_size[d] - p[d]) for d in range(n_sp)]
@@ -352,29 +371,38 @@ class _Views:
             padded = tuple(w.in_size[d] + p[d] + right[d] for d in range(n_sp))
             xp = self._buffer("pad", padded, n, zero=True)
             inner = tuple(slice(p[d], p[d] + w.in_size[d]) for d in range(n_sp))
-            xp[(slice(None), *inner)].copy_(xc)
-            xp, relu_done = self._relu(xp), True
+            if self.reuse and self.relu and xc.dtype == xp.dtype:
+                torch.clamp_min(xc, 0, out=xp[(slice(None), *inner)])  # one pass; the padding stays 0
+            else:
+                xp[(slice(None), *inner)].copy_(xc)
+                xp = self._relu(xp)
+            relu_done = True
         planes: dict[tuple[int, ...], Tensor] = {}
         relu = (lambda t: t) if relu_done else self._relu
         if all(sd == 1 for sd in s):
-            if relu_done:
-                planes[(0,) * n_sp] = xp
+            if relu_done or (not self.relu and xp.dtype == self.cdt):
+                planes[(0,) * n_sp] = xp  # the input itself (or the padded copy): no copy
             elif self.reuse:
                 buf = self._buffer("relu", tuple(xp.shape[1:]), n)
                 planes[(0,) * n_sp] = (
                     torch.clamp_min(xp, 0, out=buf) if xp.dtype == self.cdt else relu(buf.copy_(xp))
                 )
             else:
-                planes[(0,) * n_sp] = xp.to(self.cdt).clamp_min(0)
-        elif tuple(k) == tuple(s):
-            # Non-overlapping windows: all phases in one permuted copy ((n, o, s) -> (n, s, o) per dim),
-            # about 20% faster than one strided copy per phase. Splitting a dim is always a view.
-            sliced = xp[(slice(None), *[slice(0, w.out_size[d] * s[d]) for d in range(n_sp)])]
+                planes[(0,) * n_sp] = relu(xp.to(self.cdt))
+        elif all(
+            kd >= sd and sd * (od + (kd - 1) // sd) <= xd
+            for kd, sd, od, xd in zip(k, s, w.out_size, xp.shape[1:], strict=True)
+        ):
+            # Every phase in one permuted copy ((n, L, s) -> (n, s, L) per dim, L the longest phase's
+            # length), where the input holds s * L positions: one streaming pass over the input instead
+            # of one strided pass per phase. Splitting a dim is always a view.
+            lengths = [od + (kd - 1) // sd for kd, sd, od in zip(k, s, w.out_size, strict=True)]
+            sliced = xp[(slice(None), *[slice(0, lengths[d] * s[d]) for d in range(n_sp)])]
             for d in range(n_sp):
-                sliced = sliced.unflatten(1 + 2 * d, (w.out_size[d], s[d]))
+                sliced = sliced.unflatten(1 + 2 * d, (lengths[d], s[d]))
             order = [0, *[2 + 2 * d for d in range(n_sp)], *[1 + 2 * d for d in range(n_sp)]]
-            both = relu(self._buffer("phases", (*s, *w.out_size), n).copy_(sliced.permute(order)))
-            by_phase = both.flatten(1, n_sp)  # (n, prod(s), *out), phases in row-major order
+            both = self._fill(self._buffer("phases", (*s, *lengths), n), sliced.permute(order), relu_done)
+            by_phase = both.flatten(1, n_sp)  # (n, prod(s), *lengths), phases in row-major order
             for i, phase in enumerate(itertools.product(*[range(sd) for sd in s])):
                 planes[phase] = by_phase[:, i]
         else:
@@ -384,7 +412,7 @@ class _Views:
                     lengths.append(w.out_size[d] + (k[d] - 1 - ph) // s[d])
                     index.append(slice(ph, ph + s[d] * (lengths[-1] - 1) + 1, s[d]))
                 plane = self._buffer(phase, tuple(lengths), n)
-                planes[phase] = relu(plane.copy_(xp[(slice(None), *index)]))
+                planes[phase] = self._fill(plane, xp[(slice(None), *index)], relu_done)
         views = []
         for offset in itertools.product(*[range(kd) for kd in k]):
             plane = planes[tuple(o % sd for o, sd in zip(offset, s, strict=True))]
@@ -394,20 +422,24 @@ class _Views:
 
 
 # ---- training: sample one position per window -------------------------------------------------------------
+def _walk_bytes(k: int, cdt: torch.dtype, need_index: bool) -> tuple[int, int]:
+    """Scratch bytes of the walk per input element (phase and padding copies) and per output (the
+    prefixes, K of them or one; t, the mask and the result; with an index, the uniforms and the index
+    arithmetic)."""
+    cs = torch.empty((), dtype=cdt).element_size()
+    return 2 * cs, cs * ((k if k <= _KEEP_PREFIXES else 1) + 3) + (cs + 56 if need_index else 0)
+
+
 def _train_walk(
     x: Tensor, w: Window, generator: torch.Generator | None, need_index: bool, check_values: bool | None
 ) -> tuple[Tensor, Tensor | None]:
     """The sampled values, and with ``need_index`` the flat in-plane index of each sampled position."""
     planes = x.reshape(-1, *w.in_size)
     n_all, k = planes.shape[0], math.prod(_extents(w))
-    # Everything in float64: the views are converted once per block (with the stride-phase copy), so every
-    # op after that is same-dtype and vectorised (mixed float32/float64 ops take a slow casting loop).
-    cdt = _F64
-    normal = x.dtype != _F64  # float64 sums of float32/half values: zero or normal (see _guarded_t)
-    # Scratch: phase and padding copies per input element; per output, the float64 prefixes (K of them, or
-    # one), t, the mask and the result, and with an index the uniforms and the index arithmetic.
-    per_out = 8 * (k if k <= _KEEP_PREFIXES else 1) + 24 + (64 if need_index else 0)
-    blocks = list(_blocks(w, n_all, 16, per_out, _budget(x, w)))
+    # Everything in the compute dtype (float32 for float32 and half inputs): the views are converted once
+    # per block (with the stride-phase copy), so every op after that is same-dtype and vectorised.
+    cdt = _compute_dtype(x.dtype)
+    blocks = list(_blocks(w, n_all, *_walk_bytes(k, cdt, need_index), _budget(x, w)))
     tables = _tables(w, x.device) if need_index and not blocks[0].rows else None
     # The input check runs per block, while the block is in cache for the walk (a separate aminmax over
     # the whole input costs a full extra pass from memory); one check after the loop, then the same error.
@@ -418,20 +450,21 @@ def _train_walk(
     else:
         out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
     chunk = blocks[0].b - blocks[0].a
-    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=True)
+    # With the check on, negative input raises after the loop: the views need no ReLU pass.
+    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=True, relu=not check)
     scratch = _Scratch(x.device)
     with torch.no_grad():
         for blk in blocks:
             if check and blk.r0 == 0:
                 bounds.append(torch.stack(torch.aminmax(planes[blk.a : blk.b])))
-            split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
+            split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False, relu=not check)
             views = split(blk.input(planes))
             n, shape = views[0].shape[0], views[0].shape[1:]
             dims = (n, *shape)
-            t = scratch("t", dims, _F64).uniform_(generator=generator)
+            t = scratch("t", dims, cdt).uniform_(generator=generator)
             mask = scratch("mask", dims, cdt)
             if need_index:
-                u = scratch("u", dims, _F64).copy_(t)  # for all-zero windows
+                u = scratch("u", dims, cdt).copy_(t)  # for all-zero windows
                 res = scratch("res", dims, cdt).zero_()  # counts the prefixes <= t: the chosen offset
                 step: Callable[[Tensor, Tensor], object] = functools.partial(_count_, res)
             else:
@@ -442,12 +475,12 @@ def _train_walk(
             if k <= _KEEP_PREFIXES:
                 # Inclusive float64 prefixes c_0..c_{K-1}, kept; c_{K-1} is the window sum (exact guard).
                 # c_0 is views[0] itself (float64 already): no copy.
-                work = scratch("prefix", (k - 1, *dims), _F64)
+                work = scratch("prefix", (k - 1, *dims), cdt)
                 prefix = [views[0]]
                 for j in range(1, k):
                     prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1]))
                 total = prefix[-1]
-                t = _guarded_t(t, total, normal)
+                t = _guarded_t(t, total)
                 for j in range(1, k):
                     step(views[j], torch.le(prefix[j - 1], t, out=mask))
                 del work, prefix
@@ -455,10 +488,10 @@ def _train_walk(
                 # Many offsets: one running prefix, two passes with the same additions in the same order
                 # (so the first pass's total is exactly the second pass's last prefix). c_0 is views[0]
                 # itself and c_1 is written by the first addition: no copies.
-                c = torch.add(views[0], views[1], out=scratch("prefix", dims, _F64))
+                c = torch.add(views[0], views[1], out=scratch("prefix", dims, cdt))
                 for v in views[2:]:
                     c.add_(v)
-                t = _guarded_t(t, c, normal)
+                t = _guarded_t(t, c)
                 step(views[1], torch.le(views[0], t, out=mask))
                 torch.add(views[0], views[1], out=c)
                 for v in views[2:]:
@@ -493,20 +526,36 @@ def _train_walk(
 def _uniform_offset(w: Window, tables: list[tuple[Tensor, Tensor, Tensor]], q: Tensor, u: Tensor) -> Tensor:
     """For window ``q`` (flat output index, broadcast against ``u``), the window offset (flat, row-major over
     the extents) of its real position number ``floor(u * n)`` in row-major order, ``n`` its number of real
-    positions: a uniform draw among them for ``u`` uniform in [0, 1)."""
+    positions: a uniform draw among them for ``u`` uniform in [0, 1). In int32 (offsets are small), where
+    int64 arithmetic is several times slower on CPU; where every window is whole (no padding or overhang)
+    the offset is that number itself."""
     ext = _extents(w)
+    if _whole_windows(w):
+        k = math.prod(ext)
+        return torch.clamp_max((u * k).to(torch.int32), k - 1)
     lengths, firsts = [], []
     for d, i in enumerate(_unravel(q, w.out_size)):
         start, lo, hi = (t[i] for t in tables[d])
-        lengths.append(hi - lo)
-        firsts.append(lo - start)
+        lengths.append((hi - lo).int())
+        firsts.append((lo - start).int())
     n = math.prod(lengths)
-    r = torch.minimum((u * n).long(), n - 1)  # type: ignore[arg-type]
-    offset = torch.zeros((), dtype=torch.long, device=u.device)
+    r = torch.minimum((u * n).to(torch.int32), n - 1)  # type: ignore[arg-type]
+    offset = torch.zeros((), dtype=torch.int32, device=u.device)
     for d in reversed(range(len(ext))):
         offset = offset + (firsts[d] + r % lengths[d]) * math.prod(ext[d + 1 :])
         r = r // lengths[d]
     return offset
+
+
+def _whole_windows(w: Window) -> bool:
+    """Whether every window of a kernel form covers its whole kernel (no padding, no ceil-mode overhang)."""
+    if w.kernel_size is None or w.dilated:
+        return False
+    for d in range(len(w.in_size)):
+        first, end = w.bounds(d)
+        if any(b - a != w.kernel_size[d] for a, b in zip(first, end, strict=True)):
+            return False
+    return True
 
 
 def _count_(count: Tensor, value: Tensor, mask: Tensor) -> None:
@@ -537,6 +586,7 @@ def _train_blocks(
     nb = 1 if pb < p else min(n_all, max(1, elems // (pb * kb)))  # blocks stay contiguous in output order
     tables = _tables(w, x.device)
     zero = (0,) * len(w.in_size)
+    cdt = _compute_dtype(x.dtype)
     result = torch.empty((n_all, p), dtype=torch.long, device=x.device)
     with torch.no_grad():
         for a in range(0, n_all, nb):
@@ -551,10 +601,10 @@ def _train_blocks(
                     grid, valid = _positions(w, tables, q.unsqueeze(1), j.unsqueeze(0), w.in_size, zero)
                     return xc[:, grid].to(_F64).clamp_min_(0).mul_(valid)
 
-                u = torch.empty((xc.shape[0], q.numel()), dtype=_F64, device=x.device)
+                u = torch.empty((xc.shape[0], q.numel()), dtype=cdt, device=x.device)
                 u.uniform_(generator=generator)
                 even = _uniform_offset(w, tables, q, u)  # for all-zero windows, from the same uniform
-                choice, total = _search_windows(values, k, kb, u)
+                choice, total = _search_windows(values, k, kb, u.to(_F64))
                 choice = torch.where(total == 0, even, choice)
                 result[a : a + nb, q0 : q0 + q.numel()], _ = _positions(w, tables, q, choice, w.in_size, zero)
     shape = (*x.shape[:2], *w.out_size)
@@ -606,10 +656,11 @@ def _train(
     if compiled and not need_index and _can_fuse(x, w):
         _check_input(x, generator, check_values)
         # The same draws as the eager blocks (one float64 uniform per output in row-major order).
-        u = torch.empty((*x.shape[:2], *w.out_size), dtype=_F64, device=x.device)
+        u = torch.empty((*x.shape[:2], *w.out_size), dtype=_compute_dtype(x.dtype), device=x.device)
         return _compiled("select")(x, u.uniform_(generator=generator), w), None
     k = math.prod(_extents(w))
-    plane = 16 * math.prod(w.in_size) + (8 * (k if k <= _KEEP_PREFIXES else 1) + 72) * math.prod(w.out_size)
+    per_in, per_out = _walk_bytes(k, _compute_dtype(x.dtype), True)  # the same path with or without autograd
+    plane = per_in * math.prod(w.in_size) + per_out * math.prod(w.out_size)
     if w.kernel_size is not None or (k <= _WALK_MAX and plane <= _budget(x, w)):
         return _train_walk(x, w, generator, need_index, check_values)  # checks values block by block
     _check_input(x, generator, check_values)
@@ -622,7 +673,8 @@ def _train_traced(
     """The sampling as one whole-tensor expression, for torch.compile and export: the same uniforms (one
     float64 per output, row-major), prefix sums and guard as the eager paths."""
     shape = (*x.shape[:2], *w.out_size)
-    rand: Callable[..., Tensor] = functools.partial(torch.rand, dtype=_F64, device=x.device)
+    cdt = _compute_dtype(x.dtype)
+    rand: Callable[..., Tensor] = functools.partial(torch.rand, dtype=cdt, device=x.device)
     if generator is not None:
         rand = functools.partial(rand, generator=generator)
     relu = x.clamp_min(0)
@@ -632,12 +684,12 @@ def _train_traced(
         total = cum[..., -1:]
         u = rand(*x.shape[:2], 1)
         even = (u * flat.shape[-1]).long().clamp_max(flat.shape[-1] - 1)  # an all-zero window
-        t = _guarded_t(u, total)
+        t = _guarded_t(u.to(_F64), total)
         index = torch.where(total == 0, even, (cum <= t).sum(-1, keepdim=True).clamp_max(flat.shape[-1] - 1))
         return flat.gather(-1, index).view(shape), index.view(shape) if return_indices else None
     # In-plane positions and real-position masks, as views of the same windows as the values.
     plane = torch.arange(math.prod(x.shape[2:]), device=x.device).view(1, 1, *x.shape[2:])
-    ones = torch.ones((1, 1, *x.shape[2:]), dtype=_F64, device=x.device)
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=cdt, device=x.device)
     valid: list[Tensor] | None
     if w.kernel_size is None or w.dilated:
         if w.kernel_size is None:
@@ -646,7 +698,7 @@ def _train_traced(
     else:
         views = _padded_views(relu, w, x.dtype)
         padded = any(w.padding) or w.ceil_mode
-        valid = _padded_views(ones, w, _F64) if padded else None
+        valid = _padded_views(ones, w, cdt) if padded else None
         where = _padded_views(plane, w, torch.long)
     if return_indices:
         out, index = _select(views, rand(shape), valid, where)
@@ -674,7 +726,7 @@ def _select(
     position whose prefix exceeds ``t``). ``valid``: 1 at a window's real positions, 0 at padding (all
     real when None), so an all-zero window draws among its real positions with the same ``u``.
     ``where``: in-plane positions, selected alongside; then ``(values, positions)`` is returned."""
-    prefix = [views[0].to(_F64)]
+    prefix = [views[0].to(u.dtype)]
     for v in views[1:]:
         prefix.append(prefix[-1] + v)
     total = prefix[-1]
@@ -684,7 +736,7 @@ def _select(
         for m in valid[1:]:
             count.append(count[-1] + m)
     else:
-        count = [torch.full((), j + 1.0, dtype=_F64, device=u.device) for j in range(len(views))]
+        count = [torch.full((), j + 1.0, dtype=u.dtype, device=u.device) for j in range(len(views))]
     zero = total == 0
     n = count[-1]
     t = torch.where(zero, torch.minimum(u * n, torch.nextafter(n, torch.zeros_like(n))), t)
@@ -716,23 +768,25 @@ def _eval(x: Tensor, w: Window, compiled: bool = False, check_values: bool | Non
     cdt = _compute_dtype(x.dtype)
     cs = torch.empty((), dtype=cdt).element_size()
     grad = torch.is_grad_enabled() and x.requires_grad
+    relu = not _checks_values(x, check_values)  # checked input has no negative value: no ReLU pass
     planes = x.reshape(-1, *w.in_size)
     n_all = planes.shape[0]
     out = torch.empty((n_all, *w.out_size), dtype=x.dtype, device=x.device)
     if w.kernel_size is None:
         # Adaptive and global: torch's pools on blocks of planes (x^2, then two pooled sums and the ratio).
         for blk in _blocks(w, n_all, 2 * cs, 4 * cs, _budget(x, w)):
-            xc = blk.input(planes).to(cdt).clamp_min(0).unsqueeze(0)
+            xc = blk.input(planes).to(cdt)
+            xc = (xc.clamp_min(0) if relu else xc).unsqueeze(0)
             blk.output(out).copy_(_safe_ratio(w.sum(xc * xc), w.sum(xc)).squeeze(0))
         return out.view(*x.shape[:2], *w.out_size)
     # With autograd the graph holds every view anyway: whole planes, no row blocks.
     blocks = list(_blocks(w, n_all, 2 * cs, 5 * cs, 1 << 62 if grad else _budget(x, w)))
     chunk = blocks[0].b - blocks[0].a
-    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad)
+    shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=not grad, relu=relu)
     k = math.prod(w.kernel_size)
     scratch = _Scratch(x.device)
     for blk in blocks:
-        split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False)
+        split = shared or _Views(blk.sub, 1, cdt, x.device, reuse=False, relu=relu)
         views = split(blk.input(planes))
         if grad:
             sums, squares = views[0].clone(), views[0] * views[0]
@@ -979,8 +1033,10 @@ _DOC_RULES = r"""
       position in training, the window's largest activation (the most probable position) in eval.
     * The output keeps a ``channels_last`` (``channels_last_3d``) input's memory format.
 
-    Randomness: one float64 uniform per output from ``generator`` (or torch's default generator), so a
-    seed gives the same samples for every window size and for ``compiled=True``. A model compiled with
+    Randomness: one uniform per output from ``generator`` (or torch's default generator), as
+    ``torch.rand`` draws them in the compute dtype (float32 for float32 and half input, float64 for
+    float64), compared with the window's prefix sums in that dtype: a seed gives the same samples
+    however the work is split and for ``compiled=True``. A model compiled with
     ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
     ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
     Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy

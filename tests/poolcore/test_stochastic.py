@@ -472,11 +472,20 @@ def _adaptive_windows(x: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
     return torch.stack([F.pad(w_, (0, k - w_.shape[-1])) for w_ in windows], dim=2).double()
 
 
-def _reference_samples(vals: torch.Tensor, seed: int) -> torch.Tensor:
-    """The documented rule: u ~ float64 torch.rand from the generator, one per output in row-major order;
-    the first position whose float64 prefix sum exceeds min(u * S, nextafter(S, 0))."""
-    u = torch.rand(vals.shape[:-1], dtype=torch.float64, generator=_gen(seed))
-    cum = vals.cumsum(-1)
+def _reference_samples(vals: torch.Tensor, seed: int, dtype: torch.dtype, walk: bool) -> torch.Tensor:
+    """The documented rule: ``u ~ torch.rand`` in the compute dtype (``dtype``: float32 for float32 and half
+    input, float64 for float64) from the generator, one per output in row-major order; the first position
+    whose inclusive prefix sum exceeds ``min(u * S, nextafter(S, 0))``. Windows of at most 25 positions
+    (``walk``) add the prefixes one position at a time in the compute dtype; larger ones in float64."""
+    u = torch.rand(vals.shape[:-1], dtype=dtype, generator=_gen(seed))
+    if walk:
+        terms = vals.to(dtype).unbind(-1)
+        sums = [terms[0]]
+        for term in terms[1:]:
+            sums.append(sums[-1] + term)  # one rounding per addition, in order
+        cum = torch.stack(sums, -1)
+    else:
+        cum, u = vals.double().cumsum(-1), u.double()
     total = cum[..., -1]
     t = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     index = (cum <= t.unsqueeze(-1)).sum(-1).clamp_max(vals.shape[-1] - 1)
@@ -496,19 +505,32 @@ SAMPLING_CASES: list[dict[str, Any]] = [
 
 
 class TestSamplingRule:
-    @pytest.mark.parametrize("small_blocks", [False, True], ids=["default", "small-blocks"])
-    @pytest.mark.parametrize("grad", [False, True], ids=["values", "autograd"])
+    @pytest.mark.parametrize(
+        ("grad", "small_blocks", "dtype"),
+        [
+            pytest.param(False, False, torch.float32, id="values-default"),
+            pytest.param(True, False, torch.float32, id="autograd-default"),
+            pytest.param(False, True, torch.float32, id="values-small-blocks"),
+            pytest.param(True, True, torch.float32, id="autograd-small-blocks"),
+            pytest.param(False, False, torch.float64, id="values-float64"),  # float64 uniforms and sums
+        ],
+    )
     @pytest.mark.parametrize("kwargs", SAMPLING_CASES)
-    def test_samples_follow_float64_uniforms(
-        self, monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], grad: bool, small_blocks: bool
+    def test_samples_follow_compute_dtype_uniforms(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        kwargs: dict[str, Any],
+        grad: bool,
+        small_blocks: bool,
+        dtype: torch.dtype,
     ) -> None:
-        # Every path draws float64 uniforms from the generator in output order and applies the same
-        # inverse CDF in float64, however the work is split: row blocks of a plane and windows scanned in
+        # Every path draws uniforms in the compute dtype from the generator in output order and applies
+        # the same inverse CDF, however the work is split: row blocks of a plane and windows scanned in
         # several blocks (small-blocks) give the very same samples.
         if small_blocks:
             monkeypatch.setattr(stochastic, "_CHUNK_BYTES_CPU", 4096)
             monkeypatch.setattr(stochastic, "_MIN_CHUNK_BYTES", 4096)
-        x = torch.rand(2, 3, 13, 12, generator=_gen(3))
+        x = torch.rand(2, 3, 13, 12, generator=_gen(3)).to(dtype)
         x[0, 0, :6, :6] = 0  # all-zero windows
         x[1, 2] *= x[1, 2] > 0.5  # zeros inside windows
         if "kernel_size" in kwargs:
@@ -517,7 +539,8 @@ class TestSamplingRule:
         else:
             out = kwargs["output_size"]
             vals = _adaptive_windows(x, (out, out) if isinstance(out, int) else out)
-        expected = _reference_samples(vals, 21)
+        walk = "kernel_size" in kwargs or kwargs["output_size"] == (4, 5)  # bins of at most 16 positions
+        expected = _reference_samples(vals, 21, dtype, walk)
         xin = x.clone().requires_grad_(grad)
         y = stochastic_pool(xin, training=True, generator=_gen(21), **kwargs)
         assert torch.equal(y.detach().double().flatten(2), expected)
@@ -528,6 +551,25 @@ class TestSamplingRule:
             eager = stochastic_pool(x, training=True, generator=_gen(4), **kwargs)
             fused = stochastic_pool(x, training=True, generator=_gen(4), compiled=True, **kwargs)
             assert torch.equal(eager, fused), kwargs
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+    def test_guard_keeps_t_below_every_positive_sum(self, dtype: torch.dtype) -> None:
+        # t = min(u * S, S - tiny) equals the documented min(u * S, nextafter(S, 0)) for every S > 0, and
+        # stays below S for the largest u < 1: normal sums (powers of two included) and subnormal ones.
+        fi = torch.finfo(dtype)
+        tiny = fi.smallest_normal * fi.eps
+        exponents = torch.arange(math.log2(tiny), math.log2(fi.max), 0.37, dtype=torch.float64)
+        totals = torch.cat([torch.exp2(exponents), torch.exp2(exponents.floor())]).to(dtype)
+        totals = torch.cat([totals, torch.tensor([tiny, 3 * tiny, fi.smallest_normal], dtype=dtype)])
+        totals = totals[(totals > 0) & totals.isfinite()]
+        for u in (
+            torch.full_like(totals, 1 - fi.eps / 2),
+            torch.rand(totals.shape, generator=_gen(8)).to(dtype),
+        ):
+            reference = torch.minimum(u * totals, torch.nextafter(totals, torch.zeros_like(totals)))
+            t = stochastic._guarded_t(u.clone(), totals)
+            assert torch.equal(t, reference)
+            assert bool((t < totals).all())
 
     def test_tiny_probability_is_exact(self) -> None:
         # Weights 2^-33 and 1: with 24-bit uniforms (u a multiple of 2^-24) the first position was picked
