@@ -99,8 +99,13 @@ lint:
 typecheck:
 	$(PY) -m mypy
 
+# Two pytest processes (pytest-xdist): on two cores one compiles or pools while the other's live server,
+# browser or gRPC call waits. --dist loadfile runs each test file whole, in its order, on one worker: its
+# module-scoped servers and compiled modules are built once, and a test that reads what an earlier one in
+# its file left (test_grpc's metrics) still sees it. PYTEST_WORKERS=0 runs in-process.
+PYTEST_WORKERS ?= 2
 pytest:
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: install-test browser lint typecheck pytest
 

@@ -14,6 +14,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist (`make test` runs two workers) each worker is a process of its own and takes its share
+# of the cores: two workers with torch's default of one intra-op thread per core would oversubscribe them.
+# Each also compiles in-process: inductor's pool of compile processes would add processes, not cores, and
+# each of them imports torch. An explicit choice in the environment still wins.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    import torch._inductor.config
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() // WORKERS))
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        torch._inductor.config.compile_threads = 1
+
 # (rtol, atol) per dtype for comparisons against an independent reference.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-12),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ __all__ = [
     "ROOT",
     "LiveServer",
     "default_params",
+    "free_port",
     "live_server",
     "live_server_process",
     "npy_bytes",
@@ -98,6 +100,37 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels, mode=mode).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; IANA's dynamic range starts at 49152
+
+
+def free_port() -> int:
+    """A free loopback port for a server that binds the port itself (the gRPC service does; the HTTP one
+    gets its socket from :func:`live_server_process`). Drawn below the kernel's ephemeral range, from which
+    every outgoing connection takes its local port: a port picked with ``bind(0)`` and released was taken
+    by a client socket before the server bound it, on a machine busy with other tests. Each pytest-xdist
+    worker draws from its own slice, so two workers never pick the same port."""
+    low = _ephemeral_low()
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    span = (low - 10000) // workers  # ports 10000 and up: clear of the well-known and common ones
+    if span >= 100:
+        start = 10000 + (worker % workers) * span
+        for port in random.Random().sample(range(start, start + span), 100):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ pandas 3 that gradio runs on here (see the README's protocol section).
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 import poolcore
 
-from .support import LiveServer, default_params, live_server_process, query_string, reference
+from .support import LiveServer, default_params, free_port, live_server_process, query_string, reference
 
 METHODS = poolcore.methods()
 KEY = "k-test-0123456789"
@@ -46,9 +45,7 @@ def _auth() -> dict[str, str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 class Server:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from tritonclient.grpc import service_pb2
 from service.grpc_limits import ArrivalRoom, peer_host
 
 from .raw_h2 import RawH2, grpc_prefix
-from .support import ROOT, LiveServer, live_server_process
+from .support import ROOT, LiveServer, free_port, live_server_process
 
 KEY = "k-limits-0123456789"
 RIGHT = (("authorization", f"Bearer {KEY}"),)
@@ -122,9 +121,7 @@ class TestArrivalRoom:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def rss(pid: int) -> int:

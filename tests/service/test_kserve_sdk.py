@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ import orjson
 import pytest
 import torch
 
-from .support import ROOT, live_server_process, reference
+from .support import ROOT, free_port, live_server_process, reference
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("kserve") is None, reason="kserve is not installed (it needs pandas < 3)"
@@ -28,9 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_kserve_clients_infer_over_rest_and_grpc() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     x = np.random.default_rng(5).uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
     expected = reference(torch.from_numpy(x), "max", {"kernel_size": 2}).numpy()
     with live_server_process({"POOLSERVE_GRPC_PORT": str(port)}) as server:

@@ -391,6 +391,9 @@ def test_clients_that_stop_reading_lose_their_answers(tmp_path: Path) -> None:
         "POOLSERVE_BODY_TIMEOUT": str(body_timeout),
         "POOLSERVE_MAX_RESPONSE_BYTES": str(256 << 20),
         "POOLSERVE_MAX_IMAGE_PIXELS": str(2048 * 2048),
+        # The six answers queue for the workers: on a busy machine one waited past the default 30 s and got
+        # 503. Under test is the slow reader, not the queue's timeout: as long as the client waits (120 s).
+        "POOLSERVE_REQUEST_TIMEOUT": "120",
     }
     png = _png(2048, 1)  # 2048² RGB: an answer of ~150 MB
     with poolserve(tmp_path, env, args=("--log-level", "warning")) as server:
