@@ -125,8 +125,9 @@ bench-service: install-test  # tritonclient (test extras) for the --oip rows
 
 # Deployment proof: static checks of Dockerfile/compose/Kubernetes, then a real Docker engine builds the image
 # on a local Debian+CPU-torch base, runs the CPU compose variant and queries it (see scripts/test_image.sh).
-test-image:
-	bash scripts/test_image.sh
+# The host side of the checks (scripts/image_checks.py) needs numpy: it runs in this project's environment.
+test-image: install
+	PY="$(PY)" bash scripts/test_image.sh
 
 # The training benchmark (bench/train.py): a small CNN per method on scikit-learn's digits, 5 seeds, 2-d and
 # 1-d pooling; writes bench/results/train.{md,json} and train_curves.png. ARGS="--quick" for a smoke run.

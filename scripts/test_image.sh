@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 T_START=$(date +%s.%N)
 
 log() { printf '[test-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+# The host-side checks need numpy: `make test-image` passes the project environment's Python.
+PY=${PY:-python3}
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
 skip() {
     if [ "${CI:-}" = true ]; then log "FAIL (CI=true, cannot skip): $*"; exit 1; fi
@@ -243,7 +245,7 @@ services:
 EOF
 log "compose: up -d --build --wait (CPU variant, BASE_IMAGE=$BASE_IMAGE, published on 127.0.0.1:$HOST_PORT)"
 # Readiness as the host sees it, polled every 0.2 s in the background (it stops by itself).
-python3 scripts/image_checks.py first-ready "http://127.0.0.1:$HOST_PORT" 600 >"$WORK/first-ready" 2>&1 &
+"$PY" scripts/image_checks.py first-ready "http://127.0.0.1:$HOST_PORT" 600 >"$WORK/first-ready" 2>&1 &
 POLL_PID=$!
 T=$(date +%s.%N)
 COMPOSE_UP=1
@@ -260,11 +262,11 @@ CID=$(compose ps -q poolserve)
 STATE=$(docker inspect -f '{{.State.Health.Status}}' "$CID")
 [ "$STATE" = healthy ] || { log "FAIL: container health is $STATE"; exit 1; }
 # Time to healthy: container start to the first passing /ready healthcheck (10 s probe interval).
-TTH=$(docker inspect "$CID" | python3 scripts/image_checks.py healthy-after)
+TTH=$(docker inspect "$CID" | "$PY" scripts/image_checks.py healthy-after)
 wait "$POLL_PID" || { cat "$WORK/first-ready"; log "FAIL: /ready never answered 200 from the host"; exit 1; }
 POLL_PID=""
 READY_AFTER=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) - float(sys.argv[2]):.1f}")' \
-    "$(cat "$WORK/first-ready")" "$(docker inspect "$CID" | python3 scripts/image_checks.py started-at)")
+    "$(cat "$WORK/first-ready")" "$(docker inspect "$CID" | "$PY" scripts/image_checks.py started-at)")
 SIZE=$(docker image inspect -f '{{.Size}}' "$POOLSERVE_IMAGE")
 BASE_SIZE=$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")
 log "compose: healthy; build+up took $UP_S s; container start to /ready 200 from the host $READY_AFTER s, to healthy (10 s probe interval) $TTH s"
@@ -277,7 +279,7 @@ docker exec "$CID" "${HC[@]}" || { log "FAIL: the image's HEALTHCHECK (${HC[*]})
 log "image: its own HEALTHCHECK (/health) passes in the running container; server runs as uid 10001"
 
 # --- 2d. real requests from the host -----------------------------------------------------------------------
-python3 scripts/image_checks.py smoke "http://127.0.0.1:$HOST_PORT"
+"$PY" scripts/image_checks.py smoke "http://127.0.0.1:$HOST_PORT"
 
 log "compose: down"
 compose down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
