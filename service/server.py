@@ -20,7 +20,8 @@ adds, per connection:
   keep answering while a client holds every connection it can;
 - an event stream (``text/event-stream``: the page's heartbeat and queue) lasts at most
   ``ui_session_seconds``, the life of a login to the page, or until ``scope["state"]["session_expires"]``
-  (a ``time.time()``) when the app sets it; uvicorn already closes it when its client goes.
+  (a ``time.time()``) when the app sets it; uvicorn already closes it when its client goes, and it is
+  closed at shutdown (it never finishes, so it would hold the shutdown for its whole timeout).
 
 Each connection closed by a limit is a warning naming the peer and the request id, where there is one
 (service.logs limits how many are written). :func:`serve` raises the process's file limit (soft to hard)
@@ -394,9 +395,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             seconds = min(seconds, max(0.0, expires - time.time()))
         self._stream_timer = self.loop.call_later(seconds, self._stream_ended)
 
-    def _stream_ended(self) -> None:
+    def shutdown(self) -> None:
+        """The server is shutting down: uvicorn closes idle connections and lets answers finish, but an
+        event stream never finishes by itself and would hold the shutdown for its whole timeout."""
+        if self._stream and self.cycle is not None and not self.cycle.response_complete:
+            self._stream_ended("the server is shutting down")
+            return
+        super().shutdown()
+
+    def _stream_ended(self, why: str = "its session is over") -> None:
+        if self._stream_timer is not None:
+            self._stream_timer.cancel()
         self._stream_timer = None
-        log.info("closed event stream to %s, request %s: its session is over", self._peer, self._request_id)
+        log.info("closed event stream to %s, request %s: %s", self._peer, self._request_id, why)
         # The app sees a disconnect and stops; what it had sent still goes out first.
         if self.cycle is not None:
             self.cycle.disconnected = True

@@ -42,6 +42,7 @@ _PROTOCOL_CALLBACKS = {
     "on_header": ["name", "value"],
     "on_headers_complete": [],
     "on_message_complete": [],
+    "shutdown": [],  # uvicorn.Server.shutdown calls it on every connection (an event stream closes there)
 }
 
 

@@ -294,6 +294,19 @@ class TestDrain:
             assert _status(response) == 200
             assert live.process.wait(timeout=20) == 0
 
+    def test_an_event_stream_does_not_hold_up_the_shutdown(self) -> None:
+        """The page's event streams never finish by themselves: on SIGTERM they are closed, so the process
+        exits as soon as its real requests are done, not after the graceful-shutdown timeout (here 61 s,
+        body_timeout + request_timeout + 1), and the client sees its stream end."""
+        env = {"POOLSERVE_BODY_TIMEOUT": "30", "POOLSERVE_REQUEST_TIMEOUT": "30"}
+        with live_server_process(env) as live, _connect(live.url) as stream:
+            stream.sendall(HEARTBEAT % b"shutdown")
+            stream.settimeout(30)
+            assert stream.recv(12) == b"HTTP/1.1 200"
+            live.process.send_signal(signal.SIGTERM)
+            assert live.process.wait(timeout=30) == 0  # half the timeout: the stream did not hold it up
+            _read_all(stream)  # the stream ends (EOF), it is not left hanging
+
 
 class _RecordingTransport:
     def __init__(self) -> None:
