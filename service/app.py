@@ -15,7 +15,8 @@ from typing import Any
 
 import anyio.to_thread
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
@@ -32,7 +33,6 @@ from .middleware import ServiceMiddleware, needs_key
 from .pooling import run_pool
 from .routes import info_router, pool_routes
 from .routes.v2 import v2_routes
-from .ui import mount_ui
 from .workers import TorchWorkers
 
 __all__ = ["create_app", "create_served_app", "resolve_device"]
@@ -207,6 +207,15 @@ def create_app(settings: Settings | None = None, *, configure_process: bool = Fa
     # First in the list, ahead of the docs pages FastAPI added: the router tries routes in order.
     app.router.routes[:0] = [*pool_routes(), *v2_routes(), *info_router().routes]
     _document_pool_route(app, settings)
+    if not settings.ui:
+
+        @app.get("/", include_in_schema=False)
+        def root(request: Request) -> RedirectResponse:
+            return RedirectResponse(request.scope.get("root_path", "") + "/docs")
+
+        return app
+    from .ui import mount_ui  # here: Gradio is half of the start-up, and an API-only server goes without
+
     return mount_ui(app)
 
 

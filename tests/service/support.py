@@ -28,6 +28,7 @@ import poolcore
 from service.config import Settings
 
 __all__ = [
+    "HEADLESS",
     "LIMITS",
     "ROOT",
     "LiveServer",
@@ -45,6 +46,9 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 # Small limits so the over-limit cases stay fast; every normal case is far below them.
 LIMITS = {"max_body_bytes": 1 << 20, "max_elements": 1 << 18, "max_image_pixels": 1 << 16}
+# A server without the page, for tests of other protocols and of limits that do not involve it: it is ready
+# in a third of the time (Gradio is not imported).
+HEADLESS = {"POOLSERVE_UI": "false"}
 
 
 def test_settings(**overrides: Any) -> Settings:

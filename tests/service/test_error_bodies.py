@@ -26,7 +26,7 @@ from poolcore.registry import ALIASES
 from service.app import create_app
 from service.errors import MAX_ERROR_BYTES, clip_detail, clip_status, error_body, shorten
 
-from .support import LiveServer, free_port, live_server_process, npy_bytes, test_settings
+from .support import HEADLESS, LiveServer, free_port, live_server_process, npy_bytes, test_settings
 
 BODY_LIMIT = 8 << 20  # room for the 1 MB values and 3.3 MB request
 BIG = "x" * (1 << 20)  # a 1 MB value
@@ -386,7 +386,7 @@ _GRPC_SERVICE = "/inference.GRPCInferenceService/"
 def grpc_server() -> Iterator[tuple[LiveServer, grpc.Channel]]:
     port = free_port()
     limits = {"max_body_bytes": BODY_LIMIT, "max_json_bytes": BODY_LIMIT}
-    with live_server_process({"POOLSERVE_GRPC_PORT": str(port)}, limits=limits) as live:
+    with live_server_process({"POOLSERVE_GRPC_PORT": str(port), **HEADLESS}, limits=limits) as live:
         # The client takes large status details, so that the size measured is the server's choice.
         options = [("grpc.max_metadata_size", 16 << 20), ("grpc.max_send_message_length", BODY_LIMIT)]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:

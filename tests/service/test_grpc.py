@@ -27,7 +27,15 @@ from tritonclient.utils import InferenceServerException
 
 import poolcore
 
-from .support import LiveServer, default_params, free_port, live_server_process, query_string, reference
+from .support import (
+    HEADLESS,
+    LiveServer,
+    default_params,
+    free_port,
+    live_server_process,
+    query_string,
+    reference,
+)
 
 METHODS = poolcore.methods()
 KEY = "k-test-0123456789"
@@ -58,7 +66,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     port = _free_port()
-    env = {"POOLSERVE_GRPC_PORT": str(port), "POOLSERVE_API_KEYS": KEY}
+    env = {"POOLSERVE_GRPC_PORT": str(port), "POOLSERVE_API_KEYS": KEY, **HEADLESS}
     limits = {"max_body_bytes": MAX_BODY, "max_elements": MAX_ELEMENTS, "max_image_pixels": 1 << 16}
     with live_server_process(env, limits=limits) as live:
         yield Server(live, port)

@@ -33,7 +33,7 @@ from tritonclient.grpc import service_pb2
 from service.grpc_limits import ArrivalRoom, peer_host
 
 from .raw_h2 import RawH2, grpc_prefix
-from .support import ROOT, LiveServer, free_port, live_server_process
+from .support import HEADLESS, ROOT, LiveServer, free_port, live_server_process
 
 KEY = "k-limits-0123456789"
 RIGHT = (("authorization", f"Bearer {KEY}"),)
@@ -195,6 +195,7 @@ def _serve(env: dict[str, str], max_body: int, body_timeout: float) -> Iterator[
         "POOLSERVE_GRPC_PORT": str(port),
         "POOLSERVE_API_KEYS": KEY,
         "POOLSERVE_BODY_TIMEOUT": str(body_timeout),
+        **HEADLESS,
         **env,
     }
     limits = {"max_body_bytes": max_body, "max_elements": 1 << 22, "max_image_pixels": 1 << 16}
@@ -438,6 +439,7 @@ def test_refusals_and_cancellations_are_logged(tmp_path: Path) -> None:
         "POOLSERVE_GRPC_PORT": str(grpc_port),
         "POOLSERVE_API_KEYS": KEY,
         "POOLSERVE_BODY_TIMEOUT": "1",
+        **HEADLESS,
     }
     command = [sys.executable, "-m", "service", "--port", str(http_port), "--log-level", "warning"]
     log_path = tmp_path / "stderr.log"

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from .support import live_server_process
+from .support import HEADLESS, live_server_process
 from .test_grpc import _free_port, _grpc_input
 
 LIMIT = 4096  # bytes: a 1×1×4×4 float32 answer (64 bytes of data) fits, a 1×1×32×32 one (4 KiB) does not
@@ -16,7 +16,7 @@ LIMIT = 4096  # bytes: a 1×1×4×4 float32 answer (64 bytes of data) fits, a 1�
 
 def test_grpc_refuses_an_answer_over_the_limit() -> None:
     port = _free_port()
-    env = {"POOLSERVE_GRPC_PORT": str(port), "POOLSERVE_MAX_RESPONSE_BYTES": str(LIMIT)}
+    env = {"POOLSERVE_GRPC_PORT": str(port), "POOLSERVE_MAX_RESPONSE_BYTES": str(LIMIT), **HEADLESS}
     with live_server_process(env) as _:
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
         try:

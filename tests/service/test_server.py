@@ -25,7 +25,7 @@ import pytest
 from service.server import GuardedHttpToolsProtocol, default_max_connections
 
 from .launch import Poolserve, poolserve, rss_bytes
-from .support import LiveServer, live_server_process, npy_bytes, png_bytes
+from .support import HEADLESS, LiveServer, live_server_process, npy_bytes, png_bytes
 
 TIMEOUT = 1.0  # header_timeout and body_timeout of the server under test
 HEAD_LIMIT = 4096
@@ -251,7 +251,7 @@ class TestDrain:
 
     def test_drain_then_exit_zero(self) -> None:
         drain = 5.0  # long enough that a loaded machine still gets its two requests in while draining
-        with live_server_process({"POOLSERVE_DRAIN_SECONDS": str(drain)}) as live:
+        with live_server_process({"POOLSERVE_DRAIN_SECONDS": str(drain), **HEADLESS}) as live:
             body = npy_bytes(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
             # An in-flight request: its head and half its body are sent before the signal.
             head = b"POST /pool/avg?kernel_size=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"

@@ -27,7 +27,7 @@ from service.app import create_app
 from service.ui.handlers import PageError, Runtime, pool_tensor
 from service.workers import RunTimeout
 
-from .support import live_server, npy_bytes, test_settings
+from .support import HEADLESS, live_server, npy_bytes, test_settings
 
 SMALL = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2, "dims": 1}}
 
@@ -165,7 +165,7 @@ def test_requests_whose_clients_gave_up_are_dropped_not_run(path: str) -> None:
     slow = npy_bytes(np.random.default_rng(0).random((16, 512, 512), dtype=np.float32))
     limits = {"max_body_bytes": 17 << 20, "max_elements": 1 << 22, "max_image_pixels": 1 << 16}
     limits["max_work"] = 1 << 34
-    env = {"POOLSERVE_MAX_CONCURRENCY": "1", "POOLSERVE_TORCH_THREADS": "1"}
+    env = {"POOLSERVE_MAX_CONCURRENCY": "1", "POOLSERVE_TORCH_THREADS": "1", **HEADLESS}
     with live_server(env=env, limits=limits) as url, httpx.Client(base_url=url, trust_env=False) as client:
         answer: dict[str, Any] = {}
 
