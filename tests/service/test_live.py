@@ -24,7 +24,16 @@ from PIL import Image
 import poolcore
 
 from .bad_inputs import CASES, BadCase, send
-from .support import LIMITS, default_params, live_server, npy_bytes, png_bytes, query_string, reference
+from .support import (
+    HEADLESS,
+    LIMITS,
+    default_params,
+    live_server,
+    npy_bytes,
+    png_bytes,
+    query_string,
+    reference,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +47,7 @@ ACCEPTS = {"json": "application/json", "npy": "application/x-npy", "png": "image
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with live_server() as url:
+    with live_server(HEADLESS) as url:  # the page is not under test here
         yield url
 
 
