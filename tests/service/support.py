@@ -34,6 +34,7 @@ __all__ = [
     "LiveServer",
     "default_params",
     "free_port",
+    "headless_settings",
     "live_server",
     "live_server_process",
     "npy_bytes",
@@ -56,6 +57,12 @@ def test_settings(**overrides: Any) -> Settings:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+def headless_settings(**overrides: Any) -> Settings:
+    """:func:`test_settings` without the page, for in-process apps whose tests do not involve it: building
+    the page is most of the time ``create_app`` takes."""
+    return test_settings(ui=False, **overrides)
 
 
 def default_params(method: str) -> dict[str, Any]:

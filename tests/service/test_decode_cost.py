@@ -25,7 +25,7 @@ from service.app import create_app
 from service.ui.handlers import PageError, Runtime, pool_image, pool_tensor
 
 from .image_bombs import jpeg_bytes, repeated_scan_jpeg
-from .support import test_settings
+from .support import headless_settings, test_settings
 from .test_shedding import metric
 
 SMALL = {"data": [[[[1.0, 2.0], [3.0, 4.0]]]], "params": {"kernel_size": 2}}
@@ -55,7 +55,7 @@ def stuck_max(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def test_a_request_running_past_request_timeout_gets_503_on_every_protocol_and_the_page(
     stuck_max: threading.Event,
 ) -> None:
-    app = create_app(test_settings(max_concurrency=1, request_timeout=0.5, max_stuck_workers=3))
+    app = create_app(headless_settings(max_concurrency=1, request_timeout=0.5, max_stuck_workers=3))
     with TestClient(app) as client:
         response = client.post("/pool/max", json=SMALL)
         assert response.status_code == 503, response.text
@@ -125,7 +125,7 @@ def test_four_scan_bombs_in_flight_leave_room_for_a_small_request() -> None:
 def test_the_pages_uploads_meet_the_scan_limit() -> None:
     """The page decodes uploads with the same codec and the app's limits (POOLSERVE_MAX_JPEG_SCANS)."""
     bomb = repeated_scan_jpeg(jpeg_bytes((16, 16), progressive=True), 5)  # 10 + 5 scans
-    app = create_app(test_settings(max_jpeg_scans=14))
+    app = create_app(headless_settings(max_jpeg_scans=14))
     with TestClient(app):
         runtime = Runtime.of_state(app.state)
         with pytest.raises(PageError) as caught:

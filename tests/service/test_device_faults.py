@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from poolcore.registry import MethodSpec
 from service.app import create_app
 
-from .support import test_settings
+from .support import headless_settings
 
 FAULTS: dict[str, Callable[[], BaseException]] = {
     "cuda-oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -55,7 +55,7 @@ def test_a_device_fault_is_a_503_then_the_next_request_succeeds(
     fault: str, monkeypatch: pytest.MonkeyPatch, freed: list[int]
 ) -> None:
     body = {"data": [[1.0, 2.0], [3.0, 4.0]], "params": {"kernel_size": 2, "dims": 1}}
-    with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
+    with TestClient(create_app(headless_settings()), raise_server_exceptions=False) as client:
         calls = _fail_once(monkeypatch, FAULTS[fault])
         response = client.post("/pool/max", json=body)
         assert response.status_code == 503, response.text
@@ -70,7 +70,7 @@ def test_a_device_fault_is_a_503_then_the_next_request_succeeds(
 
 
 def test_a_plain_bug_is_still_a_500(monkeypatch: pytest.MonkeyPatch, freed: list[int]) -> None:
-    with TestClient(create_app(test_settings()), raise_server_exceptions=False) as client:
+    with TestClient(create_app(headless_settings()), raise_server_exceptions=False) as client:
         _fail_once(monkeypatch, lambda: RuntimeError("shape '[2, 3]' is invalid for input of size 4"))
         response = client.post(
             "/pool/max", json={"data": [[1.0, 2.0]], "params": {"kernel_size": 1, "dims": 1}}

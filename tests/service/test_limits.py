@@ -30,7 +30,7 @@ from service.limits import WorkLimits, output_window
 from service.pooling import run_pool
 from service.ui.handlers import PageError, Runtime, pool_tensor
 
-from .support import ROOT, test_settings
+from .support import ROOT, headless_settings, test_settings
 
 
 def _fields(method: str) -> dict[str, Any]:
@@ -270,7 +270,7 @@ def test_the_estimate_bounds_the_memory_poolcore_really_takes(side: int, kernel:
 
 # ---- over HTTP and through the UI's entry point ------------------------------------------------------------
 def test_the_route_answers_413_for_an_oversize_output() -> None:
-    with TestClient(create_app(test_settings())) as client:
+    with TestClient(create_app(headless_settings())) as client:
         for size in ("20000,20000", "200000,200000"):
             response = client.post(f"/pool/adaptive_avg?output_size={size}", json={"data": [[1, 2], [3, 4]]})
             assert response.status_code == 413, response.text
@@ -278,7 +278,7 @@ def test_the_route_answers_413_for_an_oversize_output() -> None:
         big = {"data": [[1.0] * 256] * 256}
         response = client.post("/pool/stochastic?kernel_size=7&stride=1&dims=2&mode=train", json=big)
         assert response.status_code == 200  # under the default scratch budget
-        with TestClient(create_app(test_settings(max_scratch_elements=100_000))) as small:
+        with TestClient(create_app(headless_settings(max_scratch_elements=100_000))) as small:
             response = small.post("/pool/stochastic?kernel_size=7&stride=1&dims=2&mode=train", json=big)
             assert response.status_code == 413
             assert "POOLSERVE_MAX_SCRATCH_ELEMENTS" in response.json()["detail"]

@@ -22,7 +22,7 @@ from service.codecs import image, json, npy
 from service.errors import PayloadTooLarge
 from service.limits import RESPONSE_FRAMING, WorkLimits, check_response, response_bytes
 
-from .support import npy_bytes, test_settings
+from .support import headless_settings, npy_bytes
 
 RNG = np.random.default_rng(17)
 
@@ -89,7 +89,7 @@ POOLED = (1, 3, 4, 4)  # X under avg, kernel 2
 
 
 def _client(limit: int) -> TestClient:
-    return TestClient(create_app(test_settings(max_response_bytes=limit)))
+    return TestClient(create_app(headless_settings(max_response_bytes=limit)))
 
 
 def _pool_bound(kind: str) -> int:

@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 import poolcore
 from service.app import create_app
 
-from ..support import test_settings
+from ..support import headless_settings
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(test_settings())) as c:
+    with TestClient(create_app(headless_settings())) as c:
         yield c
 
 
@@ -30,7 +30,7 @@ def test_health_and_ready(client: TestClient) -> None:
 
 def test_not_ready_without_lifespan() -> None:
     """Without the lifespan (no device, no warm-up) /ready says 503."""
-    r = TestClient(create_app(test_settings())).get("/ready")
+    r = TestClient(create_app(headless_settings())).get("/ready")
     assert r.status_code == 503 and r.json()["status"] == "starting"
 
 
@@ -112,7 +112,7 @@ def test_metrics_count_requests_bytes_errors(client: TestClient) -> None:
 
 
 def test_many_apps_each_with_own_metrics() -> None:
-    apps = [create_app(test_settings()) for _ in range(3)]
+    apps = [create_app(headless_settings()) for _ in range(3)]
     assert len({id(a.state.metrics.registry) for a in apps}) == 3
 
 
@@ -157,7 +157,7 @@ def test_opentelemetry_providers_are_looked_up_only_when_enabled(
         return original()
 
     monkeypatch.setattr(trace, "get_tracer_provider", counting)
-    with TestClient(create_app(test_settings(opentelemetry=enabled))) as c:
+    with TestClient(create_app(headless_settings(opentelemetry=enabled))) as c:
         before = lookups
         for _ in range(3):
             assert c.get("/health").status_code == 200
@@ -228,5 +228,5 @@ def test_building_the_schema_runs_no_operator(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(service.pooling, "run_pool", refuse)
     monkeypatch.setattr("service.docs.run_pool", refuse, raising=False)  # a name bound at import
-    app = create_app(test_settings())
+    app = create_app(headless_settings())
     assert "/pool/{method}" in app.openapi()["paths"]

@@ -25,7 +25,15 @@ from service.app import create_app
 from service.codecs import npy as npy_codec
 
 from ..bad_inputs import CASES, BadCase, send
-from ..support import default_params, npy_bytes, png_bytes, query_string, reference, test_settings
+from ..support import (
+    default_params,
+    headless_settings,
+    npy_bytes,
+    png_bytes,
+    query_string,
+    reference,
+    test_settings,
+)
 
 METHODS = poolcore.methods()
 RNG = np.random.default_rng(1234)
@@ -34,7 +42,7 @@ X = RNG.uniform(0.1, 1.0, (1, 3, 8, 8)).astype(np.float32)
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(test_settings())) as c:
+    with TestClient(create_app(headless_settings())) as c:
         yield c
 
 
@@ -308,7 +316,7 @@ def extra_methods(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("extra_methods")
 class TestTrainMode:
     def test_seed_drawn_returned_and_reproducible(self) -> None:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             body = {"data": X.tolist(), "params": {"kernel_size": 2, "mode": "train"}}
             first = client.post("/pool/noisy_max", json=body)
             assert first.status_code == 200, first.text
@@ -327,7 +335,7 @@ class TestTrainMode:
             assert other.json()["data"] != first.json()["data"]
 
     def test_npy_same_seed_same_bytes(self) -> None:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             query = {"kernel_size": "2", "mode": "train", "seed": "42"}
             headers = {"content-type": "application/x-npy"}
             a = client.post("/pool/noisy_max", params=query, content=npy_bytes(X), headers=headers)
@@ -337,7 +345,7 @@ class TestTrainMode:
             np.testing.assert_array_equal(np.load(io.BytesIO(a.content)), expected.numpy())
 
     def test_eval_mode_reports_no_seed(self) -> None:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             r = client.post(
                 "/pool/noisy_max", json={"data": X.tolist(), "params": {"kernel_size": 2, "seed": 5}}
             )
@@ -348,7 +356,7 @@ class TestTrainMode:
             )
 
     def test_new_method_in_routes_docs_and_methods(self) -> None:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             schema = client.get("/openapi.json").json()
             path = schema["paths"]["/pool/{method}"]["post"]
             enum = next(p for p in path["parameters"] if p["name"] == "method")["schema"]["enum"]
@@ -357,7 +365,7 @@ class TestTrainMode:
             assert "noisy_max" in names
 
     def test_operator_type_error_is_422(self) -> None:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             r = client.post("/pool/type_error", json={"data": X.tolist(), "params": {"kernel_size": 2}})
             assert r.status_code == 422 and "must be integers" in r.json()["detail"]
 
@@ -370,7 +378,10 @@ class TestErrorBoundary:
             raise RuntimeError("secret internals")
 
         monkeypatch.setattr(pooling_module, "pool_many", boom)
-        with TestClient(create_app(test_settings())) as client, caplog.at_level(logging.ERROR, "poolserve"):
+        with (
+            TestClient(create_app(headless_settings())) as client,
+            caplog.at_level(logging.ERROR, "poolserve"),
+        ):
             r = client.post(
                 "/pool/avg",
                 json={"data": X.tolist(), "params": {"kernel_size": 2}},
@@ -398,7 +409,7 @@ class TestErrorBoundary:
             return real(requests, *args)
 
         monkeypatch.setattr(pooling_module, "pool_many", blocking)  # the batch path of every route
-        with TestClient(create_app(test_settings(max_concurrency=2))) as client:
+        with TestClient(create_app(headless_settings(max_concurrency=2))) as client:
             body = {"data": X.tolist(), "params": {"kernel_size": 2}}
             results: list[int] = []
             workers = [
@@ -462,7 +473,7 @@ def test_queued_requests_are_answered_together_each_with_its_own_result(method: 
         gate.wait(30)
 
     answers: dict[int, Any] = {}
-    with TestClient(create_app(test_settings(max_concurrency=1))) as client:
+    with TestClient(create_app(headless_settings(max_concurrency=1))) as client:
         workers = client.app.state.workers  # type: ignore[attr-defined]
         holder = threading.Thread(target=workers.call, args=(hold,))
         holder.start()
@@ -508,7 +519,7 @@ class TestJsonBodyLimit:
 
     @pytest.fixture(scope="class")
     def small_json(self) -> Iterator[TestClient]:
-        with TestClient(create_app(test_settings(max_json_bytes=self.LIMIT))) as c:
+        with TestClient(create_app(headless_settings(max_json_bytes=self.LIMIT))) as c:
             yield c
 
     @staticmethod
@@ -598,7 +609,7 @@ class TestMessagesThatSayMore:
 
     @pytest.fixture(scope="class")
     def client(self) -> Iterator[TestClient]:
-        with TestClient(create_app(test_settings())) as client:
+        with TestClient(create_app(headless_settings())) as client:
             yield client
 
     def test_a_misspelt_parameter_suggests_the_name(self, client: TestClient) -> None:

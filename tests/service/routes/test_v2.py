@@ -17,7 +17,15 @@ from fastapi.testclient import TestClient
 import poolcore
 from service.app import create_app
 
-from ..support import LIMITS, default_params, npy_bytes, query_string, reference, test_settings
+from ..support import (
+    LIMITS,
+    default_params,
+    headless_settings,
+    npy_bytes,
+    query_string,
+    reference,
+    test_settings,
+)
 
 METHODS = poolcore.methods()
 RNG = np.random.default_rng(1111)
@@ -26,7 +34,7 @@ X = RNG.uniform(0.1, 1.0, (1, 3, 8, 8)).astype(np.float32)
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(test_settings())) as c:
+    with TestClient(create_app(headless_settings())) as c:
         yield c
 
 
@@ -90,7 +98,7 @@ class TestDiscovery:
         assert r.status_code == 200 and r.json() == {"ready": True}
 
     def test_ready_follows_drain(self) -> None:
-        app = create_app(test_settings())
+        app = create_app(headless_settings())
         with TestClient(app) as c:
             app.state.draining = True  # what DrainingServer sets on SIGTERM
             assert c.get("/v2/health/ready").status_code == 503
@@ -125,7 +133,7 @@ class TestDiscovery:
 
     def test_api_keys_leave_health_open(self) -> None:
         key = "k1-0123456789abcdef"
-        with TestClient(create_app(test_settings(api_keys=key))) as c:
+        with TestClient(create_app(headless_settings(api_keys=key))) as c:
             assert c.get("/v2/health/live").status_code == 200
             assert c.get("/v2/health/ready").status_code == 200
             for path in ("/v2", "/v2/models/avg", "/v2/models/avg/ready"):
@@ -360,7 +368,7 @@ class TestErrors:
     def test_output_size_and_work_limits_are_the_settings(self) -> None:
         """The /pool limits from the app's settings, not the service's defaults: output size and work."""
         x = np.ones((1, 1, 8, 8), dtype=np.float32)
-        with TestClient(create_app(test_settings(max_elements=4096, max_work=1000))) as c:
+        with TestClient(create_app(headless_settings(max_elements=4096, max_work=1000))) as c:
             doc = _request(x, parameters={"output_size": "100,100"})
             message = _error(c.post("/v2/models/adaptive_avg/infer", content=orjson.dumps(doc)), 413)
             assert "output would have 10000 elements" in message and "limit of 4096" in message
