@@ -608,26 +608,33 @@ def test_with_keys_a_login_opens_every_route(
     assert not any(k in caplog.text for k in KEYS)
 
 
-def test_gradio_client_logs_in_with_a_key() -> None:
-    """gradio_client's ``auth=`` against a real server: the key is the password."""
-    from gradio_client import Client, handle_file
-
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[str]:
+    """A real server with keys, shared by the tests that log in to it (each gives one wrong key at most,
+    far below the throttle's 20 a minute)."""
     from .support import live_server
 
     with live_server({"POOLSERVE_API_KEYS": ",".join(KEYS)}) as base:
-        client = Client(f"{base}/ui/", auth=("poolserve", KEYS[1]), verbose=False, download_files=False)
-        image = handle_file(str(ASSETS / "checkerboard.png"))
-        pooled, info, *_ = client.predict(image=image, api_name="/pool_image")
-        assert pooled and "Error" not in info
-        with pytest.raises(ValueError, match=r"(?i)credentials|login|auth"):
-            Client(f"{base}/ui/", auth=("poolserve", "wrong"), verbose=False)
+        yield base
+
+
+def test_gradio_client_logs_in_with_a_key(keyed_server: str) -> None:
+    """gradio_client's ``auth=`` against a real server: the key is the password."""
+    from gradio_client import Client, handle_file
+
+    base = keyed_server
+    client = Client(f"{base}/ui/", auth=("poolserve", KEYS[1]), verbose=False, download_files=False)
+    image = handle_file(str(ASSETS / "checkerboard.png"))
+    pooled, info, *_ = client.predict(image=image, api_name="/pool_image")
+    assert pooled and "Error" not in info
+    with pytest.raises(ValueError, match=r"(?i)credentials|login|auth"):
+        Client(f"{base}/ui/", auth=("poolserve", "wrong"), verbose=False)
 
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_a_browser_gets_the_login_form_and_the_key_opens_the_page() -> None:
+def test_a_browser_gets_the_login_form_and_the_key_opens_the_page(keyed_server: str) -> None:
     """Chromium against a real server with keys: Gradio's login form first, the key as the password."""
-    from .support import live_server
     from .test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
 
     sync_playwright = _need_browser()
@@ -640,7 +647,8 @@ def test_a_browser_gets_the_login_form_and_the_key_opens_the_page() -> None:
         elif response.status == 401:
             refused.append(response.url)
 
-    with live_server({"POOLSERVE_API_KEYS": ",".join(KEYS)}) as base, sync_playwright() as pw:
+    base = keyed_server
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
