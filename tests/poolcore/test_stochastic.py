@@ -472,12 +472,25 @@ def _adaptive_windows(x: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
     return torch.stack([F.pad(w_, (0, k - w_.shape[-1])) for w_ in windows], dim=2).double()
 
 
+def _reference_uniforms(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """The documented uniforms on the CPU. float64: ``torch.rand``'s (53 bits). float32: two per 64-bit
+    draw of ``random_()``, the low 24 bits of its low 32-bit half, then of its high half, times 2^-24 (the
+    24-bit grid of ``torch.rand``'s float32 uniforms), in int64 arithmetic here."""
+    if dtype == torch.float64:
+        return torch.rand(shape, dtype=dtype, generator=_gen(seed))
+    n = math.prod(shape)
+    draws = torch.empty((n + 1) // 2, dtype=torch.int64).random_(generator=_gen(seed))
+    halves = torch.stack([draws & 0xFFFFFF, (draws >> 32) & 0xFFFFFF], -1).flatten()[:n]
+    return (halves.double() * 2.0**-24).to(dtype).view(shape)
+
+
 def _reference_samples(vals: torch.Tensor, seed: int, dtype: torch.dtype, walk: bool) -> torch.Tensor:
-    """The documented rule: ``u ~ torch.rand`` in the compute dtype (``dtype``: float32 for float32 and half
-    input, float64 for float64) from the generator, one per output in row-major order; the first position
-    whose inclusive prefix sum exceeds ``min(u * S, nextafter(S, 0))``. Windows of at most 25 positions
-    (``walk``) add the prefixes one position at a time in the compute dtype; larger ones in float64."""
-    u = torch.rand(vals.shape[:-1], dtype=dtype, generator=_gen(seed))
+    """The documented rule: one uniform ``u`` per output in row-major order from the generator, in the
+    compute dtype (``dtype``: float32 for float32 and half input, float64 for float64; see
+    :func:`_reference_uniforms`); the first position whose inclusive prefix sum exceeds
+    ``min(u * S, nextafter(S, 0))``. Windows of at most 25 positions (``walk``) add the prefixes one
+    position at a time in the compute dtype; larger ones in float64."""
+    u = _reference_uniforms(vals.shape[:-1], dtype, seed)
     if walk:
         terms = vals.to(dtype).unbind(-1)
         sums = [terms[0]]
