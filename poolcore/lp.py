@@ -111,9 +111,11 @@ def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
     ``exp(p * log z)``: torch's pow with any other exponent runs a scalar loop on CPU (about 10 ns an
     element, 3.5x exp and log together). The terms that count (at least ~1e-3 of a window's largest,
     which is exactly 1) have ``p * |log z| < 7``, so their relative error stays near 1e-6. ``log 0 = -inf``
-    gives ``exp(-inf) = 0``; with autograd, ``log`` reads ``z`` clamped to the smallest normal number and
-    the result is multiplied by ``z > 0``, which keeps the gradient at ``z = 0`` finite (0) with no
-    ``where`` (whose backward fills a fresh zero tensor per call)."""
+    gives ``exp(-inf) = 0``; with autograd, ``log`` reads ``z`` clamped to the smallest normal number
+    ``tiny``, which keeps the gradient at ``z = 0`` finite (0, the clamp's) with no ``where`` (whose
+    backward fills a fresh zero tensor per call) and no mask (two more ops per offset, forward and
+    backward). A zero then adds ``tiny^p <= tiny``: nothing beside a window's largest term (exactly 1),
+    and an all-zero window's result ``tiny * (N tiny^p)^(1/p)`` still rounds to 0."""
     if not isinstance(p, Tensor) and (p in (2, 3) or not p < torch.finfo(z.dtype).max):
         # (A p past the dtype's range would read inf, and log 1 * inf is NaN: torch's pow gives 1.)
         if p == 2:
@@ -123,7 +125,7 @@ def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
     if inplace:
         return z.log_().mul_(power).exp_()
     tiny = torch.finfo(z.dtype).smallest_normal
-    return torch.exp(torch.log(z.clamp_min(tiny)) * power) * (z > 0)
+    return torch.exp(torch.log(z.clamp_min(tiny)) * power)
 
 
 Core = Callable[[Tensor, bool], Tensor]
