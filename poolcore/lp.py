@@ -237,9 +237,11 @@ def _phase_offset_views(
             both = view.contiguous()
         else:  # into a contiguous buffer (out of place, the result would keep the permuted layout)
             both = prep(view, torch.empty(view.shape, dtype=view.dtype, device=view.device))
-        for phase in itertools.product(*(range(sd) for sd in s)):
-            at: tuple[Any, ...] = (..., *phase, *(slice(None),) * n)
-            phases[phase] = both[at]
+        # unbind, not indexing: its backward stacks the phases' gradients in one op, where each index's
+        # backward filled a zero tensor of the whole input.
+        split = both.flatten(lead, lead + n - 1).unbind(lead)
+        for phase, part in zip(itertools.product(*(range(sd) for sd in s)), split, strict=True):
+            phases[phase] = part
     for offset in itertools.product(*(range(kd) for kd in k)):
         phase = tuple(o % sd for o, sd in zip(offset, s, strict=True))
         if phase not in phases:
