@@ -566,6 +566,19 @@ class TestSamplingRule:
             assert torch.equal(eager, fused), kwargs
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+    def test_uniform_stream_independent_of_split(self, dtype: torch.dtype) -> None:
+        # Blocks of odd and even sizes (a float32 block may end inside a 64-bit draw): the same values as
+        # one draw over the whole output, and as the documented reference.
+        sizes = [1, 7, 2, 5, 1, 1, 64, 3]
+        whole = stochastic._Uniforms(dtype, _gen(13), torch.device("cpu"))
+        expected = whole.fill(torch.empty(sum(sizes), dtype=dtype))
+        stream = stochastic._Uniforms(dtype, _gen(13), torch.device("cpu"))
+        parts = [stream.fill(torch.empty(n, dtype=dtype)) for n in sizes]
+        assert torch.equal(torch.cat(parts), expected)
+        assert torch.equal(expected, _reference_uniforms((sum(sizes),), dtype, 13))
+        assert bool((expected >= 0).all() and (expected < 1).all())
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
     def test_guard_keeps_t_below_every_positive_sum(self, dtype: torch.dtype) -> None:
         # t = min(u * S, S - tiny) equals the documented min(u * S, nextafter(S, 0)) for every S > 0, and
         # stays below S for the largest u < 1: normal sums (powers of two included) and subnormal ones.
@@ -836,6 +849,18 @@ class TestDeploy:
         # One unit of gradient per output, each at a position holding that output's value.
         assert x.grad.sum() == y.numel()
         assert bool(torch.isin(y.detach(), x.detach()[x.grad > 0]).all())
+
+    def test_compiled_equals_eager_on_cpu(self) -> None:
+        # Documented: on the CPU a compiled module draws the eager path's uniforms (through an op the
+        # compiler calls), so it gives the very same samples for a seed without fallback_random too.
+        x = _relu_input((2, 3, 13, 12))
+        for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(7, 1), StochasticPool2d(output_size=1)):
+            compiled = harness.compile_full(module.train())
+            torch.manual_seed(5)
+            a = compiled(x)
+            torch.manual_seed(5)
+            b = module(x)
+            assert torch.equal(a, b), module
 
     def test_compiled_equals_eager_with_fallback_random(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # Documented: with inductor's fallback_random the compiled module draws torch's own stream, in the
