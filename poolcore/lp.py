@@ -82,14 +82,25 @@ def _needs_grad(x: Tensor, p: Power) -> bool:
 
 
 def _root(s: Tensor, p: Power, grad: bool) -> Tensor:
-    """``s^(1/p)`` for ``s >= 0``, with finite gradients at ``s = 0`` (double-where)."""
+    """``s^(1/p)`` for ``s >= 0``, with finite gradients at ``s = 0`` (double-where).
+
+    As ``exp(log(s) / p)`` (``log 0 = -inf`` gives 0) but for p=2 (``sqrt``) and a float ``1/p`` that the
+    dtype rounds to 0 (``pow``): torch's pow with such an exponent runs a scalar loop on CPU, twice the
+    time of log and exp together. The max-scaled sums lie in ``[1/K, K]`` (or are 0), where the log's
+    rounding moves the root by about 1e-7 relative."""
     square = not isinstance(p, Tensor) and p == 2
     inv = 1.0 / p.to(s.dtype) if isinstance(p, Tensor) else 1.0 / p
+    use_pow = not isinstance(inv, Tensor) and inv < torch.finfo(s.dtype).smallest_normal
     if not grad:  # s is a temporary here: root it in place
-        return s.sqrt_() if square else s.pow_(inv)
+        if square or use_pow:
+            return s.sqrt_() if square else s.pow_(inv)
+        return s.log_().mul_(inv).exp_()
     positive = s > 0
     safe = torch.where(positive, s, torch.ones_like(s))
-    root = safe.sqrt() if square else safe.pow(inv)
+    if square or use_pow:
+        root = safe.sqrt() if square else safe.pow(inv)
+    else:
+        root = torch.exp(torch.log(safe) * inv)
     return torch.where(positive, root, torch.zeros_like(root))
 
 
@@ -100,9 +111,11 @@ def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
     ``exp(p * log z)``: torch's pow with any other exponent runs a scalar loop on CPU (about 10 ns an
     element, 3.5x exp and log together). The terms that count (at least ~1e-3 of a window's largest,
     which is exactly 1) have ``p * |log z| < 7``, so their relative error stays near 1e-6. ``log 0 = -inf``
-    gives ``exp(-inf) = 0``; with autograd, ``log`` reads ``z`` clamped to the smallest normal number and
-    the result is multiplied by ``z > 0``, which keeps the gradient at ``z = 0`` finite (0) with no
-    ``where`` (whose backward fills a fresh zero tensor per call)."""
+    gives ``exp(-inf) = 0``; with autograd, ``log`` reads ``z`` clamped to the smallest normal number
+    ``tiny``, which keeps the gradient at ``z = 0`` finite (0, the clamp's) with no ``where`` (whose
+    backward fills a fresh zero tensor per call) and no mask (two more ops per offset, forward and
+    backward). A zero then adds ``tiny^p <= tiny``: nothing beside a window's largest term (exactly 1),
+    and an all-zero window's result ``tiny * (N tiny^p)^(1/p)`` still rounds to 0."""
     if not isinstance(p, Tensor) and (p in (2, 3) or not p < torch.finfo(z.dtype).max):
         # (A p past the dtype's range would read inf, and log 1 * inf is NaN: torch's pow gives 1.)
         if p == 2:
@@ -112,10 +125,12 @@ def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
     if inplace:
         return z.log_().mul_(power).exp_()
     tiny = torch.finfo(z.dtype).smallest_normal
-    return torch.exp(torch.log(z.clamp_min(tiny)) * power) * (z > 0)
+    return torch.exp(torch.log(z.clamp_min(tiny)) * power)
 
 
 Core = Callable[[Tensor, bool], Tensor]
+# The elementwise step before the power (|x| for lp, max(x, eps) for GeM), into ``out`` when given.
+Prep = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
@@ -136,13 +151,19 @@ def _padded(t: Tensor, w: Window) -> Tensor:
     """``t`` with the kernel form's zero padding on both sides and, on the right, the most a ceil-mode
     window can overhang. Every pad depends on the window arguments only, never on the input size, so
     nothing specialises under export."""
+    pads = _pads(w)
+    return F.pad(t, pads) if any(pads) else t
+
+
+def _pads(w: Window) -> list[int]:
+    """:func:`_padded`'s pads, in ``F.pad``'s order."""
     k, s, p = w.kernel_size or (), w.stride, w.padding
     pads: list[int] = []
     for d in reversed(range(len(k))):
         # The ceil-mode count (windows.py's _kernel_out) is the floor-mode count after this many zeros.
         extra = (s[d] - 1 if s[d] + p[d] <= k[d] else k[d] - p[d] - 1) if w.ceil_mode else 0
         pads += [p[d], p[d] + extra]
-    return F.pad(t, pads) if any(pads) else t
+    return pads
 
 
 def _windows(padded: Tensor, w: Window) -> Tensor:
@@ -187,22 +208,45 @@ def _offset_views(padded: Tensor, w: Window, out_size: Sequence[Any]) -> Iterato
         yield padded[index]
 
 
-def _phase_offset_views(padded: Tensor, w: Window, out_size: Sequence[Any]) -> Iterator[Tensor]:
+def _phase_offset_views(
+    padded: Tensor, w: Window, out_size: Sequence[Any], prep: Prep | None = None
+) -> Iterator[Tensor]:
     """:func:`_offset_views` in eager code, where a strided window first splits its input into stride
-    phases (``padded[..., a::s, b::s]``, one copy each): every offset is then a unit-stride view of a
-    phase, and the per-offset ops read it at contiguous speed (a strided read cost several times more,
-    once per offset)."""
+    phases (``padded[..., a::s, b::s]``): every offset is then a unit-stride view of a phase, and the
+    per-offset ops read it at contiguous speed (a strided read cost several times more, once per
+    offset). ``prep`` (strided windows, without autograd) is applied in the copy into phases."""
     k, s = w.kernel_size or (), w.stride
     if all(sd == 1 for sd in s):
         yield from _offset_views(padded, w, out_size)
         return
     n = len(k)
     phases: dict[tuple[int, ...], Tensor] = {}
+    spatial = padded.shape[-n:]
+    lengths = [od + (kd - 1) // sd for kd, sd, od in zip(k, s, out_size, strict=True)]
+    if all(kd >= sd and sd * ln <= xd for kd, sd, ln, xd in zip(k, s, lengths, spatial, strict=True)):
+        # Every phase in one permuted copy ((L, s) -> (s, L) per dim, L the longest phase's length): one
+        # pass over the input, where a strided copy per phase re-reads every cache line s times.
+        lead = padded.dim() - n
+        cut: tuple[Any, ...] = (..., *(slice(0, ln * sd) for ln, sd in zip(lengths, s, strict=True)))
+        sliced = padded[cut]
+        for d in range(n):
+            sliced = sliced.unflatten(lead + 2 * d, (lengths[d], s[d]))
+        order = [*range(lead), *(lead + 2 * d + 1 for d in range(n)), *(lead + 2 * d for d in range(n))]
+        view = sliced.permute(order)  # (..., *s, *lengths)
+        if prep is None:
+            both = view.contiguous()
+        else:  # into a contiguous buffer (out of place, the result would keep the permuted layout)
+            both = prep(view, torch.empty(view.shape, dtype=view.dtype, device=view.device))
+        # unbind, not indexing: its backward stacks the phases' gradients in one op, where each index's
+        # backward filled a zero tensor of the whole input.
+        split = both.flatten(lead, lead + n - 1).unbind(lead)
+        for phase, part in zip(itertools.product(*(range(sd) for sd in s)), split, strict=True):
+            phases[phase] = part
     for offset in itertools.product(*(range(kd) for kd in k)):
         phase = tuple(o % sd for o, sd in zip(offset, s, strict=True))
         if phase not in phases:
             index: tuple[Any, ...] = (..., *(slice(ph, None, sd) for ph, sd in zip(phase, s, strict=True)))
-            phases[phase] = padded[index].contiguous()
+            phases[phase] = padded[index].contiguous() if prep is None else prep(padded[index], None)
         start = [o // sd for o, sd in zip(offset, s, strict=True)]
         window: tuple[Any, ...] = (..., *(slice(start[d], start[d] + out_size[d]) for d in range(n)))
         yield phases[phase][window]
@@ -214,6 +258,13 @@ def _sum_scaled(values: Iterable[Tensor], scale: Tensor, p: Power, grad: bool) -
     total: Tensor | None = None
     reuse = not grad and not is_traced()
     buf: Tensor | None = None
+    if reuse and not isinstance(p, Tensor) and p == 2:
+        for value in values:  # two steps per offset: the quotient, then total += quotient^2 in one op
+            buf = torch.div(value, scale, out=buf) if buf is not None else value / scale
+            total = buf * buf if total is None else total.addcmul_(buf, buf)
+        if total is None:
+            raise RuntimeError("a window without positions")
+        return total
     for value in values:
         if reuse and total is not None:
             buf = torch.div(value, scale, out=buf) if buf is not None else value / scale
@@ -226,10 +277,20 @@ def _sum_scaled(values: Iterable[Tensor], scale: Tensor, p: Power, grad: bool) -
     return total
 
 
-def _window_power_sums(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> tuple[Tensor, Tensor]:
-    """Each window's maximum ``m`` (no gradient) and ``Σ (t / m)^p`` over the window (its mean over the
-    real positions when ``mean``), each window's values divided by its own maximum; ``1`` stands in for
-    a maximum of 0 (an all-zero window)."""
+def _scale(m: Tensor) -> Tensor:
+    """The divisor of each window's values: its maximum ``m``, clamped into the normal range. An all-zero
+    window divides by the smallest normal number (its terms stay 0), an infinite maximum by the largest
+    finite one (its infinite terms stay inf, so the result is inf, not inf/inf = NaN), and NaN stays
+    NaN. One vectorised pass, where two ``where`` calls cost several times more on the CPU."""
+    info = torch.finfo(m.dtype)
+    return m.clamp(info.smallest_normal, info.max)
+
+
+def _window_power_sums(
+    t: Tensor, w: Window, p: Power, mean: bool, grad: bool, prep: Prep | None = None
+) -> tuple[Tensor, Tensor]:
+    """Each window's scale (its maximum, see :func:`_scale`; no gradient) and ``Σ (t / scale)^p`` over
+    the window (its mean over the real positions when ``mean``). ``prep``: see :func:`_fuses_prep`."""
     n = len(w.in_size)
     spatial = tuple(range(-n, 0))
     # Dense sliding windows take the fast path; dilated ones, like adaptive bins, the offsets' walk below.
@@ -238,31 +299,29 @@ def _window_power_sums(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -
         if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             # Sliced views add guards that export cannot prove for every size; a convolution does not.
             cols = _im2col(padded, w)
-            m = cols.detach().amax(dim=2)  # the padding's zeros never exceed t >= 0
-            scale = torch.where(m > 0, m, torch.ones_like(m))
+            scale = _scale(cols.detach().amax(dim=2))  # the padding's zeros never exceed t >= 0
             s = _powered(cols / scale.unsqueeze(2), p, inplace=False).sum(dim=2)
-            return m, (s / _kernel_count(t, w) if mean else s)
+            return scale, (s / _kernel_count(t, w) if mean else s)
         if is_traced():
             m = _windows(padded, w).detach().amax(dim=spatial)  # the padding's zeros never exceed t >= 0
             views = list(_offset_views(padded, w, m.shape[-n:]))
         else:  # the offsets' unit-stride views give the maximum too: K - 1 fast steps
-            views = list(_phase_offset_views(padded, w, tuple(w.out_size)))
+            views = list(_phase_offset_views(padded, w, tuple(w.out_size), prep))
             m = torch.maximum(views[0].detach(), views[-1].detach()) if len(views) > 1 else views[0].detach()
             for v in views[1:-1]:
                 torch.maximum(m, v.detach(), out=m)
-        scale = torch.where(m > 0, m, torch.ones_like(m))
+        scale = _scale(m)
         # One output-sized step per window offset, on views of the input, so each value is divided by
         # the maximum of each window that holds it. (Dividing the unfolded view at once made inductor's
         # backward write out of bounds.)
         s = _sum_scaled(views, scale, p, grad)
-        return m, (s / _kernel_count(t, w) if mean else s)
-    m = w.max(t.detach())
-    scale = torch.where(m > 0, m, torch.ones_like(m))
+        return scale, (s / _kernel_count(t, w) if mean else s)
+    scale = _scale(w.max(t.detach()))
     if w.is_global:
         z = _powered(t / scale, p, inplace=not grad)
-        return m, (z.mean(dim=spatial, keepdim=True) if mean else z.sum(dim=spatial, keepdim=True))
+        return scale, (z.mean(dim=spatial, keepdim=True) if mean else z.sum(dim=spatial, keepdim=True))
     s = _sum_scaled(w.offsets(t), scale, p, grad)  # adaptive bins (eager): positions past a bin read 0
-    return m, (s / w.valid_count(t.device, t.dtype) if mean else s)
+    return scale, (s / w.valid_count(t.device, t.dtype) if mean else s)
 
 
 def _binned_scaled(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
@@ -309,37 +368,50 @@ def _plane_scaled(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Ten
     return scale * _root(s, p, grad)
 
 
-def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
-    """``(Σ t^p)^(1/p)`` over each window (``mean`` in place of Σ for GeM) for ``t >= 0``, as
-    ``m · (Σ (t/m)^p)^(1/p)`` with ``m`` each window's maximum.
+def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool, prep: Prep) -> Tensor:
+    """``(Σ a^p)^(1/p)`` over each window (``mean`` in place of Σ for GeM) of ``a = prep(t) >= 0``, as
+    ``m · (Σ (a/m)^p)^(1/p)`` with ``m`` each window's maximum.
 
     Every term is at most 1 and the largest is exactly 1, so nothing overflows unless the result itself
     does, and a window's largest values never underflow, whatever p (float or a learnable tensor). ``m``
     carries no gradient: the form is the same function for any positive ``m``, so autograd through the
-    terms gives the true gradient. All-zero windows give 0 (scale 1). No value is read on the host."""
+    terms gives the true gradient. All-zero windows give 0 (see :func:`_scale`). No value is read on the
+    host."""
     if not isinstance(p, Tensor) and p == math.inf:
-        return w.max(t)
+        return w.max(prep(t, None))
     if not isinstance(p, Tensor) and p == 1:  # no power: the sum or mean itself is as safe as its result
-        return w.mean(t, count_include_pad=False) if mean else w.sum(t)
+        return w.mean(prep(t, None), count_include_pad=False) if mean else w.sum(prep(t, None))
     if torch.jit.is_tracing():
-        return _plane_scaled(t, w, p, mean, grad)
+        return _plane_scaled(prep(t, None), w, p, mean, grad)
     if w.adaptive and not w.is_global and _export_bins(w):
-        return _binned_scaled(t, w, p, mean, grad)
-    m, s = _window_power_sums(t, w, p, mean, grad)
-    y = torch.where(m > 0, m, torch.ones_like(m)) * _root(s, p, grad)
-    return torch.where(torch.isinf(m), m, y)  # an infinite input stays infinite, not inf/inf = NaN
+        return _binned_scaled(prep(t, None), w, p, mean, grad)
+    if _fuses_prep(w, grad):
+        scale, s = _window_power_sums(t, w, p, mean, grad, prep)
+    else:
+        scale, s = _window_power_sums(prep(t, None), w, p, mean, grad)
+    return scale * _root(s, p, grad)
+
+
+def _fuses_prep(w: Window, grad: bool) -> bool:
+    """Whether the step before the power runs in the copy into stride phases (one pass over the input
+    and one buffer less): eager strided kernel windows without autograd and without padding (GeM's
+    clamp must not reach the padding's zeros)."""
+    if grad or is_traced() or w.kernel_size is None or w.is_global or w.dilated:
+        return False
+    return any(sd > 1 for sd in w.stride) and not any(_pads(w))
 
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
     def core(x: Tensor, grad: bool) -> Tensor:
-        return _power_mean(x.abs(), w, p, mean=False, grad=grad)
+        return _power_mean(x, w, p, mean=False, grad=grad, prep=lambda t, out: torch.abs(t, out=out))
 
     return _by_planes(b, w, p, core)
 
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
     def core(x: Tensor, grad: bool) -> Tensor:
-        return _power_mean(x.clamp_min(eps), w, p, mean=True, grad=grad)
+        prep: Prep = lambda t, out: torch.clamp_min(t, eps, out=out)  # noqa: E731
+        return _power_mean(x, w, p, mean=True, grad=grad, prep=prep)
 
     return _by_planes(b, w, p, core)
 

@@ -8,16 +8,18 @@ How sampling works: one uniform ``u`` per output, ``t = u * S`` with ``S`` the w
 first position whose inclusive prefix sum exceeds ``t`` is the sample (inverse CDF).
 
 * **Randomness.** ``u`` is a uniform in the compute dtype from torch's own generator (``generator=``, or
-  the default one that ``torch.manual_seed`` sets), one per output in row-major output order: the values
-  ``torch.rand(out_shape, dtype=cdt, generator=generator)`` gives, with ``cdt`` float32 (24 bits) for
-  float32 and half inputs and float64 (53 bits) for float64 inputs. The walk's prefix sums, ``S`` and ``t``
-  are in that dtype too, so a position of weight ``a_i`` is chosen with probability ``a_i / S`` up to the
-  input dtype's own rounding (for float32, within a few 2^-24 of ``S``; finer weights are below what a
-  float32 window sum can tell apart). torch's CPU generator is serial (mt19937), so drawing the uniforms
-  chunk by chunk gives the same values as one draw over the whole output: samples do not depend on
-  chunking. (Float64 uniforms and sums for every dtype, as before, cost about twice as much. A
-  counter-based generator (Philox) written in torch's integer ops measured about three times
-  the serial float32 uniforms on a 2-core AVX2 CPU, where 64-bit products are not vectorised.)
+  the default one that ``torch.manual_seed`` sets), one per output in row-major output order, with
+  ``cdt`` float32 (24 bits) for float32 and half inputs and float64 (53 bits, the values of
+  ``torch.rand``) for float64 inputs. On the CPU the float32 uniforms come two per 64-bit draw (see
+  :class:`_Uniforms`): the same 24-bit grid as ``torch.rand``'s, at half the calls of torch's serial
+  generator, the one step of a call that does not run in parallel. The walk's prefix sums, ``S`` and
+  ``t`` are in that dtype too, so a position of weight ``a_i`` is chosen with probability ``a_i / S`` up
+  to the input dtype's own rounding (for float32, within a few 2^-24 of ``S``; finer weights are below
+  what a float32 window sum can tell apart). torch's CPU generator is serial (mt19937), so drawing the
+  uniforms block by block gives the same values as one draw over the whole output: samples do not
+  depend on chunking. (Float64 uniforms and sums for every dtype, as before, cost about twice as much. A
+  counter-based generator (Philox) written in torch's integer ops measured about three times the serial
+  float32 uniforms on a 2-core AVX2 CPU, where 64-bit products are not vectorised.)
 * **Kernel windows, and adaptive bins of ``K <= _WALK_MAX`` positions,** walk the K offsets: prefix
   ``c_j`` per offset (all kept for ``K <= _KEEP_PREFIXES``, else one running prefix over two passes), then
   ``out = lerp(out, v_j, [c_{j-1} <= t])``. A zero-weight position never survives: a zero in the middle
@@ -50,12 +52,14 @@ Half precision inputs are sampled in float32; the output is the input's value.
 the same uniforms in the same order as the eager path (they are drawn eagerly and passed in; this holds
 the uniforms, 4 bytes per output for float32) and gives the same samples. Under ``torch.compile``,
 ``torch.export`` and ONNX export of a model, the same selection is traced as one whole-tensor expression
-(no chunk loop, no host sync; the input's value check is skipped there) and the uniforms come from
-``torch.rand``: inductor replaces that with its own Philox stream, so compiled samples follow the same
-distribution but differ from eager ones for a seed, unless ``torch._inductor.config.fallback_random`` is
-True, in which case they are identical. ``generator=`` cannot be traced by dynamo (it graph-breaks);
-seed compiled code with ``torch.manual_seed``. On CUDA the eager path draws per chunk (Philox offsets),
-so its samples match ``compiled=True`` only when the output fits one chunk.
+(no chunk loop, no host sync; the input's value check is skipped there). Under ``torch.compile`` on the
+CPU the uniforms come from an op that the compiler calls rather than traces (``poolcore::
+stochastic_uniforms``: dynamo cannot trace ``random_``), so compiled samples equal the eager ones for a
+seed. Elsewhere (export, other devices) they come from ``torch.rand``, which inductor replaces with its
+own Philox stream: the same distribution, other samples for a seed, unless
+``torch._inductor.config.fallback_random`` is True. ``generator=`` cannot be traced by dynamo (it
+graph-breaks); seed compiled code with ``torch.manual_seed``. On CUDA the eager path draws per chunk
+(Philox offsets), so its samples match ``compiled=True`` only when the output fits one chunk.
 """
 
 from __future__ import annotations
@@ -217,7 +221,90 @@ def _positions(
     return flat, valid
 
 
-def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
+# ---- uniforms ---------------------------------------------------------------------------------------------
+_BITS = 24  # a float32 uniform's random bits, as torch.rand draws them
+_MASK = (1 << _BITS) - 1
+
+
+def _pairs(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether uniforms come two per 64-bit draw: float32 on the CPU, where the serial generator is the
+    one step of a call that does not run in parallel."""
+    return dtype == torch.float32 and device.type == "cpu"
+
+
+class _Uniforms:
+    """One uniform per output, in row-major output order, handed out block by block (blocks come in output
+    order): the same values however the work is split.
+
+    float32 on the CPU: each 64-bit draw of the generator (``random_()`` on int64, two 32-bit outputs of
+    torch's mt19937, the top bit cleared) gives two uniforms, the low 24 bits of its low 32-bit half, then
+    of its high half, times 2^-24: the same 24-bit grid as ``torch.rand``, at half the serial draws. A
+    half left over by one block starts the next. float64 (and other devices): ``uniform_``, the values
+    ``torch.rand`` draws (53 bits for float64)."""
+
+    def __init__(self, dtype: torch.dtype, generator: torch.Generator | None, device: torch.device) -> None:
+        self.generator = generator
+        self.pairs = _pairs(dtype, device)
+        self.spare: Tensor | None = None  # the int32 half drawn but not used yet
+
+    def fill(self, out: Tensor, scratch: _Scratch | None = None) -> Tensor:
+        """``out`` (contiguous) holds the next ``out.numel()`` uniforms."""
+        if not self.pairs:
+            return out.uniform_(generator=self.generator)
+        n, have = out.numel(), int(self.spare is not None)
+        draws = (n - have + 1) // 2
+        shape = (draws + 1,)  # slot 0 is room for the spare half, so the halves stay contiguous
+        if scratch is None:
+            buf = torch.empty(shape, dtype=torch.int64, device=out.device)
+        else:
+            buf = scratch("bits", shape, torch.int64)
+        buf[1:].random_(generator=self.generator)
+        halves = buf.view(torch.int32)
+        if self.spare is not None:
+            halves[1:2].copy_(self.spare)
+        start = 2 - have
+        self.spare = halves[start + n :].clone() if start + n < halves.numel() else None
+        bits = halves[start : start + n].bitwise_and_(_MASK)
+        return out.copy_(bits.view(out.shape)).mul_(2.0**-_BITS)
+
+
+def _uniforms_op(shape: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The eager draws of a whole output from torch's default generator, as an op that torch.compile
+    calls rather than traces (dynamo cannot trace ``random_``), so compiled code draws the very uniforms
+    of the eager path."""
+    return _Uniforms(dtype, None, device).fill(torch.empty(shape, dtype=dtype, device=device))
+
+
+# Defined through torch.library.Library, as poolcore.mixed's ops (a tenth of custom_op's call cost).
+_LIB = torch.library.Library("poolcore", "FRAGMENT")
+_LIB.define(
+    "stochastic_uniforms(SymInt[] shape, ScalarType dtype, Device device) -> Tensor",
+    tags=(torch.Tag.nondeterministic_seeded,),
+)
+_LIB.impl("stochastic_uniforms", _uniforms_op, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("poolcore::stochastic_uniforms")
+def _uniforms_fake(shape: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _traced_uniforms(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    """The uniforms of the whole-tensor path: the eager draws when it runs eagerly (dilated windows) and
+    under torch.compile on the CPU (default generator); ``torch.rand`` otherwise (export, and compiled
+    on other devices: the same grid, another stream)."""
+    if not _tracing():
+        return _Uniforms(dtype, generator, device).fill(torch.empty(shape, dtype=dtype, device=device))
+    if generator is None and _pairs(dtype, device) and not torch.compiler.is_exporting():
+        return torch.ops.poolcore.stochastic_uniforms(list(shape), dtype, device)
+    if generator is None:
+        return torch.rand(shape, dtype=dtype, device=device)
+    return torch.rand(shape, dtype=dtype, device=device, generator=generator)
+
+
+def _guarded_t(u: Tensor, total: Tensor, work: Tensor | None = None) -> Tensor:
     """``t = u * total`` in place of ``u``, kept strictly below a non-zero ``total``.
 
     For ``0 <= u < 1`` (so ``u <= 1 - eps/2``) and a normal ``total``, ``u * total`` already rounds below
@@ -228,7 +315,8 @@ def _guarded_t(u: Tensor, total: Tensor) -> Tensor:
     by the callers)."""
     u.mul_(total)
     tiny = torch.finfo(total.dtype).smallest_normal * torch.finfo(total.dtype).eps
-    return torch.minimum(u, total - tiny, out=u)
+    below = total - tiny if work is None else torch.sub(total, tiny, out=work)  # ``work``: no allocation
+    return torch.minimum(u, below, out=u)
 
 
 # ---- blocks of work ---------------------------------------------------------------------------------------
@@ -453,6 +541,7 @@ def _train_walk(
     # With the check on, negative input raises after the loop: the views need no ReLU pass.
     shared = None if blocks[0].rows else _Views(w, chunk, cdt, x.device, reuse=True, relu=not check)
     scratch = _Scratch(x.device)
+    uniforms = _Uniforms(cdt, generator, x.device)
     with torch.no_grad():
         for blk in blocks:
             if check and blk.r0 == 0:
@@ -461,7 +550,7 @@ def _train_walk(
             views = split(blk.input(planes))
             n, shape = views[0].shape[0], views[0].shape[1:]
             dims = (n, *shape)
-            t = scratch("t", dims, cdt).uniform_(generator=generator)
+            t = uniforms.fill(scratch("t", dims, cdt), scratch)
             mask = scratch("mask", dims, cdt)
             if need_index:
                 u = scratch("u", dims, cdt).copy_(t)  # for all-zero windows
@@ -480,7 +569,7 @@ def _train_walk(
                 for j in range(1, k):
                     prefix.append(torch.add(prefix[j - 1], views[j], out=work[j - 1]))
                 total = prefix[-1]
-                t = _guarded_t(t, total)
+                t = _guarded_t(t, total, mask)
                 for j in range(1, k):
                     step(views[j], torch.le(prefix[j - 1], t, out=mask))
                 del work, prefix
@@ -491,7 +580,7 @@ def _train_walk(
                 c = torch.add(views[0], views[1], out=scratch("prefix", dims, cdt))
                 for v in views[2:]:
                     c.add_(v)
-                t = _guarded_t(t, c)
+                t = _guarded_t(t, c, mask)
                 step(views[1], torch.le(views[0], t, out=mask))
                 torch.add(views[0], views[1], out=c)
                 for v in views[2:]:
@@ -588,6 +677,7 @@ def _train_blocks(
     zero = (0,) * len(w.in_size)
     cdt = _compute_dtype(x.dtype)
     result = torch.empty((n_all, p), dtype=torch.long, device=x.device)
+    uniforms = _Uniforms(cdt, generator, x.device)
     with torch.no_grad():
         for a in range(0, n_all, nb):
             xc = flat[a : a + nb]
@@ -602,7 +692,7 @@ def _train_blocks(
                     return xc[:, grid].to(_F64).clamp_min_(0).mul_(valid)
 
                 u = torch.empty((xc.shape[0], q.numel()), dtype=cdt, device=x.device)
-                u.uniform_(generator=generator)
+                uniforms.fill(u)
                 even = _uniform_offset(w, tables, q, u)  # for all-zero windows, from the same uniform
                 choice, total = _search_windows(values, k, kb, u.to(_F64))
                 choice = torch.where(total == 0, even, choice)
@@ -655,9 +745,9 @@ def _train(
     need_index = return_indices or (torch.is_grad_enabled() and x.requires_grad)
     if compiled and not need_index and _can_fuse(x, w):
         _check_input(x, generator, check_values)
-        # The same draws as the eager blocks (one float64 uniform per output in row-major order).
+        # The same draws as the eager blocks (one uniform per output in row-major order).
         u = torch.empty((*x.shape[:2], *w.out_size), dtype=_compute_dtype(x.dtype), device=x.device)
-        return _compiled("select")(x, u.uniform_(generator=generator), w), None
+        return _compiled("select")(x, _Uniforms(u.dtype, generator, x.device).fill(u), w), None
     k = math.prod(_extents(w))
     per_in, per_out = _walk_bytes(k, _compute_dtype(x.dtype), True)  # the same path with or without autograd
     plane = per_in * math.prod(w.in_size) + per_out * math.prod(w.out_size)
@@ -674,9 +764,10 @@ def _train_traced(
     float64 per output, row-major), prefix sums and guard as the eager paths."""
     shape = (*x.shape[:2], *w.out_size)
     cdt = _compute_dtype(x.dtype)
-    rand: Callable[..., Tensor] = functools.partial(torch.rand, dtype=cdt, device=x.device)
-    if generator is not None:
-        rand = functools.partial(rand, generator=generator)
+
+    def rand(*size: int) -> Tensor:
+        return _traced_uniforms(size, cdt, x.device, generator)
+
     relu = x.clamp_min(0)
     if w.is_global:
         flat = relu.flatten(2)
@@ -701,9 +792,9 @@ def _train_traced(
         valid = _padded_views(ones, w, cdt) if padded else None
         where = _padded_views(plane, w, torch.long)
     if return_indices:
-        out, index = _select(views, rand(shape), valid, where)
+        out, index = _select(views, rand(*shape), valid, where)
         return out, index
-    return _select(views, rand(shape), valid), None
+    return _select(views, rand(*shape), valid), None
 
 
 def _refuse_dynamic_adaptive_export(w: Window) -> None:
@@ -1033,12 +1124,13 @@ _DOC_RULES = r"""
       position in training, the window's largest activation (the most probable position) in eval.
     * The output keeps a ``channels_last`` (``channels_last_3d``) input's memory format.
 
-    Randomness: one uniform per output from ``generator`` (or torch's default generator), as
-    ``torch.rand`` draws them in the compute dtype (float32 for float32 and half input, float64 for
-    float64), compared with the window's prefix sums in that dtype: a seed gives the same samples
-    however the work is split and for ``compiled=True``. A model compiled with
-    ``torch.compile`` draws from inductor's own stream instead (same distribution, other samples) unless
-    ``torch._inductor.config.fallback_random`` is set. Extra memory stays within about twice the input.
+    Randomness: one uniform per output from ``generator`` (or torch's default generator) in the compute
+    dtype (float32, on ``torch.rand``'s 24-bit grid, for float32 and half input, two per 64-bit draw on
+    the CPU; float64 for float64), compared with the window's prefix sums in that dtype: a seed gives
+    the same samples however the work is split, for ``compiled=True`` and, on the CPU, for a model
+    compiled with ``torch.compile``. Compiled on other devices it draws from inductor's own stream
+    (same distribution, other samples) unless ``torch._inductor.config.fallback_random`` is set.
+    Extra memory stays within about twice the input.
     Exports with ``torch.export`` and ``torch.onnx.export(..., dynamo=True)`` (eval mode); the legacy
     ONNX exporter and TorchScript are refused, except for global windows. ``torch.export`` in training
     mode takes dynamic sizes too, except with a non-global ``output_size`` (refused: the walk's length

@@ -472,12 +472,25 @@ def _adaptive_windows(x: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
     return torch.stack([F.pad(w_, (0, k - w_.shape[-1])) for w_ in windows], dim=2).double()
 
 
+def _reference_uniforms(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """The documented uniforms on the CPU. float64: ``torch.rand``'s (53 bits). float32: two per 64-bit
+    draw of ``random_()``, the low 24 bits of its low 32-bit half, then of its high half, times 2^-24 (the
+    24-bit grid of ``torch.rand``'s float32 uniforms), in int64 arithmetic here."""
+    if dtype == torch.float64:
+        return torch.rand(shape, dtype=dtype, generator=_gen(seed))
+    n = math.prod(shape)
+    draws = torch.empty((n + 1) // 2, dtype=torch.int64).random_(generator=_gen(seed))
+    halves = torch.stack([draws & 0xFFFFFF, (draws >> 32) & 0xFFFFFF], -1).flatten()[:n]
+    return (halves.double() * 2.0**-24).to(dtype).view(shape)
+
+
 def _reference_samples(vals: torch.Tensor, seed: int, dtype: torch.dtype, walk: bool) -> torch.Tensor:
-    """The documented rule: ``u ~ torch.rand`` in the compute dtype (``dtype``: float32 for float32 and half
-    input, float64 for float64) from the generator, one per output in row-major order; the first position
-    whose inclusive prefix sum exceeds ``min(u * S, nextafter(S, 0))``. Windows of at most 25 positions
-    (``walk``) add the prefixes one position at a time in the compute dtype; larger ones in float64."""
-    u = torch.rand(vals.shape[:-1], dtype=dtype, generator=_gen(seed))
+    """The documented rule: one uniform ``u`` per output in row-major order from the generator, in the
+    compute dtype (``dtype``: float32 for float32 and half input, float64 for float64; see
+    :func:`_reference_uniforms`); the first position whose inclusive prefix sum exceeds
+    ``min(u * S, nextafter(S, 0))``. Windows of at most 25 positions (``walk``) add the prefixes one
+    position at a time in the compute dtype; larger ones in float64."""
+    u = _reference_uniforms(vals.shape[:-1], dtype, seed)
     if walk:
         terms = vals.to(dtype).unbind(-1)
         sums = [terms[0]]
@@ -551,6 +564,19 @@ class TestSamplingRule:
             eager = stochastic_pool(x, training=True, generator=_gen(4), **kwargs)
             fused = stochastic_pool(x, training=True, generator=_gen(4), compiled=True, **kwargs)
             assert torch.equal(eager, fused), kwargs
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+    def test_uniform_stream_independent_of_split(self, dtype: torch.dtype) -> None:
+        # Blocks of odd and even sizes (a float32 block may end inside a 64-bit draw): the same values as
+        # one draw over the whole output, and as the documented reference.
+        sizes = [1, 7, 2, 5, 1, 1, 64, 3]
+        whole = stochastic._Uniforms(dtype, _gen(13), torch.device("cpu"))
+        expected = whole.fill(torch.empty(sum(sizes), dtype=dtype))
+        stream = stochastic._Uniforms(dtype, _gen(13), torch.device("cpu"))
+        parts = [stream.fill(torch.empty(n, dtype=dtype)) for n in sizes]
+        assert torch.equal(torch.cat(parts), expected)
+        assert torch.equal(expected, _reference_uniforms((sum(sizes),), dtype, 13))
+        assert bool((expected >= 0).all() and (expected < 1).all())
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
     def test_guard_keeps_t_below_every_positive_sum(self, dtype: torch.dtype) -> None:
@@ -823,6 +849,18 @@ class TestDeploy:
         # One unit of gradient per output, each at a position holding that output's value.
         assert x.grad.sum() == y.numel()
         assert bool(torch.isin(y.detach(), x.detach()[x.grad > 0]).all())
+
+    def test_compiled_equals_eager_on_cpu(self) -> None:
+        # Documented: on the CPU a compiled module draws the eager path's uniforms (through an op the
+        # compiler calls), so it gives the very same samples for a seed without fallback_random too.
+        x = _relu_input((2, 3, 13, 12))
+        for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(7, 1), StochasticPool2d(output_size=1)):
+            compiled = harness.compile_full(module.train())
+            torch.manual_seed(5)
+            a = compiled(x)
+            torch.manual_seed(5)
+            b = module(x)
+            assert torch.equal(a, b), module
 
     def test_compiled_equals_eager_with_fallback_random(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # Documented: with inductor's fallback_random the compiled module draws torch's own stream, in the
