@@ -691,7 +691,9 @@ DEPLOY_CASES = [
     pytest.param(StochasticPool2d(2, 3, ceil_mode=True), (2, 3, 10, 9), 4, id="2d-k2s3-ceil"),
     pytest.param(StochasticPool2d(output_size=(5, 7)), (2, 3, 10, 9), 4, id="2d-adaptive-5x7"),
     pytest.param(StochasticPool1d(3, 2), (2, 3, 12), 5, id="1d-k3s2"),
-    pytest.param(StochasticPool3d(3, 2, 1), (2, 2, 6, 7, 8), 4, id="3d-k3s2p1"),
+    # Batch and channels differ: with both 2, dynamo's duck sizing bound them to one symbol, and every
+    # other shape recompiled the eval graph (a third graph of the slowest case).
+    pytest.param(StochasticPool3d(3, 2, 1), (2, 3, 6, 7, 8), 4, id="3d-k3s2p1"),
 ]
 
 
