@@ -4,7 +4,7 @@ spatial sizes, ONNX export (dynamo and legacy exporters) run in onnxruntime, and
 
 Every check compares against the module's own eager output on the export shape *and* on other shapes, so a
 graph that baked in the example's size, or that ignores its input, fails.
-``tests/poolcore/test_stochastic.py``
+``tests/poolcore/test_stochastic_deploy.py``
 runs torch's own ``nn.AvgPool2d`` through it as a control row.
 """
 

@@ -318,7 +318,8 @@ def test_compile_fullgraph_of_a_dilated_window() -> None:
     kw: dict[str, Any] = {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": True}
     for module in [poolcore.nn.Pool("avg", **kw, count_include_pad=False), StochasticPool2d(**kw).eval()]:
         compiled = torch.compile(module, fullgraph=True, dynamic=True)
-        for shape in [(2, 3, 13, 12), (1, 2, 17, 11)]:
+        # No batch of 1: dynamo specialises sizes 0 and 1, so it recompiled both graphs for one.
+        for shape in [(2, 3, 13, 12), (3, 2, 17, 11)]:
             x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[-1]))
             torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
 

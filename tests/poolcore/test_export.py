@@ -1,5 +1,5 @@
-"""Every poolcore.nn module (stochastic ones: see test_stochastic.py) in the deployment paths: ONNX export
-with the dynamo and the legacy exporter run in onnxruntime, ``torch.export`` and
+"""Every poolcore.nn module (stochastic ones: see test_stochastic_deploy.py) in the deployment paths: ONNX
+export with the dynamo and the legacy exporter run in onnxruntime, ``torch.export`` and
 ``torch.compile(fullgraph=True, dynamic=True)`` in eval and train mode, each against the module's own
 eager output at the export shape and at other shapes. torch's own modules pass the same checks (the
 control rows), which proves the harness.
