@@ -254,9 +254,12 @@ def test_image_tab_pools_an_uploaded_image(page: tuple[Any, Network]) -> None:
 
 def test_image_tab_shows_the_service_error(page: tuple[Any, Network]) -> None:
     pg, _ = page
+    # The tab opens on a 96×96 example, put in by a queued load event: wait until it has been pooled, or
+    # on a loaded machine the event's answer can land after the upload and put the example back.
+    _summary_shows(pg, "#image-info", "3×96×96")
     pg.locator("#image-input input[type=file]").set_input_files(str(ASSETS / "checkerboard.png"))
-    # The tab opens on a 96×96 example: wait until the upload has landed (the page pools it by itself),
-    # or Pool may still send the example.
+    # Then wait until the upload has landed (the page pools it by itself), or Pool may still send the
+    # example.
     _summary_shows(pg, "#image-info", "1×64×64")
     pg.locator("#image-param-kernel_size textarea, #image-param-kernel_size input").first.fill("100")
     pg.locator("#image-run").click()
