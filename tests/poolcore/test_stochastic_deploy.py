@@ -168,24 +168,14 @@ class TestDeploy:
         assert x.grad.sum() == y.numel()
         assert bool(torch.isin(y.detach(), x.detach()[x.grad > 0]).all())
 
-    def test_compiled_equals_eager_with_fallback_random(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        # Documented: with inductor's fallback_random the compiled module draws torch's own stream, in the
-        # eager path's order, and gives the very same samples for a seed.
+    @pytest.mark.parametrize("fallback_random", [False, True], ids=["own-op", "fallback_random"])
+    def test_compiled_equals_eager(self, monkeypatch: pytest.MonkeyPatch, fallback_random: bool) -> None:
+        # Documented: on the CPU a compiled module draws the eager path's uniforms (through an op the
+        # compiler calls), so it gives the very same samples for a seed; with inductor's fallback_random
+        # too, where it draws torch's own stream in the eager path's order.
         import torch._inductor.config as inductor_config
 
-        monkeypatch.setattr(inductor_config, "fallback_random", True)
-        x = _relu_input((2, 3, 13, 12))
-        for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(7, 1), StochasticPool2d(output_size=1)):
-            compiled = harness.compile_full(module.train())
-            torch.manual_seed(5)
-            a = compiled(x)
-            torch.manual_seed(5)
-            b = module(x)
-            assert torch.equal(a, b), module
-
-    def test_compiled_equals_eager_on_cpu(self) -> None:
-        # Documented: on the CPU a compiled module draws the eager path's uniforms (through an op the
-        # compiler calls), so it gives the very same samples for a seed without fallback_random too.
+        monkeypatch.setattr(inductor_config, "fallback_random", fallback_random)
         x = _relu_input((2, 3, 13, 12))
         for module in (StochasticPool2d(3, 2, 1), StochasticPool2d(7, 1), StochasticPool2d(output_size=1)):
             compiled = harness.compile_full(module.train())
