@@ -53,6 +53,7 @@ def poolserve(
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(tmp / "gradio"),  # its own page cache (support.live_server_process)
         "POOLSERVE_DEVICE": "cpu",
         **(env or {}),
     }

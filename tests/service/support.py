@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -201,10 +202,14 @@ def live_server_process(
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     port = sock.getsockname()[1]
+    # Each server its own page cache: servers in parallel test processes wrote the same example image to
+    # the same content-hashed path of a shared one while another read it ("cannot identify image file").
+    cache = tempfile.TemporaryDirectory(prefix="poolserve-gradio-")
     full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": cache.name,
         "POOLSERVE_DEVICE": "cpu",
         **{f"POOLSERVE_{k.upper()}": str(v) for k, v in (limits or {}).items()},
         **(env or {}),
@@ -229,3 +234,4 @@ def live_server_process(
             proc.wait(timeout=10)
         if log_file is not None:
             log_file.close()
+        cache.cleanup()

@@ -393,12 +393,17 @@ def _ask(sock: socket.socket, png: bytes) -> None:
     sock.sendall(head + png)
 
 
+LEFT_AFTER_SLOW_READERS = 256 << 20  # under two of the six answers (see the test below)
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_clients_that_stop_reading_lose_their_answers(tmp_path: Path) -> None:
     """Finding: 6 connections asked for large JSON answers, then never read; RSS rose ~1 GB and stayed.
     A client that takes no bytes for POOLSERVE_BODY_TIMEOUT loses its connection and the server frees
-    the answer: RSS is back within 128 MiB of the start by BODY_TIMEOUT + 10 s after each answer's first
-    byte reached its client (through `poolserve`, with answers up to 256 MiB allowed)."""
+    the answer: RSS is back within 256 MiB of the start by BODY_TIMEOUT + 10 s after each answer's first
+    byte reached its client (through `poolserve`, with answers up to 256 MiB allowed). Kept answers would
+    be six of ~150 MB (~900 MiB); what allocator residue is left after the trim was up to 160 MiB in a
+    loaded CI run (typically ~70), so the bound sits between the two."""
     body_timeout = 2.0
     env = {
         "POOLSERVE_BODY_TIMEOUT": str(body_timeout),
@@ -426,14 +431,14 @@ def test_clients_that_stop_reading_lose_their_answers(tmp_path: Path) -> None:
             first_bytes = time.monotonic()
             peak = rss_bytes(pid)
             deadline = first_bytes + body_timeout + 10
-            while (now := rss_bytes(pid)) - start > 128 << 20 and time.monotonic() < deadline:
+            while (now := rss_bytes(pid)) - start > LEFT_AFTER_SLOW_READERS and time.monotonic() < deadline:
                 time.sleep(0.2)
             elapsed = time.monotonic() - first_bytes
             print(
                 f"RSS start {start / 2**20:.0f} MiB, with 6 answers waiting {peak / 2**20:.0f} MiB, "
                 f"{elapsed:.1f} s after the last first byte {now / 2**20:.0f} MiB"
             )
-            assert now - start <= 128 << 20
+            assert now - start <= LEFT_AFTER_SLOW_READERS
             # The server closed each connection before its answer was through.
             for sock in socks:
                 received = 0
