@@ -214,7 +214,7 @@ def create_app(settings: Settings | None = None, *, configure_process: bool = Fa
             return RedirectResponse(request.scope.get("root_path", "") + "/docs")
 
         return app
-    from .ui import mount_ui  # here: Gradio is half of the start-up, and an API-only server goes without
+    from .ui import mount_ui  # here: Gradio is two thirds of the start-up; an API-only server goes without
 
     return mount_ui(app)
 

@@ -45,6 +45,17 @@ def _chi2_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chi2.sf(stat, int(keep.sum()) - 1))
 
 
+def _value_frequency_p(values: torch.Tensor, window: torch.Tensor) -> float:
+    """p-value of :func:`_chi2_p` for how often each distinct value of ``window`` was drawn among
+    ``values`` (one per sampled window), against that value's share of the window's sum: a value held at
+    several positions counts for all of them. Every draw must be one of the window's values."""
+    distinct = window.flatten().unique()
+    counts = (values.unsqueeze(1) == distinct).sum(0)
+    assert counts.sum() == values.numel()
+    probs = torch.stack([window[window == v].sum() for v in distinct]) / window.sum()
+    return _chi2_p(counts, probs)
+
+
 def _unfold_windows(
     x: torch.Tensor, k: int, s: int, p: int, ceil_mode: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,11 +333,8 @@ class TestStochasticPool:
         assert _chi2_p(counts, a / a.sum()) > ALPHA
         # The no-grad (value) path, on the distinct values of the window.
         values = stochastic_pool(x.detach(), 3, training=True, generator=_gen(7), dims=2).flatten()
-        distinct = a.flatten().unique()
-        counts_v = (values.unsqueeze(1) == distinct).sum(0)
-        assert counts_v.sum() == n
-        probs_v = torch.stack([a[a == v].sum() for v in distinct]) / a.sum()
-        assert _chi2_p(counts_v, probs_v) > ALPHA
+        assert values.numel() == n
+        assert _value_frequency_p(values, a) > ALPHA
 
     def test_padded_and_ceil_mode_windows_frequencies(self) -> None:
         n = 20000
