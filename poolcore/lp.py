@@ -129,8 +129,37 @@ def _powered(z: Tensor, p: Power, inplace: bool) -> Tensor:
 
 
 Core = Callable[[Tensor, bool], Tensor]
-# The elementwise step before the power (|x| for lp, max(x, eps) for GeM), into ``out`` when given.
-Prep = Callable[[Tensor, Tensor | None], Tensor]
+
+
+class Prep:
+    """The elementwise step before the power: ``|x|`` for lp, ``max(x, eps)`` for GeM."""
+
+    def __call__(self, t: Tensor, out: Tensor | None) -> Tensor:
+        """The step, into ``out`` when given."""
+        raise NotImplementedError
+
+    def grad(self, t: Tensor, g: Tensor, out: Tensor) -> Tensor:
+        """``g`` times the step's derivative at ``t``, into ``out`` (as torch's own backward gives it)."""
+        raise NotImplementedError
+
+
+class _Abs(Prep):
+    def __call__(self, t: Tensor, out: Tensor | None) -> Tensor:
+        return torch.abs(t, out=out)
+
+    def grad(self, t: Tensor, g: Tensor, out: Tensor) -> Tensor:
+        return torch.mul(g, t.sgn(), out=out)
+
+
+class _AtLeast(Prep):
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def __call__(self, t: Tensor, out: Tensor | None) -> Tensor:
+        return torch.clamp_min(t, self.eps, out=out)
+
+    def grad(self, t: Tensor, g: Tensor, out: Tensor) -> Tensor:
+        return torch.mul(g, t >= self.eps, out=out)
 
 
 def _by_planes(b: Tensor, w: Window, p: Power, core: Core) -> Tensor:
@@ -324,6 +353,177 @@ def _window_power_sums(
     return scale, (s / w.valid_count(t.device, t.dtype) if mean else s)
 
 
+def _phase_lengths(w: Window) -> list[int]:
+    """Each stride phase's length per spatial dim: enough for every window's offsets."""
+    k, s, out = w.kernel_size or (), w.stride, w.out_size
+    return [od + (kd - 1) // sd for kd, sd, od in zip(k, s, out, strict=True)]
+
+
+def _phase_layout(a: Tensor, w: Window, prep: Prep | None) -> tuple[Tensor, list[tuple[Any, ...]]]:
+    """The stride phases of a :func:`_padded` tensor, ``prep`` applied, in one contiguous ``(B, C, P, *L)``
+    copy (P the product of the strides, L :func:`_phase_lengths`; the input cropped, or zero-extended on
+    the right, to ``L * s``), and for each offset inside a kernel the index into that copy of its
+    phase's unit-stride slices that hold the offset of every window. With unit strides and no ``prep``,
+    the copy is ``a`` itself when ``a`` is contiguous."""
+    k, s, out = w.kernel_size or (), w.stride, w.out_size
+    n = len(k)
+    lengths = _phase_lengths(w)
+    fit: list[int] = []  # F.pad's order
+    for d in reversed(range(n)):
+        fit += [0, lengths[d] * s[d] - a.shape[d - n]]
+    fitted = F.pad(a, fit) if any(fit) else a
+    lead = a.dim() - n
+    for d in range(n):
+        fitted = fitted.unflatten(lead + 2 * d, (lengths[d], s[d]))
+    order = [*range(lead), *(lead + 2 * d + 1 for d in range(n)), *(lead + 2 * d for d in range(n))]
+    view = fitted.permute(order)  # (..., *s, *L)
+    both = (
+        view.contiguous()
+        if prep is None
+        else prep(view, torch.empty(view.shape, dtype=a.dtype, device=a.device))
+    )
+    indices: list[tuple[Any, ...]] = []
+    for offset in itertools.product(*(range(kd) for kd in k)):
+        index = 0
+        for o, sd in zip(offset, s, strict=True):
+            index = index * sd + o % sd
+        starts = [o // sd for o, sd in zip(offset, s, strict=True)]
+        indices.append((..., index, *(slice(b, b + od) for b, od in zip(starts, out, strict=True))))
+    return both.flatten(lead, lead + n - 1), indices
+
+
+def _unphase(g: Tensor, w: Window, a: Tensor, prep: Prep | None) -> Tensor:
+    """The gradient with respect to :func:`_phase_layout`'s ``a`` from the gradient ``g`` of its copy
+    (positions past the phases, which no window reads, get 0), times ``prep``'s derivative: in one pass
+    from the phases where ``a`` is contiguous and its sizes are the phases' (no crop or extension)."""
+    s = w.stride
+    n = len(s)
+    lead = g.dim() - 1 - n
+    lengths = g.shape[lead + 1 :]
+    g = g.unflatten(lead, tuple(s))  # (..., *s, *L)
+    order = [*range(lead)]
+    for d in range(n):
+        order += [lead + n + d, lead + d]  # (L_d, s_d) pairs
+    pairs = g.permute(order)
+    merged = [ln * sd for ln, sd in zip(lengths, s, strict=True)]
+    if prep is not None and a.is_contiguous() and list(a.shape[lead:]) == merged:
+        out = torch.empty_like(a)
+        prep.grad(a.view(pairs.shape), pairs, out.view(pairs.shape))
+        return out
+    full = pairs.reshape(*pairs.shape[:lead], *merged)
+    fit: list[int] = []
+    for d in reversed(range(n)):
+        fit += [0, a.shape[d - n] - merged[d]]
+    full = F.pad(full, fit) if any(fit) else full
+    return full if prep is None else prep.grad(a, full, torch.empty_like(full))
+
+
+def _offsets_power_mean(a: Tensor, w: Window, p: Power, count: Tensor | None) -> Tensor:
+    """:class:`_KernelPowerMean`'s forward in differentiable ops, on strided views of ``a``: what its
+    second derivative differentiates."""
+    views = list(_offset_views(a, w, w.out_size))
+    m = views[0].detach()
+    for v in views[1:]:
+        m = torch.maximum(m, v.detach())
+    scale = _scale(m)
+    s = _sum_scaled(views, scale, p, grad=True)
+    return scale * _root(s if count is None else s / count, p, True)
+
+
+class _KernelPowerMean(torch.autograd.Function):
+    """``m · (S/N)^(1/p)``, ``S = Σ z^p`` and ``z = a/m``, over the kernel windows of a :func:`_padded`
+    tensor ``a >= 0``, ``m`` each window's maximum and ``N`` its real count (GeM's mean; ``count``) or 1
+    (the sum), with a hand-written backward, for eager training.
+
+    Autograd through the offset steps kept several output-sized tensors per offset, and its backward
+    took a log, a division and a zero-filled slice per offset. The closed form needs only ``log z`` per
+    offset, kept from the forward (``K`` output-sized tensors, K the kernel's positions), and the window
+    sums. With ``y`` the result and ``r = a/y = z · (S/N)^(-1/p)``:
+
+    - ``dy/da = r^(p-1) / N = z^(p-1) · (S/N)^(-(p-1)/p) / N``, summed over the windows that hold a
+      position: one ``exp`` per offset;
+    - ``dy/dp = y/(p N) · Σ r^p log r = (y/p) · (T/S - log(S/N)/p)``, ``T = Σ z^p log z`` summed in the
+      forward: output-sized work only.
+
+    ``z <= 1`` and ``S/N`` lies in ``[1/N, K/N]``, so no factor overflows. ``log z`` reads ``z`` clamped to
+    the smallest normal number, which keeps ``p = 1`` (a learnable p's floor) from ``0 · log 0``; an
+    all-zero window (``S = 0`` above p = 1) gets gradient 0, ``S`` read as 1. p = 2 and 3 (floats) keep ``z``
+    itself and torch's fast powers. A second derivative (``create_graph=True``) recomputes the forward
+    through autograd and differentiates that."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, p: Power, w: Window, count: Tensor | None, prep: Prep | None) -> Tensor:
+        phases, indices = _phase_layout(a, w, prep)
+        views = [phases[index] for index in indices]
+        m = torch.maximum(views[0], views[-1]) if len(views) > 1 else views[0].clone()
+        for v in views[1:-1]:
+            torch.maximum(m, v, out=m)
+        scale = _scale(m)
+        need_a, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        fast = not isinstance(p, Tensor) and p in (2, 3)
+        power = p.to(a.dtype) if isinstance(p, Tensor) else p
+        tiny = torch.finfo(a.dtype).smallest_normal
+        # log z (z itself for a fast p) of every offset, for the backward; one scratch buffer without it
+        # (one tensor per offset: a single K-fold block would be mapped fresh, page by page, every call)
+        kept = [torch.empty_like(scale) for _ in range(len(views) if need_a else 1)]
+        s = torch.zeros_like(scale)
+        t = torch.zeros_like(scale) if need_p else None
+        term = torch.empty_like(scale)
+        for i, v in enumerate(views):
+            z = torch.div(v, scale, out=kept[i if need_a else 0])
+            if fast:
+                s.add_(torch.mul(z, z, out=term) if p == 2 else torch.pow(z, 3, out=term))
+                continue
+            log_z = z.clamp_min_(tiny).log_()
+            torch.mul(log_z, power, out=term).exp_()
+            s.add_(term)
+            if t is not None:
+                t.addcmul_(term, log_z)
+        ctx.phase_shape = phases.shape
+        del phases, views
+        mean_s = s if count is None else s / count
+        y = scale * _root(mean_s.clone(), p, grad=False)
+        ctx.w, ctx.p_value, ctx.indices, ctx.fast, ctx.prep = w, p, indices, fast, prep
+        p_saved = p if isinstance(p, Tensor) else None
+        ctx.save_for_backward(a, y, s, t, count, p_saved, *(kept if need_a else ()))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        a, y, s, t, count, p_saved, *kept = ctx.saved_tensors
+        w: Window = ctx.w
+        p: Power = ctx.p_value if p_saved is None else p_saved
+        need_a, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and p_saved is not None
+        if torch.is_grad_enabled():  # create_graph: differentiate a recomputation from the saved inputs
+            wanted = [x for x, need in ((a, need_a), (p_saved, need_p)) if need]
+            again = _offsets_power_mean(a if ctx.prep is None else ctx.prep(a, None), w, p, count)
+            found = iter(torch.autograd.grad(again, wanted, gy, create_graph=True))
+            return (next(found) if need_a else None), (next(found) if need_p else None), None, None, None
+        power = p.to(y.dtype) if isinstance(p, Tensor) else p
+        s_safe = torch.where(s > 0, s, torch.ones_like(s))  # an all-zero window: gradient 0
+        ratio = s_safe if count is None else s_safe / count  # S/N
+        grad_a = grad_p = None
+        if need_a:
+            # per window: gy / N · (S/N)^(-(p-1)/p), as exp(log(S/N) · (1-p)/p)
+            coef = torch.exp(torch.log(ratio) * ((1 - power) / power)) * gy
+            if count is not None:
+                coef = coef / count
+            grad_phases = torch.zeros(ctx.phase_shape, dtype=y.dtype, device=y.device)
+            term = torch.empty_like(y)
+            for i, index in enumerate(ctx.indices):
+                if ctx.fast:  # z^(p-1): z for p = 2, z*z for p = 3
+                    z = kept[i]
+                    grad_phases[index].addcmul_(coef, z if ctx.p_value == 2 else torch.mul(z, z, out=term))
+                else:
+                    torch.mul(kept[i], power - 1, out=term).exp_()
+                    grad_phases[index].addcmul_(coef, term)
+            grad_a = _unphase(grad_phases, w, a, ctx.prep)
+        if need_p and t is not None and isinstance(p, Tensor):
+            dy_dp = y / power * (t / s_safe - torch.log(ratio) / power)
+            grad_p = (gy * dy_dp).sum().to(p.dtype).reshape(p.shape)
+        return grad_a, grad_p, None, None, None
+
+
 def _binned_scaled(t: Tensor, w: Window, p: Power, mean: bool, grad: bool) -> Tensor:
     """The max-scaled form for adaptive bins under export (see windows.py's ``_export_bins``), one
     spatial dim at a time through bin masks built from the input's own sizes.
@@ -385,6 +585,13 @@ def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool, prep: Pr
         return _plane_scaled(prep(t, None), w, p, mean, grad)
     if w.adaptive and not w.is_global and _export_bins(w):
         return _binned_scaled(prep(t, None), w, p, mean, grad)
+    if grad and not is_traced() and w.kernel_size is not None and not w.is_global and not w.dilated:
+        # Eager training on kernel windows: the hand-written backward, with the step before the power
+        # done in its copy into phases unless there is padding (which GeM's clamp must not reach).
+        count = _kernel_count(t, w) if mean else None
+        if any(_pads(w)):
+            return _KernelPowerMean.apply(_padded(prep(t, None), w), p, w, count, None)
+        return _KernelPowerMean.apply(t, p, w, count, prep)
     if _fuses_prep(w, grad):
         scale, s = _window_power_sums(t, w, p, mean, grad, prep)
     else:
@@ -403,15 +610,14 @@ def _fuses_prep(w: Window, grad: bool) -> bool:
 
 def _lp(b: Tensor, w: Window, p: Power) -> Tensor:
     def core(x: Tensor, grad: bool) -> Tensor:
-        return _power_mean(x, w, p, mean=False, grad=grad, prep=lambda t, out: torch.abs(t, out=out))
+        return _power_mean(x, w, p, mean=False, grad=grad, prep=_Abs())
 
     return _by_planes(b, w, p, core)
 
 
 def _gem(b: Tensor, w: Window, p: Power, eps: float) -> Tensor:
     def core(x: Tensor, grad: bool) -> Tensor:
-        prep: Prep = lambda t, out: torch.clamp_min(t, eps, out=out)  # noqa: E731
-        return _power_mean(x, w, p, mean=True, grad=grad, prep=prep)
+        return _power_mean(x, w, p, mean=True, grad=grad, prep=_AtLeast(eps))
 
     return _by_planes(b, w, p, core)
 
