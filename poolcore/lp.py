@@ -585,7 +585,7 @@ def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool, prep: Pr
         return _plane_scaled(prep(t, None), w, p, mean, grad)
     if w.adaptive and not w.is_global and _export_bins(w):
         return _binned_scaled(prep(t, None), w, p, mean, grad)
-    if grad and not is_traced() and w.kernel_size is not None and not w.is_global and not w.dilated:
+    if grad and _hand_backward(t, p, w):
         # Eager training on kernel windows: the hand-written backward, with the step before the power
         # done in its copy into phases unless there is padding (which GeM's clamp must not reach).
         count = _kernel_count(t, w) if mean else None
@@ -597,6 +597,18 @@ def _power_mean(t: Tensor, w: Window, p: Power, mean: bool, grad: bool, prep: Pr
     else:
         scale, s = _window_power_sums(prep(t, None), w, p, mean, grad)
     return scale * _root(s, p, grad)
+
+
+def _hand_backward(t: Tensor, p: Power, w: Window) -> bool:
+    """Whether training takes :class:`_KernelPowerMean`: eager kernel windows, dense, outside torch.func's
+    transforms (``grad``, ``vmap``, ...), whose tensors it cannot take (its forward keeps what the backward
+    needs on ``ctx``); those, like compile and export, differentiate the offset steps themselves."""
+    if is_traced() or w.kernel_size is None or w.is_global or w.dilated:
+        return False
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if wrapped is None:  # the check is gone (a contract test says so): the differentiable form is safe
+        return False
+    return not (wrapped(t) or (isinstance(p, Tensor) and wrapped(p)))
 
 
 def _fuses_prep(w: Window, grad: bool) -> bool:

@@ -594,3 +594,27 @@ class TestTrainingGradients:
             # The one window with values: its closed form, (Σ a^p / N)^(1/p) with N = 4 (gem) or 1.
             expected = 0.5 * (4.0 if family == "lp" else 1.0) ** (1 / p)
             assert float(y[0, 0, 0, 0]) == pytest.approx(expected, rel=1e-12)
+
+    @pytest.mark.parametrize("family", ["lp", "gem"])
+    def test_torch_func_grad_equals_autograd(self, family) -> None:
+        """torch.func's transforms cannot take the hand-written backward's tensors; such calls take the
+        differentiable form, so ``torch.func.grad`` (per-sample gradients, meta-learning) still works and
+        agrees with ``backward()``."""
+        fn: Any = lp_pool if family == "lp" else gem_pool
+        x = _backward_input(family, (2, 3, 9, 8), "contiguous").detach()
+        q = torch.tensor(2.7, dtype=torch.float64)
+        got = torch.func.grad(lambda t, p: fn(t, 3, 2, p=p).sum(), argnums=(0, 1))(x, q)
+        leaf, power = x.clone().requires_grad_(True), q.clone().requires_grad_(True)
+        fn(leaf, 3, 2, p=power).sum().backward()
+        torch.testing.assert_close(got[0], _grad(leaf))
+        torch.testing.assert_close(got[1], _grad(power))
+
+    def test_the_transform_check_exists(self) -> None:
+        """Contract: poolcore/lp.py tells torch.func's wrapped tensors apart with this private function;
+        without it every call takes the slower differentiable form. If this fails after a torch upgrade,
+        find its replacement."""
+        check = torch._C._functorch.is_functorch_wrapped_tensor
+        assert check(torch.ones(1)) is False
+        seen: list[bool] = []
+        torch.func.grad(lambda t: (seen.append(check(t)), t.sum())[1])(torch.ones(2))
+        assert seen == [True]
