@@ -616,5 +616,10 @@ class TestTrainingGradients:
         check = torch._C._functorch.is_functorch_wrapped_tensor
         assert check(torch.ones(1)) is False
         seen: list[bool] = []
-        torch.func.grad(lambda t: (seen.append(check(t)), t.sum())[1])(torch.ones(2))
+
+        def total(t: torch.Tensor) -> torch.Tensor:
+            seen.append(check(t))
+            return t.sum()
+
+        torch.func.grad(total)(torch.ones(2))
         assert seen == [True]
