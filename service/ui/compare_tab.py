@@ -16,7 +16,7 @@ import poolcore
 from . import snippets
 from .controls import parse_text
 from .handlers import PageError, Runtime, compare_params, pool_image
-from .imaging import example_labels, example_paths, local_example
+from .imaging import example_labels, example_paths, local_example, start_with
 from .panel import PRIVATE, api_function, base_url, parse_seed, seed_text, shape_text
 from .tiles import VIEWS, caption, display_scale, reference_of, shared_gain, tile
 
@@ -271,11 +271,8 @@ def compare_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None
     changed.then(used_snippet_fn, [origin, used], snippet, **PRIVATE).then(
         tiles_html, [gallery], tiles, **PRIVATE
     )
-    # The starting input is put in on load (a starting value would make it the API's default input, whose
-    # URL Gradio swaps for an outside one); its change event compares it.
-    blocks.load(
-        lambda: start_image, None, source, api_visibility="private"
-    )  # queued: unqueued events get file URLs without the mount path
+    # The starting input is put in on load (see start_with); its change event compares it.
+    start_with(blocks, source, start_image)
     gr.on(
         [origin.change, kernel.change, output.change, mode.change, seed.change],
         snippet_fn,

@@ -12,7 +12,7 @@ import poolcore
 from ..codecs.image import to_image
 from . import snippets
 from .handlers import PageError, Runtime, pool_image
-from .imaging import example_labels, example_paths, local_example
+from .imaging import example_labels, example_paths, local_example, start_with
 from .panel import PRIVATE, ControlPanel, api_function, base_url, outcome_markdown, parse_seed, seed_text
 from .tiles import channel_values, display_scale, is_global
 
@@ -125,11 +125,8 @@ def image_tab(blocks: gr.Blocks, origin: gr.Textbox, runtime: Runtime) -> None:
     panel.wire(again)
     # A new image or method pools again at once; any other change marks the result out of date, so the
     # page never shows a result as if it were for settings it was not computed with.
-    # The first example is put in on load (a starting value would make it the API's default input, whose
-    # URL Gradio swaps for an outside one); its change event pools it.
-    blocks.load(
-        lambda: start_image, None, source, api_visibility="private"
-    )  # queued: unqueued events get file URLs without the mount path
+    # The first example is put in on load (see start_with); its change event pools it.
+    start_with(blocks, source, start_image)
     source.change(run_fn, inputs, outputs, api_visibility="private")
     panel.method_changed.then(run_fn, inputs, outputs, api_visibility="private")
     gr.on(

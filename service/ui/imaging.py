@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-__all__ = ["ASSETS", "example_labels", "example_paths", "local_example"]
+__all__ = ["ASSETS", "example_labels", "example_paths", "local_example", "start_with"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -33,3 +33,23 @@ def local_example(image: gr.Image) -> gr.Image:
     vars(image)["example_payload"] = lambda: payload
     vars(image)["example_value"] = lambda: name
     return image
+
+
+def start_with(blocks: gr.Blocks, source: gr.Image, image: str) -> None:
+    """Put ``image`` in ``source`` when the page loads, unless the user got there first.
+
+    A queued load event, not a starting value: a starting value would become the API's default input,
+    whose URL Gradio swaps for an outside one, and an unqueued event gets file URLs without the mount
+    path. Its answer can land after an upload or an example picked on a slow connection or a busy server.
+    So the answer goes into a hidden image, and a browser-side step copies it into ``source`` only if
+    ``source`` is still empty when it lands. (Gradio's ``cancels=`` cannot help: it cannot cancel an event
+    that has not been given its queue id yet, and the page still applied the answer.)"""
+    start = gr.Image(None, type="filepath", format="png", visible=False)
+    blocks.load(lambda: image, None, start, api_visibility="private")
+    start.change(
+        None,
+        [start, source],
+        [source],
+        js="(start, current) => current ?? start",
+        api_visibility="private",
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 import torch
 
@@ -572,3 +573,83 @@ def test_each_tab_at_desktop_and_phone_width(browser: Any, server: Server, width
 def _artifact(name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS / f"{name}.png"
+
+
+def _start_image_load(base: str, input_id: str) -> int:
+    """The fn_index of the load event that fetches the starting image of the component ``input_id``, from
+    the page's own config: the load answers into a hidden image, whose change copies it into the input."""
+    config = httpx.get(f"{base}/ui/config", timeout=30).json()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props")}
+    deps = config["dependencies"]
+    holders = [
+        t[0] for d in deps if d["outputs"] == [ids[input_id]] for t in d["targets"] if t[1] == "change"
+    ]
+    # (Or straight into the input, as before the fix: the test then shows the race.)
+    targets = [[h] for h in holders] + [[ids[input_id]]]
+    loads = [d["id"] for d in deps if d["outputs"] in targets and any(t[1] == "load" for t in d["targets"])]
+    assert len(loads) == 1, loads
+    return int(loads[0])
+
+
+@pytest.mark.parametrize("tab", ["image", "compare"])
+def test_an_early_upload_is_not_replaced_by_the_starting_image(
+    browser: Any, server: Server, tab: str
+) -> None:
+    """The Image and Compare tabs get their starting image from a queued load event. An upload made before
+    that event's answer lands must stay: the tab shows and pools the upload, and the late answer is
+    dropped. (Before, the answer put the 96×96 example back over the upload and pooled that.) The test
+    holds the load event's queue request in the browser until the upload has been pooled, then lets it
+    go, and checks for three seconds that the upload stays."""
+    load = _start_image_load(server.base, f"{tab}-input")
+    held: list[Any] = []
+    answered: list[Any] = []
+
+    def hold(route: Any) -> None:
+        body = route.request.post_data_json or {}
+        if body.get("fn_index") == load and not held:
+            held.append(route)
+            return
+        route.continue_()
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.route("**/gradio_api/queue/join*", hold)
+    context.on(
+        "response",
+        lambda r: (
+            answered.append(r) if "queue/join" in r.url and r.request in [h.request for h in held] else None
+        ),
+    )
+    log_offset = server.access_log.stat().st_size
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(f"{server.base}/ui/")
+        if tab == "compare":
+            pg.get_by_role("tab", name="Compare").click()
+        pg.locator(f"#{tab}-input input[type=file]").wait_for(state="attached")
+        for _ in range(300):  # the page sends its load events as it mounts
+            if held:
+                break
+            pg.wait_for_timeout(100)
+        assert held, "the starting image's load event never reached the queue"
+        pg.locator(f"#{tab}-input input[type=file]").set_input_files(str(ASSETS / "checkerboard.png"))
+        # The upload pooled: the image tab's summary, the compare tab's tiles (64 // 4, one channel).
+        summary, pooled = ("#image-info", "1×64×64") if tab == "image" else ("#compare-tiles", "1×16×16")
+        pg.locator(summary).get_by_text(pooled).first.wait_for()
+        held[0].continue_()
+        for _ in range(300):
+            if answered:
+                break
+            pg.wait_for_timeout(100)
+        assert answered, "the held load event never got its answer"
+        for _ in range(30):  # the load's own answer (an instant function) comes within milliseconds
+            pg.wait_for_timeout(100)
+            natural = pg.evaluate(
+                "(s) => document.querySelector(s)?.naturalWidth ?? null", f"#{tab}-input img"
+            )
+            assert natural == 64, f"the {tab} tab's input became {natural} px wide: the starting image"
+            assert pooled in pg.locator(summary).inner_text()
+        failed = server.failed_since(log_offset)
+        assert not failed, f"the server answered with an error: {failed}"
+    finally:
+        context.close()
