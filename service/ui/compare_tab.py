@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from typing import Any
 
 import gradio as gr
@@ -125,13 +126,33 @@ def _grouped(problems: list[tuple[str, str]]) -> list[str]:
     return [f"- {', '.join(methods)}: {message}" for message, methods in by_message.items()]
 
 
+def _cached_image(path: str, attempts: int = 50) -> Image.Image:
+    """A gallery image from Gradio's cache, read whole. Gradio names a cached image by its content's hash
+    and writes it in place every time an event produces that content (``save_pil_to_cache``), so another
+    event that pools the same picture at the same moment can leave it truncated for a moment: seen as
+    "cannot identify image file" in a test that uploaded while the tab's own run was answering. Read
+    again for up to half a second; a file that stays broken raises as before."""
+    for _ in range(attempts - 1):
+        try:
+            return _read_image(path)
+        except OSError:  # truncated or empty while it is rewritten (PIL's UnidentifiedImageError too)
+            time.sleep(0.01)
+    return _read_image(path)
+
+
+def _read_image(path: str) -> Image.Image:
+    with Image.open(path) as picture:
+        picture.load()
+        return picture.copy()
+
+
 def tiles_html(items: Any) -> str:
     """The gallery's (image, caption) pairs as figures, each caption below its image."""
     figures = []
     for item in items or []:
         picture, label = (item[0], item[1]) if isinstance(item, (list, tuple)) else (item.image, item.caption)
         if not isinstance(picture, Image.Image):
-            picture = Image.open(str(getattr(picture, "path", picture)))
+            picture = _cached_image(str(getattr(picture, "path", picture)))
         stream = io.BytesIO()
         picture.save(stream, format="PNG")
         data = base64.b64encode(stream.getvalue()).decode()

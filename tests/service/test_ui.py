@@ -6,6 +6,8 @@ references are torch's own ops on an image decoded independently with PIL and nu
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import threading
@@ -32,6 +34,7 @@ from service.app import create_app
 from service.config import Settings
 from service.pooling import run_pool
 from service.ui import controls, snippets
+from service.ui.compare_tab import tiles_html
 from service.ui.handlers import PageError, Runtime, parse_matrix, pool_image, pool_tensor
 from service.ui.imaging import ASSETS, example_paths
 from service.ui.page import SEED_MATRIX, build_blocks
@@ -672,3 +675,33 @@ def test_compare_reports_a_shared_mistake_once(blocks: gr.Blocks) -> None:
     sliding = [m for m in poolcore.methods() if "kernel" in controls.window_forms(m)]
     assert len(problem_lines) == 1, text
     assert all(f"`{m}`" in problem_lines[0] for m in sliding)
+
+
+class TestTilesFromTheCache:
+    """The Compare tab's tiles read the gallery's images back from Gradio's cache, where Gradio rewrites
+    a content-hashed file in place whenever another event produces the same picture."""
+
+    @staticmethod
+    def _png(picture: Image.Image) -> bytes:
+        stream = io.BytesIO()
+        picture.save(stream, format="PNG")
+        return stream.getvalue()
+
+    def test_an_image_being_rewritten_is_read_whole(self, tmp_path: Path) -> None:
+        picture = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+        data = self._png(picture)
+        path = tmp_path / "image.png"
+        path.write_bytes(data[: len(data) // 2])  # as another event's rewrite leaves it for a moment
+        writer = threading.Timer(0.05, path.write_bytes, args=(data,))
+        writer.start()
+        try:
+            shown = tiles_html([(str(path), "max · 8×8")])
+        finally:
+            writer.join()
+        assert base64.b64encode(data).decode() in shown
+
+    def test_an_image_that_stays_broken_still_raises(self, tmp_path: Path) -> None:
+        path = tmp_path / "image.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n")  # a PNG signature and nothing else
+        with pytest.raises(OSError, match="cannot identify image file"):
+            tiles_html([(str(path), "max · 8×8")])
